@@ -1,0 +1,1 @@
+"""The `conveyor` command: one module per command group, argument parsing only."""

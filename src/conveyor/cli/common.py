@@ -1,0 +1,36 @@
+"""What every command shares: loading the config, making a client, turning known errors into one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from conveyor.config import Config, ConfigError, load_config
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config_file", None))
+
+
+def client_of(args: argparse.Namespace):  # noqa: ANN201 - ApiClient
+    from conveyor.client import ApiClient
+
+    return ApiClient.from_config(config_of(args))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the command; a user's mistake or an unreachable server is one line on stderr and exit 2, no traceback."""
+    from conveyor.client.errors import ConveyorError
+
+    try:
+        result: Any = args.func(args)
+    except ConfigError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    except ConveyorError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)

@@ -1,0 +1,1 @@
+"""The control plane: ClearML's REST protocol over a SQL store."""

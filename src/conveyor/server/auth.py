@@ -1,0 +1,189 @@
+"""Credentials and tokens: secrets are stored hashed; tokens are HS256 JWTs with the claims ClearML clients read."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import string
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from sqlalchemy import select, update
+
+from conveyor import __version__
+from conveyor.protocol import errors
+from conveyor.protocol.envelope import API_VERSION, SERVER_VERSION
+from conveyor.protocol.ids import new_id
+from conveyor.server.call import Identity
+from conveyor.server.store import schema as s
+
+if TYPE_CHECKING:
+    from conveyor.server.store import Store
+
+COMPANY_ID = "d1bd92a3b039400cbafc60a7a5b1e52b"
+COMPANY_NAME = "conveyor"
+FEATURES = ["long_poll"]  # what our agent may use beyond ClearML's protocol (ARCHITECTURE decision 2)
+_KEY_ALPHABET = string.ascii_uppercase + string.digits
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets are 256-bit random strings, so a fast hash is as strong as a slow one here.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_credentials() -> tuple[str, str]:
+    access_key = "".join(secrets.choice(_KEY_ALPHABET) for _ in range(24))
+    secret_key = secrets.token_urlsafe(36)
+    return access_key, secret_key
+
+
+def signing_key(store: "Store") -> str:
+    """The JWT signing key, shared through the database so that every server process accepts every token."""
+    with store.write() as conn:
+        row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "jwt_secret")).first()
+        if row:
+            return row[0]
+        key = secrets.token_hex(32)
+        conn.execute(s.meta.insert().values(key="jwt_secret", value=key))
+        return key
+
+
+def ensure_user(conn: Any, name: str = "Conveyor Admin") -> str:
+    row = conn.execute(select(s.users.c.id).order_by(s.users.c.created).limit(1)).first()
+    if row:
+        return row[0]
+    user_id = new_id()
+    conn.execute(s.users.insert().values(id=user_id, name=name, created=time.time()))
+    return user_id
+
+
+def create_credentials(conn: Any, user_id: str, label: str = "") -> tuple[str, str]:
+    access_key, secret_key = new_credentials()
+    conn.execute(
+        s.credentials.insert().values(
+            access_key=access_key, secret_hash=hash_secret(secret_key), user_id=user_id, label=label, created=time.time()
+        )
+    )
+    return access_key, secret_key
+
+
+class Authenticator:
+    """Issues and checks tokens. Revocations reach other server processes within `refresh_sec`."""
+
+    def __init__(self, store: "Store", key: str, token_ttl_sec: int, refresh_sec: float = 2.0):
+        self.store = store
+        self.key = key
+        self.token_ttl_sec = token_ttl_sec
+        self.refresh_sec = refresh_sec
+        self._revoked: set[str] = set()
+        self._revoked_at = 0.0
+        self._users: dict[str, str] = {}
+        self._verified: dict[str, tuple[float, Identity]] = {}  # token → (exp, identity); skips re-verifying
+        self._lock = threading.Lock()
+
+    # --- login -------------------------------------------------------------------------------------------
+    def login(self, authorization: str | None, expiration_sec: int | None) -> str:
+        if not authorization:
+            raise errors.unauthorized("Missing credentials: send Authorization: Basic base64(access_key:secret_key)", 20)
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer":  # refresh with a still-valid token
+            identity = self.verify(authorization)
+            return self.issue(identity, expiration_sec)
+        if scheme.lower() != "basic":
+            raise errors.unauthorized("Unsupported authorization scheme: use Basic or Bearer", 21)
+        try:
+            access_key, _, secret_key = base64.b64decode(value, validate=True).decode().partition(":")
+        except Exception:
+            raise errors.unauthorized("Malformed Basic authorization header", 21) from None
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(s.credentials.c.secret_hash, s.credentials.c.user_id, s.credentials.c.revoked).where(
+                    s.credentials.c.access_key == access_key
+                )
+            ).first()
+            name = ""
+            if row:
+                user = conn.execute(select(s.users.c.name).where(s.users.c.id == row.user_id)).first()
+                name = user[0] if user else ""
+        if not row or row.revoked or not hmac.compare_digest(row.secret_hash, hash_secret(secret_key)):
+            raise errors.unauthorized("Invalid credentials: the access key and secret were refused", 22)
+        with self.store.write() as conn:
+            conn.execute(
+                update(s.credentials).where(s.credentials.c.access_key == access_key).values(last_used=time.time())
+            )
+        return self.issue(Identity(row.user_id, name, COMPANY_ID, access_key), expiration_sec)
+
+    def issue(self, identity: Identity, expiration_sec: int | None) -> str:
+        now = int(time.time())
+        ttl = self.token_ttl_sec if not expiration_sec else max(60, min(int(expiration_sec), self.token_ttl_sec))
+        claims = {
+            "identity": {
+                "user": identity.user,
+                "company": identity.company,
+                "role": identity.role,
+                "user_name": identity.user_name,
+                "company_name": COMPANY_NAME,
+            },
+            "session_id": new_id(),
+            "env": "prod",
+            "iat": now,
+            "exp": now + ttl,
+            "api_version": API_VERSION,
+            "server_version": SERVER_VERSION,
+            "server_build": f"conveyor-{__version__}",
+            "feature_set": "basic",
+            "conveyor_features": FEATURES,
+            "key": identity.access_key,
+        }
+        return jwt.encode(claims, self.key, algorithm="HS256")
+
+    # --- every call ----------------------------------------------------------------------------------------
+    def verify(self, authorization: str | None) -> Identity:
+        if not authorization:
+            raise errors.unauthorized("Missing credentials: log in with auth.login and send Authorization: Bearer <token>", 20)
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise errors.unauthorized("Missing token: send Authorization: Bearer <token> (get one from auth.login)", 20)
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is None:
+            try:
+                claims = jwt.decode(token, self.key, algorithms=["HS256"], options={"require": ["exp"]})
+            except jwt.ExpiredSignatureError:
+                raise errors.unauthorized("Token expired: log in again with auth.login", 23) from None
+            except jwt.InvalidTokenError:
+                raise errors.unauthorized("Invalid token: log in again with auth.login", 24) from None
+            ident = claims.get("identity") or {}
+            identity = Identity(
+                ident.get("user", ""), ident.get("user_name", ""), ident.get("company", COMPANY_ID), claims.get("key", "")
+            )
+            cached = (float(claims["exp"]), identity)
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[token] = cached
+        exp, identity = cached
+        if exp <= now:
+            raise errors.unauthorized("Token expired: log in again with auth.login", 23)
+        if identity.access_key in self.revoked_keys(now):
+            raise errors.unauthorized("Credentials revoked: create new credentials and log in again", 25)
+        return identity
+
+    def revoked_keys(self, now: float) -> set[str]:
+        if now - self._revoked_at > self.refresh_sec:
+            with self._lock:
+                if now - self._revoked_at > self.refresh_sec:
+                    with self.store.read() as conn:
+                        rows = conn.execute(
+                            select(s.credentials.c.access_key).where(s.credentials.c.revoked.is_not(None))
+                        ).all()
+                    self._revoked = {r[0] for r in rows}
+                    self._revoked_at = now
+        return self._revoked
+
+    def forget_revocations(self) -> None:
+        """Re-read revocations on the next call (this process just revoked a key)."""
+        self._revoked_at = 0.0

@@ -1,0 +1,153 @@
+"""One API call as a service sees it: the body with typed accessors, who is calling, and the server."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from conveyor.protocol import errors
+
+if TYPE_CHECKING:
+    from conveyor.server.state import ServerState
+
+_MISSING = object()
+
+
+def now() -> float:
+    import time
+
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds → the ISO-8601 form ClearML answers with."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def loads(text: str | bytes | None) -> Any:
+    return orjson.loads(text) if text else None
+
+
+@dataclass
+class Identity:
+    user: str
+    user_name: str
+    company: str
+    access_key: str
+    role: str = "admin"
+
+
+@dataclass
+class Call:
+    endpoint: str
+    version: str
+    body: dict[str, Any]
+    state: "ServerState"
+    identity: Identity | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    client_ip: str = ""
+    disconnected: Any = None  # async () -> bool: whether the client went away (long-polls check it)
+
+    @property
+    def store(self):  # noqa: ANN201 - Store; kept untyped to avoid an import cycle
+        return self.state.store
+
+    @property
+    def user(self) -> str:
+        return self.identity.user if self.identity else ""
+
+    # Typed accessors: a wrong type or a missing required field is a 400 that names the field.
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.body.get(name, default)
+        return default if value is None else value
+
+    def str(self, name: str, default: Any = _MISSING, *, required: bool = False) -> Any:
+        value = self.body.get(name)
+        if value is None:
+            if required:
+                raise errors.missing_field(name)
+            return None if default is _MISSING else default
+        if not isinstance(value, str):
+            raise errors.validation_error(f"Validation error: field '{name}' must be a string, got {type(value).__name__}")
+        if required and not value:
+            raise errors.missing_field(name)
+        return value
+
+    def bool(self, name: str, default: bool = False) -> bool:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise errors.validation_error(f"Validation error: field '{name}' must be a boolean")
+
+    def int(self, name: str, default: int | None = None, *, minimum: int | None = None) -> int | None:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise errors.validation_error(f"Validation error: field '{name}' must be an integer")
+        try:
+            number = int(value)
+        except ValueError:
+            raise errors.validation_error(f"Validation error: field '{name}' must be an integer") from None
+        if minimum is not None and number < minimum:
+            raise errors.validation_error(f"Validation error: field '{name}' must be at least {minimum}")
+        return number
+
+    def float(self, name: str, default: float | None = None) -> float | None:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise errors.validation_error(f"Validation error: field '{name}' must be a number")
+        try:
+            return float(value)
+        except ValueError:
+            raise errors.validation_error(f"Validation error: field '{name}' must be a number") from None
+
+    def str_list(self, name: str) -> list[str] | None:
+        """A list of strings; a single string is accepted as a list of one, as the reference server does."""
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise errors.validation_error(f"Validation error: field '{name}' must be a list of strings")
+        return value
+
+    def dict(self, name: str) -> dict[str, Any] | None:
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise errors.validation_error(f"Validation error: field '{name}' must be an object")
+        return value
+
+    def list(self, name: str) -> list[Any] | None:
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise errors.validation_error(f"Validation error: field '{name}' must be a list")
+        return value
+
+
+def compile_regex(pattern: str, field_name: str = "name") -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise errors.validation_error(f"Invalid regular expression in '{field_name}': {pattern!r} ({exc})") from None

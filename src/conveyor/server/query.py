@@ -1,0 +1,136 @@
+"""What `get_all` calls share: id/name/tag filters, ordering, paging and `only_fields` projection."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sqlalchemy import Column, Select, and_, not_, or_
+
+from conveyor.protocol import errors
+from conveyor.server.call import Call, compile_regex
+
+
+def name_filter(column: Column, pattern: str) -> Any:
+    """`name` is a case-insensitive regex, unanchored (agent) or anchored (SDK)."""
+    compile_regex(pattern)  # a pattern that does not compile is the caller's error, not a database error
+    return column.regexp_match(pattern, flags="i")
+
+
+def tags_filter(column: Column, tags: list[str]) -> Any:
+    """ClearML tag filters: plain tags match any of them; `-tag` or `__$not tag` excludes; `__$all` requires all."""
+    include: list[str] = []
+    exclude: list[str] = []
+    mode_all = False
+    negate_next = False
+    for tag in tags:
+        if tag in ("__$all", "__$and"):
+            mode_all = True
+        elif tag in ("__$any", "__$or"):
+            mode_all = False
+        elif tag == "__$not":
+            negate_next = True
+        elif tag.startswith("-") and len(tag) > 1:
+            exclude.append(tag[1:])
+        elif negate_next:
+            exclude.append(tag)
+            negate_next = False
+        else:
+            include.append(tag)
+    clauses = []
+    # Tags are a JSON list of strings in a text column: match the quoted element.
+    like = [column.like(f'%{_json_str(t)}%') for t in include]
+    if like:
+        clauses.append(and_(*like) if mode_all else or_(*like))
+    clauses.extend(not_(column.like(f'%{_json_str(t)}%')) for t in exclude)
+    return and_(*clauses) if clauses else None
+
+
+def _json_str(tag: str) -> str:
+    import orjson
+
+    return orjson.dumps(tag).decode().replace("%", "\\%").replace("_", "\\_")
+
+
+def hidden_filter(call: Call, column: Column) -> Any:
+    if call.bool("search_hidden", False):
+        return None
+    return not_(column.like('%"hidden"%'))
+
+
+def apply_order(call: Call, query: Select, columns: dict[str, Column], default: list[str]) -> Select:
+    order_by = call.str_list("order_by") or default
+    for field in order_by:
+        if not field:
+            continue
+        desc = field.startswith("-")
+        name = field.lstrip("-+")
+        column = columns.get(name)
+        if column is None:
+            raise errors.validation_error(
+                f"Cannot order by '{name}': supported fields are {', '.join(sorted(columns))}"
+            )
+        query = query.order_by(column.desc() if desc else column.asc())
+    return query
+
+
+def apply_paging(call: Call, query: Select) -> tuple[Select, dict[str, Any]]:
+    """`page`/`page_size` (ClearML's paging) or `size`/`scroll_id` (its scrolling); returns extra answer fields."""
+    extra: dict[str, Any] = {}
+    page = call.int("page", minimum=0)
+    page_size = call.int("page_size", minimum=1)
+    size = call.int("size", minimum=1)
+    if size is not None:
+        offset = 0
+        scroll = call.str("scroll_id")
+        if scroll:
+            try:
+                offset = int(scroll)
+            except ValueError:
+                raise errors.validation_error(f"Invalid scroll_id: {scroll!r}") from None
+        query = query.offset(offset).limit(size)
+        extra["scroll_id"] = str(offset + size)
+    elif page is not None or page_size is not None:
+        page_size = page_size or 500
+        query = query.offset((page or 0) * page_size).limit(page_size)
+    return query, extra
+
+
+def project(doc: dict[str, Any], only_fields: list[str] | None) -> dict[str, Any]:
+    """Keep the dotted paths asked for (`id` always); `-path` removes a path."""
+    if not only_fields:
+        return doc
+    include = [f for f in only_fields if f and not f.startswith("-")]
+    exclude = [f[1:] for f in only_fields if f.startswith("-")]
+    if include:
+        out: dict[str, Any] = {"id": doc.get("id")}
+        for path in include:
+            _copy_path(doc, out, path.split("."))
+    else:
+        out = copy.deepcopy(doc)
+    for path in exclude:
+        _drop_path(out, path.split("."))
+    return out
+
+
+def _copy_path(src: dict[str, Any], dst: dict[str, Any], parts: list[str]) -> None:
+    key = parts[0]
+    if not isinstance(src, dict) or key not in src:
+        return
+    if len(parts) == 1:
+        dst[key] = src[key]
+        return
+    if not isinstance(src[key], dict):
+        return
+    child = dst.setdefault(key, {})
+    if isinstance(child, dict):
+        _copy_path(src[key], child, parts[1:])
+
+
+def _drop_path(obj: dict[str, Any], parts: list[str]) -> None:
+    for key in parts[:-1]:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+        if obj is None:
+            return
+    if isinstance(obj, dict):
+        obj.pop(parts[-1], None)

@@ -1,0 +1,115 @@
+"""Starting a server process: open and migrate the store, first-start credentials, then serve with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select, text
+
+from conveyor.config import Config, write_api_section
+from conveyor.server.auth import Authenticator, create_credentials, ensure_user, signing_key
+from conveyor.server.state import ServerSettings, ServerState
+from conveyor.server.store import Store, StoreError
+from conveyor.server.store import schema as s
+from conveyor.server.store.database import sqlite_url
+
+log = logging.getLogger("conveyor.server")
+
+
+@dataclass
+class ServerOptions:
+    host: str
+    port: int
+    db: str
+    data_dir: Path
+    client_config: Path  # where first-start credentials are written, if that file does not exist
+
+
+def options_from(cfg: Config, *, host: str | None = None, port: int | None = None, db: str | None = None,
+                 data_dir: str | None = None, client_config: str | None = None) -> ServerOptions:
+    data = Path(data_dir or cfg.get("conveyor.server.data_dir")).expanduser()
+    return ServerOptions(
+        host=host or cfg.get("conveyor.server.host"),
+        port=int(port or cfg.get("conveyor.server.port")),
+        db=db or cfg.get("conveyor.server.db") or sqlite_url(data),
+        data_dir=data,
+        client_config=Path(client_config or "~/clearml.conf").expanduser(),
+    )
+
+
+def settings_from(cfg: Config) -> ServerSettings:
+    return ServerSettings(
+        worker_timeout_sec=int(cfg.get("conveyor.server.worker_timeout_sec")),
+        long_poll_max_sec=float(cfg.get("conveyor.server.long_poll_max_sec")),
+        worker_stats_history=int(cfg.get("conveyor.server.worker_stats_history")),
+        token_ttl_sec=int(cfg.get("conveyor.server.token_ttl_sec")),
+        task_update_timeout_sec=int(cfg.get("conveyor.server.task_update_timeout_sec")),
+        reap_interval_sec=float(cfg.get("conveyor.server.reap_interval_sec")),
+    )
+
+
+def bootstrap(store: Store, opts: ServerOptions, out=sys.stdout) -> None:  # noqa: ANN001
+    """Migrate; on the very first start create a user, credentials and the default queue."""
+    from conveyor.server.services.queues import ensure_default_queue
+
+    store.migrate()
+    created: tuple[str, str] | None = None
+    with store.write() as conn:
+        if store.dialect == "postgresql":  # several servers may start together on one database
+            conn.execute(text("SELECT pg_advisory_xact_lock(7405121)"))
+        user = ensure_user(conn)
+        if conn.execute(select(s.credentials.c.access_key).limit(1)).first() is None:
+            created = create_credentials(conn, user, "created at first start")
+        ensure_default_queue(conn, user)
+    if created is None:
+        return
+    access_key, secret_key = created
+    base = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}:{opts.port}"
+    print("First start: created API credentials (the secret is shown only this once and stored only as a hash):",
+          file=out)
+    print(f"  access_key: {access_key}\n  secret_key: {secret_key}", file=out)
+    if write_api_section(opts.client_config, base, base, f"{base}/files", access_key, secret_key):
+        print(f"Wrote {opts.client_config} so that conveyor, clearml and clearml-agent on this machine use them.",
+              file=out)
+    else:
+        print(f"{opts.client_config} already exists and was left as it is: put these credentials in its "
+              "api.credentials section to use them.", file=out)
+    out.flush()
+
+
+def build_state(cfg: Config, opts: ServerOptions) -> ServerState:
+    store = Store(opts.db)
+    bootstrap(store, opts)
+    settings = settings_from(cfg)
+    auth = Authenticator(store, signing_key(store), settings.token_ttl_sec)
+    return ServerState(store, auth, settings)
+
+
+def serve(cfg: Config, opts: ServerOptions) -> int:
+    import uvicorn
+
+    from conveyor.server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        state = build_state(cfg, opts)
+    except StoreError as exc:
+        print(f"conveyor server: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(state)
+    print(f"Conveyor server on http://{opts.host}:{opts.port} (database: {state.store.safe_url})", flush=True)
+    config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
+                            timeout_keep_alive=75, backlog=2048)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except OSError as exc:
+        print(f"conveyor server: cannot listen on {opts.host}:{opts.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    finally:
+        state.store.dispose()
+    return 0 if server.started else 2

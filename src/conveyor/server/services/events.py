@@ -1,0 +1,218 @@
+"""The `events` service: logs and metrics of tasks; keeps `last_iteration` and `last_metrics` current."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from conveyor.protocol import errors
+from conveyor.server.call import Call, dumps, iso, loads
+from conveyor.server.services import endpoint
+from conveyor.server.store import schema as s
+from conveyor.server.store.documents import get_task, save_task
+
+LOG = "log"
+SCALAR = "training_stats_scalar"
+LEVELS = {"notset", "debug", "verbose", "info", "warn", "warning", "error", "fatal", "critical"}
+MAX_BATCH = 500
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - ClearML keys last_metrics by md5 of the names
+
+
+def _row(event: dict[str, Any], index: int) -> dict[str, Any]:
+    """Validate one event; raises ValueError with a message for `errors_info`."""
+    if not isinstance(event, dict):
+        raise ValueError("an event must be a JSON object")
+    task = event.get("task")
+    if not isinstance(task, str) or not task:
+        raise ValueError("missing 'task'")
+    etype = event.get("type") or LOG
+    if not isinstance(etype, str):
+        raise ValueError("'type' must be a string")
+    ts = event.get("timestamp")
+    if ts is None:
+        ts = int(time.time() * 1000)
+    elif not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        raise ValueError("'timestamp' must be epoch milliseconds")
+    row: dict[str, Any] = {"task": task, "type": etype, "timestamp": int(ts), "iter": None, "metric": None,
+                           "variant": None, "value": None, "level": None, "worker": None, "msg": None, "doc": None}
+    worker = event.get("worker")
+    row["worker"] = worker if isinstance(worker, str) else None
+    if etype == LOG:
+        msg = event.get("msg", "")
+        row["msg"] = msg if isinstance(msg, str) else str(msg)
+        level = str(event.get("level") or "info").lower()
+        row["level"] = level if level in LEVELS else "info"
+        return row
+    it = event.get("iter")
+    if it is not None:
+        if not isinstance(it, (int, float)) or isinstance(it, bool):
+            raise ValueError("'iter' must be an integer")
+        row["iter"] = int(it)
+    for key in ("metric", "variant"):
+        value = event.get(key)
+        row[key] = value if isinstance(value, str) else ("" if value is None else str(value))
+    if etype == SCALAR:
+        value = event.get("value")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError("a scalar event needs a numeric 'value'")
+        row["value"] = float(value)
+    else:
+        rest = {k: v for k, v in event.items() if k not in ("task", "type", "timestamp", "iter", "metric", "variant",
+                                                             "worker", "method")}
+        row["doc"] = dumps(rest)
+    return row
+
+
+def _update_task(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    iters = [r["iter"] for r in rows if r["iter"] is not None]
+    if iters:
+        doc["last_iteration"] = max(int(doc.get("last_iteration") or 0), max(iters))
+    metrics = doc.setdefault("last_metrics", {})
+    for r in rows:
+        if r["type"] != SCALAR:
+            continue
+        entry = metrics.setdefault(_md5(r["metric"]), {}).setdefault(_md5(r["variant"]), {
+            "metric": r["metric"], "variant": r["variant"], "min_value": r["value"], "max_value": r["value"],
+            "min_value_iteration": r["iter"], "max_value_iteration": r["iter"], "first_value": r["value"],
+            "first_value_iteration": r["iter"], "count": 0})
+        entry["value"] = r["value"]
+        entry["iter"] = r["iter"]
+        entry["timestamp"] = r["timestamp"]
+        entry["count"] = entry.get("count", 0) + 1
+        if r["value"] < entry["min_value"]:
+            entry["min_value"], entry["min_value_iteration"] = r["value"], r["iter"]
+        if r["value"] > entry["max_value"]:
+            entry["max_value"], entry["max_value_iteration"] = r["value"], r["iter"]
+    doc["last_update"] = iso(time.time())
+
+
+@endpoint("events.add_batch")
+def add_batch(call: Call) -> dict[str, Any]:
+    events = call.body.get("requests")
+    if events is None:
+        events = call.body.get("events")
+    if not isinstance(events, list):
+        raise errors.validation_error("events.add_batch needs a list of events (JSON lines or a JSON list)")
+    errors_info: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    for index, event in enumerate(events):
+        try:
+            rows.append(_row(event, index))
+        except ValueError as exc:
+            errors_info[str(index)] = str(exc)
+    if not rows:
+        return {"added": 0, "errors": len(errors_info), "errors_info": errors_info}
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    with call.store.write() as conn:
+        accepted: list[dict[str, Any]] = []
+        for task_id, task_rows in by_task.items():
+            doc = get_task(conn, task_id, lock=True)
+            if doc is None:
+                errors_info[task_id] = f"Invalid task id: {task_id}"
+                continue
+            _update_task(doc, task_rows)
+            save_task(conn, doc)
+            accepted.extend(task_rows)
+        if accepted:
+            conn.execute(s.events.insert(), accepted)
+    return {"added": len(accepted), "errors": len(events) - len(accepted), "errors_info": errors_info}
+
+
+def _event_out(r: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"task": r.task, "type": r.type, "timestamp": r.timestamp, "seq": r.seq}
+    if r.type == LOG:
+        out.update(level=r.level, msg=r.msg, worker=r.worker)
+        return out
+    out.update(iter=r.iter, metric=r.metric, variant=r.variant)
+    if r.value is not None:
+        out["value"] = r.value
+    if r.doc:
+        out.update(loads(r.doc))
+    return out
+
+
+def _page(call: Call, event_type: str | None, default_desc: bool) -> dict[str, Any]:
+    task_id = call.str("task", required=True)
+    batch = call.int("batch_size", 500, minimum=1) or 500
+    batch = min(batch, 10_000)
+    order = call.str("order")
+    if order not in (None, "asc", "desc"):
+        raise errors.validation_error("order must be 'asc' or 'desc'")
+    desc = (order == "desc") if order else call.bool("navigate_earlier", default_desc)
+    scroll = call.str("scroll_id")
+    e = s.events.c
+    where = [e.task == task_id]
+    if event_type:
+        where.append(e.type == event_type)
+    from_ts = call.int("from_timestamp")
+    if from_ts is not None:
+        where.append(e.timestamp < from_ts if desc else e.timestamp > from_ts)
+    if scroll:
+        try:
+            cursor = int(scroll)
+        except ValueError:
+            raise errors.validation_error(f"Invalid scroll_id: {scroll!r}") from None
+        where.append(e.seq < cursor if desc else e.seq > cursor)
+    with call.store.read() as conn:
+        if get_task(conn, task_id) is None:
+            raise errors.invalid_task_id(task_id)
+        rows = conn.execute(select(s.events).where(*where).order_by(e.seq.desc() if desc else e.seq.asc()).limit(batch)).all()
+        total_where = [e.task == task_id] + ([e.type == event_type] if event_type else [])
+        total = conn.execute(select(func.count()).where(*total_where)).scalar() or 0
+    events = [_event_out(r) for r in rows]
+    next_scroll = str(rows[-1].seq) if rows else (scroll or "")
+    return {"events": events, "returned": len(events), "total": total, "scroll_id": next_scroll}
+
+
+@endpoint("events.get_task_log")
+def get_task_log(call: Call) -> dict[str, Any]:
+    """Newest first by default (`navigate_earlier`); `order: asc` with `scroll_id` follows a log forward."""
+    return _page(call, LOG, default_desc=True)
+
+
+@endpoint("events.get_task_events")
+def get_task_events(call: Call) -> dict[str, Any]:
+    return _page(call, call.str("event_type"), default_desc=False)
+
+
+@endpoint("events.get_scalar_metrics_and_variants")
+def get_scalar_metrics_and_variants(call: Call) -> dict[str, Any]:
+    task_id = call.str("task", required=True)
+    e = s.events.c
+    with call.store.read() as conn:
+        rows = conn.execute(select(e.metric, e.variant).where(e.task == task_id, e.type == SCALAR).distinct()).all()
+    metrics: dict[str, dict[str, Any]] = {}
+    for metric, variant in rows:
+        metrics.setdefault(metric, {})[variant] = {"name": variant}
+    return {"metrics": metrics}
+
+
+@endpoint("events.scalar_metrics_iter_histogram")
+def scalar_metrics_iter_histogram(call: Call) -> dict[str, Any]:
+    task_id = call.str("task", required=True)
+    e = s.events.c
+    with call.store.read() as conn:
+        rows = conn.execute(select(e.metric, e.variant, e.iter, e.value).where(e.task == task_id, e.type == SCALAR)
+                            .order_by(e.seq)).all()
+    out: dict[str, dict[str, Any]] = {}
+    for metric, variant, it, value in rows:
+        series = out.setdefault(metric, {}).setdefault(variant, {"name": variant, "x": [], "y": []})
+        series["x"].append(it)
+        series["y"].append(value)
+    return out
+
+
+@endpoint("events.delete_for_task")
+def delete_for_task(call: Call) -> dict[str, Any]:
+    task_id = call.str("task", required=True)
+    with call.store.write() as conn:
+        deleted = conn.execute(delete(s.events).where(s.events.c.task == task_id)).rowcount
+    return {"deleted": deleted}

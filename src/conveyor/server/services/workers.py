@@ -1,0 +1,278 @@
+"""The `workers` service: registration with a timeout, status reports, stats history, runtime properties."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from conveyor.protocol import errors
+from conveyor.server.call import Call, dumps, iso, loads, now
+from conveyor.server.services import endpoint
+from conveyor.server.store import schema as s
+from conveyor.server.store.documents import get_task, save_task
+
+STATS_KEYS = ("cpu_usage", "cpu_temperature", "memory_used", "memory_free", "disk_free_home", "disk_read", "disk_write",
+              "network_rx", "network_tx", "gpu_usage", "gpu_memory_used", "gpu_memory_free", "gpu_temperature",
+              "gpu_fraction")
+
+
+def _upsert(conn: Any, call: Call, worker: str, *, timeout: int | None, register: bool) -> dict[str, Any]:
+    ts = now()
+    row = conn.execute(select(s.workers.c.doc, s.workers.c.timeout).where(s.workers.c.id == worker)).first()
+    timeout = timeout or (row.timeout if row else call.state.settings.worker_timeout_sec)
+    if row:
+        doc = loads(row.doc)
+        if register:
+            doc["register_time"] = iso(ts)
+        doc["last_activity_time"] = iso(ts)
+        conn.execute(update(s.workers).where(s.workers.c.id == worker).values(last_seen=ts, timeout=timeout))
+    else:
+        doc = {"id": worker, "register_time": iso(ts), "last_activity_time": iso(ts), "queues": [], "tags": [],
+               "system_tags": []}
+        conn.execute(s.workers.insert().values(id=worker, user_id=call.user, ip=call.client_ip, register_time=ts,
+                                               last_seen=ts, timeout=timeout, doc=dumps(doc)))
+    return doc
+
+
+def _save(conn: Any, worker: str, doc: dict[str, Any], **columns: Any) -> None:
+    conn.execute(update(s.workers).where(s.workers.c.id == worker).values(doc=dumps(doc), **columns))
+
+
+@endpoint("workers.register")
+def register(call: Call) -> dict[str, Any]:
+    worker = call.str("worker", required=True)
+    timeout = call.int("timeout", minimum=1)
+    with call.store.write() as conn:
+        doc = _upsert(conn, call, worker, timeout=timeout, register=True)
+        for key in ("queues", "tags", "system_tags"):
+            if call.body.get(key) is not None:
+                doc[key] = call.str_list(key)
+        _save(conn, worker, doc)
+    return {}
+
+
+@endpoint("workers.unregister")
+def unregister(call: Call) -> dict[str, Any]:
+    worker = call.str("worker", required=True)
+    with call.store.write() as conn:
+        conn.execute(delete(s.workers).where(s.workers.c.id == worker))
+        conn.execute(delete(s.runtime_properties).where(s.runtime_properties.c.worker == worker))
+    return {}
+
+
+@endpoint("workers.status_report")
+def status_report(call: Call) -> dict[str, Any]:
+    worker = call.str("worker", required=True)
+    task_id = call.str("task")
+    queue_id = call.str("queue")
+    stats = call.dict("machine_stats")
+    ts = now()
+    with call.store.write() as conn:
+        doc = _upsert(conn, call, worker, timeout=None, register=False)
+        for key in ("queues", "tags", "system_tags"):
+            if call.body.get(key) is not None:
+                doc[key] = call.str_list(key)
+        doc["last_report_time"] = iso(ts)
+        doc["is_daemon"] = call.bool("is_daemon", True)
+        if stats is not None:
+            doc["machine_stats"] = {k: v for k, v in stats.items() if k in STATS_KEYS}
+            conn.execute(s.worker_stats.insert().values(worker=worker, timestamp=ts, task=task_id,
+                                                        stats=dumps(doc["machine_stats"])))
+        if task_id:
+            task = get_task(conn, task_id, lock=True)
+            if task is not None:
+                if doc.get("task") != task_id:
+                    doc["task_started"] = iso(ts)
+                task["last_worker"] = worker
+                task["last_worker_report"] = task["last_update"] = iso(ts)
+                save_task(conn, task)
+        elif "task_started" in doc:
+            del doc["task_started"]
+        doc["task"] = task_id
+        doc["queue"] = queue_id
+        _save(conn, worker, doc, task=task_id, queue=queue_id)
+    return {}
+
+
+def _alive(conn: Any, last_seen: int | None = None) -> list[Any]:
+    ts = now()
+    query = select(s.workers).where(s.workers.c.last_seen + s.workers.c.timeout >= ts)
+    if last_seen:
+        query = query.where(s.workers.c.last_seen >= ts - last_seen)
+    return conn.execute(query.order_by(s.workers.c.id)).all()
+
+
+@endpoint("workers.get_all")
+def get_all(call: Call) -> dict[str, Any]:
+    last_seen = call.int("last_seen", minimum=0)
+    tags = set(call.str_list("tags") or [])
+    with call.store.read() as conn:
+        rows = _alive(conn, last_seen)
+        queue_ids = {qid for r in rows for qid in (loads(r.doc).get("queues") or [])} | {r.queue for r in rows if r.queue}
+        queue_names = dict(conn.execute(select(s.queues.c.id, s.queues.c.name).where(s.queues.c.id.in_(queue_ids))).all())
+        counts = dict(conn.execute(select(s.queue_entries.c.queue, func.count()).where(
+            s.queue_entries.c.queue.in_(queue_ids)).group_by(s.queue_entries.c.queue)).all())
+        task_ids = [r.task for r in rows if r.task]
+        tasks = {r.id: r for r in conn.execute(select(s.tasks.c.id, s.tasks.c.name, s.tasks.c.last_iteration,
+                                                      s.tasks.c.project).where(s.tasks.c.id.in_(task_ids))).all()}
+        users = dict(conn.execute(select(s.users.c.id, s.users.c.name)).all())
+    workers = []
+    for r in rows:
+        doc = loads(r.doc)
+        if tags and not tags & set(doc.get("tags") or []):
+            continue
+        entry: dict[str, Any] = {
+            "id": r.id, "key": r.id, "ip": r.ip, "register_time": iso(r.register_time),
+            "last_activity_time": iso(r.last_seen), "last_report_time": doc.get("last_report_time"),
+            "user": {"id": r.user_id, "name": users.get(r.user_id, "")},
+            "queues": [{"id": q, "name": queue_names.get(q, ""), "num_tasks": counts.get(q, 0)}
+                       for q in doc.get("queues") or []],
+            "tags": doc.get("tags") or [], "system_tags": doc.get("system_tags") or [],
+        }
+        if r.queue:
+            entry["queue"] = {"id": r.queue, "name": queue_names.get(r.queue, ""), "num_tasks": counts.get(r.queue, 0)}
+        task = tasks.get(r.task) if r.task else None
+        if task is not None:
+            started = doc.get("task_started")
+            from conveyor.server.store.documents import to_epoch
+
+            entry["task"] = {"id": task.id, "name": task.name, "last_iteration": task.last_iteration,
+                             "running_time": int((now() - (to_epoch(started) or now())) * 1000)}
+            if task.project:
+                entry["project"] = {"id": task.project}
+        if doc.get("machine_stats"):
+            entry["machine_stats"] = doc["machine_stats"]
+        workers.append(entry)
+    return {"workers": workers}
+
+
+@endpoint("workers.get_count")
+def get_count(call: Call) -> dict[str, Any]:
+    with call.store.read() as conn:
+        return {"count": len(_alive(conn, call.int("last_seen", minimum=0)))}
+
+
+@endpoint("workers.set_runtime_properties")
+def set_runtime_properties(call: Call) -> dict[str, Any]:
+    worker = call.str("worker", required=True)
+    props = call.list("runtime_properties") or []
+    ts = now()
+    with call.store.write() as conn:
+        for prop in props:
+            if not isinstance(prop, dict) or not isinstance(prop.get("key"), str):
+                raise errors.validation_error("Validation error: each runtime property needs a string 'key'")
+            expiry = prop.get("expiry")
+            values = {"value": "" if prop.get("value") is None else str(prop["value"]),
+                      "expires": ts + float(expiry) if expiry else None}
+            c = s.runtime_properties.c
+            found = conn.execute(update(s.runtime_properties).where(c.worker == worker, c.key == prop["key"]).values(**values))
+            if not found.rowcount:
+                conn.execute(s.runtime_properties.insert().values(worker=worker, key=prop["key"], **values))
+    return {}
+
+
+@endpoint("workers.get_runtime_properties")
+def get_runtime_properties(call: Call) -> dict[str, Any]:
+    worker = call.str("worker", required=True)
+    ts = now()
+    c = s.runtime_properties.c
+    with call.store.read() as conn:
+        rows = conn.execute(select(c.key, c.value, c.expires).where(c.worker == worker).order_by(c.key)).all()
+    return {"runtime_properties": [
+        {"key": r.key, "value": r.value, **({"expiry": int(r.expires - ts)} if r.expires else {})}
+        for r in rows if r.expires is None or r.expires > ts
+    ]}
+
+
+def _range(call: Call) -> tuple[float, float, float]:
+    to_date = call.float("to_date") or now()
+    from_date = call.float("from_date") or to_date - 3600
+    interval = call.float("interval") or 60
+    if interval <= 0 or from_date > to_date:
+        raise errors.validation_error("from_date must precede to_date and interval must be positive")
+    return from_date, to_date, interval
+
+
+@endpoint("workers.get_activity_report")
+def get_activity_report(call: Call) -> dict[str, Any]:
+    """How many workers reported (total) and how many of them ran a task (active) per interval."""
+    from_date, to_date, interval = _range(call)
+    w = s.worker_stats.c
+    with call.store.read() as conn:
+        rows = conn.execute(select(w.worker, w.timestamp, w.task).where(w.timestamp >= from_date,
+                                                                         w.timestamp <= to_date)).all()
+    total: dict[int, set[str]] = {}
+    active: dict[int, set[str]] = {}
+    for r in rows:
+        bucket = int(from_date + ((r.timestamp - from_date) // interval) * interval)
+        total.setdefault(bucket, set()).add(r.worker)
+        if r.task:
+            active.setdefault(bucket, set()).add(r.worker)
+    dates = sorted(total)
+    return {"total": [{"dates": dates, "counts": [len(total[d]) for d in dates]}],
+            "active": [{"dates": dates, "counts": [len(active.get(d, ())) for d in dates]}]}
+
+
+@endpoint("workers.get_stats")
+def get_stats(call: Call) -> dict[str, Any]:
+    """Machine stats per worker, averaged per interval, with min/max/avg as ClearML's charts ask."""
+    from_date, to_date, interval = _range(call)
+    worker_ids = call.str_list("worker_ids")
+    items = call.list("items") or [{"key": k, "category": "avg"} for k in ("cpu_usage", "memory_used")]
+    w = s.worker_stats.c
+    query = select(w.worker, w.timestamp, w.stats).where(w.timestamp >= from_date, w.timestamp <= to_date)
+    if worker_ids:
+        query = query.where(w.worker.in_(worker_ids))
+    with call.store.read() as conn:
+        rows = conn.execute(query.order_by(w.worker, w.seq)).all()
+    series: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for r in rows:
+        stats = loads(r.stats) or {}
+        bucket = int(from_date + ((r.timestamp - from_date) // interval) * interval)
+        for item in items:
+            value = stats.get(item.get("key"))
+            if isinstance(value, list):
+                value = sum(value) / len(value) if value else None
+            if isinstance(value, (int, float)):
+                series.setdefault(r.worker, {}).setdefault(item["key"], {}).setdefault(bucket, []).append(float(value))
+    agg = {"avg": lambda v: sum(v) / len(v), "min": min, "max": max}
+    workers = []
+    for worker, metrics in series.items():
+        out = []
+        for key, buckets in metrics.items():
+            dates = sorted(buckets)
+            categories = sorted({i.get("category", "avg") for i in items if i.get("key") == key} & set(agg))
+            out.append({"metric": key, "dates": dates,
+                        "stats": [{"aggregation": c, "values": [agg[c](buckets[d]) for d in dates]} for c in categories]})
+        workers.append({"worker": worker, "metrics": out})
+    return {"workers": workers}
+
+
+def reap(state: Any) -> list[str]:
+    """Forget workers that missed their timeout; fail what they were running (`worker lost`). Bound stats history."""
+    from conveyor.server.services.tasks import set_status
+
+    ts = time.time()
+    lost: list[str] = []
+    with state.store.write() as conn:
+        expired = conn.execute(select(s.workers.c.id, s.workers.c.task).where(
+            s.workers.c.last_seen + s.workers.c.timeout < ts)).all()
+        for worker, task_id in expired:
+            if task_id:
+                task = get_task(conn, task_id, lock=True)
+                if task and task.get("status") == "in_progress" and task.get("last_worker") == worker:
+                    set_status(conn, task, "failed", force=True, reason="worker lost",
+                               message=f"worker {worker} stopped reporting")
+                    lost.append(task_id)
+            conn.execute(delete(s.workers).where(s.workers.c.id == worker))
+            conn.execute(delete(s.runtime_properties).where(s.runtime_properties.c.worker == worker))
+    keep = state.settings.worker_stats_history
+    with state.store.write() as conn:
+        w = s.worker_stats.c
+        for (worker,) in conn.execute(select(w.worker).group_by(w.worker).having(func.count() > keep)).all():
+            cutoff = conn.execute(select(w.seq).where(w.worker == worker).order_by(w.seq.desc()).offset(keep).limit(1)).scalar()
+            if cutoff is not None:
+                conn.execute(delete(s.worker_stats).where(w.worker == worker, w.seq <= cutoff))
+    return lost

@@ -1,0 +1,33 @@
+"""What a running server process holds: the store, the authenticator, the long-poll signals and its settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from conveyor.server.auth import Authenticator
+from conveyor.server.store import Store
+from conveyor.server.store.notify import QueueSignals
+
+
+@dataclass
+class ServerSettings:
+    worker_timeout_sec: int
+    long_poll_max_sec: float
+    worker_stats_history: int
+    token_ttl_sec: int
+    task_update_timeout_sec: int  # a task whose worker was not heard from this long is stopped outright
+    reap_interval_sec: float
+
+
+class ServerState:
+    def __init__(self, store: Store, auth: Authenticator, settings: ServerSettings):
+        self.store = store
+        self.auth = auth
+        self.settings = settings
+        self.signals = QueueSignals()
+
+    def wake(self, queue_ids: Iterable[str]) -> None:
+        """Call after the commit that added entries: wakes this process's long-polls at once."""
+        for qid in queue_ids:
+            self.signals.notify(qid)

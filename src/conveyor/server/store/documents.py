@@ -1,0 +1,115 @@
+"""Reading and writing the JSON documents of tasks, queues and projects, with their indexed columns in step."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.engine import Connection
+
+from conveyor.server.call import dumps, loads
+from conveyor.server.store import schema as s
+
+
+def to_epoch(value: Any) -> float | None:
+    """Task documents hold ISO strings; columns hold epoch seconds."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def task_columns(doc: dict[str, Any]) -> dict[str, Any]:
+    execution = doc.get("execution") or {}
+    return {
+        "name": doc.get("name") or "",
+        "status": doc.get("status") or "created",
+        "type": doc.get("type") or "training",
+        "project": doc.get("project"),
+        "parent": doc.get("parent"),
+        "user_id": doc.get("user"),
+        "queue": execution.get("queue"),
+        "last_worker": doc.get("last_worker"),
+        "tags": dumps(doc.get("tags") or []),
+        "system_tags": dumps(doc.get("system_tags") or []),
+        "created": to_epoch(doc.get("created")) or time.time(),
+        "last_update": to_epoch(doc.get("last_update")) or time.time(),
+        "started": to_epoch(doc.get("started")),
+        "completed": to_epoch(doc.get("completed")),
+        "status_changed": to_epoch(doc.get("status_changed")),
+        "last_iteration": int(doc.get("last_iteration") or 0),
+        "doc": dumps(doc),
+    }
+
+
+def get_task(conn: Connection, task_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    query = select(s.tasks.c.doc).where(s.tasks.c.id == task_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    return loads(row[0]) if row else None
+
+
+def insert_task(conn: Connection, doc: dict[str, Any]) -> None:
+    conn.execute(s.tasks.insert().values(id=doc["id"], **task_columns(doc)))
+
+
+def save_task(conn: Connection, doc: dict[str, Any]) -> None:
+    conn.execute(update(s.tasks).where(s.tasks.c.id == doc["id"]).values(**task_columns(doc)))
+
+
+def get_queue(conn: Connection, queue_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(s.queues.c.doc).where(s.queues.c.id == queue_id)).first()
+    return loads(row[0]) if row else None
+
+
+def queue_columns(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": doc["name"],
+        "created": to_epoch(doc.get("created")) or time.time(),
+        "last_update": to_epoch(doc.get("last_update")) or time.time(),
+        "tags": dumps(doc.get("tags") or []),
+        "system_tags": dumps(doc.get("system_tags") or []),
+        "doc": dumps(doc),
+    }
+
+
+def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = False) -> float:
+    """Append (or prepend) an entry; on PostgreSQL the commit also NOTIFYs waiting servers."""
+    edge = func.min(s.queue_entries.c.position) if front else func.max(s.queue_entries.c.position)
+    current = conn.execute(select(edge).where(s.queue_entries.c.queue == queue_id)).scalar()
+    position = (current - 1.0 if front else current + 1.0) if current is not None else 0.0
+    added = time.time()
+    conn.execute(s.queue_entries.insert().values(queue=queue_id, task=task_id, added=added, position=position))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify('conveyor_queues', :q)"), {"q": queue_id})
+    return added
+
+
+def remove_entries(conn: Connection, task_id: str, queue_id: str | None = None) -> int:
+    query = delete(s.queue_entries).where(s.queue_entries.c.task == task_id)
+    if queue_id:
+        query = query.where(s.queue_entries.c.queue == queue_id)
+    return conn.execute(query).rowcount or 0
+
+
+def entries_of(conn: Connection, queue_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The entries of several queues in queue order, as ClearML lists them in `queue.entries`."""
+    from conveyor.server.call import iso
+
+    result: dict[str, list[dict[str, Any]]] = {qid: [] for qid in queue_ids}
+    if not queue_ids:
+        return result
+    rows = conn.execute(
+        select(s.queue_entries.c.queue, s.queue_entries.c.task, s.queue_entries.c.added)
+        .where(s.queue_entries.c.queue.in_(queue_ids))
+        .order_by(s.queue_entries.c.queue, s.queue_entries.c.position, s.queue_entries.c.seq)
+    ).all()
+    for row in rows:
+        result[row.queue].append({"task": row.task, "added": iso(row.added)})
+    return result

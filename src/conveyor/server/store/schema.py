@@ -1,0 +1,152 @@
+"""One schema for SQLite and PostgreSQL. Documents are JSON text; what queries filter or sort on is a column."""
+
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+ID = String(64)  # 32-hex ids; worker ids and access keys are longer free text
+NAME = String(512)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", NAME, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("access_key", String(128), primary_key=True),
+    Column("secret_hash", String(128), nullable=False),  # sha256 of a random 256-bit secret; the secret is never stored
+    Column("user_id", ID, nullable=False),
+    Column("label", NAME, nullable=False, default=""),
+    Column("created", Float, nullable=False),
+    Column("last_used", Float),
+    Column("revoked", Float),  # when it was revoked; NULL while valid
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", NAME, nullable=False, index=True),
+    Column("created", Float, nullable=False),
+    Column("last_update", Float, nullable=False),
+    Column("system_tags", Text, nullable=False, default="[]"),
+    Column("doc", Text, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", NAME, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("project", ID),
+    Column("parent", ID),
+    Column("user_id", ID),
+    Column("queue", ID),
+    Column("last_worker", NAME),
+    Column("tags", Text, nullable=False, default="[]"),
+    Column("system_tags", Text, nullable=False, default="[]"),
+    Column("created", Float, nullable=False),
+    Column("last_update", Float, nullable=False),
+    Column("started", Float),
+    Column("completed", Float),
+    Column("status_changed", Float),
+    Column("last_iteration", BigInteger, nullable=False, default=0),
+    Column("doc", Text, nullable=False),
+    Index("ix_tasks_status", "status"),
+    Index("ix_tasks_project", "project"),
+    Index("ix_tasks_last_update", "last_update"),
+    Index("ix_tasks_created", "created"),
+    Index("ix_tasks_name", "name"),
+)
+
+queues = Table(
+    "queues",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", NAME, nullable=False, index=True),
+    Column("created", Float, nullable=False),
+    Column("last_update", Float, nullable=False),
+    Column("tags", Text, nullable=False, default="[]"),
+    Column("system_tags", Text, nullable=False, default="[]"),
+    Column("doc", Text, nullable=False),
+)
+
+# A queue's entries; order is (position, seq). Popping deletes the row, so an entry is delivered once.
+queue_entries = Table(
+    "queue_entries",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("queue", ID, nullable=False),
+    Column("task", ID, nullable=False),
+    Column("added", Float, nullable=False),
+    Column("position", Float, nullable=False),
+    Index("ix_queue_entries_order", "queue", "position", "seq"),
+    Index("ix_queue_entries_task", "task"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", NAME, primary_key=True),
+    Column("user_id", ID),
+    Column("ip", String(64)),
+    Column("register_time", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("timeout", Integer, nullable=False),
+    Column("task", ID),
+    Column("queue", ID),
+    Column("doc", Text, nullable=False),  # queues, tags, last machine stats, last report time
+)
+
+worker_stats = Table(
+    "worker_stats",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("worker", NAME, nullable=False),
+    Column("timestamp", Float, nullable=False),
+    Column("task", ID),
+    Column("stats", Text, nullable=False),
+    Index("ix_worker_stats_worker", "worker", "seq"),
+    Index("ix_worker_stats_time", "timestamp"),
+)
+
+runtime_properties = Table(
+    "runtime_properties",
+    metadata,
+    Column("worker", NAME, primary_key=True),
+    Column("key", String(256), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("expires", Float),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("task", ID, nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),  # epoch ms, as clients send it
+    Column("iter", BigInteger),
+    Column("metric", String(512)),
+    Column("variant", String(512)),
+    Column("value", Float),
+    Column("level", String(16)),
+    Column("worker", NAME),
+    Column("msg", Text),
+    Column("doc", Text),  # the rest of a non-log event (plots, vectors); NULL for logs and scalars
+    Index("ix_events_task_type", "task", "type", "seq"),
+)

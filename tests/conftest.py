@@ -1,0 +1,155 @@
+"""Shared fixtures: a real `conveyor server` process on a loopback port, on SQLite or on a fresh PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+PG_ADMIN = os.environ.get("CONVEYOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`conveyor server` as a user starts it, with its own HOME so that first-start credentials land there."""
+
+    def __init__(self, home: Path, db: str | None = None, port: int | None = None, extra_env: dict | None = None):
+        self.home = home
+        self.db = db
+        self.port = port or free_port()
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = home / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "clearml.conf"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
+        env.update(HOME=str(self.home), CLEARML_CONFIG_FILE=str(self.config_file), PYTHONUNBUFFERED="1",
+                   CONVEYOR__SERVER__REAP_INTERVAL_SEC="0.5")
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 30) -> "ServerProcess":
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "conveyor", "server", "--port", str(self.port),
+               "--data-dir", str(self.home / ".conveyor"), "--client-config", str(self.config_file)]
+        if self.db:
+            cmd += ["--db", self.db]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/debug.ping", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def credentials(self) -> tuple[str, str]:
+        from conveyor.config import load_config
+
+        cfg = load_config(self.config_file, environ={})
+        return cfg.access_key, cfg.secret_key
+
+    def client(self, **kw):  # noqa: ANN201 - ApiClient
+        from conveyor.client import ApiClient
+
+        key, secret = self.credentials()
+        return ApiClient(self.url, key, secret, **kw)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    return _pg_available()
+
+
+@pytest.fixture
+def pg_url(pg_available: bool) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database; dropped afterwards."""
+    if not pg_available:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}; .ci/run must start it")
+        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN}")
+    import psycopg
+
+    name = f"conveyor_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """None means the embedded default (SQLite in the data dir)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def server(tmp_path: Path, db_url: str | None) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "home", db=db_url).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "home").start()
+    yield proc
+    proc.stop()
