@@ -45,7 +45,8 @@ class ServerProcess:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
-        env.update(HOME=str(self.home), CLEARML_CONFIG_FILE=str(self.config_file), PYTHONUNBUFFERED="1",
+        # HOME makes ~/clearml.conf this server's first-start file, for the server and every client alike.
+        env.update(HOME=str(self.home), PYTHONUNBUFFERED="1",
                    CONVEYOR__SERVER__REAP_INTERVAL_SEC="0.5")
         env.update(self.extra_env)
         return env

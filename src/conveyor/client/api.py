@@ -27,7 +27,7 @@ from conveyor.config import Config, defaults, display_path
 log = logging.getLogger(__name__)
 
 LOGIN = "auth.login"
-Timeout = float | tuple[float, float]
+Timeout = float | tuple[float, float] | httpx.Timeout  # seconds, (connect, read), or httpx's own
 
 
 class ApiClient:
@@ -89,6 +89,9 @@ class ApiClient:
         self._token_lifetime = pick(request_token_expiration_sec, "api.auth.request_token_expiration_sec")
         self.api_version = api_version
         self.default_method = str(pick(default_method, "api.http.default_method")).upper()
+        if self.default_method not in ("GET", "POST", "PUT"):
+            raise ConveyorError(f"api.http.default_method must be get, post or put, not {self.default_method.lower()!r}"
+                                " — fix it in the config file or CLEARML_API_DEFAULT_REQ_METHOD")
         self._max_req_size = int(pick(max_req_size, "api.http.max_req_size"))
         self._credentials_hint = (f"check api.credentials in {display_path(cfg.path) if cfg.path else '~/clearml.conf'}"
                                   " or CLEARML_API_ACCESS_KEY/SECRET")
@@ -124,9 +127,9 @@ class ApiClient:
         A body with a numeric `wait` (a long-poll) gets that much more read time."""
         body = body if body is not None else {}
         wait = body.get("wait")
-        if timeout is None and isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
-            read = self._timeout.read or 0.0
-            timeout = (self._timeout.connect or 0.0, read + wait)
+        long_poll = isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0
+        if timeout is None and long_poll and self._timeout.read is not None:
+            timeout = httpx.Timeout(self._timeout.read + wait, connect=self._timeout.connect)
         return self._call(endpoint, orjson.dumps(body), "application/json", version, method, timeout)
 
     def call_lines(self, endpoint: str, events: list[dict[str, Any]], *, version: str | None = None,
@@ -307,6 +310,8 @@ class ApiClient:
 
 
 def _as_timeout(value: Timeout) -> httpx.Timeout:
+    if isinstance(value, httpx.Timeout):
+        return value
     if isinstance(value, tuple):
         connect, read = value
         return httpx.Timeout(float(read), connect=float(connect))

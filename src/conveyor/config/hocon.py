@@ -93,7 +93,7 @@ def dump(data: Mapping[str, Any], indent: int = 0) -> str:
     pad = "  " * indent
     lines = []
     for key, value in data.items():
-        name = key if _BARE_KEY.match(key) else json.dumps(key)
+        name = key if _BARE_KEY.match(key) else _quote(key)
         if isinstance(value, Mapping) and value:
             lines.append(f"{pad}{name} {{")
             lines.append(dump(value, indent + 1))
@@ -101,5 +101,10 @@ def dump(data: Mapping[str, Any], indent: int = 0) -> str:
         elif isinstance(value, Mapping):
             lines.append(f"{pad}{name} {{}}")
         else:
-            lines.append(f"{pad}{name}: {json.dumps(value)}")
+            lines.append(f"{pad}{name}: {_quote(value)}")
     return "\n".join(lines)
+
+
+def _quote(value: Any) -> str:
+    # pyhocon does not decode \uXXXX escapes, so non-ASCII text is written as it is (the file is UTF-8)
+    return json.dumps(value, ensure_ascii=False)

@@ -9,7 +9,7 @@ from conveyor.config import hocon
 from conveyor.config.errors import ConfigError
 from conveyor.config.loader import display_path
 
-_HEADER = "# Written by Conveyor. Every other setting has its default; see `conveyor config` for all of them.\n"
+_HEADER = "# Written by Conveyor. Settings not named here keep their defaults.\n"
 
 
 def write_api_section(path: str | os.PathLike[str], api_host: str, web_host: str, files_host: str,
@@ -24,11 +24,15 @@ def write_api_section(path: str | os.PathLike[str], api_host: str, web_host: str
         "credentials": {"access_key": access_key, "secret_key": secret_key},
     }}) + "\n"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.is_dir():
+            target.parent.mkdir(parents=True)
         # O_EXCL: the check and the creation are one step, so a file made meanwhile is not overwritten either
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
+    except FileExistsError as exc:
+        if exc.filename is not None and Path(exc.filename) == target:
+            return False
+        raise ConfigError(f"Cannot create {display_path(target)}: {exc.filename} is not a folder — choose another "
+                          "path with CLEARML_CONFIG_FILE", source=display_path(target)) from None
     except OSError as exc:
         raise ConfigError(f"Cannot create {display_path(target)}: {exc.strerror or exc} — choose another path "
                           "with CLEARML_CONFIG_FILE", source=display_path(target)) from None

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -100,6 +100,11 @@ def create_app(state: ServerState, *, web: bool = True) -> Starlette:
         except OperationalError as exc:  # database restarting or unreachable: clients retry 503s
             log.warning("%s: database unavailable: %s", name, str(exc.orig).splitlines()[0] if exc.orig else exc)
             return _error(name, version, errors.ApiError(503, 0, "Database unavailable, retry later"))
+        except DataError as exc:  # a value the database cannot hold or use (PostgreSQL): the caller's mistake
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__
+            return _error(name, version, errors.bad_request(
+                f"Invalid value in the request: {reason} (shorten names to 512 characters, use POSIX regular "
+                "expressions, keep numbers in range)"))
         except DBAPIError as exc:
             log.exception("%s: database error", name)
             return _error(name, version, errors.ApiError(500, 0, f"Database error: {exc.__class__.__name__}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from conveyor.server.state import ServerState
 
 _MISSING = object()
+INT64_MAX = 2**63 - 1
 
 
 def now() -> float:
@@ -93,7 +95,8 @@ class Call:
             return value.lower() in ("true", "1")
         raise errors.validation_error(f"Validation error: field '{name}' must be a boolean")
 
-    def int(self, name: str, default: int | None = None, *, minimum: int | None = None) -> int | None:
+    def int(self, name: str, default: int | None = None, *, minimum: int | None = None,
+            maximum: int = INT64_MAX) -> int | None:
         value = self.body.get(name)
         if value is None:
             return default
@@ -101,10 +104,12 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be an integer")
         try:
             number = int(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise errors.validation_error(f"Validation error: field '{name}' must be an integer") from None
         if minimum is not None and number < minimum:
             raise errors.validation_error(f"Validation error: field '{name}' must be at least {minimum}")
+        if number > maximum:  # the databases hold 64-bit integers at most
+            raise errors.validation_error(f"Validation error: field '{name}' must be at most {maximum}")
         return number
 
     def float(self, name: str, default: float | None = None) -> float | None:
@@ -114,9 +119,12 @@ class Call:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise errors.validation_error(f"Validation error: field '{name}' must be a number")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise errors.validation_error(f"Validation error: field '{name}' must be a number") from None
+        if not math.isfinite(number):
+            raise errors.validation_error(f"Validation error: field '{name}' must be a finite number")
+        return number
 
     def str_list(self, name: str) -> list[str] | None:
         """A list of strings; a single string is accepted as a list of one, as the reference server does."""

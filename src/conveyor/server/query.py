@@ -8,13 +8,14 @@ from typing import Any
 from sqlalchemy import Column, Select, and_, not_, or_
 
 from conveyor.protocol import errors
-from conveyor.server.call import Call, compile_regex
+from conveyor.server.call import INT64_MAX, Call, compile_regex
 
 
 def name_filter(column: Column, pattern: str) -> Any:
     """`name` is a case-insensitive regex, unanchored (agent) or anchored (SDK)."""
     compile_regex(pattern)  # a pattern that does not compile is the caller's error, not a database error
-    return column.regexp_match(pattern, flags="i")
+    # An inline (?i), not flags="i": SQLite's REGEXP (Python's re.search) ignores flags; PostgreSQL reads it too.
+    return column.regexp_match(f"(?i){pattern}")
 
 
 def tags_filter(column: Column, tags: list[str]) -> Any:
@@ -88,11 +89,16 @@ def apply_paging(call: Call, query: Select) -> tuple[Select, dict[str, Any]]:
                 offset = int(scroll)
             except ValueError:
                 raise errors.validation_error(f"Invalid scroll_id: {scroll!r}") from None
+        if offset < 0 or offset > INT64_MAX:
+            raise errors.validation_error(f"Invalid scroll_id: {scroll!r}")
         query = query.offset(offset).limit(size)
         extra["scroll_id"] = str(offset + size)
     elif page is not None or page_size is not None:
         page_size = page_size or 500
-        query = query.offset((page or 0) * page_size).limit(page_size)
+        offset = (page or 0) * page_size
+        if offset > INT64_MAX:
+            raise errors.validation_error(f"Validation error: page {page} of size {page_size} is beyond any result")
+        query = query.offset(offset).limit(page_size)
     return query, extra
 
 

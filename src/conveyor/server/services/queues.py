@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 
 from conveyor.protocol import errors
 from conveyor.protocol.ids import new_id
@@ -19,9 +19,12 @@ ORDER_COLUMNS = {"id": s.queues.c.id, "name": s.queues.c.name, "created": s.queu
                  "last_update": s.queues.c.last_update}
 
 
+_QUEUE_EXISTS = select(s.queues.c.id).where(s.queues.c.id == bindparam("queue_id"))
+
+
 def resolve_queue(conn: Any, queue: str) -> str:
     """A queue id, or failing that an exact (case-insensitive) name; else 400/701 as the reference answers."""
-    if conn.execute(select(s.queues.c.id).where(s.queues.c.id == queue)).first():
+    if conn.execute(_QUEUE_EXISTS, {"queue_id": queue}).first():
         return queue
     rows = conn.execute(select(s.queues.c.id).where(func.lower(s.queues.c.name) == queue.lower())).all()
     if len(rows) == 1:
@@ -294,19 +297,19 @@ def _known_queues(call: Call, queue_ids: list[str]) -> None:
 
 
 def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
-    """Take the head entry of the first non-empty queue (in the given order), atomically."""
+    """Take the head entry of the first non-empty queue (in the given order), atomically.
+
+    The task itself is not read: every status change that takes a task out of `queued` (stop, dequeue, reset,
+    delete) removes its entries in the same transaction, so a popped entry always names a queued task."""
     with call.store.write() as conn:
-        sql = text(call.store.pop_sql())
+        sql = call.store.pop_statement
         for queue_id in queue_ids:
             row = conn.execute(sql, {"q": queue_id}).first()
             if row is None:
                 continue
-            doc = get_task(conn, row.task, lock=True)
-            if doc and doc.get("status") == "stopped":  # an abort raced the pop: the reference re-queues it
-                doc["status"] = "queued"
-                save_task(conn, doc)
             answer: dict[str, Any] = {"entry": {"task": row.task, "added": iso(row.added)}, "queue": queue_id}
-            if call.bool("get_task_info") and doc:
+            if call.bool("get_task_info"):
+                doc = get_task(conn, row.task) or {}
                 answer["task_info"] = {"company": doc.get("company", ""), "user": doc.get("user", "")}
             return answer
     return None

@@ -66,7 +66,7 @@ def new_task(call: Call, name: str, task_type: str) -> dict[str, Any]:
 
 
 def _check_type(value: Any) -> str:
-    if value not in TASK_TYPES:
+    if not isinstance(value, str) or value not in TASK_TYPES:
         raise errors.validation_error(f"Invalid task type {value!r}: use one of {', '.join(sorted(TASK_TYPES))}")
     return value
 

@@ -16,6 +16,7 @@ from conveyor.server.store.documents import get_task, save_task
 STATS_KEYS = ("cpu_usage", "cpu_temperature", "memory_used", "memory_free", "disk_free_home", "disk_read", "disk_write",
               "network_rx", "network_tx", "gpu_usage", "gpu_memory_used", "gpu_memory_free", "gpu_temperature",
               "gpu_fraction")
+MAX_TIMEOUT_SEC = 2**31 - 1  # the workers.timeout column is a 32-bit integer
 
 
 def _upsert(conn: Any, call: Call, worker: str, *, timeout: int | None, register: bool) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def _save(conn: Any, worker: str, doc: dict[str, Any], **columns: Any) -> None:
 @endpoint("workers.register")
 def register(call: Call) -> dict[str, Any]:
     worker = call.str("worker", required=True)
-    timeout = call.int("timeout", minimum=1)
+    timeout = call.int("timeout", minimum=1, maximum=MAX_TIMEOUT_SEC)
     with call.store.write() as conn:
         doc = _upsert(conn, call, worker, timeout=timeout, register=True)
         for key in ("queues", "tags", "system_tags"):
@@ -164,6 +165,9 @@ def set_runtime_properties(call: Call) -> dict[str, Any]:
             if not isinstance(prop, dict) or not isinstance(prop.get("key"), str):
                 raise errors.validation_error("Validation error: each runtime property needs a string 'key'")
             expiry = prop.get("expiry")
+            if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, (int, float))):
+                raise errors.validation_error(
+                    f"Validation error: runtime property {prop['key']!r} has expiry {expiry!r}: give seconds as a number")
             values = {"value": "" if prop.get("value") is None else str(prop["value"]),
                       "expires": ts + float(expiry) if expiry else None}
             c = s.runtime_properties.c
@@ -221,6 +225,9 @@ def get_stats(call: Call) -> dict[str, Any]:
     from_date, to_date, interval = _range(call)
     worker_ids = call.str_list("worker_ids")
     items = call.list("items") or [{"key": k, "category": "avg"} for k in ("cpu_usage", "memory_used")]
+    if not all(isinstance(i, dict) and isinstance(i.get("key"), str) for i in items):
+        raise errors.validation_error("Validation error: each of 'items' must be an object with a string 'key' "
+                                      "(and an optional 'category': avg, min or max)")
     w = s.worker_stats.c
     query = select(w.worker, w.timestamp, w.stats).where(w.timestamp >= from_date, w.timestamp <= to_date)
     if worker_ids:

@@ -6,10 +6,11 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import TextClause, create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
@@ -108,15 +109,16 @@ class Store:
         with self._reader.connect() as conn:
             yield conn
 
-    def pop_sql(self) -> str:
+    @cached_property
+    def pop_statement(self) -> TextClause:
         """Delete and return the head entry of one queue, atomically (two workers never get one entry)."""
         if self.dialect == "postgresql":
-            return (
+            return text(
                 "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
                 "ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added"
             )
         # Under BEGIN IMMEDIATE the whole database is write-locked, so the sub-select cannot race.
-        return (
+        return text(
             "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
             "ORDER BY position, seq LIMIT 1) RETURNING task, added"
         )

@@ -1,0 +1,191 @@
+"""Server benchmark: enqueue+pop pairs per second (1 and 8 clients) and long-poll wake-up latency.
+
+    python bench/server.py [--db sqlite|postgresql|both] [--pairs 2000] [--samples 100]
+
+Each figure is printed with its ratio to a reference measured in the same run:
+- pairs/s against the same clients doing two `debug.ping` calls per pair (the HTTP floor: what the server's
+  transport alone allows on this machine), and against the issue's target (1,000 pairs/s on SQLite with 8 clients);
+- wake-up latency against the reference agent's pickup, which polls every 5 s (mean wait 2.5 s), and the target
+  (p50 under 10 ms).
+Clients run in separate processes so that the client side is not one GIL; they share the machine's cores with the
+server, as agents on a small box would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing as mp
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from conftest import PG_ADMIN, ServerProcess  # noqa: E402  (the same server launcher the tests use)
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+
+
+class LeanClient:
+    """A keep-alive load generator (http.client + orjson), so that the figures measure the server rather than the
+    client library: it costs a third of the CPU of an httpx call, and clients share the machine with the server."""
+
+    def __init__(self, url: str, token: str):
+        host, port = url.split("//", 1)[1].split(":")
+        self.conn = http.client.HTTPConnection(host, int(port))
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def call(self, endpoint: str, body: dict) -> dict:
+        self.conn.request("POST", f"/v2.31/{endpoint}", orjson.dumps(body), self.headers)
+        response = self.conn.getresponse()
+        payload = orjson.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(f"{endpoint}: {payload['meta']['result_msg']}")
+        return payload["data"]
+
+
+def _worker(url: str, token: str, queue: str, tasks: list[str], mode: str, start: mp.Event, out: mp.Queue) -> None:
+    client = LeanClient(url, token)
+    client.call("debug.ping", {})
+    start.wait()
+    t0 = time.perf_counter()
+    popped = 0
+    for task in tasks:
+        if mode == "ping":
+            client.call("debug.ping", {})
+            client.call("debug.ping", {})
+            popped += 1
+            continue
+        client.call("tasks.enqueue", {"task": task, "queue": queue})
+        if client.call("queues.get_next_task", {"queue": queue}).get("entry"):
+            popped += 1
+    out.put((time.perf_counter() - t0, popped))
+
+
+def pairs_per_second(server: ServerProcess, clients: int, pairs: int, mode: str) -> tuple[float, int]:
+    admin = server.client()
+    key, secret = server.credentials()
+    token = httpx.get(f"{server.url}/auth.login", auth=(key, secret)).json()["data"]["token"]
+    queue = admin.call("queues.create", {"name": f"bench-{secrets.token_hex(3)}"})["id"]
+    per_client = pairs // clients
+    jobs = []
+    for _ in range(clients):
+        tasks = [] if mode == "ping" else [
+            admin.call("tasks.create", {"name": "bench", "type": "training"})["id"] for _ in range(per_client)]
+        jobs.append(tasks or [""] * per_client)
+    start, out = mp.Event(), mp.Queue()
+    procs = [mp.Process(target=_worker, args=(server.url, token, queue, tasks, mode, start, out))
+             for tasks in jobs]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let every client connect and log in before the clock starts
+    t0 = time.perf_counter()
+    start.set()
+    results = [out.get(timeout=600) for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    popped = sum(r[1] for r in results)
+    # Tasks popped by one client may have been enqueued by another; whatever is left is still queued.
+    left = len(admin.call("queues.get_by_id", {"queue": queue})["queue"]["entries"])
+    return (per_client * clients) / elapsed, popped + left - per_client * clients if mode != "ping" else 0
+
+
+def wakeup_latency(server: ServerProcess, samples: int) -> list[float]:
+    waiter, producer = server.client(), server.client()
+    queue = producer.call("queues.create", {"name": f"wake-{secrets.token_hex(3)}"})["id"]
+    tasks = [producer.call("tasks.create", {"name": "wake", "type": "training"})["id"] for _ in range(samples)]
+    latencies: list[float] = []
+    got = threading.Event()
+    sent_at = [0.0]
+
+    def wait_loop() -> None:
+        for _ in range(samples):
+            while True:
+                answer = waiter.call("queues.get_next_task", {"queue": queue, "wait": 10}, timeout=20)
+                if answer.get("entry"):
+                    latencies.append(time.perf_counter() - sent_at[0])
+                    got.set()
+                    break
+
+    thread = threading.Thread(target=wait_loop)
+    thread.start()
+    for task in tasks:
+        time.sleep(0.05 + secrets.randbelow(50) / 1000)  # the waiter is parked in its long-poll by now
+        got.clear()
+        sent_at[0] = time.perf_counter()
+        producer.call("tasks.enqueue", {"task": task, "queue": queue})
+        got.wait(15)
+    thread.join()
+    return latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def run(db_name: str, pairs: int, samples: int, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = None
+        if db_name == "postgresql":
+            import psycopg
+
+            name = f"conveyor_bench_{secrets.token_hex(4)}"
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            db = f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+        server = ServerProcess(Path(tmp) / "home", db=db).start()
+        try:
+            print(f"\n== {db_name} ==")
+            for clients in (1, 8):
+                rates, floors = [], []
+                for _ in range(repeats):
+                    rate, lost = pairs_per_second(server, clients, pairs, "pairs")
+                    assert lost == 0, f"{lost} tasks unaccounted for"
+                    rates.append(rate)
+                    floors.append(pairs_per_second(server, clients, pairs, "ping")[0])
+                med, floor = statistics.median(rates), statistics.median(floors)
+                line = (f"enqueue+pop pairs/s, {clients} client(s): median {med:,.0f} (min {min(rates):,.0f}, "
+                        f"max {max(rates):,.0f}, {repeats} runs of {pairs}); HTTP floor (2 pings/pair) {floor:,.0f}/s; "
+                        f"ratio to floor {med / floor:.2f}")
+                if clients == 8 and db_name == "sqlite":
+                    line += f"; ratio to target 1,000/s: {med / 1000:.2f}"
+                print(line, flush=True)
+            lat = wakeup_latency(server, samples)
+            p50, p95 = pct(lat, 0.5) * 1000, pct(lat, 0.95) * 1000
+            print(f"long-poll wake-up latency over {len(lat)} enqueues: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+                  f"min {min(lat) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms; reference agent mean pickup wait "
+                  f"2500 ms (5 s poll): {2500 / p50:.0f}x faster; target p50 < 10 ms: "
+                  f"{'met' if p50 < 10 else 'NOT met'}", flush=True)
+        finally:
+            server.stop()
+            if db:
+                import psycopg
+
+                with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{db.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--pairs", type=int, default=2000, help="enqueue+pop pairs per run")
+    parser.add_argument("--samples", type=int, default=100, help="wake-ups to time")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    for db in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
+        run(db, args.pairs, args.samples, args.repeats)
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    main()

@@ -1,0 +1,157 @@
+"""Queue delivery guarantees: exactly-once pops under concurrency, long-poll wake-ups, durability across SIGKILL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import ServerProcess
+
+TASKS = 2000
+CONSUMERS = 16
+
+
+def _make_tasks(client, count: int) -> list[str]:  # noqa: ANN001
+    return [client.call("tasks.create", {"name": f"t{i}", "type": "training"})["id"] for i in range(count)]
+
+
+def _consume(servers: list[ServerProcess], queue: str, producers_done: threading.Event) -> list[list[str]]:
+    """CONSUMERS threads, each with its own client, long-polling until the producers are done and the queue is dry."""
+    def consumer(index: int) -> list[str]:
+        client = servers[index % len(servers)].client()
+        got: list[str] = []
+        while True:
+            answer = client.call("queues.get_next_task", {"queue": queue, "wait": 0.5})
+            if answer.get("entry"):
+                got.append(answer["entry"]["task"])
+            elif producers_done.is_set():
+                return got
+
+    with ThreadPoolExecutor(CONSUMERS) as pool:
+        return list(pool.map(consumer, range(CONSUMERS)))
+
+
+def _produce_and_consume(producer_servers: list[ServerProcess], consumer_servers: list[ServerProcess]) -> None:
+    admin = producer_servers[0].client()
+    queue = admin.call("queues.create", {"name": "race"})["id"]
+    done = threading.Event()
+    enqueued: list[str] = []
+
+    def produce(index: int) -> None:
+        client = producer_servers[index % len(producer_servers)].client()
+        for task in _make_tasks(client, TASKS // 2):
+            client.call("tasks.enqueue", {"task": task, "queue": queue})
+            enqueued.append(task)
+
+    producers = [threading.Thread(target=produce, args=(i,)) for i in range(2)]
+    for p in producers:
+        p.start()
+    results: list[list[str]] = []
+    consumer_thread = threading.Thread(target=lambda: results.extend(_consume(consumer_servers, queue, done)))
+    consumer_thread.start()
+    for p in producers:
+        p.join()
+    done.set()
+    consumer_thread.join(300)
+    delivered = [task for batch in results for task in batch]
+    assert len(enqueued) == TASKS
+    assert len(delivered) == len(set(delivered)), "a task was delivered twice"
+    assert sorted(delivered) == sorted(enqueued), "a task was lost"
+    assert sum(1 for batch in results if batch) > 1, "only one consumer ever got work: no concurrency was tested"
+    assert admin.call("queues.get_by_id", {"queue": queue})["queue"]["entries"] == []
+
+
+def test_concurrent_consumers_get_every_task_exactly_once(server: ServerProcess) -> None:
+    _produce_and_consume([server], [server])
+
+
+def test_two_server_processes_on_one_postgresql(tmp_path: Path, pg_url: str) -> None:
+    first = ServerProcess(tmp_path / "a", db=pg_url).start()
+    # The second server shares the database, so it shares the credentials the first one created.
+    second = ServerProcess(tmp_path / "b", db=pg_url)
+    second.home.mkdir(parents=True)
+    second.config_file.write_text(first.config_file.read_text())
+    second.start()
+    try:
+        assert "First start" not in second.output()
+        _produce_and_consume([first], [first, second])
+
+        # A long-poll held by one process wakes when the task is enqueued through the other (LISTEN/NOTIFY).
+        admin = first.client()
+        queue = admin.call("queues.create", {"name": "cross"})["id"]
+        task = _make_tasks(admin, 1)[0]
+        answer: dict = {}
+        waiter = threading.Thread(target=lambda: answer.update(
+            second.client().call("queues.get_next_task", {"queue": queue, "wait": 20}, timeout=30)))
+        waiter.start()
+        time.sleep(1.0)
+        sent = time.monotonic()
+        admin.call("tasks.enqueue", {"task": task, "queue": queue})
+        waiter.join(25)
+        assert answer.get("entry", {}).get("task") == task
+        assert time.monotonic() - sent < 1.0, "the wake-up came from the poll timeout, not from NOTIFY"
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_long_poll_waits_and_wakes(sqlite_server: ServerProcess) -> None:
+    client = sqlite_server.client()
+    queue = client.call("queues.create", {"name": "lp"})["id"]
+    start = time.monotonic()
+    assert client.call("queues.get_next_task", {"queue": queue, "wait": 1.0}) == {}
+    assert 0.9 <= time.monotonic() - start < 3.0
+
+    task = _make_tasks(client, 1)[0]
+    answer: dict = {}
+    waiter = threading.Thread(target=lambda: answer.update(
+        sqlite_server.client().call("queues.get_next_task", {"queue": queue, "wait": 20}, timeout=30)))
+    waiter.start()
+    time.sleep(0.5)
+    sent = time.monotonic()
+    client.call("tasks.enqueue", {"task": task, "queue": queue})
+    waiter.join(25)
+    assert answer["entry"]["task"] == task
+    assert time.monotonic() - sent < 0.5
+    # Without `wait` the call behaves exactly as ClearML's: an empty queue answers at once.
+    start = time.monotonic()
+    assert client.call("queues.get_next_task", {"queue": queue}) == {}
+    assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sigkill_loses_no_acknowledged_enqueue(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    db = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    server = ServerProcess(tmp_path / "home", db=db).start()
+    client = server.client(max_retries=0)
+    queue = client.call("queues.create", {"name": "durable"})["id"]
+    tasks = _make_tasks(client, 400)
+    acknowledged: list[str] = []
+
+    def enqueue_until_killed() -> None:
+        for task in tasks:
+            try:
+                client.call("tasks.enqueue", {"task": task, "queue": queue})
+            except Exception:
+                return
+            acknowledged.append(task)
+
+    writer = threading.Thread(target=enqueue_until_killed)
+    writer.start()
+    while len(acknowledged) < 100:
+        time.sleep(0.005)
+    server.kill()
+    writer.join(30)
+    assert 100 <= len(acknowledged) < len(tasks), "the kill did not land in the middle of the enqueues"
+
+    server.start()
+    after = server.client()
+    entries = [e["task"] for e in after.call("queues.get_by_id", {"queue": queue})["queue"]["entries"]]
+    assert entries[: len(acknowledged)] == acknowledged
+    statuses = {t["id"]: t["status"] for t in after.call("tasks.get_all", {"id": acknowledged, "only_fields": ["status"]})["tasks"]}
+    assert set(statuses.values()) == {"queued"}
+    server.stop()
