@@ -396,6 +396,6 @@ def test_user_errors_are_one_clear_line(sqlite_server_module: ServerProcess, rep
     with server.client() as api:
         assert len(api.call("tasks.get_all", {})["tasks"]) == before  # no half-made task
 
-    unreachable = conveyor(server, "task", "list", env={"CLEARML_API_HOST": f"http://127.0.0.1:{free_port()}"},
-                           expect=2)
+    nowhere = {"CLEARML_API_HOST": f"http://127.0.0.1:{free_port()}", "CONVEYOR__CLIENT__MAX_RETRIES": "0"}
+    unreachable = conveyor(server, "task", "list", env=nowhere, expect=2)
     assert "Cannot reach the Conveyor server" in unreachable.stderr

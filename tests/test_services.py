@@ -164,6 +164,32 @@ def test_tasks_get_all_filters(api: ApiClient) -> None:
     assert api.call("tasks.get_all", {"project": [pid], "name": "^nothing-here$"})["tasks"] == []
 
 
+def test_tags_match_exactly(api: ApiClient) -> None:
+    """Tags are matched whole and case-sensitively; `_` and `%` in a tag are no wildcards."""
+    pid = api.call("projects.create", {"name": unique("tags")})["id"]
+    under = new_task(api, project=pid, tags=["force_workers:off"])
+    other = new_task(api, project=pid, tags=["forceXworkers:off"])
+    upper = new_task(api, project=pid, tags=["Red"])
+    percent = new_task(api, project=pid, tags=["100%"])
+    part = new_task(api, project=pid, tags=["reddish"])
+
+    def ids(*tags: str) -> set[str]:
+        return {t["id"] for t in api.call("tasks.get_all", {"project": [pid], "tags": list(tags)})["tasks"]}
+
+    assert ids("force_workers:off") == {under}
+    assert ids("Red") == {upper}
+    assert ids("red") == set()
+    assert ids("100%") == {percent}
+    assert ids("10%") == set()
+    assert ids("-Red") == {under, other, percent, part}
+    qid = api.call("queues.create", {"name": unique("tq"), "tags": ["force_workers:on"]})["id"]
+    api.call("queues.create", {"name": unique("tq"), "tags": ["forceXworkers:on"]})
+    assert [q["id"] for q in api.call("queues.get_all", {"tags": ["force_workers:on"]})["queues"]] == [qid]
+    # A user tag "Hidden" does not hide a task; only the system tag "hidden" does.
+    shown = new_task(api, project=pid, tags=["Hidden"], system_tags=["Hidden"])
+    assert shown in {t["id"] for t in api.call("tasks.get_all", {"project": [pid]})["tasks"]}
+
+
 def test_tasks_get_all_only_fields_nested(api: ApiClient) -> None:
     tid = api.call("tasks.create", {"name": unique("of"), **FULL})["id"]
     got = api.call("tasks.get_all", {"id": [tid], "only_fields": ["script.requirements", "runtime._abort_poll_freq"],

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.cli._output import age, local_time, print_json, print_table, safe_url, warn
+from conveyor.protocol.status import FINAL, TaskStatus
 
-STATUSES = ("created", "queued", "in_progress", "stopped", "failed", "completed", "closed", "published", "publishing",
-            "unknown")
-FINAL_STATUSES = frozenset({"completed", "failed", "stopped", "closed", "published"})
+STATUSES = tuple(s.value for s in TaskStatus)
+FINAL_STATUSES = frozenset(s.value for s in FINAL)  # `logs --follow` stops at these once no more lines come
 LOG_POLL_SEC = 0.5  # how often `task logs --follow` asks for new lines
 LOG_BATCH = 500  # log events per events.get_task_log call
 LIST_FIELDS = ["id", "name", "status", "project", "last_update", "execution.queue", "type"]
+# The types tasks.create accepts (server/services/tasks.py), for argparse's choices and help.
 TASK_TYPES = ("training", "testing", "inference", "data_processing", "application", "monitor", "controller",
               "optimizer", "service", "qc", "custom")
 
@@ -184,10 +185,14 @@ def _warnings(state: Any) -> list[str]:
     return notes
 
 
-def create_task(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace, client: Any) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
+    """The tasks.create body, the queue to enqueue to, and warnings about the recorded code. Local checks (options,
+    files, the repository) come first, then the queue look-up, and only then the project is made: a bad command
+    leaves nothing behind on the server."""
     from conveyor.client import task_builder as tb
 
-    params = tb.hyperparams(tb.parse_args(args.args))  # option errors first: no call made on a bad command
+    name = tb.task_name(args.name)
+    params = tb.hyperparams(tb.parse_args(args.args))
     working_dir = tb.normalize_dir(args.working_dir)
     reqs = tb.requirements(tb.read_option_file(args.requirements, "--requirements") if args.requirements else None,
                            args.packages)
@@ -195,20 +200,29 @@ def create_task(args: argparse.Namespace) -> int:
              if args.docker_bash_setup_script else None)
     container = tb.container_section(args.docker, args.docker_args, setup)
     source, script, notes = _source(args, working_dir)
-    entry = tb.entry_point(script, working_dir) if source.repository else script
-    client = _client(args)
-    queue = tb.find_queue(client, args.queue) if args.queue else None  # before creating: no orphan on a typo
+    if source.repository:
+        script_part = tb.script_section(source, tb.entry_point(script, working_dir), working_dir=working_dir,
+                                        binary=args.binary, reqs=reqs)
+    else:  # a standalone script runs from the folder it is written to
+        script_part = tb.script_section(source, script, binary=args.binary, reqs=reqs)
+    queue = tb.find_queue(client, args.queue) if args.queue else None
     project = tb.project_id(client, args.project, create=True) if args.project else None
-    body = tb.create_body(name=args.name, project=project, task_type=args.type, params=params, container=container,
-                          script=tb.script_section(source, entry, working_dir=working_dir if source.repository else ".",
-                                                   binary=args.binary, reqs=reqs))
-    for note in notes:  # only now: a command that fails on a lookup shows just its error
+    return tb.create_body(name=name, project=project, task_type=args.type, params=params, container=container,
+                          script=script_part), queue, notes
+
+
+def create_task(args: argparse.Namespace) -> int:
+    from conveyor.client import task_builder as tb
+
+    client = _client(args)
+    body, queue, notes = _prepare(args, client)
+    for note in notes:  # only now: a command that fails shows just its error
         warn(note)
     created = client.call("tasks.create", body)
     enqueued = client.call("tasks.enqueue", {"task": created["id"], "queue": queue["id"]}) if queue else None
     if args.json:
-        task = tb.get_task(client, created["id"])
-        print_json({"id": created["id"], "created": created, "enqueued": enqueued, "task": task})
+        print_json({"id": created["id"], "created": created, "enqueued": enqueued,
+                    "task": _redacted(tb.get_task(client, created["id"]))})
     else:
         print(created["id"])
         if queue:
@@ -258,8 +272,6 @@ def list_tasks(args: argparse.Namespace) -> int:
     client = _client(args)
     body = _list_body(args, client)
     queue_id = tb.find_queue(client, args.queue)["id"] if args.queue else None
-    if queue_id and "only_fields" in body:
-        body["only_fields"] = LIST_FIELDS
     tasks = _matching_tasks(client, body, queue_id, args.limit)
     if args.json:
         print_json({"tasks": [_redacted(t) for t in tasks]})

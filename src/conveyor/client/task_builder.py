@@ -40,6 +40,12 @@ class ScriptSource:
 
 
 # --- options → body ---------------------------------------------------------------------------------------------
+def task_name(name: str) -> str:
+    if not name or not name.strip():
+        raise SpecError("--name must not be empty — name the task, e.g. --name mnist")
+    return name.strip()
+
+
 def parse_args(items: Iterable[str]) -> dict[str, str]:
     """`["lr=0.1", "b=2"]` → `{"lr": "0.1", "b": "2"}`; the value may hold `=`, the last of a repeated name wins."""
     parsed: dict[str, str] = {}
@@ -132,9 +138,7 @@ def create_body(*, name: str, script: dict[str, Any], params: dict[str, Any] | N
                 container: dict[str, str] | None = None, project: str | None = None,
                 task_type: str | None = None, comment: str = "") -> dict[str, Any]:
     """The `tasks.create` body."""
-    if not name or not name.strip():
-        raise SpecError("--name must not be empty — name the task, e.g. --name mnist")
-    body: dict[str, Any] = {"name": name.strip(), "type": task_type or DEFAULT_TYPE, "comment": comment,
+    body: dict[str, Any] = {"name": task_name(name), "type": task_type or DEFAULT_TYPE, "comment": comment,
                             "script": script, "hyperparams": params or {}, "container": container or {}}
     if project:
         body["project"] = project

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from typing import Any
@@ -11,11 +10,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from conveyor.protocol import errors
 from conveyor.protocol.envelope import API_VERSION, envelope
@@ -29,12 +24,8 @@ _API_PATH = re.compile(r"^/(?:v(\d+\.\d+)/)?([a-z_]+\.[a-z_]+)/?$")
 _ENDPOINTS = load_all()
 
 
-def _json(payload: dict[str, Any], status: int) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
-
-
-def _error(name: str, version: str, err: errors.ApiError) -> Response:
-    return _json(envelope(name, version, None, err.code, err.subcode, err.msg, err.data), err.code)
+def _error(name: str, version: str, err: errors.ApiError) -> tuple[int, bytes]:
+    return err.code, orjson.dumps(envelope(name, version, None, err.code, err.subcode, err.msg, err.data))
 
 
 def _coerce(value: str) -> Any:
@@ -67,9 +58,37 @@ def parse_body(raw: bytes, content_type: str, name: str) -> dict[str, Any]:
     return body
 
 
-def create_app(state: ServerState, *, web: bool = True) -> Starlette:
-    async def api(request: Request) -> Response:
-        path = request.url.path
+class ApiApp:
+    """The API as a bare ASGI app: per request it does only what the protocol needs (the web UI uses Starlette)."""
+
+    def __init__(self, state: ServerState, web: Any = None):
+        self.state = state
+        self.web = web
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        path: str = scope["path"]
+        if self.web is not None and (path == "/" or path.startswith("/ui/")):
+            await self.web(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        status, payload = await self.handle(scope, b"".join(chunks), receive)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def handle(self, scope: dict[str, Any], raw: bytes, receive: Any) -> tuple[int, bytes]:
+        path: str = scope["path"]
         match = _API_PATH.match(path)
         version = API_VERSION
         if not match:
@@ -79,17 +98,29 @@ def create_app(state: ServerState, *, web: bool = True) -> Starlette:
         ep = _ENDPOINTS.get(name)
         if ep is None:
             return _error(name, version, errors.endpoint_not_found(name, version))
+        if scope["method"] not in ("GET", "POST", "PUT"):
+            return _error(name, version, errors.ApiError(405, 0, f"Method {scope['method']} not allowed: use GET, POST or PUT"))
+        state = self.state
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        watcher: asyncio.Future[Any] | None = None
         try:
-            body = parse_body(await request.body(), request.headers.get("content-type", ""), name)
-            if request.url.query:
-                for key, value in parse_qsl(request.url.query):
+            body = parse_body(raw, headers.get("content-type", ""), name)
+            query = scope.get("query_string")
+            if query:
+                for key, value in parse_qsl(query.decode("latin-1")):
                     body.setdefault(key, _coerce(value))
-            call = Call(name, version, body, state, headers=dict(request.headers),
-                        client_ip=request.client.host if request.client else "",
-                        disconnected=request.is_disconnected)
+            client = scope.get("client")
+            call = Call(name, version, body, state, headers=headers, client_ip=client[0] if client else "")
             if ep.authorize:
-                call.identity = state.auth.verify(request.headers.get("authorization"))
+                call.identity = state.auth.verify(headers.get("authorization"))
             if ep.is_async:
+                # After the body, the only message left to receive is the client's disconnect.
+                watcher = asyncio.ensure_future(receive())
+
+                async def disconnected() -> bool:
+                    return watcher.done()
+
+                call.disconnected = disconnected
                 data = await ep.handler(call)
             elif state.store.inline:
                 data = ep.handler(call)
@@ -100,35 +131,43 @@ def create_app(state: ServerState, *, web: bool = True) -> Starlette:
         except OperationalError as exc:  # database restarting or unreachable: clients retry 503s
             log.warning("%s: database unavailable: %s", name, str(exc.orig).splitlines()[0] if exc.orig else exc)
             return _error(name, version, errors.ApiError(503, 0, "Database unavailable, retry later"))
-        except DataError as exc:  # a value the database cannot hold or use (PostgreSQL): the caller's mistake
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__
-            return _error(name, version, errors.bad_request(
-                f"Invalid value in the request: {reason} (shorten names to 512 characters, use POSIX regular "
-                "expressions, keep numbers in range)"))
         except DBAPIError as exc:
             log.exception("%s: database error", name)
             return _error(name, version, errors.ApiError(500, 0, f"Database error: {exc.__class__.__name__}"))
         except Exception as exc:
             log.exception("%s: internal error", name)
             return _error(name, version, errors.ApiError(500, 0, f"Internal server error: {exc.__class__.__name__}"))
-        return _json(envelope(name, version, data), 200)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        return 200, orjson.dumps(envelope(name, version, data))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette):
+    async def _lifespan(self, receive: Any, send: Any) -> None:
         from conveyor.server.lifecycle import Background
 
-        state.signals.bind(asyncio.get_running_loop())
-        background = Background(state)
-        await background.start()
-        try:
-            yield
-        finally:
-            await background.stop()
+        background = Background(self.state)
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.state.signals.bind(asyncio.get_running_loop())
+                    await background.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await background.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-    routes: list[Any] = []
+
+def create_app(state: ServerState, *, web: bool = True) -> ApiApp:
+    web_app = None
     if web:
+        from starlette.applications import Starlette
+
         from conveyor.server.web import routes as web_routes
 
-        routes.extend(web_routes())
-    routes.append(Route("/{path:path}", api, methods=["GET", "POST", "PUT"]))
-    return Starlette(routes=routes, lifespan=lifespan)
+        web_app = Starlette(routes=web_routes())
+    return ApiApp(state, web_app)

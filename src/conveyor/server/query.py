@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sqlalchemy import Column, Select, and_, not_, or_
+import orjson
+from sqlalchemy import Boolean, Column, Select, and_, not_, or_
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from conveyor.protocol import errors
 from conveyor.server.call import INT64_MAX, Call, compile_regex
@@ -40,23 +43,41 @@ def tags_filter(column: Column, tags: list[str]) -> Any:
             include.append(tag)
     clauses = []
     # Tags are a JSON list of strings in a text column: match the quoted element.
-    like = [column.like(f'%{_json_str(t)}%') for t in include]
-    if like:
-        clauses.append(and_(*like) if mode_all else or_(*like))
-    clauses.extend(not_(column.like(f'%{_json_str(t)}%')) for t in exclude)
+    found = [has_tag(column, t) for t in include]
+    if found:
+        clauses.append(and_(*found) if mode_all else or_(*found))
+    clauses.extend(not_(has_tag(column, t)) for t in exclude)
     return and_(*clauses) if clauses else None
 
 
-def _json_str(tag: str) -> str:
-    import orjson
+class contains_text(FunctionElement):
+    """`contains_text(haystack, needle)`: a case-sensitive substring test with no wildcards. (LIKE would do
+    neither on SQLite: it ignores case and has no default escape for `_` and `%`.)"""
 
-    return orjson.dumps(tag).decode().replace("%", "\\%").replace("_", "\\_")
+    type = Boolean()
+    inherit_cache = True
+    name = "contains_text"
+
+
+@compiles(contains_text)
+def _contains_text(element: contains_text, compiler: Any, **kw: Any) -> str:
+    return f"(strpos({compiler.process(element.clauses, **kw)}) > 0)"
+
+
+@compiles(contains_text, "sqlite")
+def _contains_text_sqlite(element: contains_text, compiler: Any, **kw: Any) -> str:
+    return f"(instr({compiler.process(element.clauses, **kw)}) > 0)"
+
+
+def has_tag(column: Column, tag: str) -> Any:
+    """Whether the JSON list of strings in `column` holds `tag`."""
+    return contains_text(column, orjson.dumps(tag).decode())
 
 
 def hidden_filter(call: Call, column: Column) -> Any:
     if call.bool("search_hidden", False):
         return None
-    return not_(column.like('%"hidden"%'))
+    return not_(has_tag(column, "hidden"))
 
 
 def apply_order(call: Call, query: Select, columns: dict[str, Column], default: list[str]) -> Select:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 
 from conveyor.protocol import errors
 from conveyor.protocol.ids import new_id
@@ -13,18 +13,16 @@ from conveyor.server import query as q
 from conveyor.server.call import Call, iso, loads, now
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
+from conveyor.server.store import sql
 from conveyor.server.store.documents import add_entry, entries_of, get_queue, get_task, queue_columns, save_task
 
 ORDER_COLUMNS = {"id": s.queues.c.id, "name": s.queues.c.name, "created": s.queues.c.created,
                  "last_update": s.queues.c.last_update}
 
 
-_QUEUE_EXISTS = select(s.queues.c.id).where(s.queues.c.id == bindparam("queue_id"))
-
-
 def resolve_queue(conn: Any, queue: str) -> str:
     """A queue id, or failing that an exact (case-insensitive) name; else 400/701 as the reference answers."""
-    if conn.execute(_QUEUE_EXISTS, {"queue_id": queue}).first():
+    if sql.run(conn, "queue_exists", {"id": queue}).fetchone():
         return queue
     rows = conn.execute(select(s.queues.c.id).where(func.lower(s.queues.c.name) == queue.lower())).all()
     if len(rows) == 1:
@@ -302,14 +300,14 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
     The task itself is not read: every status change that takes a task out of `queued` (stop, dequeue, reset,
     delete) removes its entries in the same transaction, so a popped entry always names a queued task."""
     with call.store.write() as conn:
-        sql = call.store.pop_statement
         for queue_id in queue_ids:
-            row = conn.execute(sql, {"q": queue_id}).first()
+            row = sql.run(conn, "pop", {"q": queue_id}).fetchone()
             if row is None:
                 continue
-            answer: dict[str, Any] = {"entry": {"task": row.task, "added": iso(row.added)}, "queue": queue_id}
+            task_id, added = row
+            answer: dict[str, Any] = {"entry": {"task": task_id, "added": iso(added)}, "queue": queue_id}
             if call.bool("get_task_info"):
-                doc = get_task(conn, row.task) or {}
+                doc = get_task(conn, task_id) or {}
                 answer["task_info"] = {"company": doc.get("company", ""), "user": doc.get("user", "")}
             return answer
     return None

@@ -6,11 +6,10 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import TextClause, create_engine, event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
@@ -22,7 +21,7 @@ class StoreError(Exception):
 
 
 def _sqlite_engine(url: str, begin: str) -> Engine:
-    engine = create_engine(url, pool_size=8, max_overflow=32, pool_pre_ping=False)
+    engine = create_engine(url, pool_size=2, max_overflow=8, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _rec: Any) -> None:
@@ -39,7 +38,7 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
+        conn.connection.dbapi_connection.execute(begin)  # straight to sqlite3: this runs on every transaction
 
     return engine
 
@@ -61,7 +60,11 @@ class Store:
             self._writer = _sqlite_engine(url, "BEGIN IMMEDIATE")
             self._reader = _sqlite_engine(url, "BEGIN")
             # One server process owns a SQLite file; writes queue up here rather than spinning on SQLITE_BUSY.
+            # Each side keeps one connection open: a pool checkout costs more than the transaction it serves.
             self._write_lock: threading.Lock | None = threading.Lock()
+            self._read_lock = threading.Lock()
+            self._write_conn: Connection | None = None
+            self._read_conn: Connection | None = None
         elif url.startswith("postgresql"):
             self.dialect = "postgresql"
             self._writer = create_engine(url, pool_size=16, max_overflow=48, pool_pre_ping=True)
@@ -94,34 +97,27 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        lock = self._write_lock
-        if lock is not None:
-            lock.acquire()
-        try:
+        if self._write_lock is None:
             with self._writer.begin() as conn:
                 yield conn
-        finally:
-            if lock is not None:
-                lock.release()
+            return
+        with self._write_lock:
+            if self._write_conn is None or self._write_conn.closed:
+                self._write_conn = self._writer.connect()
+            with self._write_conn.begin():
+                yield self._write_conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._reader.connect() as conn:
-            yield conn
-
-    @cached_property
-    def pop_statement(self) -> TextClause:
-        """Delete and return the head entry of one queue, atomically (two workers never get one entry)."""
-        if self.dialect == "postgresql":
-            return text(
-                "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-                "ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added"
-            )
-        # Under BEGIN IMMEDIATE the whole database is write-locked, so the sub-select cannot race.
-        return text(
-            "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-            "ORDER BY position, seq LIMIT 1) RETURNING task, added"
-        )
+        if self._write_lock is None:
+            with self._reader.connect() as conn:
+                yield conn
+            return
+        with self._read_lock:
+            if self._read_conn is None or self._read_conn.closed:
+                self._read_conn = self._reader.connect()
+            with self._read_conn.begin():
+                yield self._read_conn
 
     def migrate(self) -> None:
         """Bring the schema to the newest version (Alembic); safe when several servers start at once."""
@@ -148,6 +144,9 @@ class Store:
             raise StoreError(f"Cannot open the database {self.safe_url}: {reason}") from None
 
     def dispose(self) -> None:
+        for conn in (getattr(self, "_write_conn", None), getattr(self, "_read_conn", None)):
+            if conn is not None:
+                conn.close()
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()

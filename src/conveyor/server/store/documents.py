@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
 from conveyor.server.call import dumps, loads
 from conveyor.server.store import schema as s
+from conveyor.server.store import sql
 
 
 def to_epoch(value: Any) -> float | None:
@@ -47,41 +48,21 @@ def task_columns(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# Hot-path statements are built once: constructing a Core statement costs more than executing it on SQLite.
-_GET_TASK = select(s.tasks.c.doc).where(s.tasks.c.id == bindparam("task_id"))
-_GET_TASK_LOCKED = _GET_TASK.with_for_update()
-_SAVE_TASK = update(s.tasks).where(s.tasks.c.id == bindparam("task_id"))
-_INSERT_TASK = s.tasks.insert()
-_GET_QUEUE = select(s.queues.c.doc).where(s.queues.c.id == bindparam("queue_id"))
-# Append or prepend in one statement, so that two concurrent adds cannot read the same edge position.
-_ADD_ENTRY = {
-    front: text(
-        "INSERT INTO queue_entries (queue, task, added, position) "
-        # The casts keep PostgreSQL from deducing two types for the one parameter used twice.
-        f"SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), COALESCE({'MIN' if front else 'MAX'}(position), 0) {'-' if front else '+'} 1 "
-        "FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)"
-    )
-    for front in (False, True)
-}
-_NOTIFY = text("SELECT pg_notify('conveyor_queues', :q)")
-
-
 def get_task(conn: Connection, task_id: str, *, lock: bool = False) -> dict[str, Any] | None:
-    query = _GET_TASK_LOCKED if lock and conn.dialect.name == "postgresql" else _GET_TASK
-    row = conn.execute(query, {"task_id": task_id}).first()
+    row = sql.run(conn, "get_task_locked" if lock else "get_task", {"id": task_id}).fetchone()
     return loads(row[0]) if row else None
 
 
 def insert_task(conn: Connection, doc: dict[str, Any]) -> None:
-    conn.execute(_INSERT_TASK, {"id": doc["id"], **task_columns(doc)})
+    sql.run(conn, "insert_task", {"id": doc["id"], **task_columns(doc)})
 
 
 def save_task(conn: Connection, doc: dict[str, Any]) -> None:
-    conn.execute(_SAVE_TASK, {"task_id": doc["id"], **task_columns(doc)})
+    sql.run(conn, "save_task", {"id": doc["id"], **task_columns(doc)})
 
 
 def get_queue(conn: Connection, queue_id: str) -> dict[str, Any] | None:
-    row = conn.execute(_GET_QUEUE, {"queue_id": queue_id}).first()
+    row = sql.run(conn, "get_queue", {"id": queue_id}).fetchone()
     return loads(row[0]) if row else None
 
 
@@ -99,9 +80,8 @@ def queue_columns(doc: dict[str, Any]) -> dict[str, Any]:
 def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = False) -> float:
     """Append (or prepend) an entry; on PostgreSQL the commit also NOTIFYs waiting servers."""
     added = time.time()
-    conn.execute(_ADD_ENTRY[front], {"q": queue_id, "t": task_id, "a": added})
-    if conn.dialect.name == "postgresql":
-        conn.execute(_NOTIFY, {"q": queue_id})
+    sql.run(conn, "add_entry_front" if front else "add_entry_back", {"q": queue_id, "t": task_id, "a": added})
+    sql.run(conn, "notify", {"q": queue_id})
     return added
 
 

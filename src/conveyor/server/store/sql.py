@@ -1,0 +1,69 @@
+"""Hot-path SQL, run on the DBAPI connection inside the caller's transaction.
+
+SQLAlchemy's per-statement cost (building an execution context, events, result wrapping) is about ten times what
+SQLite itself spends on a primary-key lookup, and these statements run on every enqueue, pop and status change.
+Everything else goes through SQLAlchemy Core. Statements are written with `:name` parameters and translated to
+psycopg's `%(name)s` once per dialect.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from conveyor.server.store.schema import tasks
+
+_TASK_COLUMNS = [c.name for c in tasks.columns if c.name != "id"]
+
+QUERIES: dict[str, str | dict[str, str]] = {
+    "get_task": "SELECT doc FROM tasks WHERE id = :id",
+    "get_task_locked": {
+        "postgresql": "SELECT doc FROM tasks WHERE id = :id FOR UPDATE",
+        "sqlite": "SELECT doc FROM tasks WHERE id = :id",  # BEGIN IMMEDIATE already locks the database
+    },
+    "save_task": f"UPDATE tasks SET {', '.join(f'{c} = :{c}' for c in _TASK_COLUMNS)} WHERE id = :id",
+    "insert_task": f"INSERT INTO tasks (id, {', '.join(_TASK_COLUMNS)}) VALUES (:id, {', '.join(':' + c for c in _TASK_COLUMNS)})",
+    "queue_exists": "SELECT id FROM queues WHERE id = :id",
+    "get_queue": "SELECT doc FROM queues WHERE id = :id",
+    # Append or prepend in one statement, so that two concurrent adds cannot read the same edge position.
+    # The casts keep PostgreSQL from deducing two types for the one parameter used twice.
+    "add_entry_back": "INSERT INTO queue_entries (queue, task, added, position) "
+                      "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
+                      "COALESCE(MAX(position), 0) + 1 FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)",
+    "add_entry_front": "INSERT INTO queue_entries (queue, task, added, position) "
+                       "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
+                       "COALESCE(MIN(position), 0) - 1 FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)",
+    "notify": {"postgresql": "SELECT pg_notify('conveyor_queues', :q)", "sqlite": ""},
+    # Delete and return the head entry of one queue: two workers never get one entry.
+    "pop": {
+        "postgresql": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
+                      "ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added",
+        # Under BEGIN IMMEDIATE the whole database is write-locked, so the sub-select cannot race.
+        "sqlite": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
+                  "ORDER BY position, seq LIMIT 1) RETURNING task, added",
+    },
+}
+
+_PARAM = re.compile(r"(?<![:\w]):([a-z_]+)")
+
+
+@cache
+def statement(name: str, dialect: str) -> str:
+    sql = QUERIES[name]
+    if isinstance(sql, dict):
+        sql = sql[dialect]
+    return _PARAM.sub(r"%(\1)s", sql) if dialect == "postgresql" else sql
+
+
+def run(conn: Connection, name: str, params: dict[str, Any]) -> Any:
+    """Execute a named statement in `conn`'s transaction; returns the DBAPI cursor (rows are plain tuples)."""
+    dialect = conn.dialect.name
+    sql = statement(name, dialect)
+    if not sql:
+        return None
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.execute(sql, params)
+    return cursor
