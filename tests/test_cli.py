@@ -87,7 +87,8 @@ def conveyor(server: ServerProcess, *args: str, cwd: Path | None = None, env: di
              expect: int = 0) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", "conveyor", *args], cwd=cwd, capture_output=True, text=True,
                             env={**server.env(), **GIT_ENV, **(env or {})}, timeout=60)
-    assert result.returncode == expect, f"conveyor {' '.join(args)}: rc {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == expect, (f"conveyor {' '.join(args)}: rc {result.returncode}\n"
+                                         f"{result.stdout}\n{result.stderr}")
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -186,6 +187,31 @@ def test_create_from_a_remote_url(cli_server: ServerProcess, api: ApiClient, tmp
     script = get_task(api, result.stdout.strip())["script"]
     assert (script["repository"], script["branch"], script["version_num"]) == ("git@github.com:team/models.git", "",
                                                                                "0123abc")
+
+
+def test_create_finds_the_code_as_clearml_task_does(sqlite_server_module: ServerProcess, repo: Path,
+                                                    tmp_path: Path) -> None:
+    server = sqlite_server_module
+    with server.client() as api:
+        # No --repo: the repository holding the script, which is a path from the current folder.
+        out = conveyor(server, "task", "create", "--name", "n", "--script", "job.py", cwd=repo / "src")
+        script = get_task(api, out.stdout.strip())["script"]
+        assert script["entry_point"] == "src/job.py" and script["repository"].endswith("origin.git")
+        # A module as the entry point.
+        out = conveyor(server, "task", "create", "--name", "m", "--repo", ".", "--script", "-m pkg.main", cwd=repo)
+        assert get_task(api, out.stdout.strip())["script"]["entry_point"] == "-m pkg.main"
+        # A script outside any repository travels whole in `diff`.
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        (plain / "run.py").write_text("print('alone')\n")
+        out = conveyor(server, "task", "create", "--name", "s", "--script", "run.py", cwd=plain)
+        script = get_task(api, out.stdout.strip())["script"]
+        assert (script["repository"], script["entry_point"], script["diff"]) == ("", "run.py", "print('alone')\n")
+        assert "not in a git repository" in out.stderr
+        # A commit the remote does not have cannot be checked out by an agent: say so.
+        git(repo, "commit", "-q", "-am", "local only")
+        out = conveyor(server, "task", "create", "--name", "u", "--repo", ".", "--script", "train.py", cwd=repo)
+        assert "is not on any branch of origin" in out.stderr
 
 
 # --- queues -----------------------------------------------------------------------------------------------------
@@ -367,7 +393,8 @@ def test_user_errors_are_one_clear_line(sqlite_server_module: ServerProcess, rep
     (plain / "train.py").write_text("print(1)\n")
     missing_id = uuid.uuid4().hex
     cases: list[tuple[list[str], Path, str]] = [
-        (["task", "create", "--name", "x", "--repo", ".", "--script", "train.py"], plain, "not inside a git working copy"),
+        (["task", "create", "--name", "x", "--repo", ".", "--script", "train.py"], plain,
+         "not inside a git working copy"),
         (["task", "create", "--name", "x", "--repo", ".", "--script", "nope.py"], repo, "nope.py: no such file"),
         (["task", "create", "--name", "x", "--repo", ".", "--script", "notes.txt"], repo, "not tracked by git"),
         (["task", "create", "--name", "x", "--repo", ".", "--script", "train.py", "--args", "lr"], repo,

@@ -416,7 +416,7 @@ def test_delete(api: ApiClient) -> None:
     qid = new_queue(api)
     tid = new_task(api)
     api.call("tasks.enqueue", {"task": tid, "queue": qid})
-    assert api.call("tasks.delete", {"task": tid})["deleted"] == 1
+    assert api.call("tasks.delete", {"task": tid})["deleted"] is True
     assert refused(api.call, "tasks.get_by_id", {"task": tid}).subcode == 101
     assert entries(api, qid) == []
     running = running_task(api)
@@ -628,7 +628,8 @@ def test_register_report_get_all(api: ApiClient) -> None:
     assert metrics["cpu_usage"]["stats"] == [{"aggregation": "avg", "values": [20.0]}]
     assert metrics["memory_used"]["stats"] == [{"aggregation": "max", "values": [500.0]}]
     report = api.call("workers.get_activity_report", {"from_date": now - 60, "to_date": now + 1, "interval": 3600})
-    assert sum(report["total"][0]["counts"]) >= 1 and sum(report["active"][0]["counts"]) >= 1
+    assert sum(report["total"]["counts"]) >= 1 and sum(report["active"]["counts"]) >= 1
+    assert len(report["total"]["dates"]) == len(report["total"]["counts"])
 
     # A report without a task clears the worker's task.
     api.call("workers.status_report", {"worker": worker, "machine_stats": None, "queues": [qid]})
@@ -665,6 +666,11 @@ def test_runtime_properties(api: ApiClient) -> None:
     time.sleep(1.3)
     props = api.call("workers.get_runtime_properties", {"worker": worker})["runtime_properties"]
     assert props == [{"key": "force:gpus", "value": "2"}]
+    # last_seen: only workers heard from within that many seconds.
+    assert worker not in _worker_ids(api, last_seen=1)
+    assert worker in _worker_ids(api, last_seen=60) and worker in _worker_ids(api)
+    api.call("workers.status_report", {"worker": worker, "machine_stats": None})
+    assert worker in _worker_ids(api, last_seen=1)
     api.call("workers.unregister", {"worker": worker})
 
 

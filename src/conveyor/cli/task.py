@@ -310,18 +310,23 @@ def _summary(client: Any, task: dict[str, Any]) -> list[tuple[str, Any]]:
 
     script = task.get("script") or {}
     queue_id = (task.get("execution") or {}).get("queue")
-    queue_name = tb.queue_names(client).get(queue_id, "") if queue_id else ""
+    queue_name = tb.queue_names(client, [queue_id]).get(queue_id, "") if queue_id else ""
     project = tb.project_names(client, [task.get("project")]).get(task.get("project") or "", "")
-    args = (task.get("hyperparams") or {}).get(tb.ARGS_SECTION) or {}
+    # Args as given to `task create`; other sections (an SDK's General, …) as Section/name.
+    params = [(name if section == tb.ARGS_SECTION else f"{section}/{name}", str((p or {}).get("value", "")))
+              for section, entries in (task.get("hyperparams") or {}).items() for name, p in (entries or {}).items()]
     reqs = (script.get("requirements") or {}).get("pip")
     reqs_text = reqs if isinstance(reqs, str) else "\n".join(reqs or [])
     container = task.get("container") or {}
     diff = script.get("diff") or ""
+    status = str(task.get("status") or "") + (f" ({task['status_message']})" if task.get("status_message") else "")
+    changes = f"{len(diff.splitlines())} line(s) of uncommitted changes" if diff and script.get("repository") else ""
+    packages = [line.strip() for line in reqs_text.splitlines() if line.strip() and not line.startswith("#")]
     return [
         ("Task", f"{task['id']}  {task.get('name', '')}"),
         ("Project", project),
         ("Type", task.get("type")),
-        ("Status", task.get("status") + (f" ({task['status_message']})" if task.get("status_message") else "")),
+        ("Status", status),
         ("Reason", task.get("status_reason")),
         ("Repository", safe_url(script.get("repository") or "") or ("(standalone script)" if script else "")),
         ("Branch", script.get("branch")),
@@ -329,9 +334,9 @@ def _summary(client: Any, task: dict[str, Any]) -> list[tuple[str, Any]]:
         ("Entry point", script.get("entry_point")),
         ("Working dir", script.get("working_dir")),
         ("Binary", script.get("binary")),
-        ("Diff", f"{len(diff.splitlines())} line(s) of uncommitted changes" if diff and script.get("repository") else ""),
-        ("Args", " ".join(f"{name}={p.get('value', '')}" for name, p in args.items())),
-        ("Requirements", ", ".join(line.strip() for line in reqs_text.splitlines() if line.strip() and not line.startswith("#"))),
+        ("Diff", changes),
+        ("Args", " ".join(f"{name}={value}" for name, value in params)),
+        ("Requirements", ", ".join(packages)),
         ("Container", " ".join(filter(None, (container.get("image"), container.get("arguments"))))),
         ("Queue", f"{queue_name} ({queue_id})" if queue_name else queue_id),
         ("Worker", task.get("last_worker")),

@@ -125,7 +125,8 @@ def script_section(source: ScriptSource, entry: str, *, working_dir: str = ".", 
     return script
 
 
-def container_section(image: str | None, arguments: str | None = None, setup_script: str | None = None) -> dict[str, str]:
+def container_section(image: str | None, arguments: str | None = None,
+                      setup_script: str | None = None) -> dict[str, str]:
     """`container`, used by agents in docker mode; --docker-args or a setup script without an image make no sense."""
     if not image and (arguments or setup_script):
         raise SpecError("--docker-args and --docker-bash-setup-script need --docker IMAGE")
@@ -199,8 +200,11 @@ def find_queue(client: ApiClient, name_or_id: str) -> dict[str, Any]:
     return found
 
 
-def queue_names(client: ApiClient) -> dict[str, str]:
-    answer = client.call("queues.get_all", {"only_fields": ["id", "name"], "search_hidden": True})
+def queue_names(client: ApiClient, ids: Iterable[str]) -> dict[str, str]:
+    wanted = sorted({i for i in ids if i})
+    if not wanted:
+        return {}
+    answer = client.call("queues.get_all", {"id": wanted, "only_fields": ["id", "name"]})
     return {q["id"]: q.get("name", "") for q in answer.get("queues") or []}
 
 

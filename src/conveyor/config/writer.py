@@ -13,16 +13,20 @@ _HEADER = "# Written by Conveyor. Settings not named here keep their defaults.\n
 
 
 def write_api_section(path: str | os.PathLike[str], api_host: str, web_host: str, files_host: str,
-                      access_key: str, secret_key: str) -> bool:
-    """Create `path` (mode 0600: it holds a secret) with an `api { ... }` section. Never overwrites:
-    returns False, leaving the file alone, when it already exists."""
+                      access_key: str, secret_key: str, agent: dict[str, object] | None = None) -> bool:
+    """Create `path` (mode 0600: it holds a secret) with an `api { ... }` section (and `agent` settings when
+    given, e.g. git credentials from `conveyor init`). Never overwrites: returns False, leaving the file alone,
+    when it already exists."""
     target = Path(os.path.expanduser(os.fspath(path)))
-    text = _HEADER + hocon.dump({"api": {
+    sections: dict[str, object] = {"api": {
         "api_server": api_host.rstrip("/"),
         "web_server": web_host.rstrip("/"),
         "files_server": files_host.rstrip("/"),
         "credentials": {"access_key": access_key, "secret_key": secret_key},
-    }}) + "\n"
+    }}
+    if agent:
+        sections["agent"] = agent
+    text = _HEADER + hocon.dump(sections) + "\n"
     try:
         if not target.parent.is_dir():
             target.parent.mkdir(parents=True)

@@ -6,6 +6,7 @@ the code the user has: clone the URL, check out the commit, apply the diff.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -60,7 +61,8 @@ def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
     # Raw paths and no colour whatever the user's git config says.
     cmd = [git, "-c", "core.quotepath=off", "-c", "color.ui=never", "-C", str(root), *args]
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=GIT_TIMEOUT_SEC,
+        # A file in another encoding must not stop the recording: its bytes become U+FFFD in the diff.
+        result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=GIT_TIMEOUT_SEC,
                                 env={**_clean_env(), "GIT_TERMINAL_PROMPT": "0"})
     except subprocess.TimeoutExpired:
         raise RepoError(f"`git {' '.join(args)}` in {root} did not finish in {GIT_TIMEOUT_SEC} s "
@@ -72,8 +74,6 @@ def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 
 def _clean_env() -> dict[str, str]:
-    import os
-
     # GIT_DIR and friends from an enclosing hook or shell would point git at another repository.
     return {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
 
@@ -86,6 +86,10 @@ def find_root(path: Path) -> Path:
     start = path if path.is_dir() else path.parent
     result = _git(start, "rev-parse", "--show-toplevel", check=False)
     if result.returncode != 0:
+        lines = [line.strip() for line in result.stderr.strip().splitlines() if line.strip()] or [""]
+        if "not a git repository" not in lines[0].lower():  # e.g. "dubious ownership", whose advice is its last line
+            advice = f" — {lines[-1]}" if len(lines) > 1 else ""
+            raise RepoError(f"git cannot read the repository at {path}: {lines[0]}{advice}")
         raise RepoError(f"{path} is not inside a git working copy — run `git init` and commit your code, "
                         "or give --repo a git URL")
     return Path(result.stdout.strip()).resolve()

@@ -131,6 +131,11 @@ class ApiApp:
         except OperationalError as exc:  # database restarting or unreachable: clients retry 503s
             log.warning("%s: database unavailable: %s", name, str(exc.orig).splitlines()[0] if exc.orig else exc)
             return _error(name, version, errors.ApiError(503, 0, "Database unavailable, retry later"))
+        except DataError as exc:  # a value the database cannot hold or use (PostgreSQL): the caller's mistake
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__
+            return _error(name, version, errors.bad_request(
+                f"Invalid value in the request: {reason} (names hold at most 512 characters; regular expressions "
+                "must also be valid PostgreSQL ones)"))
         except DBAPIError as exc:
             log.exception("%s: database error", name)
             return _error(name, version, errors.ApiError(500, 0, f"Database error: {exc.__class__.__name__}"))

@@ -39,8 +39,10 @@ def _row(event: dict[str, Any], index: int) -> dict[str, Any]:
         ts = int(time.time() * 1000)
     elif not isinstance(ts, (int, float)) or isinstance(ts, bool):
         raise ValueError("'timestamp' must be epoch milliseconds")
+    client_id = event.get("conveyor_id")
     row: dict[str, Any] = {"task": task, "type": etype, "timestamp": int(ts), "iter": None, "metric": None,
-                           "variant": None, "value": None, "level": None, "worker": None, "msg": None, "doc": None}
+                           "variant": None, "value": None, "level": None, "worker": None, "msg": None, "doc": None,
+                           "client_id": client_id if isinstance(client_id, str) and client_id else None}
     worker = event.get("worker")
     row["worker"] = worker if isinstance(worker, str) else None
     if etype == LOG:
@@ -64,7 +66,7 @@ def _row(event: dict[str, Any], index: int) -> dict[str, Any]:
         row["value"] = float(value)
     else:
         rest = {k: v for k, v in event.items() if k not in ("task", "type", "timestamp", "iter", "metric", "variant",
-                                                             "worker", "method")}
+                                                             "worker", "method", "conveyor_id")}
         row["doc"] = dumps(rest)
     return row
 
@@ -113,17 +115,42 @@ def add_batch(call: Call) -> dict[str, Any]:
         by_task.setdefault(row["task"], []).append(row)
     with call.store.write() as conn:
         accepted: list[dict[str, Any]] = []
+        fresh: list[dict[str, Any]] = []
         for task_id, task_rows in by_task.items():
             doc = get_task(conn, task_id, lock=True)
             if doc is None:
                 errors_info[task_id] = f"Invalid task id: {task_id}"
                 continue
+            accepted.extend(task_rows)
+            task_rows = _not_seen(conn, task_id, task_rows)
+            if not task_rows:
+                continue
             _update_task(doc, task_rows)
             save_task(conn, doc)
-            accepted.extend(task_rows)
-        if accepted:
-            conn.execute(s.events.insert(), accepted)
+            fresh.extend(task_rows)
+        if fresh:
+            conn.execute(s.events.insert(), fresh)
+    # A retried batch whose events were already stored counts them as added: the sender's work is done.
     return {"added": len(accepted), "errors": len(events) - len(accepted), "errors_info": errors_info}
+
+
+def _not_seen(conn: Any, task_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop events whose client id this task already has (a batch retried after a lost answer)."""
+    ids = [r["client_id"] for r in rows if r["client_id"]]
+    if not ids:
+        return rows
+    seen = {r[0] for r in conn.execute(select(s.events.c.client_id).where(
+        s.events.c.task == task_id, s.events.c.client_id.in_(ids))).all()}
+    unique: dict[str, dict[str, Any]] = {}
+    out = []
+    for row in rows:
+        cid = row["client_id"]
+        if cid is None:
+            out.append(row)
+        elif cid not in seen and cid not in unique:
+            unique[cid] = row
+            out.append(row)
+    return out
 
 
 def _event_out(r: Any) -> dict[str, Any]:
@@ -215,4 +242,4 @@ def delete_for_task(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         deleted = conn.execute(delete(s.events).where(s.events.c.task == task_id)).rowcount
-    return {"deleted": deleted}
+    return {"deleted": bool(deleted)}  # a bool, as the SDK parses it

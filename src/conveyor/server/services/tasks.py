@@ -274,7 +274,7 @@ def delete_task(call: Call) -> dict[str, Any]:
         remove_entries(conn, task_id)
         conn.execute(delete(s.events).where(s.events.c.task == task_id))
         conn.execute(delete(s.tasks).where(s.tasks.c.id == task_id))
-    return {"deleted": 1, "updated_children": 0, "updated_models": 0, "urls": {}}
+    return {"deleted": True, "updated_children": 0, "updated_models": 0, "urls": {}}  # a bool, as the SDK parses it
 
 
 # --- status changes -----------------------------------------------------------------------------------------------

@@ -215,8 +215,8 @@ def get_activity_report(call: Call) -> dict[str, Any]:
         if r.task:
             active.setdefault(bucket, set()).add(r.worker)
     dates = sorted(total)
-    return {"total": [{"dates": dates, "counts": [len(total[d]) for d in dates]}],
-            "active": [{"dates": dates, "counts": [len(active.get(d, ())) for d in dates]}]}
+    return {"total": {"dates": dates, "counts": [len(total[d]) for d in dates]},
+            "active": {"dates": dates, "counts": [len(active.get(d, ())) for d in dates]}}
 
 
 @endpoint("workers.get_stats")

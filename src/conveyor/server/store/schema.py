@@ -148,5 +148,7 @@ events = Table(
     Column("worker", NAME),
     Column("msg", Text),
     Column("doc", Text),  # the rest of a non-log event (plots, vectors); NULL for logs and scalars
+    Column("client_id", String(128)),  # set by our agent so that a retried batch adds each event once
     Index("ix_events_task_type", "task", "type", "seq"),
+    Index("ux_events_task_client_id", "task", "client_id", unique=True),
 )

@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from conveyor.server.store.schema import tasks
 
@@ -65,5 +66,9 @@ def run(conn: Connection, name: str, params: dict[str, Any]) -> Any:
     if not sql:
         return None
     cursor = conn.connection.dbapi_connection.cursor()
-    cursor.execute(sql, params)
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        cursor.execute(sql, params)
+    except dbapi.Error as exc:  # wrapped as SQLAlchemy does, so that callers see DataError, OperationalError, ...
+        raise DBAPIError.instance(sql, params, exc, dbapi.Error, hide_parameters=True, dialect=conn.dialect) from exc
     return cursor

@@ -1,0 +1,96 @@
+"""Managing daemons on this machine: start one in the background, list them, stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from conveyor.agent.identity import running_daemons, slots_dir
+
+
+def mask_argv(argv: list[str]) -> list[str]:
+    """Command lines are shown by --status: never with a password in them."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--git-pass" and i + 1 < len(out):
+            out[i + 1] = "****"
+        elif arg.startswith("--git-pass="):
+            out[i] = "--git-pass=****"
+    return out
+
+
+def detach(argv: list[str]) -> int:
+    """Start `conveyor <argv>` without --detached in a new session, its output in a log file."""
+    args = [a for a in argv if a not in ("--detached", "-d")]
+    log_dir = slots_dir().parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"daemon-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "conveyor", *args, "--log-file", str(log_file)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    # A daemon that cannot start (unknown queue, server down) says so within a moment: show it here.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
+            print("conveyor: the daemon exited at once:\n  " + "\n  ".join(tail), file=sys.stderr)
+            return 2
+        if "serving" in log_file.read_text(errors="replace"):
+            break
+        time.sleep(0.1)
+    print(f"conveyor agent started in the background (pid {proc.pid}); log: {log_file}")
+    print("stop it with: conveyor daemon --stop")
+    return 0
+
+
+def print_status() -> int:
+    daemons = running_daemons()
+    if not daemons:
+        print("no conveyor daemon is running on this machine")
+        return 0
+    for d in daemons:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.get("started", 0)))
+        print(f"{d.get('worker_id', '?')}  pid {d.get('pid')}  queues {', '.join(d.get('queues') or [])}  "
+              f"since {started}" + (f"  log {d['log_file']}" if d.get("log_file") else ""))
+    return 0
+
+
+def stop(worker_ids: list[str], queues: list[str]) -> int:
+    """Stop the listed workers, else those serving exactly these queues, else all of this machine's daemons.
+    First SIGTERM (drain); after 10 s a second one (stop the tasks, marked stopped); then SIGKILL."""
+    daemons = running_daemons()
+    if worker_ids:
+        chosen = [d for d in daemons if d.get("worker_id") in worker_ids]
+    elif queues:
+        chosen = [d for d in daemons if sorted(d.get("queues") or []) == sorted(queues)]
+    else:
+        chosen = daemons
+    if not chosen:
+        print("conveyor: no matching daemon is running on this machine (see `conveyor daemon --status`)",
+              file=sys.stderr)
+        return 1
+    procs = []
+    for d in chosen:
+        try:
+            proc = psutil.Process(int(d["pid"]))
+            proc.send_signal(signal.SIGTERM)
+            procs.append((d, proc))
+        except (psutil.Error, KeyError, ValueError):
+            continue
+    _, alive = psutil.wait_procs([p for _, p in procs], timeout=10)
+    for proc in alive:
+        proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(alive, timeout=20)
+    for proc in alive:
+        proc.kill()
+    for d, _ in procs:
+        print(f"stopped {d.get('worker_id')} (pid {d.get('pid')})")
+    return 0
+
+
+__all__ = ["detach", "mask_argv", "print_status", "stop"]

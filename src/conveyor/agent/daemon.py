@@ -1,0 +1,378 @@
+"""The agent daemon: register, pick a queue, pull (long-poll where the server offers it), launch, drain.
+
+It decides only *what* runs and *where*; each task runs in its own `conveyor execute` process, which reports the
+task's status itself. The daemon reports the worker (and, in services mode, one sub-worker per task).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.agent.identity import Slot, describe, take_slot, worker_id
+from conveyor.agent.monitor import MachineMonitor
+from conveyor.agent.gpus import GpuInventory
+from conveyor.agent.policy import QueuePolicy
+from conveyor.client.errors import ApiCallError, ConveyorError
+from conveyor.config import Config
+from conveyor.protocol.ids import looks_like_id
+from conveyor.runtimes.local import LocalRuntime
+
+log = logging.getLogger("conveyor.agent")
+
+
+class DaemonError(ConveyorError):
+    """A start-up problem the user can fix (unknown queue, slot taken); printed as one line."""
+
+
+@dataclass
+class DaemonOptions:
+    queues: list[str] = field(default_factory=list)
+    order_fairness: bool = False
+    create_queue: bool = False
+    services_mode: int | None = None  # None: one task at a time; 0 or less: unlimited; N: at most N at once
+    gpus: str | None = None
+    cpu_only: bool = False
+    polling_interval: float | None = None
+    child_report_tags: list[str] = field(default_factory=list)
+    git_user: str | None = None
+    git_pass: str | None = None
+    log_file: str | None = None
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Running:
+    task_id: str
+    queue_id: str
+    proc: subprocess.Popen[bytes]
+    sub_worker: str | None = None
+
+
+class Daemon:
+    def __init__(self, client: Any, cfg: Config, opts: DaemonOptions, runtime: LocalRuntime | None = None):
+        self.client = client
+        self.cfg = cfg
+        self.opts = opts
+        self.runtime = runtime or LocalRuntime(str(cfg.path) if cfg.path else None)
+        self.running: dict[str, Running] = {}
+        self.draining = threading.Event()
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self.slot: Slot | None = None
+        self.worker = ""
+        self.queue_names: dict[str, str] = {}
+        self.policy = QueuePolicy([])
+        self.visible_devices = "none" if opts.cpu_only else opts.gpus
+        self.monitor = MachineMonitor(GpuInventory(self.visible_devices),
+                                      cfg.get("agent.resource_monitoring.disk_use_path", None))
+
+    # --- life cycle -----------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.slot = take_slot()
+        try:
+            self.worker = worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None),
+                                    self.slot.index, self.opts.gpus, self.opts.cpu_only)
+            queue_ids = self._resolve_queues()
+            self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness)
+            describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv, self.opts.log_file)
+            self._install_signal_handlers()
+            self._register()
+            self._print_banner(queue_ids)
+            reporter = threading.Thread(target=self._report_forever, name="status-report", daemon=True)
+            reporter.start()
+            try:
+                self._loop()
+            finally:
+                self._wind_down()
+        finally:
+            self.slot.release()
+        return 0
+
+    def _print_banner(self, queue_ids: list[str]) -> None:
+        mode = "long-poll" if self.client.server_supports("long_poll") else f"polling every {self._poll_interval():g} s"
+        names = ", ".join(f"{self.queue_names[q]} ({q})" for q in queue_ids)
+        services = "" if self.opts.services_mode is None else f", services mode (at most {self._capacity() or 'any'})"
+        print(f"conveyor agent {self.worker} serving {names}; {mode}{services}", flush=True)
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            if not self.draining.is_set():
+                self.draining.set()
+                print(f"conveyor agent: {signal.Signals(signum).name}: no new tasks; waiting for the running ones "
+                      "to finish (send it again to stop them)", flush=True)
+            else:
+                self.stopping.set()
+                print("conveyor agent: stopping the running tasks", flush=True)
+                self._stop_children()
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _wind_down(self) -> None:
+        """Wait for running tasks (they are stopped if a second signal came), then unregister."""
+        while self.running:
+            self._reap_children()
+            if self.running:
+                self._wake.wait(0.2)
+                self._wake.clear()
+        self._report()
+        for queues in ([], list(self.policy.queue_ids)):
+            with contextlib.suppress(Exception):
+                self.client.call("workers.unregister", {"worker": self.worker, "queues": queues})
+        print(f"conveyor agent {self.worker}: unregistered, exiting", flush=True)
+
+    # --- queues ---------------------------------------------------------------------------------------------------
+    def _resolve_queues(self) -> list[str]:
+        names = list(self.opts.queues)
+        if not names:
+            try:
+                default = self.client.call("queues.get_default", {})
+                self.queue_names[default["id"]] = default.get("name") or "default"
+                return [default["id"]]
+            except ApiCallError:
+                names = ["default"]
+        ids = []
+        for name in names:
+            if looks_like_id(name):
+                found = self.client.call("queues.get_all", {"id": [name], "only_fields": ["id", "name"]})["queues"]
+                if not found:
+                    raise DaemonError(f"Could not find queue with id {name}")
+                self.queue_names[name] = found[0].get("name", name)
+                ids.append(name)
+                continue
+            found = [q for q in self.client.call("queues.get_all", {"name": re.escape(name),
+                                                                    "only_fields": ["id", "name"]})["queues"]
+                     if (q.get("name") or "").lower() == name.lower()]
+            if not found and self.opts.create_queue:
+                created = self.client.call("queues.create", {"name": name})
+                found = [{"id": created["id"], "name": name}]
+            if not found:
+                raise DaemonError(f'Could not find queue "{name}": create it with `conveyor queue create {name}` '
+                                  "or start the daemon with --create-queue")
+            if len(found) > 1:
+                raise DaemonError(f'Found several queues named "{name}": pass the queue id instead')
+            self.queue_names[found[0]["id"]] = found[0]["name"]
+            ids.append(found[0]["id"])
+        return ids
+
+    def _register(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.call("workers.register", {
+                "worker": self.worker, "queues": self.policy.queue_ids,
+                "timeout": int(self.cfg.get("agent.worker_timeout_sec")),
+                "tags": self.opts.child_report_tags or None})
+
+    # --- pulling --------------------------------------------------------------------------------------------------
+    def _capacity(self) -> int:
+        if self.opts.services_mode is None:
+            return 1
+        return self.opts.services_mode if self.opts.services_mode > 0 else 0
+
+    def _has_room(self) -> bool:
+        capacity = self._capacity()
+        return capacity == 0 or len(self.running) < capacity
+
+    def _poll_interval(self) -> float:
+        return float(self.opts.polling_interval or self.cfg.get("agent.polling_interval"))
+
+    def _loop(self) -> None:
+        long_poll = self.client.server_supports("long_poll")
+        while not self.draining.is_set():
+            self._reap_children()
+            if not self._has_room():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            order = self.policy.order()
+            if not order:
+                self._wake.wait(self._poll_interval())
+                self._refresh_queue_tags()
+                continue
+            try:
+                entry = self._next_task_long(order) if long_poll else self._next_task_polling(order)
+            except ConveyorError as exc:
+                print(f"conveyor agent: could not get a task: {exc}", flush=True)
+                self._wake.wait(min(self._poll_interval(), 5.0))
+                continue
+            if entry is None:
+                if not long_poll:
+                    self._wake.wait(self._poll_interval())
+                    self._wake.clear()
+                    self._refresh_queue_tags()
+                continue
+            task_id, queue_id = entry
+            if self.draining.is_set():
+                self._give_back(task_id, queue_id)
+                break
+            self.policy.took_from(queue_id)
+            self._launch(task_id, queue_id)
+            if self.opts.services_mode is None:
+                self._wait_for(task_id)
+
+    def _next_task_long(self, order: list[str]) -> tuple[str, str] | None:
+        wait = float(self.cfg.get("agent.long_poll_sec"))
+        result: list[Any] = []
+
+        def pull() -> None:
+            try:
+                result.append(self.client.call("queues.get_next_task",
+                                               {"queue": order[0], "queues": order, "wait": wait},
+                                               timeout=wait + 30))
+            except Exception as exc:  # handed to the loop below
+                result.append(exc)
+            self._wake.set()
+
+        # The pull runs in a thread so that a signal is answered at once; a task that arrives after it is
+        # given back (see _loop), so draining never strands one.
+        puller = threading.Thread(target=pull, name="pull", daemon=True)
+        puller.start()
+        while not result and not self.draining.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            self._reap_children()
+        if not result:
+            puller.join(wait + 35)
+        if not result:
+            return None
+        answer = result[0]
+        if isinstance(answer, Exception):
+            if isinstance(answer, ConveyorError):
+                raise answer
+            raise ConveyorError(str(answer))
+        entry = answer.get("entry")
+        if not entry:
+            return None
+        return entry["task"], answer.get("queue") or order[0]
+
+    def _next_task_polling(self, order: list[str]) -> tuple[str, str] | None:
+        for queue_id in order:
+            answer = self.client.call("queues.get_next_task", {"queue": queue_id}, version="2.14")
+            if answer.get("entry"):
+                return answer["entry"]["task"], queue_id
+        return None
+
+    def _refresh_queue_tags(self) -> None:
+        with contextlib.suppress(Exception):
+            queues = self.client.call("queues.get_all", {"id": self.policy.queue_ids, "only_fields": ["id", "tags"]})
+            self.policy.update_tags({q["id"]: q.get("tags") or [] for q in queues["queues"]})
+
+    def _give_back(self, task_id: str, queue_id: str) -> None:
+        """A task popped while draining goes back to the front of its queue (it is still `queued`)."""
+        with contextlib.suppress(Exception):
+            self.client.call("queues.add_task", {"queue": queue_id, "task": task_id})
+            self.client.call("queues.move_task_to_front", {"queue": queue_id, "task": task_id})
+
+    # --- running --------------------------------------------------------------------------------------------------
+    def _launch(self, task_id: str, queue_id: str) -> None:
+        call = self.client.call
+        queue_name = self.queue_names.get(queue_id, queue_id)
+        with contextlib.suppress(ApiCallError):
+            call("tasks.started", {"task": task_id, "force": True, "status_message": "pulled by agent"})
+        sub_worker = f"{self.worker}:service:{task_id}" if self.opts.services_mode is not None else None
+        env = {"CLEARML_WORKER_ID": sub_worker or self.worker, "CONVEYOR_UNDER_DAEMON": "1"}
+        if self.visible_devices is not None:
+            env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] = self.visible_devices
+        if self.opts.git_user:
+            env["CLEARML_AGENT_GIT_USER"] = self.opts.git_user
+        if self.opts.git_pass:
+            env["CLEARML_AGENT_GIT_PASS"] = self.opts.git_pass
+        if self.opts.child_report_tags:
+            env["CLEARML_WORKER_TAGS"] = " ".join(self.opts.child_report_tags)
+        with contextlib.suppress(Exception):
+            self.client.call_lines("events.add_batch", [{
+                "type": "log", "task": task_id, "level": "info", "worker": self.worker,
+                "timestamp": int(time.time() * 1000),
+                "msg": f"task {task_id} pulled from {queue_id} ({queue_name}) by worker {self.worker}\n"}])
+        try:
+            proc = self.runtime.launch(task_id, env)
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                call("tasks.failed", {"task": task_id, "force": True,
+                                      "status_reason": f"the agent could not start the task: {exc.strerror}"})
+            return
+        with self._lock:
+            self.running[task_id] = Running(task_id, queue_id, proc, sub_worker)
+        print(f"conveyor agent: running task {task_id} from {queue_name} (pid {proc.pid})", flush=True)
+        if sub_worker:
+            with contextlib.suppress(Exception):
+                call("workers.register", {"worker": sub_worker, "queues": [queue_id],
+                                          "timeout": int(self.cfg.get("agent.worker_timeout_sec"))})
+        self._report()
+
+    def _wait_for(self, task_id: str) -> None:
+        while task_id in self.running:
+            self._reap_children()
+            if task_id in self.running:
+                self._wake.wait(0.2)
+                self._wake.clear()
+
+    def _reap_children(self) -> None:
+        for run in list(self.running.values()):
+            code = run.proc.poll()
+            if code is None:
+                continue
+            with self._lock:
+                self.running.pop(run.task_id, None)
+            self._after_exit(run, code)
+
+    def _after_exit(self, run: Running, code: int) -> None:
+        """The executor sets the final status; if it died before it could, the task must not stay running."""
+        try:
+            found = self.client.call("tasks.get_all", {"id": [run.task_id], "only_fields": ["status", "last_worker"],
+                                                       "search_hidden": True})["tasks"]
+            if found and found[0].get("status") == "in_progress":
+                self.client.call("tasks.failed", {"task": run.task_id, "force": True,
+                                                  "status_reason": f"the task's executor exited with code {code} "
+                                                                   "without reporting a final status"})
+        except Exception:
+            pass
+        if run.sub_worker:
+            with contextlib.suppress(Exception):
+                self.client.call("workers.unregister", {"worker": run.sub_worker, "queues": []})
+        print(f"conveyor agent: task {run.task_id} ended (executor exit code {code})", flush=True)
+        self._report()
+
+    def _stop_children(self) -> None:
+        for run in list(self.running.values()):
+            with contextlib.suppress(ProcessLookupError):
+                run.proc.send_signal(signal.SIGTERM)  # the executor stops its task and marks it stopped
+
+    # --- reporting ------------------------------------------------------------------------------------------------
+    def _report_forever(self) -> None:
+        interval = float(self.cfg.get("agent.status_report_interval_sec"))
+        time.sleep(min(1.0, interval))
+        while not self.stopping.is_set():
+            self._report(stats=True)
+            if self.stopping.wait(interval):
+                return
+
+    def _report(self, stats: bool = False) -> None:
+        base = {"timestamp": int(time.time()) * 1000, "is_daemon": True, "tags": self.opts.child_report_tags or None}
+        runs = list(self.running.values())
+        body = dict(base, worker=self.worker, queues=self.policy.queue_ids,
+                    machine_stats=self.monitor.sample() if stats else None)
+        if self.opts.services_mode is None and runs:
+            body.update(task=runs[0].task_id, queue=runs[0].queue_id)
+        with contextlib.suppress(Exception):
+            self.client.call("workers.status_report", body)
+        for run in runs:
+            if run.sub_worker:
+                with contextlib.suppress(Exception):
+                    self.client.call("workers.status_report", dict(base, worker=run.sub_worker, queues=[run.queue_id],
+                                                                   task=run.task_id, queue=run.queue_id,
+                                                                   machine_stats=None))
+
+
+def hostname() -> str:
+    return socket.gethostname()

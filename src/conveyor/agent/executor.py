@@ -1,0 +1,456 @@
+"""One task from start to final status: what `conveyor execute --id T` does, on bare metal or in a container.
+
+Phases, each logged to the task with its duration: setup script, git checkout (clone cache), uncommitted diff,
+Python environment (venv cache), then the entry point. While it runs: output shipped as log events, the
+task's status watched for an abort, a ping now and then. At the end: the final status with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conveyor.agent.logs import LogShipper
+from conveyor.agent.process import kill_tree
+from conveyor.config import Config
+
+FINAL_ELSEWHERE = {"stopped", "failed", "closed", "published", "queued", "completed"}
+
+
+class TaskFailure(Exception):
+    """A phase failed: the task is marked failed with this reason (one line, no secrets)."""
+
+
+@dataclass
+class ExecuteOptions:
+    task_id: str
+    clone: bool = False
+    worker_id: str = ""  # under a daemon, the daemon's; standalone, <host>:<pid>
+    under_daemon: bool = False  # the daemon reports the worker's status; we only run the task
+    gpus: str | None = None  # NVIDIA_VISIBLE_DEVICES for the task; "none" = CPU only; None = as inherited
+    git_user: str | None = None
+    git_pass: str | None = None
+    require_queue: bool = False
+    echo: bool = True  # also print the task's output on our stdout
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    status: str  # completed | failed | stopped | "" (someone else changed it: no status call)
+    reason: str
+    exit_code: int | None = None
+
+
+class Executor:
+    def __init__(self, client: Any, cfg: Config, opts: ExecuteOptions):
+        self.client = client
+        self.cfg = cfg
+        self.opts = opts
+        self.worker = opts.worker_id or f"{cfg.get('agent.worker_name') or socket.gethostname()}:{os.getpid()}"
+        self.task_id = opts.task_id
+        self.logs: LogShipper | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._abort: Outcome | None = None
+        self._shutdown = threading.Event()
+        self._done = threading.Event()
+        self.work_dir: Path | None = None
+        self.timings: dict[str, float] = {}
+
+    # --- public ---------------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the task; returns 0 when it completed, 1 otherwise."""
+        self._install_signal_handlers()
+        task = self._start()
+        if task is None:
+            return 1
+        outcome = Outcome("failed", "internal error")
+        try:
+            outcome = self._execute(task)
+        except TaskFailure as exc:
+            outcome = Outcome("failed", str(exc))
+            self.notice(f"conveyor: {exc}", "error")
+        except Exception as exc:  # a bug of ours must still end the task with a status and a reason
+            outcome = Outcome("failed", f"agent error: {exc.__class__.__name__}: {exc}")
+            self.notice(f"conveyor: agent error: {exc.__class__.__name__}: {exc}", "error")
+        finally:
+            self._finish(outcome)
+        return 0 if outcome.status == "completed" else 1
+
+    def notice(self, msg: str, level: str = "info") -> None:
+        if self.logs is not None:
+            self.logs.notice(msg, level)
+        if self.opts.echo:
+            print(msg, flush=True)
+
+    # --- start ----------------------------------------------------------------------------------------------------
+    def _start(self) -> dict[str, Any] | None:
+        call = self.client.call
+        task = call("tasks.get_by_id", {"task": self.task_id})["task"]
+        if self.opts.clone:
+            new = call("tasks.clone", {"task": self.task_id, "new_task_name": f"Clone of {task.get('name', '')}"})
+            self.task_id = new["id"]
+            task = call("tasks.get_by_id", {"task": self.task_id})["task"]
+        self.logs = LogShipper(self.client, self.task_id, self.worker,
+                               flush_interval=float(self.cfg.get("agent.log_flush_interval_sec")),
+                               max_bytes=int(self.cfg.get("agent.log_buffer_max_bytes")),
+                               suppress_carriage_return=bool(self.cfg.get("agent.suppress_carriage_return")))
+        message = f"Changed by conveyor {self.worker}"
+        if not self.opts.clone:
+            dequeued = call("tasks.dequeue", {"task": self.task_id, "new_status": "in_progress"})
+            if int(dequeued.get("updated") or 0) >= 1:
+                call("tasks.started", {"task": self.task_id, "force": True, "status_reason": "starting execution soon",
+                                       "status_message": ""})
+            elif self.opts.require_queue:
+                self.notice(f"conveyor: task {self.task_id} was not queued; --require-queue refuses to run it",
+                            "error")
+                self._close_logs()
+                return None
+        call("tasks.started", {"task": self.task_id, "force": True, "status_reason": "worker started execution",
+                               "status_message": message})
+        if not self.opts.under_daemon:
+            self._report(task_running=True)
+        if not task.get("script"):
+            self.notice("conveyor: the task has no script section (repository, entry point): nothing to run", "error")
+            self._finish(Outcome("failed", "can not run task without script information"))
+            return None
+        return task
+
+    # --- phases ---------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        self.notice(f"conveyor: {name} ...")
+        try:
+            yield
+        finally:
+            took = time.monotonic() - start
+            self.timings[name] = took
+            self.notice(f"conveyor: {name} done in {took:.2f} s")
+        if self._abort is not None:
+            raise _Aborted()
+
+    def _execute(self, task: dict[str, Any]) -> Outcome:
+        from conveyor.env import python as pyenv
+        from conveyor.env import vcs
+
+        script: dict[str, Any] = task.get("script") or {}
+        base = Path(self.cfg.get_path("agent.venvs_dir") or Path.home() / ".clearml" / "venvs-builds")
+        self.work_dir = base / "tasks" / self.task_id
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir.mkdir(parents=True)
+        code_dir = self.work_dir / "code"
+        watcher = threading.Thread(target=self._watch, name="abort-watch", daemon=True)
+        watcher.start()
+        try:
+            setup = ((task.get("container") or {}).get("setup_shell_script") or "").strip()
+            if setup:
+                with self.phase("setup shell script"):
+                    self._run_setup_script(setup)
+
+            repository = (script.get("repository") or "").strip()
+            commit = script.get("version_num") or None
+            if repository:
+                with self.phase(f"git checkout of {repository}"):
+                    try:
+                        checkout = vcs.prepare_repository(
+                            repository, code_dir, branch=script.get("branch") or None, tag=script.get("tag") or None,
+                            commit=commit, auth=vcs.GitAuth.from_config(self.cfg, self.opts.git_user, self.opts.git_pass),
+                            cfg=self.cfg, log=self.notice)
+                    except vcs.VcsError as exc:
+                        raise TaskFailure(f"failed cloning repository: {exc}") from None
+                diff = script.get("diff") or ""
+                if diff.strip():
+                    with self.phase("apply uncommitted diff"):
+                        try:
+                            vcs.apply_diff(code_dir, diff, log=self.notice)
+                        except vcs.VcsError as exc:
+                            raise TaskFailure(f"failed applying the uncommitted diff: {exc}") from None
+                if not commit:
+                    self.client.call("tasks.edit", {"task": self.task_id, "force": True,
+                                                    "script": {"version_num": checkout.commit}})
+            else:
+                if not (script.get("diff") or "").strip():
+                    raise TaskFailure("the task has neither a repository nor a script (diff) to run")
+                code_dir.mkdir(parents=True, exist_ok=True)
+                vcs.write_standalone_script(code_dir, self._entry_file(script), script["diff"])
+
+            working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
+            if not working_dir.is_dir() or code_dir.resolve() not in (working_dir, *working_dir.parents):
+                raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the repository")
+            argv_head = self._entry_argv(task, script, working_dir)
+
+            with self.phase("python environment"):
+                try:
+                    reqs = pyenv.resolve_requirements(script.get("requirements"), code_dir)
+                    env = pyenv.build_environment(reqs, cfg=self.cfg, python_version=self._python_version(script),
+                                                  work_dir=code_dir, log=self.notice)
+                except pyenv.EnvBuildError as exc:
+                    raise TaskFailure(f"failed building the python environment: {exc}") from None
+            try:
+                self._report_requirements(script, env, pyenv)
+                self.client.call("tasks.started", {"task": self.task_id, "force": True,
+                                                   "status_reason": "worker starting task execution",
+                                                   "status_message": f"Changed by conveyor {self.worker}"})
+                python = str(env.python)
+                argv = [python if part == "{python}" else part for part in argv_head]
+                return self._run_task(argv, working_dir, code_dir, task)
+            finally:
+                release = getattr(env, "release", None)
+                if callable(release):
+                    release()
+        except _Aborted:
+            return self._abort or Outcome("stopped", "aborted")
+        finally:
+            self._done.set()
+
+    def _run_setup_script(self, text: str) -> None:
+        assert self.work_dir is not None
+        path = self.work_dir / "setup.sh"
+        path.write_text(text + "\n")
+        proc = subprocess.Popen(["bash", str(path)], cwd=self.work_dir, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = proc
+        self._pump(proc)
+        code = proc.wait()
+        self.proc = None
+        if code != 0 and self._abort is None:
+            raise TaskFailure(f"the setup shell script failed with exit code {code}")
+
+    # --- the entry point ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _entry_file(script: dict[str, Any]) -> str:
+        entry = (script.get("entry_point") or "").strip()
+        if not entry:
+            raise TaskFailure("the task has no entry point: set script.entry_point (e.g. train.py)")
+        return shlex.split(entry)[0] if not entry.startswith("-m ") else entry
+
+    def _python_version(self, script: dict[str, Any]) -> str | None:
+        if self.cfg.get("agent.ignore_requested_python_version"):
+            return None
+        binary = (script.get("binary") or "").strip()
+        version = binary.removeprefix("python")
+        return version if version and version[0].isdigit() else None
+
+    def _entry_argv(self, task: dict[str, Any], script: dict[str, Any], working_dir: Path) -> list[str]:
+        entry = (script.get("entry_point") or "").strip()
+        if not entry:
+            raise TaskFailure("the task has no entry point: set script.entry_point (e.g. train.py)")
+        parts = shlex.split(entry)
+        binary = (script.get("binary") or "python").strip()
+        if parts[0] == "-m":
+            if len(parts) < 2:
+                raise TaskFailure("the entry point '-m' names no module")
+            head = ["{python}", "-u", "-m", *parts[1:]]
+        else:
+            target = working_dir / parts[0]
+            if not target.is_file():
+                raise TaskFailure(f"entry point {parts[0]!r} not found in {script.get('working_dir') or '.'} of the "
+                                  "repository")
+            if binary in ("bash", "sh") or parts[0].endswith(".sh"):
+                head = [binary if binary in ("bash", "sh") else "bash", *parts]
+            else:
+                head = ["{python}", "-u", *parts]
+        return head + (task_args(task) if self.cfg.get("agent.args_to_argv") else [])
+
+    def _report_requirements(self, script: dict[str, Any], env: Any, pyenv: Any) -> None:
+        try:
+            frozen = pyenv.freeze(env)
+        except Exception:
+            return
+        requirements = dict(script.get("requirements") or {})
+        original = requirements.get("pip")
+        body = {"pip": frozen}
+        if original:
+            body["org_pip"] = original if isinstance(original, str) else "\n".join(original)
+        self.client.call("tasks.set_requirements", {"task": self.task_id, "requirements": body})
+
+    def _task_environment(self, code_dir: Path, task: dict[str, Any]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({str(k): str(v) for k, v in (self.cfg.get("environment", {}) or {}).items()})
+        api = {
+            "CLEARML_API_HOST": self.cfg.api_host, "CLEARML_WEB_HOST": self.cfg.web_host,
+            "CLEARML_FILES_HOST": self.cfg.files_host, "CLEARML_API_ACCESS_KEY": self.cfg.access_key,
+            "CLEARML_API_SECRET_KEY": self.cfg.secret_key,
+        }
+        env.update({k: v for k, v in api.items() if v})
+        env.update({
+            "CLEARML_TASK_ID": self.task_id, "TRAINS_TASK_ID": self.task_id,
+            "CLEARML_WORKER_ID": self.worker, "CLEARML_LOG_TASK_TO_BACKEND": "0",
+            "PYTHONUNBUFFERED": "1",  # lines reach the log as they are printed
+            "PYTHONPATH": os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p),
+        })
+        if self.cfg.path:
+            env["CLEARML_CONFIG_FILE"] = str(self.cfg.path)
+        if self.opts.gpus is not None:
+            env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] = self.opts.gpus
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        if self.cfg.get("agent.enable_task_env"):
+            section = (task.get("hyperparams") or {}).get("Environment") or {}
+            env.update({name: str(p.get("value", "")) for name, p in section.items()})
+        env.update(self.opts.extra_env)
+        for key in ("VIRTUAL_ENV", "PYTHONHOME"):
+            env.pop(key, None)
+        return env
+
+    def _run_task(self, argv: list[str], cwd: Path, code_dir: Path, task: dict[str, Any]) -> Outcome:
+        self.notice(f"conveyor: running {shlex.join(argv)} in {cwd}")
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=self._task_environment(code_dir, task), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise TaskFailure(f"could not start the entry point: {exc.strerror}") from None
+        self.proc = proc
+        self._pump(proc)
+        code = proc.wait()
+        if self._abort is not None:
+            return self._abort
+        if code == 0:
+            return Outcome("completed", "worker execution done", 0)
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            return Outcome("failed", f"worker execution killed by signal {name}", code)
+        return Outcome("failed", f"worker execution exit code {code}", code)
+
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        """Copy the process's output to the log shipper (and our stdout), line by line, until it closes."""
+        assert proc.stdout is not None
+        out = sys.stdout
+        for raw in iter(proc.stdout.readline, b""):
+            text = raw.decode("utf-8", "replace")
+            if self.logs is not None:
+                self.logs.write(text)
+            if self.opts.echo:
+                out.write(text)
+                out.flush()
+
+    # --- watching -------------------------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Poll the task's status for an abort; ping it now and then; report the worker when standalone."""
+        interval = float(self.cfg.get("agent.abort_poll_interval_sec"))
+        ping_every = float(self.cfg.get("agent.task_ping_interval_sec"))
+        report_every = float(self.cfg.get("agent.status_report_interval_sec"))
+        last_ping = last_report = time.monotonic()
+        created_seen = 0
+        while not self._done.wait(interval):
+            if self._shutdown.is_set():
+                self._trigger(Outcome("stopped", "agent shut down: the worker was stopped while the task ran"))
+                return
+            try:
+                found = self.client.call("tasks.get_all", {"id": [self.task_id], "search_hidden": True,
+                                                           "only_fields": ["status", "status_message"]})["tasks"]
+            except Exception:
+                continue  # server unreachable for now: the task goes on
+            if not found:
+                self._trigger(Outcome("", "the task was deleted"))
+                return
+            status = found[0].get("status")
+            message = found[0].get("status_message") or ""
+            if status == "in_progress" and "stopping" in message:
+                self._trigger(Outcome("stopped", "task was stopped by tasks.stop"))
+                return
+            if status in FINAL_ELSEWHERE:
+                self._trigger(Outcome("", f"the task's status changed to {status} elsewhere"))
+                return
+            created_seen = created_seen + 1 if status == "created" else 0
+            if created_seen >= 2:
+                self._trigger(Outcome("", "the task was reset"))
+                return
+            now = time.monotonic()
+            if now - last_ping >= ping_every:
+                last_ping = now
+                with contextlib.suppress(Exception):
+                    self.client.call("tasks.ping", {"task": self.task_id})
+            if not self.opts.under_daemon and now - last_report >= report_every:
+                last_report = now
+                self._report(task_running=True)
+
+    def _trigger(self, outcome: Outcome) -> None:
+        if self._abort is not None:
+            return
+        self._abort = outcome
+        self.notice(f"conveyor: stopping the task: {outcome.reason}", "error" if outcome.status else "warning")
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            kill_tree(proc.pid, float(self.cfg.get("agent.kill_grace_sec")))
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            self._shutdown.set()
+            if self._abort is None:
+                threading.Thread(target=self._trigger, daemon=True, args=(
+                    Outcome("stopped", f"agent shut down ({signal.Signals(signum).name}) while the task ran"),)).start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # --- end ------------------------------------------------------------------------------------------------------
+    def _finish(self, outcome: Outcome) -> None:
+        self._done.set()
+        end_line = {"completed": "Process completed successfully", "failed": f"Process failed: {outcome.reason}",
+                    "stopped": f"Process aborted: {outcome.reason}"}.get(outcome.status, f"Process ended: {outcome.reason}")
+        self.notice(f"conveyor: {end_line}", "info" if outcome.status == "completed" else "error")
+        self._close_logs()
+        if outcome.status:
+            endpoint = {"completed": "tasks.completed", "failed": "tasks.failed", "stopped": "tasks.stopped"}[outcome.status]
+            body = {"task": self.task_id, "force": outcome.status != "completed", "status_reason": outcome.reason,
+                    "status_message": f"Changed by conveyor {self.worker}"}
+            try:
+                self.client.call(endpoint, body)
+            except Exception as exc:
+                # e.g. the task was reset or deleted meanwhile: nothing left to mark
+                print(f"conveyor: could not set the final status ({exc})", file=sys.stderr)
+        if not self.opts.under_daemon:
+            self._report(task_running=False)
+            with contextlib.suppress(Exception):
+                self.client.call("workers.unregister", {"worker": self.worker, "queues": []})
+        if self.work_dir is not None and not self.cfg.get("agent.keep_work_dirs"):
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _close_logs(self) -> None:
+        if self.logs is not None:
+            if not self.logs.close(timeout=60):
+                print("conveyor: some log lines could not be sent to the server", file=sys.stderr)
+
+    def _report(self, task_running: bool) -> None:
+        body: dict[str, Any] = {"worker": self.worker, "timestamp": int(time.time()) * 1000, "is_daemon": False,
+                                "machine_stats": None}
+        if task_running:
+            body["task"] = self.task_id
+        with contextlib.suppress(Exception):
+            self.client.call("workers.status_report", body)
+
+
+class _Aborted(Exception):
+    """Raised at a phase boundary once an abort has been triggered."""
+
+
+def task_args(task: dict[str, Any]) -> list[str]:
+    """The `Args` hyper-parameters as argv: `--name value`; a name with its own dashes is kept; a bool flag alone."""
+    argv: list[str] = []
+    for name, param in ((task.get("hyperparams") or {}).get("Args") or {}).items():
+        value = "" if param.get("value") is None else str(param.get("value"))
+        flag = name if name.startswith("-") else f"--{name}"
+        if (param.get("type") or "").lower() == "bool":  # a store_true flag: present or absent
+            if value.lower() in ("true", "1", "yes"):
+                argv.append(flag)
+            continue
+        argv.append(flag)
+        if value != "":
+            argv.append(value)
+    return argv

@@ -1,0 +1,90 @@
+"""`conveyor daemon` and `conveyor execute`: the flags of `clearml-agent daemon` / `execute`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--git-user", help="git user for cloning over https (agent.git_user)")
+    p.add_argument("--git-pass", help="git password or token (agent.git_pass); prefer the config file")
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"])
+    gpus = p.add_mutually_exclusive_group()
+    gpus.add_argument("--gpus", help="GPUs the task may see: 0 | 0,1 | all")
+    gpus.add_argument("--cpu-only", action="store_true", help="the task sees no GPU")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("daemon", help="pull tasks from queues and run them (clearml-agent daemon)")
+    d.add_argument("--queue", nargs="+", default=[], metavar="QUEUE",
+                   help="queue names or ids, in priority order (default: the default queue)")
+    d.add_argument("--order-fairness", action="store_true", help="round-robin between the queues instead of priority")
+    d.add_argument("--create-queue", action="store_true", help="create queues that do not exist")
+    mode = d.add_mutually_exclusive_group()
+    mode.add_argument("--foreground", action="store_true", help="run in this terminal (the default)")
+    mode.add_argument("--detached", "-d", action="store_true", help="run in the background, output to a log file")
+    mode.add_argument("--stop", nargs="*", metavar="WORKER_ID", help="stop the daemons started with these queues, "
+                      "or the listed worker ids")
+    mode.add_argument("--status", action="store_true", help="list the daemons running on this machine")
+    d.add_argument("--polling-interval", type=float, help="seconds between polls when the server has no long-poll")
+    d.add_argument("--services-mode", nargs="?", type=int, const=0, default=None, metavar="N",
+                   help="run tasks side by side, at most N at once (no N: no limit)")
+    d.add_argument("--child-report-tags", nargs="+", default=[], metavar="TAG", help="tags in the worker's reports")
+    d.add_argument("--log-file", help=argparse.SUPPRESS)
+    _worker_args(d)
+    d.set_defaults(func=run_daemon)
+
+    e = sub.add_parser("execute", help="run one task here, now (clearml-agent execute)")
+    e.add_argument("--id", required=True, help="the task id")
+    e.add_argument("--clone", action="store_true", help="run a clone of the task instead of the task itself")
+    e.add_argument("--require-queue", action="store_true", help="refuse to run a task that was not queued")
+    e.add_argument("--disable-monitoring", action="store_true", help=argparse.SUPPRESS)
+    e.add_argument("--full-monitoring", action="store_true", help=argparse.SUPPRESS)
+    _worker_args(e)
+    e.set_defaults(func=run_execute)
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(level=getattr(logging, "WARNING" if level == "WARN" else level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_execute(args: argparse.Namespace) -> int:
+    from conveyor.agent.executor import ExecuteOptions, Executor
+    from conveyor.agent.session import agent_client
+    from conveyor.cli.common import config_of
+
+    _setup_logging(args.log_level)
+    cfg = config_of(args)
+    gpus = "none" if args.cpu_only else args.gpus
+    opts = ExecuteOptions(task_id=args.id, clone=args.clone, worker_id=os.environ.get("CLEARML_WORKER_ID", ""),
+                          under_daemon=os.environ.get("CONVEYOR_UNDER_DAEMON") == "1", gpus=gpus,
+                          git_user=args.git_user, git_pass=args.git_pass, require_queue=args.require_queue)
+    return Executor(agent_client(cfg), cfg, opts).run()
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    from conveyor.agent import control
+    from conveyor.agent.daemon import Daemon, DaemonOptions
+    from conveyor.agent.session import agent_client
+    from conveyor.cli.common import config_of
+
+    if args.status:
+        return control.print_status()
+    if args.stop is not None:
+        return control.stop(args.stop, args.queue)
+    if args.detached:
+        return control.detach(sys.argv[1:])
+    _setup_logging(args.log_level)
+    cfg = config_of(args)
+    opts = DaemonOptions(queues=args.queue, order_fairness=args.order_fairness, create_queue=args.create_queue,
+                         services_mode=args.services_mode, gpus=args.gpus, cpu_only=args.cpu_only,
+                         polling_interval=args.polling_interval, child_report_tags=args.child_report_tags,
+                         git_user=args.git_user, git_pass=args.git_pass, log_file=args.log_file,
+                         argv=control.mask_argv(["conveyor", *sys.argv[1:]]))
+    return Daemon(agent_client(cfg), cfg, opts).run()
