@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -31,6 +32,10 @@ def run_command(args: argparse.Namespace) -> int:
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`conveyor task list | head`): no traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
     return int(result or 0)

@@ -193,7 +193,7 @@ def get_all(call: Call) -> dict[str, Any]:
     if ids is not None:
         query = query.where(t.id.in_(ids))
     for field, column in (("status", t.status), ("project", t.project), ("type", t.type), ("user", t.user_id),
-                          ("parent", t.parent)):
+                          ("parent", t.parent), ("queue", t.queue)):
         values = call.str_list(field) or []
         included = [v for v in values if not v.startswith("-")]
         excluded = [v[1:] for v in values if v.startswith("-")]
