@@ -42,7 +42,8 @@ def agent_env(server: ServerProcess, root: Path, **extra: str) -> dict[str, str]
     shared = Path(os.environ.get("CONVEYOR_TEST_UV_CACHE", "/tmp/conveyor-test-uv-cache"))
     env = server.env()
     env.update({
-        "CONVEYOR_AGENT_DIR": str(root / "agent"),
+        # One agent folder per server home, as on one machine: daemons there take distinct slots and worker ids.
+        "CONVEYOR_AGENT_DIR": str(server.home / "agent"),
         "CLEARML_AGENT__AGENT__VENVS_DIR": str(root / "venvs-builds"),
         "CLEARML_AGENT__AGENT__VENVS_CACHE__PATH": str(root / "venvs-cache"),
         "CLEARML_AGENT__AGENT__VCS_CACHE__PATH": str(root / "vcs-cache"),
@@ -55,6 +56,7 @@ def agent_env(server: ServerProcess, root: Path, **extra: str) -> dict[str, str]
 
 class DaemonProcess:
     def __init__(self, server: ServerProcess, root: Path, *args: str, env: dict[str, str] | None = None):
+        root.mkdir(parents=True, exist_ok=True)
         self.log_path = root / f"daemon-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")
         self.env = env or agent_env(server, root)

@@ -674,6 +674,33 @@ def test_runtime_properties(api: ApiClient) -> None:
     api.call("workers.unregister", {"worker": worker})
 
 
+def test_concurrent_first_reports_and_property_writes(srv: ServerProcess) -> None:
+    """Agents report from several threads: a worker's first reports, and writes of one property, may race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [srv.client() for _ in range(8)]
+    for client in clients:
+        client.login()
+    worker = unique("race") + ":0"
+
+    def report(client: ApiClient) -> dict[str, Any]:
+        return client.call("workers.status_report", {"worker": worker, "machine_stats": {"cpu_usage": [1.0]}})
+
+    def set_prop(client: ApiClient) -> dict[str, Any]:
+        return client.call("workers.set_runtime_properties", {"worker": worker, "runtime_properties": [
+            {"key": "k", "value": str(id(client))}]})
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(report, clients)) == [{}] * 8
+        assert list(pool.map(set_prop, clients)) == [{}] * 8
+    api = clients[0]
+    assert worker in _worker_ids(api)
+    props = api.call("workers.get_runtime_properties", {"worker": worker})["runtime_properties"]
+    assert len(props) == 1 and props[0]["value"] in {str(id(c)) for c in clients}
+    for client in clients:
+        client.close()
+
+
 # --- events ----------------------------------------------------------------------------------------------------------
 def test_add_batch_updates_task(api: ApiClient) -> None:
     tid = running_task(api)

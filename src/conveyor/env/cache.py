@@ -57,7 +57,7 @@ class FileLock:
     def acquire(self, *, shared: bool = False, timeout: float = 0.0) -> bool:
         """Take the lock, waiting up to `timeout` seconds; False when it stayed busy."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open as long as the lock
         mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
         deadline, pause = time.monotonic() + timeout, _POLL_FIRST
         while True:

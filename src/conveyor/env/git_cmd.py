@@ -36,7 +36,7 @@ class GitFailed(Exception):
 class Git:
     """One agent-side git session: fixed environment (askpass, no prompts) and `-c` settings for every call."""
 
-    def __init__(self, extra_env: dict[str, str] | None = None, secrets: Sequence[str] = (),
+    def __init__(self, remote_env: dict[str, str] | None = None, secrets: Sequence[str] = (),
                  config: Sequence[str] = ()):
         exe = shutil.which("git")
         if exe is None:
@@ -47,19 +47,20 @@ class Git:
         env["GIT_TERMINAL_PROMPT"] = "0"  # never wait for a password on a terminal nobody watches
         env.setdefault("GIT_SSH_COMMAND", "ssh -oBatchMode=yes")  # nor for an ssh passphrase or host key
         env["LC_ALL"] = "C"  # English messages: errors are classified by their text
-        env.update(extra_env or {})
         self.env = env
+        # askpass variables only for commands that talk to the remote: local ones (and their hooks) never see them
+        self.remote_env = {**env, **(remote_env or {})}
         # raw paths, no colour, no detached-HEAD lecture, whatever the user's git config says
         self.config = ["core.quotepath=off", "color.ui=never", "advice.detachedHead=false", *config]
 
     def run(self, *args: str, cwd: Path | None = None, input: str | None = None, check: bool = True,
-            config: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+            config: Sequence[str] = (), remote: bool = False) -> subprocess.CompletedProcess[str]:
         cmd = [self.exe]
         for setting in (*self.config, *config):
             cmd += ["-c", setting]
         cmd += list(args)
-        result = subprocess.run(cmd, cwd=cwd, env=self.env, input=input, capture_output=True, text=True,
-                                encoding="utf-8", errors="replace",
+        result = subprocess.run(cmd, cwd=cwd, env=self.remote_env if remote else self.env, input=input,
+                                capture_output=True, text=True, encoding="utf-8", errors="replace",
                                 stdin=None if input is not None else subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise GitFailed(self.describe(args), self.scrub(result.stderr.strip() or result.stdout.strip()))

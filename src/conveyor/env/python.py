@@ -34,14 +34,24 @@ from typing import Any
 from conveyor.config import Config
 from conveyor.env.cache import CacheUnavailable, FileLock, VenvCache
 from conveyor.env.managers import get_manager
-from conveyor.env.managers.base import (BuildSpec, EnvBuildError, Manager, Timer, config_list, find_uv,
-                                        installer_env, scrub, venv_python)
+from conveyor.env.managers.base import (
+    BuildSpec,
+    EnvBuildError,
+    Manager,
+    Timer,
+    config_list,
+    find_uv,
+    installer_env,
+    scrub,
+    venv_python,
+)
 from conveyor.env.managers.conda import require_conda
 from conveyor.env.managers.pip import PipManager
 from conveyor.env.managers.poetry import unusable_reason as poetry_unusable_reason
 
-__all__ = ["EnvBuildError", "PythonEnv", "Requirements", "build_environment", "environment_key", "freeze",
-           "normalize_line", "parse_requirement_lines", "resolve_requirements", "select_python"]
+__all__ = ["EnvBuildError", "PythonEnv", "Requirements", "agent_python", "build_environment", "environment_key",
+           "find_python", "freeze", "normalize_line", "parse_requirement_lines", "resolve_requirements",
+           "select_python"]
 
 Log = Callable[[str], None]
 FREEZE_FILE = ".conveyor-freeze.txt"  # what freeze() found in a cached venv: it does not change
@@ -58,10 +68,6 @@ _EXTERNAL = re.compile(r"^(?:-e\b|--editable\b|-r\b|--requirement\b|-c\b|--const
                        r"|(?:^|[\s@])(?:git|hg|svn|bzr)\+|@\s*file:", re.IGNORECASE)
 _VERSION_IN = re.compile(r"(\d+(?:\.\d+){0,2})$")
 _NOT_IN_FREEZE = {"clearml-agent"}  # as the reference: the agent is not the task's requirement
-
-
-class _Unset:
-    pass
 
 
 @dataclass
@@ -90,7 +96,7 @@ class PythonEnv:
             self._lease.release()
             self._lease = None
 
-    def __enter__(self) -> PythonEnv:
+    def __enter__(self) -> PythonEnv:  # noqa: PYI034 - a dataclass, not subclassed
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -165,11 +171,11 @@ def environment_key(spec: BuildSpec, manager: Manager) -> str:
 
 # -- the interpreter ---------------------------------------------------------------------------------------
 
-def _own_python() -> tuple[Path, str]:
+def agent_python() -> tuple[Path, str]:
     """The agent's interpreter; the base one when the agent runs in a venv (the task's venv must not chain)."""
     base = getattr(sys, "_base_executable", None)
     exe = Path(base) if base and os.path.exists(base) else Path(sys.executable)
-    return exe, "%d.%d.%d" % sys.version_info[:3]
+    return exe, ".".join(map(str, sys.version_info[:3]))
 
 
 def _version_matches(version: str, wanted: str) -> bool:
@@ -182,7 +188,8 @@ def _probe(exe: str) -> str | None:
     is not active, say)."""
     try:
         out = subprocess.run([exe, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-                             capture_output=True, text=True, timeout=PROBE_TIMEOUT_SEC, env=installer_env())
+                             capture_output=True, check=False, text=True, timeout=PROBE_TIMEOUT_SEC,
+                             env=installer_env())
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 and re.fullmatch(r"\d+\.\d+\.\d+", out.stdout.strip()) else None
@@ -192,7 +199,7 @@ def _probe(exe: str) -> str | None:
 def find_python(wanted: str) -> tuple[Path, str] | None:
     """An installed interpreter of version `wanted` ("3.10" or "3.10.13"): the agent's own, python<ver> on
     PATH (each checked by running it, as the reference does), pyenv's versions, then uv-managed ones."""
-    own, own_version = _own_python()
+    own, own_version = agent_python()
     if _version_matches(own_version, wanted):
         return own, own_version
     parts = wanted.split(".")
@@ -215,7 +222,7 @@ def _uv_managed(wanted: str) -> list[str]:
         return []
     try:  # only-managed: uv's PATH search stops at the first broken shim, so the PATH is searched above
         out = subprocess.run([uv, "python", "find", "--python-preference", "only-managed", wanted],
-                             capture_output=True, text=True, timeout=PROBE_TIMEOUT_SEC,
+                             capture_output=True, check=False, text=True, timeout=PROBE_TIMEOUT_SEC,
                              env=installer_env({"UV_PYTHON_DOWNLOADS": "never"}))
     except (OSError, subprocess.TimeoutExpired):
         return []
@@ -228,7 +235,7 @@ def select_python(requested: str | None, cfg: Config, log: Log) -> tuple[Path, s
     if cfg.get("agent.ignore_requested_python_version"):
         requested = None
     requested = (requested or cfg.get("agent.python_binary") or cfg.get("agent.default_python") or "").strip()
-    own, own_version = _own_python()
+    own, own_version = agent_python()
     if not requested:
         return own, own_version
     found: tuple[Path, str] | None
@@ -267,8 +274,7 @@ def build_environment(reqs: Requirements, *, cfg: Config, python_version: str | 
                      conda_lines=reqs.conda, base_dir=reqs.base_dir or work_dir, work_dir=work_dir)
     manager = _choose_manager(str(cfg.get("agent.package_manager.type")), spec, log)
     if reqs.lines or reqs.conda:
-        log(f"python: {len(reqs.lines) + len(reqs.conda)} requirement lines from the {reqs.source}"
-            if reqs.source != "task" else f"python: {len(reqs.lines) + len(reqs.conda)} requirement lines from the task")
+        log(f"python: {len(reqs.lines) + len(reqs.conda)} requirement lines from {reqs.source}")
     cache = VenvCache.from_config(cfg)
     reason = _why_uncached(cache, manager, spec)
     if reason is None:
@@ -371,7 +377,7 @@ def freeze(env: PythonEnv) -> list[str]:
     uv = find_uv()
     cmd = [uv, "pip", "freeze", "--python", str(env.python)] if uv else [str(env.python), "-m", "pip", "freeze"]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=FREEZE_TIMEOUT_SEC, env=installer_env())
+        out = subprocess.run(cmd, capture_output=True, check=False, text=True, timeout=FREEZE_TIMEOUT_SEC, env=installer_env())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EnvBuildError(f"Could not list the installed packages: {exc}") from None
     if out.returncode != 0:
@@ -379,10 +385,17 @@ def freeze(env: PythonEnv) -> list[str]:
     lines = [line.strip() for line in out.stdout.splitlines()
              if line.strip() and not line.startswith("#") and _dist_name(line) not in _NOT_IN_FREEZE]
     if env.cached:
-        tmp = saved.with_name(f"{saved.name}.{os.getpid()}")
-        tmp.write_text("\n".join(lines) + "\n" if lines else "", encoding="utf-8")
-        os.replace(tmp, saved)
+        _save(saved, lines)
     return lines
+
+
+def _save(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a concurrent reader sees all or nothing
+    except OSError:
+        pass  # a read-only cache: freeze again next time
 
 
 def _dist_name(line: str) -> str:

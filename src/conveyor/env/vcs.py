@@ -35,7 +35,8 @@ DEFAULT_SCRIPT_NAME = "untitled.py"  # the reference's name for a standalone scr
 # a hint per kind of clone failure, matched on git's (LC_ALL=C) stderr
 _CLONE_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("authentication failed", "could not read username", "could not read password", "permission denied",
-      "invalid username or password", "http basic: access denied", "403"),
+      "invalid username or password", "http basic: access denied", "returned error: 401",
+      "returned error: 403"),
      "authentication failed — check agent.git_user/git_pass (or --git-user/--git-pass) or the ssh key"),
     (("could not resolve host", "connection refused", "connection timed out", "network is unreachable",
       "failed to connect", "no route to host", "operation timed out"),
@@ -103,21 +104,30 @@ def prepare_repository(repository: str, dest: Path, *, branch: str | None = None
     if not original:
         raise VcsError("The task has no repository URL — set one, or run the task as a standalone script")
     original = _absolute_if_path(original)
-    # credentials in the task's URL win: they were given for exactly this repository
-    auth = embedded or (auth if auth is not None else GitAuth.from_config(cfg))
+    auth = _choose_auth(embedded, auth if auth is not None else GitAuth.from_config(cfg), original)
     url = rewrite_url(original, auth, cfg)
     if url != original:
         log(f"git: cloning {url} instead of {original}")
     creds = auth.for_url(url) if auth is not None else None
     want = _Want.of(commit, tag, branch)
     dest = Path(dest).expanduser().absolute()
-    _clear_dest(dest)
     with askpass_environment(creds) as env:
         git = _session(env, creds, url)
+        _clear_dest(dest)
         sha, checked_branch = _clone(git, url, dest, want, cfg, log)
         if submodules and (dest / ".gitmodules").is_file():
             _update_submodules(git, dest, url, submodule_url_config(url, original), log)
     return Checkout(path=dest, commit=sha, branch=checked_branch, repository=url)
+
+
+def _choose_auth(embedded: GitAuth | None, configured: GitAuth, url: str) -> GitAuth:
+    """user:password in the task's URL win (given for exactly this repository, as the reference does); a lone
+    user (a token, or just a login as Bitbucket URLs carry) only when no configured credentials apply."""
+    if embedded is None:
+        return configured
+    if embedded.password or configured.for_url(url) is None:
+        return embedded
+    return configured
 
 
 def looks_like_patch(diff: str) -> bool:
@@ -134,6 +144,8 @@ def apply_diff(repo_dir: Path, diff: str, log: Log = print) -> None:
     started = time.monotonic()
     git = _session({}, None, "")
     repo_dir = Path(repo_dir)
+    if not repo_dir.is_dir():
+        raise VcsError(f"Cannot apply the task's uncommitted diff: {repo_dir} does not exist")
     first = git.run("apply", "--whitespace=nowarn", cwd=repo_dir, input=text, check=False)
     if first.returncode != 0:
         # hunk counts off (hand-edited diff) or zero-context hunks (diff -U0), which the reference accepts
@@ -248,7 +260,7 @@ def _clone_cached(git: Git, url: str, mirror: Path, dest: Path, want: _Want, cfg
 def _clone_plain(git: Git, url: str, dest: Path, log: Log) -> None:
     started = time.monotonic()
     try:
-        git.run("clone", "--no-checkout", "--quiet", "--", url, str(dest))
+        git.run("clone", "--no-checkout", "--quiet", "--", url, str(dest), remote=True)
     except GitFailed as failed:
         raise VcsError(_clone_error(url, failed)) from None
     log(f"git: cloned {url} in {_since(started)}")
@@ -261,7 +273,7 @@ def _build_mirror(git: Git, url: str, mirror: Path, log: Log) -> None:
     fresh = mirror.with_name(f"{mirror.name}.tmp-{os.getpid()}")
     started = time.monotonic()
     try:
-        git.run("clone", "--bare", "--quiet", "--", url, str(fresh))
+        git.run("clone", "--bare", "--quiet", "--", url, str(fresh), remote=True)
         # branches as branches (a bare clone has no fetch refspec), tags come with --tags; gc inside our lock
         git.run("config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*", cwd=fresh)
         git.run("config", "gc.autoDetach", "false", cwd=fresh)
@@ -310,13 +322,13 @@ def _fetch_lost_commit(git: Git, mirror: Path, want: _Want) -> None:
     if want.commit and _FULL_SHA_RE.match(want.commit) and not _has_commit(git, mirror, want.commit):
         # under a ref of its own, so that gc keeps it (fetches prune only branches and tags)
         git.run("fetch", "--quiet", "origin", f"+{want.commit}:refs/conveyor/commits/{want.commit}", cwd=mirror,
-                check=False)
+                check=False, remote=True)
 
 
 def _remote_branch(git: Git, url: str, mirror: Path, branch: str | None) -> tuple[str, str]:
     """(branch name, sha) on the remote; the default branch when `branch` is None."""
     if branch is None:
-        out = git.run("ls-remote", "--symref", "--", url, "HEAD", cwd=mirror).stdout
+        out = git.run("ls-remote", "--symref", "--", url, "HEAD", cwd=mirror, remote=True).stdout
         match = re.search(r"^ref: refs/heads/(\S+)\s+HEAD$", out, flags=re.MULTILINE)
         sha = re.search(r"^([0-9a-f]{40,64})\s+HEAD$", out, flags=re.MULTILINE)
         if not match or not sha:
@@ -324,7 +336,7 @@ def _remote_branch(git: Git, url: str, mirror: Path, branch: str | None) -> tupl
                            "push a branch, or give the task a branch")
         name, commit = match.group(1), sha.group(1)
     else:
-        out = git.run("ls-remote", "--heads", "--", url, f"refs/heads/{branch}", cwd=mirror).stdout
+        out = git.run("ls-remote", "--heads", "--", url, f"refs/heads/{branch}", cwd=mirror, remote=True).stdout
         shas = [line.split()[0] for line in out.splitlines() if line.split()[1:] == [f"refs/heads/{branch}"]]
         if not shas:
             raise VcsError(_missing("Branch", branch, url))
@@ -338,7 +350,7 @@ def _fetch(git: Git, url: str, mirror: Path, cfg: Config, log: Log) -> None:
         git.run("remote", "set-url", "origin", url, cwd=mirror)
     args = [str(a) for a in (cfg.get("agent.git_fetch_args", None) or [])]
     # --prune: a branch deleted upstream goes; --force: a tag moved upstream is taken, not a fetch failure
-    git.run("fetch", "--quiet", "--prune", "--force", *args, cwd=mirror)
+    git.run("fetch", "--quiet", "--prune", "--force", *args, cwd=mirror, remote=True)
     log(f"git: fetched mirror of {url} in {_since(started)}")
 
 
@@ -382,7 +394,7 @@ def _checkout(git: Git, dest: Path, url: str, want: _Want, *, may_fetch: bool, l
 def _resolve_commit(git: Git, dest: Path, commit: str, may_fetch: bool) -> str | None:
     sha = git.ok("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}", cwd=dest)
     if sha is None and may_fetch and _FULL_SHA_RE.match(commit):
-        git.run("fetch", "--quiet", "origin", commit, cwd=dest, check=False)
+        git.run("fetch", "--quiet", "origin", commit, cwd=dest, check=False, remote=True)
         sha = git.ok("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}", cwd=dest)
     return sha
 
@@ -401,7 +413,8 @@ def _default_branch(git: Git, dest: Path, url: str) -> str:
 def _update_submodules(git: Git, dest: Path, url: str, config: list[str], log: Log) -> None:
     started = time.monotonic()
     try:
-        git.run("submodule", "update", "--init", "--recursive", "--quiet", cwd=dest, config=config)
+        git.run("submodule", "update", "--init", "--recursive", "--quiet", cwd=dest, config=config,
+                remote=True)
     except GitFailed as failed:
         raise VcsError(f"Could not check out the submodules of {url}: {failed.last_line} — check the URLs in "
                        ".gitmodules and that the agent's credentials reach them") from None

@@ -20,4 +20,4 @@ def get_manager(name: str) -> Manager:
                             f"use one of {', '.join(MANAGERS)}") from None
 
 
-__all__ = ["BuildSpec", "EnvBuildError", "MANAGERS", "Manager", "get_manager"]
+__all__ = ["MANAGERS", "BuildSpec", "EnvBuildError", "Manager", "get_manager"]

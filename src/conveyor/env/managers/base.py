@@ -23,7 +23,7 @@ Log = Callable[[str], None]
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]+)(?::(?P<pw>[^/\s@]*))?@")
 # the first line of an installer's own explanation of a failure
 _ERROR_START = re.compile(r"^\s*(?:×\s*|error:\s*|ERROR:\s*)", re.IGNORECASE)
-_DECORATION = re.compile(r"^[\s×╰─▶│├]+|^\s*(?:cause:|caused by:)\s*", re.IGNORECASE)
+_DECORATION = re.compile(r"^[\s×╰─▶│├]*(?:(?:cause|caused by):\s*)?", re.IGNORECASE)
 _ERROR_LINES = 8  # of the installer's explanation kept in an error message
 _TAIL_LINES = 200  # of installer output kept to explain a failure
 REASON_MAX_CHARS = 800
@@ -102,21 +102,19 @@ def run_streamed(cmd: Sequence[str | os.PathLike[str]], *, log: Log, what: str, 
 
 
 def failure_reason(lines: list[str]) -> str:
-    """The installer's own explanation of a failure, on one line: from its first error line, without hints."""
+    """The installer's own explanation of a failure, on one line: from its first error line, plus its first
+    hint in parentheses (uv's hints name unreachable or unauthorized indexes)."""
     start = next((i for i, line in enumerate(lines) if _ERROR_START.match(line)), None)
     if start is None:
-        picked = [line for line in lines if line.strip()][-3:]
-    else:
-        picked = []
-        for line in lines[start:]:
-            if line.strip().lower().startswith("hint:") or len(picked) >= _ERROR_LINES:
-                break
-            if line.strip():
-                picked.append(line)
-    text = ""
-    for line in picked:
+        return _shorten(" ".join(line.strip() for line in lines if line.strip())[-REASON_MAX_CHARS:])
+    text, hint = "", ""
+    for line in lines[start:start + _ERROR_LINES * 2]:
+        stripped = line.strip()
+        if stripped.lower().startswith("hint:"):
+            hint = hint or stripped[len("hint:"):].strip()
+            continue
         part = _DECORATION.sub("", _ERROR_START.sub("", line)).strip()
-        if not part:
+        if not part or hint:
             continue
         if not text:
             text = part
@@ -124,8 +122,35 @@ def failure_reason(lines: list[str]) -> str:
             text += "; " + part
         else:  # the cause of the line before
             text += (" " if text.endswith(":") else ": ") + part
-    text = text.rstrip(".")
+    text = text.rstrip(".") + (f" (hint: {hint.rstrip('.')})" if hint else "")
+    return _shorten(text)
+
+
+def _shorten(text: str) -> str:
     return scrub(text if len(text) <= REASON_MAX_CHARS else text[:REASON_MAX_CHARS] + "…")
+
+
+_FILE_OPTION = re.compile(r"^(-r|--requirement|-c|--constraint|-e|--editable)(\s+|=)(\S.*)$")
+
+
+def write_requirements(lines: list[str], folder: Path, base_dir: Path | None) -> Path:
+    """The lines as a requirements file in `folder`, with relative paths made absolute against `base_dir`
+    (installers resolve them against the file's own folder, which is a temporary one)."""
+    path = folder / "requirements.txt"
+    path.write_text("".join(_absolute(line, base_dir) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _absolute(line: str, base_dir: Path | None) -> str:
+    if base_dir is None:
+        return line
+    m = _FILE_OPTION.match(line)
+    option, target = (m.group(1) + " ", m.group(3)) if m else ("", line)
+    if target == "." or target.startswith(("./", "../")):
+        return option + str((base_dir / target).resolve())
+    if m and m.group(1) in ("-r", "--requirement", "-c", "--constraint") and not os.path.isabs(target):
+        return option + str(base_dir / target)
+    return line
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,7 +6,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from conveyor.env.managers.base import BuildSpec, EnvBuildError, Log, config_list, installer_env, run_streamed
+from conveyor.env.managers.base import (
+    BuildSpec,
+    EnvBuildError,
+    Log,
+    config_list,
+    installer_env,
+    run_streamed,
+    write_requirements,
+)
 from conveyor.env.managers.pip import _count_installed, pip_env
 from conveyor.env.managers.uv import INSTALL_HINT
 
@@ -51,8 +59,7 @@ class CondaManager:
             count += sum(1 for line in out if line.strip().startswith("+ "))
         if spec.lines:
             with tempfile.TemporaryDirectory(prefix="conveyor-req-") as tmp:
-                req = Path(tmp) / "requirements.txt"
-                req.write_text("\n".join(spec.lines) + "\n", encoding="utf-8")
+                req = write_requirements(spec.lines, Path(tmp), spec.base_dir)
                 out = run_streamed([str(python), "-m", "pip", "install", "-r", str(req)], log=log,
                                    env=pip_env(spec), cwd=spec.base_dir or Path(tmp),
                                    what="Could not install requirements", hint=INSTALL_HINT)

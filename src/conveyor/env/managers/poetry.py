@@ -9,8 +9,16 @@ import re
 import shutil
 from pathlib import Path
 
-from conveyor.env.managers.base import BuildSpec, Log, config_list, installer_env, run_streamed
+from conveyor.env.managers.base import (
+    BuildSpec,
+    Log,
+    config_list,
+    find_uv,
+    installer_env,
+    run_streamed,
+)
 from conveyor.env.managers.pip import PipManager
+from conveyor.env.managers.uv import UvManager
 
 _INSTALLING = re.compile(r"^\s*-\s+(?:Installing|Updating|Downgrading)\s")  # "  - Installing six (1.16.0)"
 LOCK_FILES = ("pyproject.toml", "poetry.lock")
@@ -44,7 +52,8 @@ class PoetryManager:
         return {}  # never cached: it installs the repository's own project
 
     def create(self, spec: BuildSpec, path: Path, log: Log) -> Path:
-        return PipManager().create(spec, path, log)
+        # poetry installs with its own installer, so a venv without pip will do: uv's takes 0.05 s, venv's 5 s
+        return (UvManager() if find_uv() else PipManager()).create(spec, path, log)
 
     def install(self, spec: BuildSpec, python: Path, log: Log) -> int:
         venv = python.parent.parent

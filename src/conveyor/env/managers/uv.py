@@ -7,8 +7,17 @@ import re
 import tempfile
 from pathlib import Path
 
-from conveyor.env.managers.base import (BuildSpec, EnvBuildError, Log, Timer, config_list, find_uv, installer_env,
-                                        run_streamed, venv_python)
+from conveyor.env.managers.base import (
+    BuildSpec,
+    EnvBuildError,
+    Log,
+    config_list,
+    find_uv,
+    installer_env,
+    run_streamed,
+    venv_python,
+    write_requirements,
+)
 
 _INSTALLED = re.compile(r"^\s*\+\s+\S")  # uv's " + six==1.16.0"
 INSTALL_HINT = ("Check the task's requirements (script.requirements.pip, or the repository's requirements.txt) "
@@ -78,8 +87,7 @@ class UvManager:
         if not spec.lines:
             return 0
         with tempfile.TemporaryDirectory(prefix="conveyor-req-") as tmp:
-            req = Path(tmp) / "requirements.txt"
-            req.write_text("\n".join(spec.lines) + "\n", encoding="utf-8")
+            req = write_requirements(spec.lines, Path(tmp), spec.base_dir)
             cmd = [require_uv(), "pip", "install", "--python", str(python), "-r", str(req)]
             mode = link_mode(spec, python.parent.parent)
             if mode:

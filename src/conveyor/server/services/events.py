@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 
 from conveyor.protocol import errors
-from conveyor.server.call import Call, dumps, iso, loads
+from conveyor.server.call import INT64_MAX, Call, dumps, iso, loads
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store.documents import get_task, save_task
@@ -37,7 +37,7 @@ def _row(event: dict[str, Any], index: int) -> dict[str, Any]:
     ts = event.get("timestamp")
     if ts is None:
         ts = int(time.time() * 1000)
-    elif not isinstance(ts, (int, float)) or isinstance(ts, bool):
+    elif not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 <= ts <= INT64_MAX:
         raise ValueError("'timestamp' must be epoch milliseconds")
     client_id = event.get("conveyor_id")
     row: dict[str, Any] = {"task": task, "type": etype, "timestamp": int(ts), "iter": None, "metric": None,
@@ -53,7 +53,7 @@ def _row(event: dict[str, Any], index: int) -> dict[str, Any]:
         return row
     it = event.get("iter")
     if it is not None:
-        if not isinstance(it, (int, float)) or isinstance(it, bool):
+        if not isinstance(it, (int, float)) or isinstance(it, bool) or not -INT64_MAX <= it <= INT64_MAX:
             raise ValueError("'iter' must be an integer")
         row["iter"] = int(it)
     for key in ("metric", "variant"):

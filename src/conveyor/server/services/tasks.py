@@ -254,12 +254,16 @@ def clone(call: Call) -> dict[str, Any]:
         doc["system_tags"] = [t for t in doc.get("system_tags", []) if t not in ("development", "archived")]
         doc["parent"] = call.str("new_task_parent") or source_id
         doc["output"] = {"destination": (src.get("output") or {}).get("destination")}
-        for body_key, field in (("new_task_comment", "comment"), ("new_task_tags", "tags"),
-                                ("new_task_system_tags", "system_tags"), ("new_task_project", "project"),
-                                ("new_task_hyperparams", "hyperparams"),
-                                ("new_task_configuration", "configuration"), ("new_task_container", "container")):
+        for body_key, field, read in (("new_task_comment", "comment", call.str), ("new_task_tags", "tags", call.str_list),
+                                      ("new_task_system_tags", "system_tags", call.str_list),
+                                      ("new_task_project", "project", call.str),
+                                      ("new_task_hyperparams", "hyperparams", call.dict),
+                                      ("new_task_configuration", "configuration", call.dict),
+                                      ("new_task_container", "container", call.dict)):
             if call.body.get(body_key) is not None:
-                doc[field] = call.body[body_key]
+                doc[field] = read(body_key)
+        if doc.get("project") and not conn.execute(select(s.projects.c.id).where(s.projects.c.id == doc["project"])).first():
+            raise errors.invalid_project_id(doc["project"])
         insert_task(conn, doc)
     return {"id": doc["id"], "new_project": None}
 
@@ -449,6 +453,9 @@ def _param_items(call: Call) -> list[dict[str, Any]]:
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise errors.validation_error("Validation error: each hyper-parameter needs at least a string 'name'")
+        for key in ("section", "type", "description"):
+            if not isinstance(item.get(key), (str, type(None))):
+                raise errors.validation_error(f"Validation error: hyper-parameter {item['name']!r}: '{key}' must be a string")
     return items
 
 
@@ -480,6 +487,10 @@ def edit_hyper_params(call: Call) -> dict[str, Any]:
 def delete_hyper_params(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     items = call.list("hyperparams") or []
+    for item in items:
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), (str, type(None))) for k in ("section", "name")):
+            raise errors.validation_error("Validation error: each hyper-parameter to delete is an object with a string "
+                                          "'section' and an optional string 'name' (no name: the whole section)")
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
         params = doc.get("hyperparams") or {}
@@ -517,8 +528,8 @@ def edit_configuration(call: Call) -> dict[str, Any]:
         doc = load(conn, task_id, lock=True)
         config = {} if call.bool("replace_configuration") else doc.get("configuration") or {}
         for item in items:
-            if not isinstance(item, dict) or not item.get("name"):
-                raise errors.validation_error("Validation error: each configuration item needs a 'name'")
+            if not isinstance(item, dict) or not item.get("name") or not isinstance(item["name"], str):
+                raise errors.validation_error("Validation error: each configuration item needs a string 'name'")
             config[item["name"]] = {k: item.get(k, "") for k in ("name", "value", "type", "description")}
         doc["configuration"] = config
         save_task(conn, doc)
@@ -545,8 +556,9 @@ def add_or_update_artifacts(call: Call) -> dict[str, Any]:
         doc = load(conn, task_id, lock=True)
         current = {(a.get("key"), a.get("mode", "output")): a for a in (doc.get("execution") or {}).get("artifacts", [])}
         for art in artifacts:
-            if not isinstance(art, dict) or not art.get("key"):
-                raise errors.validation_error("Validation error: each artifact needs a 'key'")
+            if not isinstance(art, dict) or not art.get("key") or not isinstance(art["key"], str) \
+                    or not isinstance(art.get("mode", "output"), str):
+                raise errors.validation_error("Validation error: each artifact needs a string 'key' (and 'mode', if given)")
             current[(art["key"], art.get("mode", "output"))] = art
         doc.setdefault("execution", {})["artifacts"] = list(current.values())
         save_task(conn, doc)

@@ -32,9 +32,21 @@ def _upsert(conn: Any, call: Call, worker: str, *, timeout: int | None, register
     else:
         doc = {"id": worker, "register_time": iso(ts), "last_activity_time": iso(ts), "queues": [], "tags": [],
                "system_tags": []}
-        conn.execute(s.workers.insert().values(id=worker, user_id=call.user, ip=call.client_ip, register_time=ts,
-                                               last_seen=ts, timeout=timeout, doc=dumps(doc)))
+        inserted = conn.execute(_dialect_insert(conn, s.workers).values(
+            id=worker, user_id=call.user, ip=call.client_ip, register_time=ts, last_seen=ts, timeout=timeout,
+            doc=dumps(doc)).on_conflict_do_nothing()).rowcount
+        if not inserted:  # a concurrent first report of this worker inserted it: update that row instead
+            return _upsert(conn, call, worker, timeout=timeout, register=register)
     return doc
+
+
+def _dialect_insert(conn: Any, table: Any) -> Any:
+    """INSERT with ON CONFLICT support (SQLite and PostgreSQL spell it alike)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
 
 def _save(conn: Any, worker: str, doc: dict[str, Any], **columns: Any) -> None:
@@ -170,10 +182,8 @@ def set_runtime_properties(call: Call) -> dict[str, Any]:
                     f"Validation error: runtime property {prop['key']!r} has expiry {expiry!r}: give seconds as a number")
             values = {"value": "" if prop.get("value") is None else str(prop["value"]),
                       "expires": ts + float(expiry) if expiry else None}
-            c = s.runtime_properties.c
-            found = conn.execute(update(s.runtime_properties).where(c.worker == worker, c.key == prop["key"]).values(**values))
-            if not found.rowcount:
-                conn.execute(s.runtime_properties.insert().values(worker=worker, key=prop["key"], **values))
+            upsert = _dialect_insert(conn, s.runtime_properties).values(worker=worker, key=prop["key"], **values)
+            conn.execute(upsert.on_conflict_do_update(index_elements=["worker", "key"], set_=values))
     return {}
 
 
@@ -225,7 +235,8 @@ def get_stats(call: Call) -> dict[str, Any]:
     from_date, to_date, interval = _range(call)
     worker_ids = call.str_list("worker_ids")
     items = call.list("items") or [{"key": k, "category": "avg"} for k in ("cpu_usage", "memory_used")]
-    if not all(isinstance(i, dict) and isinstance(i.get("key"), str) for i in items):
+    if not all(isinstance(i, dict) and isinstance(i.get("key"), str) and isinstance(i.get("category", "avg"), str)
+               for i in items):
         raise errors.validation_error("Validation error: each of 'items' must be an object with a string 'key' "
                                       "(and an optional 'category': avg, min or max)")
     w = s.worker_stats.c
