@@ -1,0 +1,133 @@
+"""The agent's command line: services mode, --detached/--status/--stop, `up`, `init`, `config`, bad configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final, wait_status
+from conftest import ServerProcess, free_port
+
+
+def conveyor(*args: str, env: dict[str, str], timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conveyor", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, input=stdin)
+
+
+def test_services_mode_runs_tasks_side_by_side(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    _, bare = make_repo(tmp_path / "repos", {"train.py": "import time\nprint('up', flush=True)\ntime.sleep(4)\n"})
+    client = sqlite_server.client()
+    client.call("queues.create", {"name": "services"})
+    daemon = DaemonProcess(sqlite_server, tmp_path, "--queue", "services", "--services-mode", "2", "--cpu-only")
+    try:
+        tasks = [create_task(client, name=f"s{i}", repository=f"file://{bare}") for i in range(3)]
+        for task in tasks:
+            enqueue(client, task, "services")
+        wait_status(client, tasks[0], "in_progress")
+        wait_status(client, tasks[1], "in_progress")
+        time.sleep(1.0)
+        # At most two at once: the third waits in the queue while the first two run, each as its own sub-worker.
+        assert client.call("tasks.get_by_id", {"task": tasks[2]})["task"]["status"] == "queued"
+        workers = {w["id"]: w for w in client.call("workers.get_all", {})["workers"]}
+        subs = [w for w in workers if ":service:" in w]
+        assert len(subs) == 2
+        assert {workers[w]["task"]["id"] for w in subs} == set(tasks[:2])
+        docs = [wait_final(client, t, timeout=120) for t in tasks]
+        assert [d["status"] for d in docs] == ["completed"] * 3
+        assert docs[2]["started"] >= min(docs[0]["completed"], docs[1]["completed"])
+    finally:
+        daemon.stop()
+
+
+def test_detached_status_and_stop(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    env = agent_env(sqlite_server, tmp_path)
+    started = conveyor("daemon", "--queue", "default", "--detached", env=env)
+    assert started.returncode == 0, started.stderr
+    assert "started in the background" in started.stdout
+    status = conveyor("daemon", "--status", env=env)
+    assert "default" in status.stdout and "pid" in status.stdout
+    client = sqlite_server.client()
+    assert len(client.call("workers.get_all", {})["workers"]) == 1
+    stopped = conveyor("daemon", "--stop", env=env, timeout=90)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "no conveyor daemon" in conveyor("daemon", "--status", env=env).stdout
+    assert client.call("workers.get_all", {})["workers"] == []
+
+
+def test_unknown_queue_is_a_clear_error(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    out = conveyor("daemon", "--queue", "nope", env=agent_env(sqlite_server, tmp_path))
+    assert out.returncode == 2
+    assert 'Could not find queue "nope"' in out.stderr and "--create-queue" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_up_runs_a_task_with_server_and_agent_in_one_command(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    server = ServerProcess(home, port=port)  # only for its environment and client helpers
+    env = agent_env(server, tmp_path)
+    env["CONVEYOR__SERVER__PORT"] = str(port)
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "up", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (home / "clearml.conf").exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        _, bare = make_repo(tmp_path / "repos", {"train.py": "print('hello from up')\n"})
+        client = server.client()
+        while not client.call("workers.get_all", {})["workers"]:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        task = create_task(client, repository=f"file://{bare}")
+        enqueue(client, task)
+        assert wait_final(client, task, timeout=120)["status"] == "completed"
+    finally:
+        proc.send_signal(2)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "unregistered" in out
+
+
+def test_init_writes_a_verified_config_and_never_overwrites(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    key, secret = sqlite_server.credentials()
+    target = tmp_path / "new.conf"
+    env = {**sqlite_server.env(), "CLEARML_CONFIG_FILE": str(target)}
+    bad = conveyor("init", "--api-host", sqlite_server.url, "--access-key", key, "--secret-key", "wrong", env=env)
+    assert bad.returncode == 2 and not target.exists()
+    assert "wrong" not in bad.stderr
+    ok = conveyor("init", "--api-host", sqlite_server.url, "--access-key", key, "--secret-key", secret,
+                  "--git-user", "me", "--git-pass", "tok3n", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    listed = conveyor("queue", "list", env=env)
+    assert listed.returncode == 0 and "default" in listed.stdout
+    again = conveyor("init", "--api-host", sqlite_server.url, "--access-key", key, "--secret-key", secret, env=env)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    shown = conveyor("config", env=env)
+    assert shown.returncode == 0
+    assert secret not in shown.stdout and "tok3n" not in shown.stdout
+    assert re.search(r'git_user: "?me"?\n', shown.stdout), shown.stdout
+
+
+def test_malformed_config_names_file_and_line(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.conf"
+    conf.write_text("api {\n  api_server: \"http://x\"\n}\nagent {\n  kill_grace_sec: \"abc\"\n}\n")
+    env = {**os.environ, "CLEARML_CONFIG_FILE": str(conf), "HOME": str(tmp_path)}
+    out = conveyor("config", env=env)
+    assert out.returncode == 2
+    assert "bad.conf" in out.stderr and "line 5" in out.stderr and "agent.kill_grace_sec" in out.stderr
+    conf.write_text("api {\n  api_server: \"http://x\"\n\nagent { \n")
+    out = conveyor("config", env=env)
+    assert out.returncode == 2 and "bad.conf" in out.stderr and "line" in out.stderr
+    assert "Traceback" not in out.stderr
+    # Dynamic overrides: path lower-cased, value parsed as JSON.
+    conf.write_text("api { api_server: \"http://x\" }\n")
+    env["CLEARML_AGENT__AGENT__PACKAGE_MANAGER__TYPE"] = "pip"
+    out = conveyor("config", "--json", env=env)
+    assert '"type": "pip"' in out.stdout
