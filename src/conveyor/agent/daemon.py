@@ -226,23 +226,26 @@ class Daemon:
 
         def pull() -> None:
             try:
-                result.append(self.client.call("queues.get_next_task",
-                                               {"queue": order[0], "queues": order, "wait": wait},
-                                               timeout=wait + 30))
+                answer = self.client.call("queues.get_next_task", {"queue": order[0], "queues": order, "wait": wait},
+                                          timeout=wait + 30)
+                entry = answer.get("entry")
+                if entry and self.draining.is_set():  # popped after we stopped taking work: hand it back
+                    self._give_back(entry["task"], answer.get("queue") or order[0])
+                    answer = {}
+                result.append(answer)
             except Exception as exc:  # handed to the loop below
                 result.append(exc)
             self._wake.set()
 
-        # The pull runs in a thread so that a signal is answered at once; a task that arrives after it is
-        # given back (see _loop), so draining never strands one.
+        # The pull runs in a thread so that a signal is answered at once. If we exit while it waits, the
+        # server sees the connection close and pops nothing for it; a task it pops after draining began
+        # goes back to the front of its queue.
         puller = threading.Thread(target=pull, name="pull", daemon=True)
         puller.start()
         while not result and not self.draining.is_set():
             self._wake.wait(0.5)
             self._wake.clear()
             self._reap_children()
-        if not result:
-            puller.join(wait + 35)
         if not result:
             return None
         answer = result[0]

@@ -116,11 +116,7 @@ class ApiApp:
             if ep.is_async:
                 # After the body, the only message left to receive is the client's disconnect.
                 watcher = asyncio.ensure_future(receive())
-
-                async def disconnected() -> bool:
-                    return watcher.done()
-
-                call.disconnected = disconnected
+                call.disconnected = watcher
                 data = await ep.handler(call)
             elif state.store.inline:
                 data = ep.handler(call)

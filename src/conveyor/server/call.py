@@ -58,7 +58,7 @@ class Call:
     identity: Identity | None = None
     headers: dict[str, str] = field(default_factory=dict)
     client_ip: str = ""
-    disconnected: Any = None  # async () -> bool: whether the client went away (long-polls check it)
+    disconnected: Any = None  # a future that completes when the client goes away (long-polls watch it)
 
     @property
     def store(self):  # noqa: ANN201 - Store; kept untyped to avoid an import cycle

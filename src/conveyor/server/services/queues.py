@@ -313,6 +313,20 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
     return None
 
 
+async def _give_back(call: Call, answer: dict[str, Any]) -> None:
+    def put_back() -> None:
+        with call.store.write() as conn:
+            add_entry(conn, answer["queue"], answer["entry"]["task"], front=True)
+        call.state.wake([answer["queue"]])
+
+    if call.store.inline:
+        put_back()
+    else:
+        from starlette.concurrency import run_in_threadpool
+
+        await run_in_threadpool(put_back)
+
+
 @endpoint("queues.get_next_task")
 async def get_next_task(call: Call) -> dict[str, Any]:
     """ClearML's pop; our addition: `wait` (seconds) holds the request until an entry arrives, and `queues` (a list,
@@ -339,17 +353,21 @@ async def get_next_task(call: Call) -> dict[str, Any]:
         return await attempt() or {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    gone = call.disconnected  # completes when the waiting client closes its connection
     while True:
         with call.state.signals.listen(queue_ids) as woken:
-            if call.disconnected is not None and await call.disconnected():
+            if gone is not None and gone.done():
                 return {}  # nobody to hand an entry to: leave it in the queue
             answer = await attempt()
             if answer:
+                if gone is not None and gone.done():
+                    await _give_back(call, answer)  # the waiter left while we popped: keep the task queued
+                    return {}
                 return answer
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return {}
-            try:
-                await asyncio.wait_for(woken, remaining)
-            except asyncio.TimeoutError:
+            await asyncio.wait([woken, gone] if gone is not None else [woken], timeout=remaining,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not woken.done() and loop.time() >= deadline:
                 return {}
