@@ -44,7 +44,8 @@ def test_task_runs_end_to_end(sqlite_server: ServerProcess, daemon: DaemonProces
     # An uncommitted change: the diff must reach the run.
     (work / "train.py").write_text(TRAIN + 'print("from the diff")\n')
     diff = git(work, "diff", "HEAD") + "\n"
-    task = create_task(client, repository=f"file://{bare}", diff=diff, args={"lr": "0.1", "epochs": 3})
+    task = create_task(client, repository=f"file://{bare}", diff=diff, args={"lr": "0.1", "epochs": 3},
+                       container={"image": "", "arguments": "", "setup_shell_script": "echo setup script ran"})
     enqueue(client, task)
     doc = wait_final(client, task, timeout=180)
     text = log_text(client, task)
@@ -55,6 +56,7 @@ def test_task_runs_end_to_end(sqlite_server: ServerProcess, daemon: DaemonProces
     lines = [text.index(f"line {i}\n") for i in range(5)]
     assert lines == sorted(lines), "log lines arrived out of order"
     assert "from the diff" in text
+    assert text.index("setup script ran") < text.index("conveyor: git checkout")
     for phase in ("git checkout", "python environment"):
         assert f"conveyor: {phase}" in text and "done in" in text
     # The commit was written back, and what was installed reported.
@@ -131,8 +133,9 @@ def _run_order(client, tasks: list[str]) -> list[str]:  # noqa: ANN001
     return [d["name"] for d in sorted(docs, key=lambda d: d["started"])]
 
 
-@pytest.mark.parametrize("fairness", [False, True])
-def test_priority_and_fairness(sqlite_server: ServerProcess, tmp_path: Path, fairness: bool) -> None:
+@pytest.mark.parametrize("fairness,long_poll", [(False, True), (True, True), (False, False), (True, False)])
+def test_priority_and_fairness(sqlite_server: ServerProcess, tmp_path: Path, fairness: bool, long_poll: bool) -> None:
+    """Both pull paths: the long-poll, and the polling a ClearML server (no long-poll) gets."""
     _, bare = make_repo(tmp_path / "repos", {"train.py": "print('hi')\n"})
     client = sqlite_server.client()
     for name in ("high", "low"):
@@ -143,8 +146,10 @@ def test_priority_and_fairness(sqlite_server: ServerProcess, tmp_path: Path, fai
             task = create_task(client, name=f"{queue}{i}", repository=f"file://{bare}")
             enqueue(client, task, queue)
             tasks.append(task)
-    args = ["--queue", "high", "low"] + (["--order-fairness"] if fairness else [])
-    daemon = DaemonProcess(sqlite_server, tmp_path, *args)
+    args = ["--queue", "high", "low", "--polling-interval", "0.5"] + (["--order-fairness"] if fairness else [])
+    env = agent_env(sqlite_server, tmp_path, CLEARML_AGENT__AGENT__LONG_POLL_SEC="10" if long_poll else "0")
+    daemon = DaemonProcess(sqlite_server, tmp_path, *args, env=env)
+    assert ("long-poll" in daemon.output()) == long_poll
     try:
         for task in tasks:
             assert wait_final(client, task, timeout=180)["status"] == "completed"

@@ -131,3 +131,50 @@ def test_malformed_config_names_file_and_line(tmp_path: Path) -> None:
     env["CLEARML_AGENT__AGENT__PACKAGE_MANAGER__TYPE"] = "pip"
     out = conveyor("config", "--json", env=env)
     assert '"type": "pip"' in out.stdout
+
+
+def test_execute_clone_runs_a_copy_and_leaves_the_original(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    _, bare = make_repo(tmp_path / "repos", {"train.py": "print('cloned run')\n"})
+    client = sqlite_server.client()
+    task = create_task(client, name="original", repository=f"file://{bare}")
+    out = conveyor("execute", "--id", task, "--clone", env=agent_env(sqlite_server, tmp_path), timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "cloned run" in out.stdout
+    assert client.call("tasks.get_by_id", {"task": task})["task"]["status"] == "created"
+    clones = client.call("tasks.get_all", {"parent": [task]})["tasks"]
+    assert len(clones) == 1 and clones[0]["status"] == "completed" and clones[0]["name"] == "Clone of original"
+    workers = client.call("workers.get_all", {})["workers"]
+    assert workers == [], "a stand-alone execute unregisters its worker at the end"
+
+
+def test_gpu_daemon_identity_visibility_and_stats(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    """Through the fake device inventory: worker id <host>:gpu0, the task sees only GPU 0, reports carry GPU stats."""
+    fake = tmp_path / "gpus.json"
+    fake.write_text('[{"index": 0, "uuid": "GPU-aaa", "memory_total_mb": 81920, "memory_used_mb": 1024, '
+                    '"utilization": 42, "temperature": 55}, {"index": 1, "uuid": "GPU-bbb", "memory_total_mb": 81920, '
+                    '"memory_used_mb": 0, "utilization": 7, "temperature": 40}]')
+    _, bare = make_repo(tmp_path / "repos", {"train.py": "import os\nprint('visible', os.environ['CUDA_VISIBLE_DEVICES'])\n"})
+    client = sqlite_server.client()
+    env = agent_env(sqlite_server, tmp_path, CONVEYOR_FAKE_GPUS=str(fake),
+                    CLEARML_AGENT__AGENT__STATUS_REPORT_INTERVAL_SEC="1")
+    daemon = DaemonProcess(sqlite_server, tmp_path, "--queue", "default", "--gpus", "0", env=env)
+    try:
+        duplicate = conveyor("daemon", "--queue", "default", "--gpus", "0", env=env)
+        assert duplicate.returncode == 2 and "already runs here" in duplicate.stderr
+        task = create_task(client, repository=f"file://{bare}")
+        enqueue(client, task)
+        doc = wait_final(client, task, timeout=120)
+        assert doc["status"] == "completed"
+        assert doc["last_worker"].endswith(":gpu0")
+        from agentkit import log_text
+
+        assert "visible 0\n" in log_text(client, task)
+        deadline = time.time() + 10
+        while True:
+            stats = client.call("workers.get_all", {})["workers"][0].get("machine_stats") or {}
+            if "gpu_usage" in stats or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert stats["gpu_usage"] == [42.0] and stats["gpu_memory_free"] == [80896.0]
+    finally:
+        daemon.stop()

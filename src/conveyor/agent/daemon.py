@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.agent.identity import Slot, describe, take_slot, worker_id
+from conveyor.agent.identity import Slot, describe, running_daemons, take_slot, worker_id
 from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.gpus import GpuInventory
 from conveyor.agent.policy import QueuePolicy
@@ -82,6 +83,10 @@ class Daemon:
         try:
             self.worker = worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None),
                                     self.slot.index, self.opts.gpus, self.opts.cpu_only)
+            for other in running_daemons():
+                if other.get("worker_id") == self.worker and other.get("pid") != os.getpid():
+                    raise DaemonError(f"A daemon with worker id {self.worker} already runs here (pid {other.get('pid')})"
+                                      ": give this one other --gpus, or set agent.worker_id / CLEARML_WORKER_ID")
             queue_ids = self._resolve_queues()
             self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness)
             describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv, self.opts.log_file)
@@ -99,7 +104,7 @@ class Daemon:
         return 0
 
     def _print_banner(self, queue_ids: list[str]) -> None:
-        mode = "long-poll" if self.client.server_supports("long_poll") else f"polling every {self._poll_interval():g} s"
+        mode = "long-poll" if self._long_poll() else f"polling every {self._poll_interval():g} s"
         names = ", ".join(f"{self.queue_names[q]} ({q})" for q in queue_ids)
         services = "" if self.opts.services_mode is None else f", services mode (at most {self._capacity() or 'any'})"
         print(f"conveyor agent {self.worker} serving {names}; {mode}{services}", flush=True)
@@ -183,11 +188,15 @@ class Daemon:
         capacity = self._capacity()
         return capacity == 0 or len(self.running) < capacity
 
+    def _long_poll(self) -> bool:
+        """Long-poll when the server offers it (a ClearML server does not) and agent.long_poll_sec > 0."""
+        return self.client.server_supports("long_poll") and float(self.cfg.get("agent.long_poll_sec")) > 0
+
     def _poll_interval(self) -> float:
         return float(self.opts.polling_interval or self.cfg.get("agent.polling_interval"))
 
     def _loop(self) -> None:
-        long_poll = self.client.server_supports("long_poll")
+        long_poll = self._long_poll()
         while not self.draining.is_set():
             self._reap_children()
             if not self._has_room():
