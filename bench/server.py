@@ -14,6 +14,7 @@ server, as agents on a small box would.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import multiprocessing as mp
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import PG_ADMIN, ServerProcess  # noqa: E402  (the same server launcher the tests use)
+from conftest import ServerProcess, pg_database  # noqa: E402  (the same server launcher the tests use)
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
@@ -133,45 +134,31 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run(db_name: str, pairs: int, samples: int, repeats: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        db = None
-        if db_name == "postgresql":
-            import psycopg
-
-            name = f"conveyor_bench_{secrets.token_hex(4)}"
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            db = f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        db = stack.enter_context(pg_database()) if db_name == "postgresql" else None
         server = ServerProcess(Path(tmp) / "home", db=db).start()
-        try:
-            print(f"\n== {db_name} ==")
-            for clients in (1, 8):
-                rates, floors = [], []
-                for _ in range(repeats):
-                    rate, lost = pairs_per_second(server, clients, pairs, "pairs")
-                    assert lost == 0, f"{lost} tasks unaccounted for"
-                    rates.append(rate)
-                    floors.append(pairs_per_second(server, clients, pairs, "ping")[0])
-                med, floor = statistics.median(rates), statistics.median(floors)
-                line = (f"enqueue+pop pairs/s, {clients} client(s): median {med:,.0f} (min {min(rates):,.0f}, "
-                        f"max {max(rates):,.0f}, {repeats} runs of {pairs}); HTTP floor (2 pings/pair) {floor:,.0f}/s; "
-                        f"ratio to floor {med / floor:.2f}")
-                if clients == 8 and db_name == "sqlite":
-                    line += f"; ratio to target 1,000/s: {med / 1000:.2f}"
-                print(line, flush=True)
-            lat = wakeup_latency(server, samples)
-            p50, p95 = pct(lat, 0.5) * 1000, pct(lat, 0.95) * 1000
-            print(f"long-poll wake-up latency over {len(lat)} enqueues: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
-                  f"min {min(lat) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms; reference agent mean pickup wait "
-                  f"2500 ms (5 s poll): {2500 / p50:.0f}x faster; target p50 < 10 ms: "
-                  f"{'met' if p50 < 10 else 'NOT met'}", flush=True)
-        finally:
-            server.stop()
-            if db:
-                import psycopg
-
-                with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{db.rsplit("/", 1)[1]}" WITH (FORCE)')
+        stack.callback(server.stop)
+        print(f"\n== {db_name} ==")
+        for clients in (1, 8):
+            rates, floors = [], []
+            for _ in range(repeats):
+                rate, lost = pairs_per_second(server, clients, pairs, "pairs")
+                assert lost == 0, f"{lost} tasks unaccounted for"
+                rates.append(rate)
+                floors.append(pairs_per_second(server, clients, pairs, "ping")[0])
+            med, floor = statistics.median(rates), statistics.median(floors)
+            line = (f"enqueue+pop pairs/s, {clients} client(s): median {med:,.0f} (min {min(rates):,.0f}, "
+                    f"max {max(rates):,.0f}, {repeats} runs of {pairs}); HTTP floor (2 pings/pair) {floor:,.0f}/s; "
+                    f"ratio to floor {med / floor:.2f}")
+            if clients == 8 and db_name == "sqlite":
+                line += f"; ratio to target 1,000/s: {med / 1000:.2f}"
+            print(line, flush=True)
+        lat = wakeup_latency(server, samples)
+        p50, p95 = pct(lat, 0.5) * 1000, pct(lat, 0.95) * 1000
+        print(f"long-poll wake-up latency over {len(lat)} enqueues: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+              f"min {min(lat) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms; reference agent mean pickup wait "
+              f"2500 ms (5 s poll): {2500 / p50:.0f}x faster; target p50 < 10 ms: "
+              f"{'met' if p50 < 10 else 'NOT met'}", flush=True)
 
 
 def main() -> None:

@@ -4,36 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import secrets
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from conftest import PG_ADMIN, ServerProcess, _pg_available
-
-
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for a whole module; skips (fails on CI) when PostgreSQL is not running."""
-    if not _pg_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}; .ci/run must start it")
-        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN}")
-    import psycopg
-
-    name = f"conveyor_test_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from conftest import ServerProcess, pg_database
 
 
 @contextlib.contextmanager

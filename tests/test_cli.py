@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -15,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PG_ADMIN, ServerProcess, _pg_available, free_port
+from _api import module_server
+from conftest import ServerProcess, free_port
 
 from conveyor.client import ApiClient, AuthError
 
@@ -26,26 +26,8 @@ GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def cli_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server per database for the whole module: every test uses names of its own, so they do not interfere."""
-    db = None
-    if request.param == "postgresql":
-        if not _pg_available():
-            if os.environ.get("CI"):
-                pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}; .ci/run must start it")
-            pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN}")
-        import psycopg
-
-        name = f"conveyor_cli_{secrets.token_hex(4)}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        db = f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    proc = ServerProcess(tmp_path_factory.mktemp(f"cli-{request.param}") / "home", db=db).start()
-    yield proc
-    proc.stop()
-    if db:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db.rsplit("/", 1)[1]}" WITH (FORCE)')
+    with module_server(request.param, tmp_path_factory.mktemp(f"cli-{request.param}") / "home") as proc:
+        yield proc
 
 
 @pytest.fixture

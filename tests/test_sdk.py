@@ -139,8 +139,6 @@ def test_task_init_script_completes(srv: ServerProcess, api: ApiClient, tmp_path
 
 def test_task_init_rerun_reuses_task(srv: ServerProcess, api: ApiClient, tmp_path: Path) -> None:
     """The second run of one script reuses its task (§6.3): tasks.reset with force false, then it runs again."""
-    if srv.db:
-        pytest.skip("20 s of SDK start-up and exit flushes; tasks.reset itself runs on PostgreSQL in test_services")
     project, name = f"rerun-{uuid.uuid4().hex[:6]}", f"again-{uuid.uuid4().hex[:6]}"
     code = f"""
         import json

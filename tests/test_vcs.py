@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.config import Config, load_config
-from conveyor.env.git_auth import ASKPASS_PASS_VAR, ASKPASS_USER_VAR, askpass_environment, split_credentials
+from conveyor.env.git_auth import ASKPASS_USER_VAR, askpass_environment, split_credentials
 from conveyor.env.vcs import (Checkout, GitAuth, VcsError, apply_diff, looks_like_patch, prepare_repository,
                               rewrite_url, write_standalone_script)
 

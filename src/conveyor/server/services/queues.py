@@ -14,7 +14,7 @@ from conveyor.server.call import Call, iso, loads, now
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
-from conveyor.server.store.documents import add_entry, entries_of, get_queue, get_task, queue_columns, save_task
+from conveyor.server.store.documents import add_entry, entries_of, get_queue, get_task, queue_columns
 
 ORDER_COLUMNS = {"id": s.queues.c.id, "name": s.queues.c.name, "created": s.queues.c.created,
                  "last_update": s.queues.c.last_update}
