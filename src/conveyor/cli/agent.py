@@ -52,6 +52,8 @@ def _setup_logging(level: str) -> None:
 
     logging.basicConfig(level=getattr(logging, "WARNING" if level == "WARN" else level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":  # one line per HTTP request is noise in a worker's log
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run_execute(args: argparse.Namespace) -> int:
