@@ -1,0 +1,1183 @@
+// Conveyor web UI: plain JavaScript, no build step. It talks to the API with the same calls as any client.
+// Every piece of server data reaches the page as a text node or an attribute value, never as markup.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "conveyor-token";
+  const TASK_STATUSES = ["queued", "in_progress", "completed", "failed", "stopped"];
+  const STATUS_LABELS = {
+    created: "Draft", queued: "Queued", in_progress: "Running", stopping: "Stopping", completed: "Completed",
+    failed: "Failed", stopped: "Stopped", published: "Published", publishing: "Publishing", closed: "Closed",
+  };
+  const ENQUEUABLE = new Set(["created", "stopped", "failed", "completed", "closed"]);
+  const PALETTE = ["#2f66e8", "#e0762b", "#1f9d63", "#c23b8a", "#7d55d6", "#1a9bb0", "#c8a11a", "#d0433b"];
+  const LOG_BATCH = 1000;
+  const LOG_MAX_LINES = 20000;
+
+  // --- DOM helpers: text only -----------------------------------------------------------------------------------
+  const $ = (selector, root = document) => root.querySelector(selector);
+  const PROPS = new Set(["value", "checked", "disabled", "selected", "hidden", "open"]);
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    const props = {};
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") el.className = value;
+      else if (key === "style") Object.assign(el.style, value);
+      else if (key === "dataset") Object.assign(el.dataset, value);
+      else if (key.startsWith("on") && typeof value === "function") el.addEventListener(key.slice(2), value);
+      else if (PROPS.has(key)) props[key] = value;
+      else el.setAttribute(key, value === true ? "" : String(value));
+    }
+    append(el, children);
+    Object.assign(el, props); // after the children: a <select>'s value needs its options
+    return el;
+  }
+
+  function append(el, children) {
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value !== null && value !== undefined) el.setAttribute(key, String(value));
+    }
+    return append(el, children);
+  }
+
+  const link = (href, ...children) => h("a", { href }, ...children);
+  const taskHref = (id, tab) => "#/task/" + encodeURIComponent(id) + (tab ? "/" + tab : "");
+
+  // --- formatting -----------------------------------------------------------------------------------------------
+  function toMs(value) {
+    if (value === null || value === undefined || value === "") return null;
+    if (typeof value === "number") return value > 1e11 ? value : value * 1000;
+    const ms = Date.parse(value);
+    return Number.isNaN(ms) ? null : ms;
+  }
+
+  function duration(ms) {
+    let s = Math.max(0, Math.floor(ms / 1000));
+    if (s < 60) return s + "s";
+    let m = Math.floor(s / 60);
+    s %= 60;
+    if (m < 60) return m + "m " + s + "s";
+    let hrs = Math.floor(m / 60);
+    m %= 60;
+    if (hrs < 24) return hrs + "h " + m + "m";
+    const days = Math.floor(hrs / 24);
+    hrs %= 24;
+    return days + "d " + hrs + "h";
+  }
+
+  const agoText = (ms) => (Date.now() - ms < 5000 ? "just now" : duration(Date.now() - ms) + " ago");
+  const dateText = (ms) => new Date(ms).toLocaleString(undefined, {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
+  });
+  const clockText = (ms) => new Date(ms).toLocaleTimeString(undefined, { hour12: false });
+
+  // "3m 2s ago" (kept current by the ticker below) with the exact time as a tooltip.
+  function ago(value) {
+    const ms = toMs(value);
+    if (ms === null) return h("span", { class: "faint" }, "—");
+    return h("span", { class: "nowrap", title: dateText(ms), dataset: { ago: String(ms) } }, agoText(ms));
+  }
+  // A running duration since `value` ("4m 10s").
+  function since(value) {
+    const ms = toMs(value);
+    if (ms === null) return h("span", { class: "faint" }, "—");
+    return h("span", { class: "nowrap", title: "since " + dateText(ms), dataset: { since: String(ms) } }, duration(Date.now() - ms));
+  }
+  function when(value) {
+    const ms = toMs(value);
+    return ms === null ? h("span", { class: "faint" }, "—") : h("span", { title: new Date(ms).toISOString() }, dateText(ms));
+  }
+  setInterval(() => {
+    for (const el of document.querySelectorAll("[data-ago]")) el.textContent = agoText(Number(el.dataset.ago));
+    for (const el of document.querySelectorAll("[data-since]")) el.textContent = duration(Date.now() - Number(el.dataset.since));
+  }, 1000);
+
+  const number = (n, digits = 0) => Number(n).toLocaleString(undefined, { maximumFractionDigits: digits });
+  const dash = (value) => (value === null || value === undefined || value === "" ? h("span", { class: "faint" }, "—") : String(value));
+  const mean = (v) => (Array.isArray(v) ? (v.length ? v.reduce((a, b) => a + Number(b), 0) / v.length : null) : (typeof v === "number" ? v : null));
+  const asList = (v) => (Array.isArray(v) ? v : v === null || v === undefined ? [] : [v]);
+
+  // user:password@ in a repository URL is never shown.
+  function safeUrl(url) {
+    return String(url || "").replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@\s]*@/i, "$1");
+  }
+
+  function statusOf(task) {
+    if (task.status === "in_progress" && task.status_message === "stopping") return "stopping";
+    return task.status || "created";
+  }
+  function badge(task) {
+    const status = statusOf(task);
+    return h("span", { class: "badge st-" + status, title: status }, STATUS_LABELS[status] || status);
+  }
+  const isActive = (task) => task && (task.status === "queued" || task.status === "in_progress");
+
+  // --- API ------------------------------------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(endpoint, status, subcode, message) {
+      super(message);
+      this.endpoint = endpoint;
+      this.status = status;
+      this.subcode = subcode;
+    }
+  }
+
+  const session = { token: sessionStorage.getItem(TOKEN_KEY) || "" };
+
+  async function request(endpoint, init) {
+    let response;
+    try {
+      response = await fetch("/" + endpoint, init);
+    } catch (err) {
+      throw new ApiError(endpoint, 0, 0, "Cannot reach the Conveyor server (" + (err.message || err) + ")");
+    }
+    let payload = null;
+    try {
+      payload = await response.json();
+    } catch (_) { /* not JSON: a proxy error page, say */ }
+    const meta = (payload && payload.meta) || {};
+    const code = meta.result_code || response.status;
+    if (!response.ok || code >= 400) {
+      const message = meta.result_msg || "HTTP " + response.status + " " + (response.statusText || "error");
+      throw new ApiError(endpoint, code, meta.result_subcode || 0, message);
+    }
+    return (payload && payload.data) || {};
+  }
+
+  async function api(endpoint, body) {
+    try {
+      return await request(endpoint, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Authorization: "Bearer " + session.token },
+        body: JSON.stringify(body || {}),
+      });
+    } catch (err) {
+      if (err.status === 401) signOut("Your session has ended (" + err.message.replace(/\.$/, "") + "). Sign in again.");
+      throw err;
+    }
+  }
+
+  async function signIn(key, secret) {
+    const bytes = new TextEncoder().encode(key + ":" + secret);
+    const basic = btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""));
+    const data = await request("auth.login", { method: "GET", headers: { Authorization: "Basic " + basic } });
+    if (!data.token) throw new ApiError("auth.login", 500, 0, "The server answered the login without a token");
+    session.token = data.token;
+    sessionStorage.setItem(TOKEN_KEY, data.token);
+  }
+
+  function claims() {
+    try {
+      const part = session.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(part), (c) => c.charCodeAt(0))));
+    } catch (_) {
+      return {};
+    }
+  }
+
+  // --- error banner and toasts ----------------------------------------------------------------------------------
+  function errorNode(err, onClose) {
+    const where = err && err.endpoint ? err.endpoint + (err.status ? " · " + err.status + (err.subcode ? "/" + err.subcode : "") : "") : "";
+    return h("div", { class: "banner", role: "alert" },
+      h("span", { class: "msg" }, h("strong", null, "Error: "), (err && err.message) || String(err)),
+      where ? h("span", { class: "where" }, where) : null,
+      onClose ? h("button", { type: "button", title: "Dismiss", "aria-label": "Dismiss", onclick: onClose }, "×") : null);
+  }
+
+  let bannerSource = "";
+  function reportError(err, source = "action") {
+    if (err && err.status === 401) return; // the login screen says it
+    if (!(err instanceof ApiError)) console.error(err);
+    const wrap = $("#banner-wrap");
+    const node = errorNode(err, () => { wrap.hidden = true; bannerSource = ""; });
+    node.id = "banner";
+    $("#banner").replaceWith(node);
+    wrap.hidden = false;
+    bannerSource = source;
+  }
+  function clearError(source) {
+    if (bannerSource === source) {
+      $("#banner-wrap").hidden = true;
+      bannerSource = "";
+    }
+  }
+
+  function toast(text, href, label) {
+    const el = h("div", { class: "toast", role: "status" }, text, href ? link(href, label || "Open") : null);
+    $("#toasts").append(el);
+    setTimeout(() => el.remove(), 4500);
+  }
+
+  // --- menus and dialogs ----------------------------------------------------------------------------------------
+  let openMenu = null;
+  function closeMenu() {
+    if (openMenu) openMenu.remove();
+    openMenu = null;
+  }
+  document.addEventListener("click", (e) => {
+    // A click outside closes the menu; a click on the button that opened it is left to that button (a toggle).
+    if (openMenu && !openMenu.contains(e.target) && !openMenu.anchor.contains(e.target)) closeMenu();
+  }, true);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeMenu(); });
+  window.addEventListener("resize", closeMenu);
+
+  function showMenu(anchor, items) {
+    closeMenu();
+    const menu = h("div", { class: "menu", role: "menu" }, items.map((item) => (item === "-" ? h("hr") :
+      h("button", {
+        type: "button", role: "menuitem", class: item.danger ? "danger" : "", disabled: !!item.disabled, title: item.title,
+        onclick: () => { closeMenu(); item.run(); },
+      }, item.label))));
+    menu.anchor = anchor;
+    document.body.append(menu);
+    const box = anchor.getBoundingClientRect();
+    const left = Math.max(8, Math.min(box.right - menu.offsetWidth, window.innerWidth - menu.offsetWidth - 8));
+    let top = box.bottom + 4;
+    if (top + menu.offsetHeight > window.innerHeight - 8) top = box.top - menu.offsetHeight - 4;
+    menu.style.left = left + window.scrollX + "px";
+    menu.style.top = Math.max(8, top) + window.scrollY + "px";
+    openMenu = menu;
+    const first = menu.querySelector("button:not(:disabled)");
+    if (first) first.focus();
+  }
+
+  // A modal with a confirm button; `run` does the work (its errors show inside the dialog). Resolves with what
+  // `run` returned, or null when cancelled.
+  function modal({ title, body, confirm, danger, run }) {
+    return new Promise((resolve) => {
+      const errorSlot = h("div");
+      const ok = h("button", { type: "submit", class: "btn " + (danger ? "btn-danger-solid" : "btn-primary") }, confirm);
+      const form = h("form", { method: "dialog" },
+        h("div", { class: "modal-head" }, h("h2", null, title)),
+        h("div", { class: "modal-body" }, errorSlot, body),
+        h("div", { class: "modal-foot" },
+          h("button", { type: "button", class: "btn", onclick: () => dlg.close() }, "Cancel"), ok));
+      const dlg = h("dialog", { class: "modal" }, form);
+      let result = null;
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        ok.disabled = true;
+        try {
+          result = await run();
+          if (result === undefined) result = true;
+          dlg.close();
+        } catch (err) {
+          if (err.status === 401) { dlg.close(); return; }
+          errorSlot.replaceChildren(errorNode(err));
+          ok.disabled = false;
+        }
+      });
+      dlg.addEventListener("close", () => {
+        dlg.remove();
+        resolve(result);
+        refreshView();
+      });
+      document.body.append(dlg);
+      dlg.showModal();
+      const field = dlg.querySelector("input, select");
+      (field || ok).focus();
+      if (field && field.select) field.select();
+    });
+  }
+
+  const uiBusy = () => !!(openMenu || document.querySelector("dialog[open]"));
+
+  // --- polling: no overlap, paused while the tab is hidden or a dialog is open ----------------------------------
+  class Poller {
+    constructor(fn, ms) {
+      this.fn = fn;
+      this.ms = ms;
+      this.timer = null;
+      this.running = false;
+      this.stopped = false;
+      this.onVisible = () => { if (!document.hidden) this.kick(); };
+      document.addEventListener("visibilitychange", this.onVisible);
+    }
+    start() { this.kick(); return this; }
+    schedule() {
+      if (!this.stopped && !this.timer && !document.hidden) this.timer = setTimeout(() => this.tick(), this.ms);
+    }
+    async tick() {
+      this.timer = null;
+      if (this.stopped || document.hidden) return;
+      if (uiBusy()) { this.schedule(); return; }
+      this.running = true;
+      try {
+        await this.fn();
+        if (!this.stopped) clearError("refresh");
+      } catch (err) {
+        if (!this.stopped) reportError(err, "refresh");
+      } finally {
+        this.running = false;
+      }
+      this.schedule();
+    }
+    kick() {
+      if (this.stopped || this.running) return;
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.tick();
+    }
+    stop() {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      document.removeEventListener("visibilitychange", this.onVisible);
+    }
+  }
+
+  function debounce(fn, ms) {
+    let timer = null;
+    return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+  }
+
+  // --- names of projects and queues (cached) --------------------------------------------------------------------
+  const names = { projects: new Map(), queues: new Map(), projectsAt: 0, queuesAt: 0 };
+
+  async function projectNames(ids) {
+    const missing = ids.some((id) => id && !names.projects.has(id));
+    if (Date.now() - names.projectsAt > 30000 || (missing && Date.now() - names.projectsAt > 5000)) {
+      names.projectsAt = Date.now();
+      const data = await api("projects.get_all", { only_fields: ["id", "name"], search_hidden: true });
+      names.projects = new Map((data.projects || []).map((p) => [p.id, p.name]));
+    }
+    return names.projects;
+  }
+
+  async function queueList(force) {
+    if (force || Date.now() - names.queuesAt > 10000) {
+      names.queuesAt = Date.now();
+      const data = await api("queues.get_all", { only_fields: ["id", "name", "system_tags"], order_by: ["name"] });
+      names.queueDocs = data.queues || [];
+      names.queues = new Map(names.queueDocs.map((q) => [q.id, q.name]));
+    }
+    return names.queueDocs || [];
+  }
+
+  // --- task actions (list rows and the detail page share them) --------------------------------------------------
+  const taskActions = {
+    async abort(task) {
+      await api("tasks.stop", { task: task.id });
+      toast("Abort requested for “" + task.name + "”");
+    },
+    async enqueue(task) {
+      const queues = await queueList(true);
+      if (!queues.length) {
+        reportError(new Error("There is no queue yet: create one on the Queues page first."));
+        return null;
+      }
+      const preferred = queues.find((q) => (q.system_tags || []).includes("default")) || queues[0];
+      const select = h("select", { class: "select", value: preferred.id },
+        queues.map((q) => h("option", { value: q.id }, q.name)));
+      const done = await modal({
+        title: "Enqueue task",
+        body: [h("div", null, "Put ", h("b", null, task.name), " on a queue; a worker that listens to it will run it."),
+          h("label", { class: "field" }, "Queue", select)],
+        confirm: "Enqueue",
+        run: () => api("tasks.enqueue", { task: task.id, queue: select.value }),
+      });
+      if (done) toast("Enqueued “" + task.name + "” on " + (names.queues.get(select.value) || "the queue"));
+      return done;
+    },
+    async reset(task) {
+      return modal({
+        title: "Reset task",
+        body: [h("div", null, "Reset ", h("b", null, task.name), " to a draft? Its log, scalars and run times are deleted; "
+          + "the code, arguments and environment stay.")],
+        confirm: "Reset",
+        danger: true,
+        run: () => api("tasks.reset", { task: task.id, force: true }),
+      });
+    },
+    async clone(task) {
+      const input = h("input", { class: "input", value: "Clone of " + task.name, required: true, maxlength: "512" });
+      const created = await modal({
+        title: "Clone task",
+        body: [h("div", null, "Create a draft with the same code, arguments and environment."),
+          h("label", { class: "field" }, "Name of the new task", input)],
+        confirm: "Clone",
+        run: async () => (await api("tasks.clone", { task: task.id, new_task_name: input.value.trim() || task.name })).id,
+      });
+      return created;
+    },
+    async remove(task) {
+      return modal({
+        title: "Delete task",
+        body: [h("div", null, "Delete ", h("b", null, task.name), " and its log for good? This cannot be undone."),
+          task.status === "in_progress" ? h("div", { class: "muted" }, "It is running: its worker will find it gone.") : null],
+        confirm: "Delete",
+        danger: true,
+        run: () => api("tasks.delete", { task: task.id, force: true }),
+      });
+    },
+  };
+
+  // The actions a task's status allows, as menu items or buttons; `after(kind, result)` runs on success.
+  function actionItems(task, after) {
+    const status = task.status || "created";
+    const wrap = (kind, fn) => async () => {
+      try {
+        const result = await fn(task);
+        if (result !== null && result !== false) after(kind, result);
+      } catch (err) {
+        reportError(err);
+      }
+    };
+    return [
+      { label: "Abort", disabled: !isActive(task) || statusOf(task) === "stopping", title: "Stop this queued or running task", run: wrap("abort", taskActions.abort) },
+      { label: "Enqueue…", disabled: !ENQUEUABLE.has(status), title: "Put this task on a queue", run: wrap("enqueue", taskActions.enqueue) },
+      { label: "Reset…", disabled: status === "created", title: "Back to draft, dropping its log", run: wrap("reset", taskActions.reset) },
+      { label: "Clone…", title: "Copy as a new draft", run: wrap("clone", taskActions.clone) },
+      "-",
+      { label: "Delete…", danger: true, run: wrap("delete", taskActions.remove) },
+    ];
+  }
+
+  // --- views ----------------------------------------------------------------------------------------------------
+  let view = null; // { name, destroy(), refresh(), ... }
+  function refreshView() { if (view && view.refresh) view.refresh(); }
+
+  function pageHead(title, ...extra) {
+    return h("div", { class: "page-head" }, h("h1", null, title), ...extra);
+  }
+  function liveBadge() {
+    const el = h("span", { class: "live", title: "Refreshes every 2 seconds while this tab is visible" }, "Live");
+    const update = () => { el.classList.toggle("paused", document.hidden); el.textContent = document.hidden ? "Paused" : "Live"; };
+    document.addEventListener("visibilitychange", update);
+    return el;
+  }
+
+  // Tasks ---------------------------------------------------------------------------------------------------------
+  const tasksState = { status: "all", name: "", page: 0, pageSize: 50, order: "-created" };
+  const TASK_FIELDS = ["id", "name", "type", "project", "status", "status_reason", "status_message", "last_update",
+    "created", "last_worker", "execution.queue"];
+
+  function tasksView(main) {
+    document.title = "Tasks · Conveyor";
+    const state = tasksState;
+    const tbody = h("tbody");
+    const pageLabel = h("span");
+    const prev = h("button", { class: "btn btn-sm", type: "button", onclick: () => { state.page = Math.max(0, state.page - 1); reload(); } }, "‹ Prev");
+    const next = h("button", { class: "btn btn-sm", type: "button", onclick: () => { state.page += 1; reload(); } }, "Next ›");
+    const size = h("select", {
+      class: "select", title: "Tasks per page", value: String(state.pageSize),
+      onchange: () => { state.pageSize = Number(size.value); state.page = 0; reload(); },
+    }, [25, 50, 100, 200].map((n) => h("option", { value: String(n) }, n + " / page")));
+    const search = h("input", {
+      class: "input", type: "search", placeholder: "Search names (regex)", value: state.name,
+      spellcheck: "false", "aria-label": "Filter by name",
+      oninput: debounce(() => { state.name = search.value.trim(); state.page = 0; reload(); }, 300),
+    });
+    const filters = [["all", "All"], ...TASK_STATUSES.map((s) => [s, STATUS_LABELS[s]])];
+    const seg = h("div", { class: "segmented", role: "group", "aria-label": "Status" },
+      filters.map(([value, label]) => h("button", {
+        type: "button", class: "seg" + (state.status === value ? " active" : ""), dataset: { status: value },
+        onclick: () => {
+          state.status = value;
+          state.page = 0;
+          for (const b of seg.children) b.classList.toggle("active", b.dataset.status === value);
+          reload();
+        },
+      }, label)));
+    const columns = [["name", "Name"], [null, "Project"], ["status", "Status"], [null, "Status reason"], [null, "Worker"],
+      ["created", "Created"], ["last_update", "Last update"], [null, ""]];
+    const headRow = h("tr");
+    const renderHead = () => {
+      headRow.replaceChildren(...columns.map(([field, label]) => {
+        if (!field) return h("th", { class: label ? "" : "actions" }, label);
+        const desc = state.order === "-" + field;
+        const asc = state.order === field;
+        return h("th", {
+          class: "sortable", title: "Sort by " + label.toLowerCase(),
+          onclick: () => { state.order = desc ? field : "-" + field; state.page = 0; renderHead(); reload(); },
+        }, label, desc ? h("span", { class: "arrow" }, "↓") : asc ? h("span", { class: "arrow" }, "↑") : null);
+      }));
+    };
+    renderHead();
+    const table = h("table", { class: "table" }, h("thead", null, headRow), tbody);
+    const content = h("div", { class: "card table-wrap" }, table);
+    main.append(
+      pageHead("Tasks", liveBadge()),
+      h("div", { class: "toolbar" }, seg, search, h("div", { class: "spacer" }), h("div", { class: "pager" }, prev, pageLabel, next, size)),
+      content);
+
+    let lastKey = "";
+    async function load() {
+      const body = { only_fields: TASK_FIELDS, order_by: [state.order], page: state.page, page_size: state.pageSize };
+      if (state.status !== "all") body.status = [state.status];
+      if (state.name) body.name = state.name;
+      let data;
+      try {
+        data = await api("tasks.get_all", body);
+        search.classList.remove("invalid");
+      } catch (err) {
+        if (state.name && err.status === 400) search.classList.add("invalid");
+        throw err;
+      }
+      const tasks = data.tasks || [];
+      const projects = await projectNames(tasks.map((t) => t.project));
+      const key = JSON.stringify([tasks, state, [...projects]]);
+      if (key === lastKey) return;
+      lastKey = key;
+      render(tasks, projects);
+    }
+
+    function render(tasks, projects) {
+      prev.disabled = state.page === 0;
+      next.disabled = tasks.length < state.pageSize;
+      pageLabel.textContent = "Page " + (state.page + 1);
+      if (!tasks.length) {
+        const filtered = state.status !== "all" || state.name;
+        tbody.replaceChildren(h("tr", null, h("td", { colspan: String(columns.length) }, h("div", { class: "empty" },
+          state.page > 0 ? [h("strong", null, "No more tasks"), "Go back to the previous page."]
+            : filtered ? [h("strong", null, "No tasks match"), "Change the status filter or the name pattern."]
+              : [h("strong", null, "No tasks yet"), "Create one with ", h("code", null, "conveyor task create"),
+                " or the clearml SDK, then enqueue it."]))));
+        return;
+      }
+      tbody.replaceChildren(...tasks.map((task) => {
+        const menuButton = h("button", {
+          type: "button", class: "btn btn-sm btn-icon", title: "Actions", "aria-haspopup": "menu",
+          onclick: (e) => {
+            e.stopPropagation();
+            if (openMenu && openMenu.anchor === menuButton) { closeMenu(); return; }
+            showMenu(menuButton, actionItems(task, onAction));
+          },
+        }, "⋯");
+        const message = statusOf(task) === "stopping" ? "" : task.status_message; // the badge says "Stopping"
+        const reason = [task.status_reason, message].filter(Boolean).join(" · ");
+        return h("tr", null,
+          h("td", { class: "cell-name" }, link(taskHref(task.id), task.name || "(unnamed)"),
+            h("span", { class: "cell-id", title: task.id }, task.id + (task.type ? "  ·  " + task.type : ""))),
+          h("td", null, task.project ? h("span", { class: "clip", title: task.project }, projects.get(task.project) || task.project) : dash()),
+          h("td", null, badge(task)),
+          h("td", { class: "muted" }, reason ? h("span", { class: "clip", title: reason }, reason) : dash()),
+          h("td", { class: "mono small nowrap" }, task.last_worker ? link("#/workers", task.last_worker) : dash()),
+          h("td", null, ago(task.created)),
+          h("td", null, ago(task.last_update)),
+          h("td", { class: "actions" }, menuButton));
+      }));
+    }
+
+    function onAction(kind, result) {
+      if (kind === "clone") toast("Cloned as a new draft", taskHref(result), "Open");
+      if (kind === "delete") toast("Task deleted");
+      if (kind === "reset") toast("Task reset to draft");
+      poller.kick();
+    }
+
+    const poller = new Poller(load, 2000).start();
+    function reload() { lastKey = ""; poller.kick(); }
+    return { name: "tasks", destroy: () => poller.stop(), refresh: () => poller.kick() };
+  }
+
+  // Queues --------------------------------------------------------------------------------------------------------
+  function queuesView(main) {
+    document.title = "Queues · Conveyor";
+    const nameInput = h("input", { class: "input", placeholder: "New queue name", required: true, maxlength: "512", "aria-label": "Queue name" });
+    const form = h("form", {
+      class: "inline-form",
+      onsubmit: async (e) => {
+        e.preventDefault();
+        const name = nameInput.value.trim();
+        if (!name) return;
+        try {
+          await api("queues.create", { name });
+          nameInput.value = "";
+          toast("Queue “" + name + "” created");
+          names.queuesAt = 0;
+          poller.kick();
+        } catch (err) {
+          reportError(err);
+        }
+      },
+    }, nameInput, h("button", { class: "btn btn-primary", type: "submit" }, "Create queue"));
+    const list = h("div", { class: "queues" });
+    main.append(pageHead("Queues", liveBadge(), h("div", { class: "spacer" }), form), list);
+
+    let lastKey = "";
+    async function load() {
+      const [queueData, workerData] = await Promise.all([
+        api("queues.get_all", { order_by: ["name"] }),
+        api("workers.get_all", {}),
+      ]);
+      const queues = queueData.queues || [];
+      const ids = [...new Set(queues.flatMap((q) => (q.entries || []).map((e) => e.task)))];
+      const tasks = new Map();
+      if (ids.length) {
+        const data = await api("tasks.get_all", { id: ids, only_fields: ["id", "name", "status"] });
+        for (const t of data.tasks || []) tasks.set(t.id, t);
+      }
+      const listeners = new Map();
+      for (const w of workerData.workers || []) {
+        for (const q of w.queues || []) listeners.set(q.id, (listeners.get(q.id) || 0) + 1);
+      }
+      const key = JSON.stringify([queues, [...tasks], [...listeners]]);
+      if (key === lastKey) return;
+      lastKey = key;
+      render(queues, tasks, listeners);
+    }
+
+    async function act(fn, message) {
+      try {
+        await fn();
+        if (message) toast(message);
+      } catch (err) {
+        reportError(err);
+      }
+      poller.kick();
+    }
+
+    function render(queues, tasks, listeners) {
+      if (!queues.length) {
+        list.replaceChildren(h("div", { class: "card empty" }, h("strong", null, "No queues yet"),
+          "Create one above; workers pull tasks from the queues they listen to."));
+        return;
+      }
+      list.replaceChildren(...queues.map((queue) => {
+        const entries = queue.entries || [];
+        const oldest = entries.reduce((min, e) => Math.min(min, toMs(e.added) || Infinity), Infinity);
+        const workers = listeners.get(queue.id) || 0;
+        const head = h("div", { class: "queue-head" },
+          h("h2", null, queue.name),
+          (queue.system_tags || []).includes("default") ? h("span", { class: "pill pill-accent" }, "default") : null,
+          h("span", { class: "stat" }, h("b", null, String(entries.length)), entries.length === 1 ? " task queued" : " tasks queued"),
+          h("span", { class: "stat" }, "· ", h("b", null, String(workers)), workers === 1 ? " worker listening" : " workers listening"),
+          entries.length ? h("span", { class: "stat" }, "· oldest waiting ", since(oldest)) : null,
+          h("div", { class: "spacer" }),
+          h("code", { class: "faint small", title: "Queue id" }, queue.id));
+        if (!entries.length) {
+          return h("section", { class: "card" }, head, h("div", { class: "queue-empty" }, "Empty"));
+        }
+        const rows = entries.map((entry, index) => {
+          const task = tasks.get(entry.task);
+          const name = task ? task.name : entry.task;
+          return h("tr", null,
+            h("td", { class: "pos" }, String(index + 1)),
+            h("td", { class: "cell-name" }, link(taskHref(entry.task), name || "(unnamed)"), h("span", { class: "cell-id" }, entry.task)),
+            h("td", null, task ? badge(task) : h("span", { class: "faint" }, "deleted")),
+            h("td", null, since(entry.added)),
+            h("td", { class: "actions" },
+              h("button", {
+                type: "button", class: "btn btn-sm", disabled: index === 0, title: "Run this task next",
+                onclick: () => act(() => api("queues.move_task_to_front", { queue: queue.id, task: entry.task }), "Moved to the front"),
+              }, "Move to front"),
+              h("button", {
+                type: "button", class: "btn btn-sm btn-danger", title: "Take this task off the queue (it goes back to draft)",
+                onclick: () => act(() => api("queues.remove_task", { queue: queue.id, task: entry.task }), "Removed from " + queue.name),
+              }, "Remove")));
+        });
+        return h("section", { class: "card" }, head, h("table", { class: "table" },
+          h("thead", null, h("tr", null, h("th", null, "#"), h("th", null, "Task"), h("th", null, "Status"),
+            h("th", null, "Queued for"), h("th", { class: "actions" }, ""))),
+          h("tbody", null, rows)));
+      }));
+    }
+
+    const poller = new Poller(load, 2000).start();
+    return { name: "queues", destroy: () => poller.stop(), refresh: () => poller.kick() };
+  }
+
+  // Workers -------------------------------------------------------------------------------------------------------
+  function meter(label, fraction, text) {
+    const pct = Math.max(0, Math.min(1, fraction || 0));
+    return h("div", { class: "meter", title: label },
+      h("span", { class: "bar" }, h("span", { class: "fill" + (pct > 0.85 ? " hot" : ""), style: { width: (pct * 100).toFixed(1) + "%" } })),
+      h("span", null, text));
+  }
+
+  function workersView(main) {
+    document.title = "Workers · Conveyor";
+    const tbody = h("tbody");
+    const table = h("table", { class: "table" },
+      h("thead", null, h("tr", null, ["Worker", "Queues", "Current task", "Last report", "CPU", "Memory", "GPU"].map((t) => h("th", null, t)))),
+      tbody);
+    const card = h("div", { class: "card table-wrap" }, table);
+    main.append(pageHead("Workers", liveBadge()), card);
+
+    let lastKey = "";
+    async function load() {
+      const data = await api("workers.get_all", {});
+      const workers = data.workers || [];
+      const key = JSON.stringify(workers);
+      if (key === lastKey) return;
+      lastKey = key;
+      if (!workers.length) {
+        tbody.replaceChildren(h("tr", null, h("td", { colspan: "7" }, h("div", { class: "empty" },
+          h("strong", null, "No workers are reporting"), "Start one with ", h("code", null, "conveyor daemon --queue default"),
+          " on a machine that should run tasks."))));
+        return;
+      }
+      tbody.replaceChildren(...workers.map(workerRow));
+    }
+
+    function workerRow(w) {
+      const stats = w.machine_stats || {};
+      const cpu = mean(stats.cpu_usage);
+      const used = mean(stats.memory_used);
+      const free = mean(stats.memory_free);
+      const gpus = asList(stats.gpu_usage);
+      const gpuUsed = asList(stats.gpu_memory_used);
+      const gpuFree = asList(stats.gpu_memory_free);
+      const task = w.task;
+      return h("tr", null,
+        h("td", null, h("span", { class: "mono nowrap" }, w.id), w.ip ? h("span", { class: "cell-id" }, w.ip) : null),
+        h("td", null, (w.queues || []).length ? w.queues.map((q) => h("span", { class: "pill", title: q.id }, (q.name || q.id) + " · " + (q.num_tasks || 0)))
+          : dash()),
+        h("td", { class: "cell-name" }, task ? [link(taskHref(task.id), task.name || task.id),
+          h("span", { class: "cell-id" }, "running ", task.running_time !== undefined ? duration(task.running_time) : "")] : h("span", { class: "faint" }, "idle")),
+        h("td", null, ago(w.last_report_time || w.last_activity_time)),
+        h("td", null, cpu === null ? dash() : meter("CPU usage", cpu / 100, number(cpu, 1) + "%")),
+        h("td", null, used === null ? dash() : [meter("Memory used", free !== null ? used / (used + free) : 0, number(used) + " MB used"),
+          free !== null ? h("div", { class: "meter-note" }, number(free) + " MB free") : null]),
+        h("td", null, gpus.length ? gpus.map((u, i) => {
+          const mu = gpuUsed[i];
+          const mf = gpuFree[i];
+          const memory = typeof mu === "number" ? " · " + number(mu) + (typeof mf === "number" ? "/" + number(mu + mf) : "") + " MB" : "";
+          return meter("GPU " + i, Number(u) / 100, "GPU" + i + " " + number(u) + "%" + memory);
+        }) : h("span", { class: "faint" }, "none")));
+    }
+
+    const poller = new Poller(load, 2000).start();
+    return { name: "workers", destroy: () => poller.stop(), refresh: () => poller.kick() };
+  }
+
+  // Task detail ---------------------------------------------------------------------------------------------------
+  const ANSI = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\x1b[=>]/g;
+  // A log message as a terminal would end up showing it: no colour codes, a carriage return overwrites the line.
+  function cleanLog(msg) {
+    const text = String(msg === null || msg === undefined ? "" : msg).replace(ANSI, "").replace(/\r\n/g, "\n").replace(/\n$/, "");
+    if (!text.includes("\r")) return text;
+    return text.split("\n").map((line) => {
+      const parts = line.split("\r").filter((p) => p !== "");
+      return parts.length ? parts[parts.length - 1] : "";
+    }).join("\n");
+  }
+
+  function diffBlock(diff) {
+    const lines = diff.split("\n");
+    const shown = lines.slice(0, 5000);
+    const pre = h("pre", { class: "pre diff" }, shown.map((line) => {
+      let cls = null;
+      if (line.startsWith("+++") || line.startsWith("---") || line.startsWith("diff ")) cls = "file";
+      else if (line.startsWith("+")) cls = "add";
+      else if (line.startsWith("-")) cls = "del";
+      else if (line.startsWith("@@")) cls = "hunk";
+      return cls ? h("span", { class: cls }, line) : line + "\n";
+    }));
+    if (lines.length > shown.length) pre.append("… " + (lines.length - shown.length) + " more lines");
+    return pre;
+  }
+
+  function section(title, ...content) {
+    return h("section", { class: "card section" }, h("div", { class: "section-head" }, h("h2", null, title)), ...content);
+  }
+
+  function executionPanel(task) {
+    const script = task.script || {};
+    const container = task.container || {};
+    const params = task.hyperparams || {};
+    const reqs = script.requirements || {};
+    const pip = Array.isArray(reqs.pip) ? reqs.pip.join("\n") : reqs.pip;
+    const otherReqs = Object.entries(reqs).filter(([k, v]) => k !== "pip" && v);
+    const kv = (pairs) => h("dl", { class: "kv" }, pairs.map(([k, v, mono]) => [h("dt", null, k), h("dd", { class: mono ? "mono" : "" }, dash(v))]));
+    const sections = Object.keys(params).sort((a, b) => (a === "Args" ? -1 : b === "Args" ? 1 : a.localeCompare(b)));
+    const config = Object.values(task.configuration || {});
+    return [
+      section("Source", kv([
+        ["Repository", script.repository ? safeUrl(script.repository) : (Object.keys(script).length ? "(standalone script)" : ""), true],
+        ["Branch", script.branch, true], ["Commit", script.version_num, true], ["Tag", script.tag, true],
+        ["Entry point", script.entry_point, true], ["Working dir", script.working_dir, true], ["Binary", script.binary, true],
+      ])),
+      section("Hyper-parameters", sections.length ? h("table", { class: "table" },
+        h("thead", null, h("tr", null, h("th", null, "Section"), h("th", null, "Name"), h("th", null, "Value"), h("th", null, "Type"))),
+        h("tbody", null, sections.flatMap((sectionName) => Object.values(params[sectionName] || {}).map((p) => h("tr", null,
+          h("td", { class: "muted" }, sectionName), h("td", { class: "mono" }, p.name), h("td", { class: "mono" }, dash(p.value)),
+          h("td", { class: "muted" }, dash(p.type)))))))
+        : h("div", { class: "none" }, "No arguments recorded.")),
+      section("Python requirements", pip ? h("pre", { class: "pre" }, pip)
+        : h("div", { class: "none" }, "None recorded: the agent installs the repository's requirements file."),
+      otherReqs.map(([k, v]) => [h("div", { class: "none" }, k), h("pre", { class: "pre" }, Array.isArray(v) ? v.join("\n") : String(v))])),
+      section("Container", container.image ? [kv([["Image", container.image, true], ["Arguments", container.arguments, true]]),
+        container.setup_shell_script ? [h("div", { class: "none" }, "Setup script"), h("pre", { class: "pre" }, container.setup_shell_script)] : null]
+        : h("div", { class: "none" }, "None: the task runs directly on the worker.")),
+      section("Uncommitted changes", script.diff ? diffBlock(script.diff) : h("div", { class: "none" }, "No diff: the task runs the commit as it is.")),
+      config.length ? section("Configuration", config.map((c) => [h("div", { class: "none" }, h("b", null, c.name || ""), c.type ? " · " + c.type : ""),
+        h("pre", { class: "pre" }, typeof c.value === "string" ? c.value : JSON.stringify(c.value, null, 2))])) : null,
+    ];
+  }
+
+  function niceTicks(min, max, count) {
+    if (!(max > min)) { const pad = Math.abs(min) > 0 ? Math.abs(min) * 0.1 : 1; min -= pad; max += pad; }
+    const raw = (max - min) / count;
+    const mag = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+    const lo = Math.floor(min / step) * step;
+    const hi = Math.ceil(max / step) * step;
+    const ticks = [];
+    for (let v = lo; v <= hi + step / 2; v += step) ticks.push(Number(v.toPrecision(12)));
+    return { lo, hi, ticks };
+  }
+  const tickText = (v) => (Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(1) : number(v, 4));
+
+  // One chart per metric, a line per variant; hovering shows the values at the nearest iteration.
+  function lineChart(metric, variants) {
+    const W = 560, H = 230, L = 52, R = 14, T = 10, B = 26;
+    const series = Object.entries(variants).map(([name, s], i) => {
+      const points = (s.x || []).map((x, j) => [Number(x), Number((s.y || [])[j])]).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+      points.sort((a, b) => a[0] - b[0]);
+      return { name, color: PALETTE[i % PALETTE.length], points };
+    }).filter((s) => s.points.length);
+    const xs = series.flatMap((s) => s.points.map((p) => p[0]));
+    const ys = series.flatMap((s) => s.points.map((p) => p[1]));
+    const lowest = (v) => v.reduce((a, b) => (b < a ? b : a), Infinity);
+    const highest = (v) => v.reduce((a, b) => (b > a ? b : a), -Infinity);
+    const xr = niceTicks(lowest(xs), highest(xs), 6);
+    const yr = niceTicks(lowest(ys), highest(ys), 4);
+    const sx = (x) => L + ((x - xr.lo) / (xr.hi - xr.lo)) * (W - L - R);
+    const sy = (y) => T + (1 - (y - yr.lo) / (yr.hi - yr.lo)) * (H - T - B);
+    const cursor = svg("line", { class: "cursor", y1: T, y2: H - B, visibility: "hidden" });
+    const dots = series.map((s) => svg("circle", { r: 3.5, fill: s.color, visibility: "hidden" }));
+    const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": metric },
+      svg("g", { class: "grid" }, yr.ticks.map((t) => svg("line", { x1: L, x2: W - R, y1: sy(t), y2: sy(t) }))),
+      svg("g", { class: "axis" },
+        yr.ticks.map((t) => svg("text", { x: L - 8, y: sy(t) + 3.5, "text-anchor": "end" }, tickText(t))),
+        xr.ticks.map((t) => svg("text", { x: sx(t), y: H - 8, "text-anchor": "middle" }, tickText(t)))),
+      series.map((s) => {
+        const stride = Math.max(1, Math.ceil(s.points.length / 1500));
+        const pts = s.points.filter((_, j) => j % stride === 0 || j === s.points.length - 1);
+        return svg("polyline", { class: "series", stroke: s.color, points: pts.map(([x, y]) => sx(x).toFixed(1) + "," + sy(y).toFixed(1)).join(" ") });
+      }),
+      cursor, dots);
+    const tip = h("div", { class: "tip", hidden: true });
+    const box = h("div", { class: "card chart" }, h("h2", null, metric), chart, tip,
+      h("div", { class: "legend" }, series.map((s) => h("span", null, h("span", { class: "sw", style: { background: s.color } }), s.name,
+        h("b", null, tickText(s.points[s.points.length - 1][1]))))));
+    chart.addEventListener("mousemove", (e) => {
+      const rect = chart.getBoundingClientRect();
+      const x = xr.lo + (((e.clientX - rect.left) * (W / rect.width) - L) / (W - L - R)) * (xr.hi - xr.lo);
+      const rows = [];
+      let at = null;
+      series.forEach((s, i) => {
+        let best = s.points[0];
+        for (const p of s.points) if (Math.abs(p[0] - x) < Math.abs(best[0] - x)) best = p;
+        if (at === null || Math.abs(best[0] - x) < Math.abs(at - x)) at = best[0];
+        dots[i].setAttribute("cx", sx(best[0]));
+        dots[i].setAttribute("cy", sy(best[1]));
+        dots[i].setAttribute("visibility", "visible");
+        rows.push(h("div", null, h("span", { class: "sw", style: { background: s.color } }), s.name + ": " + tickText(best[1])));
+      });
+      cursor.setAttribute("x1", sx(at));
+      cursor.setAttribute("x2", sx(at));
+      cursor.setAttribute("visibility", "visible");
+      tip.replaceChildren(h("div", { class: "faint" }, "iteration " + tickText(at)), ...rows);
+      tip.hidden = false;
+      const px = (sx(at) / W) * rect.width;
+      tip.style.left = Math.min(px + 24, rect.width - tip.offsetWidth) + "px";
+      tip.style.top = "40px";
+    });
+    chart.addEventListener("mouseleave", () => {
+      tip.hidden = true;
+      cursor.setAttribute("visibility", "hidden");
+      for (const d of dots) d.setAttribute("visibility", "hidden");
+    });
+    return box;
+  }
+
+  function scalarCount(task) {
+    let n = 0;
+    for (const metric of Object.values(task.last_metrics || {})) n += Object.keys(metric || {}).length;
+    return n;
+  }
+
+  function taskView(main, id, initialTab) {
+    let tab = initialTab;
+    let task = null;
+    let gone = false;
+    const header = h("div");
+    const facts = h("div", { class: "card" });
+    const tabLinks = {};
+    const tabs = h("nav", { class: "tabs" }, [["log", "Log"], ["execution", "Execution"], ["scalars", "Scalars"]].map(([key, label]) => {
+      tabLinks[key] = h("a", { href: taskHref(id, key) }, label);
+      return tabLinks[key];
+    }));
+    const scalarsCount = h("span", { class: "count", hidden: true });
+    tabLinks.scalars.append(scalarsCount);
+
+    // log
+    const logBox = h("div", { class: "log wrap", role: "log", "aria-live": "off" });
+    const logEmpty = h("div", { class: "note" }, "Loading the log…");
+    logBox.append(logEmpty);
+    const lineCount = h("span", null, "");
+    const follow = h("input", { type: "checkbox", checked: true });
+    const wrapLines = h("input", { type: "checkbox", checked: true, onchange: () => logBox.classList.toggle("wrap", wrapLines.checked) });
+    const following = h("span", { class: "live" }, "Following");
+    const logPanel = h("div", { class: "log-wrap" },
+      h("div", { class: "log-bar" }, lineCount, following, h("div", { class: "spacer" }),
+        h("label", { class: "check" }, follow, "Scroll to new lines"), h("label", { class: "check" }, wrapLines, "Wrap lines")),
+      logBox);
+    const log = { scroll: "", lines: 0, trimmed: 0, loaded: false, tail: 0 };
+
+    const execPanel = h("div");
+    const scalarsPanel = h("div", null, h("div", { class: "card empty" }, "Loading scalars…"));
+    const scalars = { key: "", loaded: false };
+    const body = h("div");
+    const panels = { log: logPanel, execution: execPanel, scalars: scalarsPanel };
+    main.append(header, facts, tabs, body);
+
+    function setTab(next) {
+      tab = next;
+      for (const [key, a] of Object.entries(tabLinks)) a.classList.toggle("active", key === tab);
+      body.replaceChildren(panels[tab]);
+      if (tab === "log" && follow.checked) logBox.scrollTop = logBox.scrollHeight;
+      if (tab === "scalars") scalarPoller.kick();
+    }
+
+    function after(kind, result) {
+      if (kind === "delete") { toast("Task deleted"); location.hash = "#/tasks"; return; }
+      if (kind === "clone") { toast("Cloned as a new draft"); location.hash = taskHref(result); return; }
+      if (kind === "reset") {
+        toast("Task reset to draft");
+        log.scroll = ""; log.lines = 0; log.trimmed = 0; log.loaded = false;
+        logBox.replaceChildren(logEmpty);
+        scalars.loaded = false;
+      }
+      taskPoller.kick();
+    }
+
+    let lastKey = "";
+    let lastExecKey = "";
+    function render(projects, queues) {
+      const key = JSON.stringify([task, [...projects], [...queues]]);
+      if (key === lastKey) return;
+      lastKey = key;
+      document.title = (task.name || task.id) + " · Conveyor";
+      const buttons = actionItems(task, after).filter((item) => item !== "-").map((item) => h("button", {
+        type: "button", class: "btn" + (item.danger ? " btn-danger" : ""), disabled: !!item.disabled, title: item.title, onclick: item.run,
+      }, item.label));
+      const copy = h("button", {
+        type: "button", class: "link-btn",
+        onclick: async () => {
+          try { await navigator.clipboard.writeText(task.id); toast("Task id copied"); } catch (_) { toast("Copy failed: select the id by hand"); }
+        },
+      }, "Copy");
+      header.replaceChildren(
+        h("div", { class: "crumbs" }, link("#/tasks", "Tasks"), " / ", task.name || task.id),
+        h("div", { class: "task-head" },
+          h("div", null,
+            h("div", { class: "task-title" }, h("h1", null, task.name || "(unnamed)"), badge(task)),
+            h("div", { class: "task-id" }, h("code", null, task.id), copy),
+            task.comment ? h("p", { class: "comment" }, task.comment) : null),
+          h("div", { class: "task-actions" }, buttons)));
+      const started = toMs(task.started);
+      const completed = toMs(task.completed);
+      const queueId = (task.execution || {}).queue;
+      const fact = (label, value, cls) => h("div", { class: "fact" }, h("dt", null, label), h("dd", { class: cls || "" }, value));
+      facts.replaceChildren(h("dl", { class: "facts" },
+        fact("Status", [badge(task), task.status_message && task.status_message !== "stopping" ? h("span", { class: "muted" }, "  " + task.status_message) : null]),
+        fact("Status reason", dash(task.status_reason)),
+        fact("Project", task.project ? projects.get(task.project) || task.project : dash()),
+        fact("Type", dash(task.type)),
+        fact("Queue", queueId ? (queues.get(queueId) || queueId) : dash()),
+        fact("Last worker", task.last_worker ? link("#/workers", task.last_worker) : dash(), "mono"),
+        fact("Created", when(task.created)),
+        fact("Started", when(task.started)),
+        fact("Completed", when(task.completed)),
+        fact(task.status === "in_progress" ? "Running for" : "Duration",
+          started && completed ? duration(completed - started) : started && task.status === "in_progress" ? since(task.started) : dash()),
+        fact("Last update", ago(task.last_update)),
+        task.last_iteration ? fact("Last iteration", number(task.last_iteration)) : null,
+        task.parent ? fact("Parent", link(taskHref(task.parent), task.parent), "mono") : null));
+      const count = scalarCount(task);
+      scalarsCount.hidden = !count;
+      scalarsCount.textContent = String(count);
+      following.hidden = !isActive(task);
+      const execKey = JSON.stringify([task.script, task.hyperparams, task.container, task.configuration]);
+      if (execKey !== lastExecKey) {
+        lastExecKey = execKey;
+        execPanel.replaceChildren(...executionPanel(task).filter(Boolean));
+      }
+    }
+
+    async function loadTask() {
+      if (gone) return;
+      let data;
+      try {
+        data = await api("tasks.get_by_id", { task: id });
+      } catch (err) {
+        if (err.status === 400 && err.subcode === 101) {
+          gone = true;
+          main.replaceChildren(h("div", { class: "crumbs" }, link("#/tasks", "Tasks")), h("div", { class: "card empty" },
+            h("strong", null, "Task not found"), "No task has the id ", h("code", null, id), ": it may have been deleted."));
+          destroy();
+          return;
+        }
+        throw err;
+      }
+      const wasActive = isActive(task);
+      task = data.task;
+      if (wasActive && !isActive(task)) log.tail = 3; // a few more reads catch the lines sent just before the end
+      const [projects] = await Promise.all([projectNames([task.project]), queueList(false)]);
+      render(projects, names.queues);
+      logPoller.kick();
+      if (tab === "scalars" && !scalars.loaded) scalarPoller.kick();
+    }
+
+    function appendEvents(events) {
+      if (!events.length) return;
+      const atBottom = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 40;
+      if (!log.lines) logEmpty.remove();
+      const frag = document.createDocumentFragment();
+      for (const ev of events) {
+        const level = String(ev.level || "info").toLowerCase();
+        frag.append(h("div", { class: "ln lvl-" + level },
+          h("span", { class: "ts", title: ev.timestamp ? dateText(ev.timestamp) : "" }, ev.timestamp ? clockText(ev.timestamp) : ""),
+          h("span", { class: "msg" }, cleanLog(ev.msg))));
+      }
+      logBox.append(frag);
+      log.lines += events.length;
+      const excess = log.lines - log.trimmed - LOG_MAX_LINES;
+      if (excess > 0) {
+        const lines = logBox.querySelectorAll(".ln");
+        for (let i = 0; i < excess && i < lines.length; i++) lines[i].remove();
+        log.trimmed += excess;
+        let note = logBox.querySelector(".trim-note");
+        if (!note) { note = h("div", { class: "note trim-note" }); logBox.prepend(note); }
+        note.textContent = number(log.trimmed) + " earlier lines are not shown (the page keeps the last " + number(LOG_MAX_LINES) + ").";
+      }
+      if (follow.checked && (atBottom || !log.loaded)) logBox.scrollTop = logBox.scrollHeight;
+    }
+
+    async function loadLog() {
+      if (!task || gone) return;
+      if (log.loaded && !isActive(task)) {
+        if (log.tail <= 0) return;
+        log.tail -= 1;
+      }
+      for (let page = 0; page < 20; page++) {
+        const data = await api("events.get_task_log", { task: id, order: "asc", scroll_id: log.scroll, batch_size: LOG_BATCH });
+        const events = data.events || [];
+        appendEvents(events);
+        if (data.scroll_id) log.scroll = data.scroll_id;
+        if (events.length < LOG_BATCH) break;
+      }
+      if (!log.loaded) {
+        log.loaded = true;
+        if (!log.lines) logEmpty.textContent = isActive(task) ? "No log lines yet: they appear here as the task prints them." : "This task has no log.";
+      }
+      lineCount.textContent = number(log.lines) + (log.lines === 1 ? " line" : " lines");
+    }
+
+    async function loadScalars() {
+      if (!task || gone || tab !== "scalars") return;
+      if (scalars.loaded && !isActive(task)) return;
+      const data = await api("events.scalar_metrics_iter_histogram", { task: id });
+      scalars.loaded = true;
+      const key = JSON.stringify(data);
+      if (key === scalars.key) return;
+      scalars.key = key;
+      const metrics = Object.entries(data || {}).filter(([, variants]) => variants && typeof variants === "object" && Object.keys(variants).length);
+      metrics.sort((a, b) => a[0].localeCompare(b[0]));
+      scalarsPanel.replaceChildren(metrics.length ? h("div", { class: "charts" }, metrics.map(([metric, variants]) => lineChart(metric, variants)))
+        : h("div", { class: "card empty" }, h("strong", null, "No scalars"), "Scalars the task reports (loss, accuracy, …) are charted here."));
+    }
+
+    const taskPoller = new Poller(loadTask, 2000);
+    const logPoller = new Poller(loadLog, 1000);
+    const scalarPoller = new Poller(loadScalars, 5000);
+    function destroy() { taskPoller.stop(); logPoller.stop(); scalarPoller.stop(); }
+    setTab(tab);
+    taskPoller.start();
+    return {
+      name: "task", id, destroy, setTab,
+      refresh: () => { taskPoller.kick(); logPoller.kick(); },
+    };
+  }
+
+  // --- login, logout, routing -----------------------------------------------------------------------------------
+  function showLogin(message) {
+    $("#shell").hidden = true;
+    $("#login").hidden = false;
+    document.title = "Sign in · Conveyor";
+    const error = $("#login-error");
+    error.textContent = message || "";
+    error.hidden = !message;
+    const key = $("#login-key");
+    (key.value ? $("#login-secret") : key).focus();
+  }
+
+  function signOut(message) {
+    session.token = "";
+    sessionStorage.removeItem(TOKEN_KEY);
+    if (view) { view.destroy(); view = null; }
+    closeMenu();
+    for (const dlg of document.querySelectorAll("dialog")) dlg.remove();
+    $("#banner-wrap").hidden = true;
+    $("#main").replaceChildren();
+    showLogin(message);
+  }
+
+  $("#login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const button = $("#login-submit");
+    const key = $("#login-key").value.trim();
+    const secret = $("#login-secret").value.trim();
+    button.disabled = true;
+    button.textContent = "Signing in…";
+    try {
+      await signIn(key, secret);
+      $("#login-secret").value = "";
+      route();
+    } catch (err) {
+      const hint = err.status === 401 ? ". Check the access key and secret (api.credentials in ~/clearml.conf)." : "";
+      showLogin(err.message.replace(/\.$/, "") + hint);
+    } finally {
+      button.disabled = false;
+      button.textContent = "Sign in";
+    }
+  });
+  $("#logout").addEventListener("click", () => signOut("You are signed out."));
+
+  function route() {
+    if (!session.token) { showLogin(); return; }
+    const exp = claims().exp;
+    if (exp && exp * 1000 < Date.now()) { signOut("Your session expired: sign in again."); return; }
+    $("#login").hidden = true;
+    $("#shell").hidden = false;
+    const who = claims().identity || {};
+    $("#who").textContent = who.user_name || "";
+    closeMenu();
+    const hash = location.hash || "#/tasks";
+    const taskMatch = hash.match(/^#\/task\/([^/?#]+)(?:\/(log|execution|scalars))?$/);
+    if (taskMatch && view && view.name === "task" && view.id === decodeURIComponent(taskMatch[1])) {
+      view.setTab(taskMatch[2] || "log"); // same task, another tab: keep the log we have
+      return;
+    }
+    if (view) { view.destroy(); view = null; }
+    $("#banner-wrap").hidden = true; // an error belongs to the page it happened on
+    bannerSource = "";
+    const main = $("#main");
+    main.replaceChildren();
+    let navKey = "tasks";
+    if (hash === "#/tasks") view = tasksView(main);
+    else if (hash === "#/queues") { navKey = "queues"; view = queuesView(main); }
+    else if (hash === "#/workers") { navKey = "workers"; view = workersView(main); }
+    else if (taskMatch) view = taskView(main, decodeURIComponent(taskMatch[1]), taskMatch[2] || "log");
+    else { history.replaceState(null, "", "#/tasks"); view = tasksView(main); }
+    for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === navKey);
+    window.scrollTo(0, 0);
+  }
+
+  window.addEventListener("hashchange", route);
+  route();
+})();

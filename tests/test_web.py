@@ -1,0 +1,224 @@
+"""The web UI: its files are served with the right types and headers, it renders server data only as text, and
+every API call it makes exists on the server and accepts the body the UI sends (so that the UI cannot drift from
+the API unnoticed). No browser is needed: the JavaScript is read as text."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from collections.abc import Callable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conveyor.server import web
+
+STATIC = Path(web.__file__).parent / "static"
+APP_JS = (STATIC / "app.js").read_text(encoding="utf-8")
+INDEX = (STATIC / "index.html").read_text(encoding="utf-8")
+
+# Every request the UI makes goes through api("service.action", body) or request("auth.login", ...).
+CALL = re.compile(r"""\b(?:api|request)\(\s*["']([a-z_]+\.[a-z_]+)["']""")
+
+
+def ui_endpoints() -> set[str]:
+    return set(CALL.findall(APP_JS))
+
+
+class _Refs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.inline_scripts = 0
+        self.inline_attrs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        for key in ("src", "href"):
+            if (values.get(key) or "").startswith("/ui/"):
+                self.refs.append(values[key])  # type: ignore[arg-type]
+        if tag == "script" and not values.get("src"):
+            self.inline_scripts += 1
+        self.inline_attrs += [f"<{tag} {k}>" for k in values if k == "style" or k.startswith("on")]
+
+
+def _refs() -> _Refs:
+    parser = _Refs()
+    parser.feed(INDEX)
+    return parser
+
+
+# --- files and headers -----------------------------------------------------------------------------------------------
+def test_index_serves_the_app(sqlite_server: Any) -> None:
+    response = httpx.get(sqlite_server.url + "/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert '<script src="/ui/app.js"' in response.text
+    assert 'id="login-form"' in response.text and 'id="main"' in response.text
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("suffix,content_type", [(".js", "javascript"), (".css", "text/css"), (".svg", "image/svg+xml")])
+def test_assets_are_served_with_their_content_type(sqlite_server: Any, suffix: str, content_type: str) -> None:
+    refs = [r for r in _refs().refs if r.endswith(suffix)]
+    assert refs, f"index.html references no {suffix} file"
+    for ref in refs:
+        response = httpx.get(sqlite_server.url + ref)
+        assert response.status_code == 200, ref
+        assert content_type in response.headers["content-type"], (ref, response.headers["content-type"])
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.content == (STATIC / ref.removeprefix("/ui/")).read_bytes()
+
+
+def test_missing_asset_is_a_404(sqlite_server: Any) -> None:
+    assert httpx.get(sqlite_server.url + "/ui/nope.js").status_code == 404
+
+
+def test_static_folder_is_flat_for_packaging() -> None:
+    # pyproject.toml ships `server/web/static/*`: a file in a subfolder would be missing from the wheel.
+    assert not [p for p in STATIC.iterdir() if p.is_dir()]
+
+
+# --- rendering safety -----------------------------------------------------------------------------------------------
+def test_ui_never_renders_data_as_markup() -> None:
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "srcdoc"):
+        assert sink not in APP_JS, f"app.js uses {sink}: build elements and text nodes with h() instead"
+    # The content security policy allows no inline script or style: index.html must not need them.
+    refs = _refs()
+    assert refs.inline_scripts == 0
+    assert refs.inline_attrs == []
+    assert "setAttribute(\"style\"" not in APP_JS and "setAttribute('style'" not in APP_JS
+
+
+def test_all_requests_go_through_the_api_helpers() -> None:
+    assert APP_JS.count("fetch(") == 1, "only request() may call fetch"
+    # api() passes its endpoint on to request(); every other call names its endpoint literally.
+    dynamic = re.findall(r"""(?<!function )\b(?:api|request)\(\s*(?!["'])\w*""", APP_JS)
+    assert dynamic == ["request(endpoint"], "call api() with a literal endpoint name, so that the tests can check it"
+
+
+# --- the UI's calls exist on the server -----------------------------------------------------------------------------
+class Api:
+    def __init__(self, server: Any):
+        key, secret = server.credentials()
+        self.http = httpx.Client(base_url=server.url, timeout=30)
+        basic = base64.b64encode(f"{key}:{secret}".encode()).decode()
+        # Log in exactly as the UI does: GET with Basic credentials, no body.
+        login = self.http.get("/auth.login", headers={"Authorization": "Basic " + basic})
+        assert login.status_code == 200, login.text
+        self.token = login.json()["data"]["token"]
+        self.http.headers["Authorization"] = "Bearer " + self.token
+
+    def post(self, endpoint: str, body: dict[str, Any]) -> httpx.Response:
+        return self.http.post("/" + endpoint, json=body)
+
+    def call(self, endpoint: str, **body: Any) -> dict[str, Any]:
+        response = self.post(endpoint, body)
+        assert response.status_code == 200, (endpoint, response.text)
+        return response.json()["data"]
+
+    def task(self, **extra: Any) -> str:
+        return self.call("tasks.create", name=f"ui-{secrets.token_hex(3)}", type="training",
+                         script={"repository": "https://example.com/r.git", "entry_point": "train.py"}, **extra)["id"]
+
+    def queue(self) -> str:
+        return self.call("queues.create", name=f"ui-q-{secrets.token_hex(3)}")["id"]
+
+    def queued(self) -> tuple[str, str, str]:
+        """A queue with two tasks on it: (queue, first, second)."""
+        queue = self.queue()
+        first, second = self.task(), self.task()
+        for task in (first, second):
+            self.call("tasks.enqueue", task=task, queue=queue)
+        return queue, first, second
+
+
+def _with_log(api: Api) -> str:
+    task = api.task()
+    api.call("events.add_batch", requests=[
+        {"task": task, "type": "log", "level": "info", "msg": "hello"},
+        {"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": "train", "iter": 1, "value": 0.5}])
+    return task
+
+
+# The body the UI sends for each endpoint it calls (built on fresh objects, so each call is valid on its own).
+BODIES: dict[str, Callable[[Api], dict[str, Any]]] = {
+    "tasks.get_all": lambda a: {"only_fields": ["id", "name", "type", "project", "status", "status_reason",
+                                                "status_message", "last_update", "created", "last_worker",
+                                                "execution.queue"],
+                                "order_by": ["-created"], "page": 0, "page_size": 50, "status": ["queued"],
+                                "name": "ui-.*"},
+    "tasks.get_by_id": lambda a: {"task": a.task()},
+    "tasks.stop": lambda a: {"task": a.queued()[1]},
+    "tasks.enqueue": lambda a: {"task": a.task(), "queue": a.queue()},
+    "tasks.reset": lambda a: {"task": _with_log(a), "force": True},
+    "tasks.clone": lambda a: {"task": a.task(), "new_task_name": "Clone of ui"},
+    "tasks.delete": lambda a: {"task": a.task(), "force": True},
+    "projects.get_all": lambda a: {"only_fields": ["id", "name"], "search_hidden": True},
+    "queues.get_all": lambda a: {"order_by": ["name"]},
+    "queues.create": lambda a: {"name": f"ui-new-{secrets.token_hex(3)}"},
+    "queues.move_task_to_front": lambda a: (lambda q: {"queue": q[0], "task": q[2]})(a.queued()),
+    "queues.remove_task": lambda a: (lambda q: {"queue": q[0], "task": q[1]})(a.queued()),
+    "workers.get_all": lambda a: {},
+    "events.get_task_log": lambda a: {"task": _with_log(a), "order": "asc", "scroll_id": "", "batch_size": 1000},
+    "events.scalar_metrics_iter_histogram": lambda a: {"task": _with_log(a)},
+}
+
+
+def test_ui_calls_are_found() -> None:
+    found = ui_endpoints()
+    # A guard on the parser itself: the views' core calls must be seen, or the check below checks nothing.
+    assert {"auth.login", "tasks.get_all", "queues.get_all", "workers.get_all", "events.get_task_log"} <= found
+    unknown = found - set(BODIES) - {"auth.login"}
+    assert not unknown, f"app.js calls {sorted(unknown)}: add the body the UI sends to BODIES in tests/test_web.py"
+
+
+def test_every_ui_call_exists_and_accepts_the_ui_body(sqlite_server: Any) -> None:
+    api = Api(sqlite_server)
+    for endpoint in sorted(ui_endpoints() - {"auth.login"}):
+        response = api.post(endpoint, BODIES[endpoint](api))
+        meta = response.json()["meta"]
+        assert response.status_code != 404, f"the UI calls {endpoint}, which the server does not have"
+        assert response.status_code == 200 and meta["result_code"] == 200, (endpoint, meta)
+
+
+def test_answers_have_the_shapes_the_ui_reads(sqlite_server: Any) -> None:
+    api = Api(sqlite_server)
+    queue, first, second = api.queued()
+    # Queue entries name the task and when it was added; paging and every sortable column are accepted.
+    queues = {q["id"]: q for q in api.call("queues.get_all", order_by=["name"])["queues"]}
+    assert [e["task"] for e in queues[queue]["entries"]] == [first, second]
+    assert all(e["added"] for e in queues[queue]["entries"])
+    for order in ("name", "-name", "status", "-status", "created", "-created", "last_update", "-last_update"):
+        api.call("tasks.get_all", order_by=[order], page=0, page_size=1)
+    assert len(api.call("tasks.get_all", page=0, page_size=1)["tasks"]) == 1
+    # The log is followed with scroll_id as the cursor: a second read returns only what is new.
+    task = _with_log(api)
+    body = {"task": task, "order": "asc", "scroll_id": "", "batch_size": 1000}
+    page = api.call("events.get_task_log", **body)
+    assert [e["msg"] for e in page["events"]] == ["hello"] and page["scroll_id"]
+    assert api.call("events.get_task_log", **{**body, "scroll_id": page["scroll_id"]})["events"] == []
+    api.call("events.add_batch", requests=[{"task": task, "type": "log", "msg": "more"}])
+    assert [e["msg"] for e in api.call("events.get_task_log", **{**body, "scroll_id": page["scroll_id"]})["events"]] == ["more"]
+    # Scalars come as {metric: {variant: {x, y}}}.
+    histogram = api.call("events.scalar_metrics_iter_histogram", task=task)
+    assert histogram["loss"]["train"]["x"] == [1] and histogram["loss"]["train"]["y"] == [0.5]
+    # Clone answers the new id the UI opens.
+    assert len(api.call("tasks.clone", task=task, new_task_name="copy")["id"]) == 32
+
+
+def test_errors_carry_the_message_the_banner_shows(sqlite_server: Any) -> None:
+    api = Api(sqlite_server)
+    bad = api.post("tasks.get_all", {"name": "("})
+    assert bad.status_code == 400 and "regular expression" in bad.json()["meta"]["result_msg"]
+    anonymous = httpx.post(sqlite_server.url + "/tasks.get_all", json={})
+    assert anonymous.status_code == 401 and anonymous.json()["meta"]["result_msg"]
+    wrong = httpx.get(sqlite_server.url + "/auth.login",
+                      headers={"Authorization": "Basic " + base64.b64encode(b"nobody:nothing").decode()})
+    assert wrong.status_code == 401 and "Invalid credentials" in wrong.json()["meta"]["result_msg"]
