@@ -25,6 +25,7 @@ from conveyor.agent.policy import QueuePolicy
 from conveyor.client.errors import ApiCallError, ConveyorError
 from conveyor.config import Config
 from conveyor.protocol.ids import looks_like_id
+from conveyor.runtimes.container import ContainerRuntime, LaunchError
 from conveyor.runtimes.local import LocalRuntime
 
 log = logging.getLogger("conveyor.agent")
@@ -48,6 +49,8 @@ class DaemonOptions:
     git_pass: str | None = None
     log_file: str | None = None
     argv: list[str] = field(default_factory=list)
+    docker: list[str] | None = None  # None: tasks run as local processes; else [IMAGE [ENGINE ARGS...]] (maybe [])
+    podman: bool = False
 
 
 @dataclass
@@ -59,10 +62,15 @@ class Running:
 
 
 class Daemon:
-    def __init__(self, client: Any, cfg: Config, opts: DaemonOptions, runtime: LocalRuntime | None = None):
+    def __init__(self, client: Any, cfg: Config, opts: DaemonOptions,
+                 runtime: LocalRuntime | ContainerRuntime | None = None):
         self.client = client
         self.cfg = cfg
         self.opts = opts
+        if runtime is None and opts.docker is not None:
+            runtime = ContainerRuntime.from_cli(
+                cfg, opts.docker, podman=opts.podman, gpus="none" if opts.cpu_only else opts.gpus,
+                fetch_task=lambda task_id: client.call("tasks.get_by_id", {"task": task_id})["task"])
         self.runtime = runtime or LocalRuntime(str(cfg.path) if cfg.path else None)
         self.running: dict[str, Running] = {}
         self.draining = threading.Event()
@@ -83,10 +91,12 @@ class Daemon:
         try:
             self.worker = worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None),
                                     self.slot.index, self.opts.gpus, self.opts.cpu_only)
-            for other in running_daemons():
-                if other.get("worker_id") == self.worker and other.get("pid") != os.getpid():
+            for other in running_daemons():  # our own slot may still describe a daemon killed before us
+                if other.get("worker_id") == self.worker and other.get("pid") != os.getpid() \
+                        and other.get("slot") != self.slot.index:
                     raise DaemonError(f"A daemon with worker id {self.worker} already runs here (pid {other.get('pid')})"
                                       ": give this one other --gpus, or set agent.worker_id / CLEARML_WORKER_ID")
+            self._remove_leftover_containers()
             queue_ids = self._resolve_queues()
             self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness)
             describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv, self.opts.log_file)
@@ -107,7 +117,9 @@ class Daemon:
         mode = "long-poll" if self._long_poll() else f"polling every {self._poll_interval():g} s"
         names = ", ".join(f"{self.queue_names[q]} ({q})" for q in queue_ids)
         services = "" if self.opts.services_mode is None else f", services mode (at most {self._capacity() or 'any'})"
-        print(f"conveyor agent {self.worker} serving {names}; {mode}{services}", flush=True)
+        engine = getattr(self.runtime, "engine", None)
+        containers = f", tasks in {engine} containers" if engine else ""
+        print(f"conveyor agent {self.worker} serving {names}; {mode}{services}{containers}", flush=True)
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:
@@ -308,14 +320,18 @@ class Daemon:
                 "msg": f"task {task_id} pulled from {queue_id} ({queue_name}) by worker {self.worker}\n"}])
         try:
             proc = self.runtime.launch(task_id, env)
-        except OSError as exc:
+        except (OSError, LaunchError) as exc:
+            reason = str(exc) if isinstance(exc, LaunchError) else f"the agent could not start the task: {exc.strerror}"
+            print(f"conveyor agent: task {task_id}: {reason}", flush=True)
+            self._task_log(task_id, f"conveyor: {reason}\n", "error")
             with contextlib.suppress(Exception):
-                call("tasks.failed", {"task": task_id, "force": True,
-                                      "status_reason": f"the agent could not start the task: {exc.strerror}"})
+                call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason})
             return
         with self._lock:
             self.running[task_id] = Running(task_id, queue_id, proc, sub_worker)
-        print(f"conveyor agent: running task {task_id} from {queue_name} (pid {proc.pid})", flush=True)
+        where = f"in container {proc.command.name}, image {proc.command.image}" if hasattr(proc, "command") else \
+            f"pid {proc.pid}"
+        print(f"conveyor agent: running task {task_id} from {queue_name} ({where})", flush=True)
         if sub_worker:
             with contextlib.suppress(Exception):
                 call("workers.register", {"worker": sub_worker, "queues": [queue_id],
@@ -344,9 +360,12 @@ class Daemon:
             found = self.client.call("tasks.get_all", {"id": [run.task_id], "only_fields": ["status", "last_worker"],
                                                        "search_hidden": True})["tasks"]
             if found and found[0].get("status") == "in_progress":
-                self.client.call("tasks.failed", {"task": run.task_id, "force": True,
-                                                  "status_reason": f"the task's executor exited with code {code} "
-                                                                   "without reporting a final status"})
+                reason = getattr(run.proc, "start_failure", None)  # a container that did not start says why
+                if reason:
+                    self._task_log(run.task_id, f"conveyor: {reason}\n", "error")
+                self.client.call("tasks.failed", {"task": run.task_id, "force": True, "status_reason": reason or
+                                                  f"the task's executor exited with code {code} "
+                                                  "without reporting a final status"})
         except Exception:
             pass
         if run.sub_worker:
@@ -354,6 +373,30 @@ class Daemon:
                 self.client.call("workers.unregister", {"worker": run.sub_worker, "queues": []})
         print(f"conveyor agent: task {run.task_id} ended (executor exit code {code})", flush=True)
         self._report()
+
+    def _remove_leftover_containers(self) -> None:
+        """Containers that a killed daemon with this worker id left are removed; their tasks, if still running,
+        fail (nobody watches them any more)."""
+        if not isinstance(self.runtime, ContainerRuntime):
+            return
+        try:
+            tasks = self.runtime.attach_worker(self.worker)
+        except LaunchError as exc:
+            raise DaemonError(f"container engine: {exc}") from None
+        for task_id in tasks:
+            print(f"conveyor agent: removed the leftover container of task {task_id}", flush=True)
+            with contextlib.suppress(Exception):
+                found = self.client.call("tasks.get_all", {"id": [task_id], "only_fields": ["status"],
+                                                           "search_hidden": True})["tasks"]
+                if found and found[0].get("status") == "in_progress":
+                    self.client.call("tasks.failed", {"task": task_id, "force": True, "status_reason":
+                                                      "its container was removed: the agent running it was killed"})
+
+    def _task_log(self, task_id: str, msg: str, level: str = "info") -> None:
+        with contextlib.suppress(Exception):
+            self.client.call_lines("events.add_batch", [{
+                "type": "log", "task": task_id, "level": level, "worker": self.worker,
+                "timestamp": int(time.time() * 1000), "msg": msg}])
 
     def _stop_children(self) -> None:
         for run in list(self.running.values()):

@@ -27,6 +27,11 @@ from conveyor.agent.process import kill_tree
 from conveyor.config import Config
 
 FINAL_ELSEWHERE = {"stopped", "failed", "closed", "published", "queued", "completed"}
+# Set in images made by `conveyor build --docker`: the task's code and python are baked in, nothing is cloned or
+# installed when the task runs.
+PREBUILT_CODE_ENV = "CONVEYOR_PREBUILT_CODE"
+PREBUILT_PYTHON_ENV = "CONVEYOR_PREBUILT_PYTHON"
+PREBUILT_TASK_ENV = "CONVEYOR_PREBUILT_TASK"  # the task they were built for: any other task is set up as usual
 
 
 class TaskFailure(Exception):
@@ -155,6 +160,9 @@ class Executor:
         watcher = threading.Thread(target=self._watch, name="abort-watch", daemon=True)
         watcher.start()
         try:
+            prebuilt = prebuilt_environment(self.opts.task_id)
+            if prebuilt is not None:
+                return self._run_prebuilt(task, script, *prebuilt)
             setup = ((task.get("container") or {}).get("setup_shell_script") or "").strip()
             if setup:
                 with self.phase("setup shell script"):
@@ -216,11 +224,27 @@ class Executor:
         finally:
             self._done.set()
 
+    def _run_prebuilt(self, task: dict[str, Any], script: dict[str, Any], code_dir: Path, python: Path) -> Outcome:
+        """Run the entry point with the code and python that `conveyor build` baked into this image."""
+        if not python.exists() or not code_dir.is_dir():
+            raise TaskFailure(f"the prebuilt environment is missing ({PREBUILT_CODE_ENV}={code_dir}, "
+                              f"{PREBUILT_PYTHON_ENV}={python}): rebuild the image with `conveyor build`")
+        self.notice(f"conveyor: using the prebuilt code in {code_dir} and {python}; no checkout, no install")
+        working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
+        if not working_dir.is_dir():
+            raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the prebuilt code")
+        argv = [str(python) if part == "{python}" else part for part in self._entry_argv(task, script, working_dir)]
+        self.client.call("tasks.started", {"task": self.task_id, "force": True,
+                                           "status_reason": "worker starting task execution",
+                                           "status_message": f"Changed by conveyor {self.worker}"})
+        return self._run_task(argv, working_dir, code_dir, task)
+
     def _run_setup_script(self, text: str) -> None:
         assert self.work_dir is not None
         path = self.work_dir / "setup.sh"
         path.write_text(text + "\n")
-        proc = subprocess.Popen(["bash", str(path)], cwd=self.work_dir, stdout=subprocess.PIPE,
+        shell = "bash" if shutil.which("bash") else "sh"  # a container image may have only a POSIX shell
+        proc = subprocess.Popen([shell, str(path)], cwd=self.work_dir, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.proc = proc
         self._pump(proc)
@@ -301,7 +325,7 @@ class Executor:
             section = (task.get("hyperparams") or {}).get("Environment") or {}
             env.update({name: str(p.get("value", "")) for name, p in section.items()})
         env.update(self.opts.extra_env)
-        for key in ("VIRTUAL_ENV", "PYTHONHOME"):
+        for key in ("VIRTUAL_ENV", "PYTHONHOME", PREBUILT_CODE_ENV, PREBUILT_PYTHON_ENV, PREBUILT_TASK_ENV):
             env.pop(key, None)
         return env
 
@@ -438,6 +462,15 @@ class Executor:
 
 class _Aborted(Exception):
     """Raised at a phase boundary once an abort has been triggered."""
+
+
+def prebuilt_environment(task_id: str) -> tuple[Path, Path] | None:
+    """(code dir, python) when this process runs in an image that `conveyor build` made for `task_id` (the task
+    given to execute, before any --clone), else None."""
+    code, python = os.environ.get(PREBUILT_CODE_ENV), os.environ.get(PREBUILT_PYTHON_ENV)
+    if not (code and python) or os.environ.get(PREBUILT_TASK_ENV) != task_id:
+        return None
+    return Path(code), Path(python)
 
 
 def task_args(task: dict[str, Any]) -> list[str]:

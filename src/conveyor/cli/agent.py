@@ -7,6 +7,40 @@ import os
 import sys
 
 
+class _EngineArgsParser(argparse.ArgumentParser):
+    """`--docker [IMAGE [ENGINE ARGS...]]` (or --podman) as the reference reads it: the engine's own flags follow the
+    image (`--docker my/image:tag --ipc=host -v /data:/data`), up to the next flag of this command. argparse would
+    take them for ours, so they are lifted out first."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+        args = list(sys.argv[1:] if args is None else args)
+        namespace = namespace if namespace is not None else argparse.Namespace()
+        engines = [i for i, token in enumerate(args) if token.split("=", 1)[0] in ("--docker", "--podman")]
+        if engines:
+            i = engines[0]
+            flag, _, value = args[i].partition("=")
+            end = i + 1
+            while end < len(args) and args[end].split("=", 1)[0] not in self._option_string_actions:
+                end += 1
+            namespace.docker, namespace.podman = ([value] if value else []) + args[i + 1:end], flag == "--podman"
+            args = args[:i] + args[end:]
+            if any(token.split("=", 1)[0] in ("--docker", "--podman") for token in args):
+                self.error("give --docker or --podman once")
+        return super().parse_known_args(args, namespace)
+
+
+def _container_args(p: argparse.ArgumentParser) -> None:
+    p.__class__ = _EngineArgsParser
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument("--docker", nargs="*", metavar="IMAGE [ARGS]", default=None,
+                        help="run tasks in containers: the task's image, else IMAGE, else agent.default_docker.image; "
+                             "ARGS go to `docker run` (e.g. --ipc=host)")
+    engine.add_argument("--podman", nargs="*", metavar="IMAGE [ARGS]", default=False,
+                        help="as --docker, with Podman (or set agent.docker_command: podman)")
+    p.add_argument("--force-current-version", action="store_true",
+                   help="accepted for compatibility: containers always run this agent's own Conveyor version")
+
+
 def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--git-user", help="git user for cloning over https (agent.git_user)")
     p.add_argument("--git-pass", help="git password or token (agent.git_pass); prefer the config file")
@@ -35,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--child-report-tags", nargs="+", default=[], metavar="TAG", help="tags in the worker's reports")
     d.add_argument("--log-file", help=argparse.SUPPRESS)
     _worker_args(d)
+    _container_args(d)
     d.set_defaults(func=run_daemon)
 
     e = sub.add_parser("execute", help="run one task here, now (clearml-agent execute)")
@@ -44,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--disable-monitoring", action="store_true", help=argparse.SUPPRESS)
     e.add_argument("--full-monitoring", action="store_true", help=argparse.SUPPRESS)
     _worker_args(e)
+    _container_args(e)
     e.set_defaults(func=run_execute)
 
 
@@ -64,6 +100,12 @@ def run_execute(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     cfg = config_of(args)
     gpus = "none" if args.cpu_only else args.gpus
+    if args.docker is not None:
+        from conveyor.agent.container_execute import execute_in_container
+
+        inner = [flag for flag, on in (("--clone", args.clone), ("--require-queue", args.require_queue)) if on]
+        return execute_in_container(agent_client(cfg), cfg, args.id, args.docker, podman=args.podman is True,
+                                    gpus=gpus, git_user=args.git_user, git_pass=args.git_pass, execute_args=inner)
     opts = ExecuteOptions(task_id=args.id, clone=args.clone, worker_id=os.environ.get("CLEARML_WORKER_ID", ""),
                           under_daemon=os.environ.get("CONVEYOR_UNDER_DAEMON") == "1", gpus=gpus,
                           git_user=args.git_user, git_pass=args.git_pass, require_queue=args.require_queue)
@@ -88,5 +130,6 @@ def run_daemon(args: argparse.Namespace) -> int:
                          services_mode=args.services_mode, gpus=args.gpus, cpu_only=args.cpu_only,
                          polling_interval=args.polling_interval, child_report_tags=args.child_report_tags,
                          git_user=args.git_user, git_pass=args.git_pass, log_file=args.log_file,
-                         argv=control.mask_argv(["conveyor", *sys.argv[1:]]))
+                         argv=control.mask_argv(["conveyor", *sys.argv[1:]]), docker=args.docker,
+                         podman=args.podman is True)
     return Daemon(agent_client(cfg), cfg, opts).run()

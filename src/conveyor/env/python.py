@@ -49,7 +49,8 @@ from conveyor.env.managers.conda import require_conda
 from conveyor.env.managers.pip import PipManager
 from conveyor.env.managers.poetry import unusable_reason as poetry_unusable_reason
 
-__all__ = ["EnvBuildError", "PythonEnv", "Requirements", "agent_python", "build_environment", "environment_key",
+__all__ = ["EnvBuildError", "PythonEnv", "Requirements", "agent_python", "build_environment",
+           "build_environment_at", "environment_key",
            "find_python", "freeze", "normalize_line", "parse_requirement_lines", "resolve_requirements",
            "select_python"]
 
@@ -286,6 +287,36 @@ def build_environment(reqs: Requirements, *, cfg: Config, python_version: str | 
             reason = str(exc)
     log(f"python: venv cache not used: {reason}")
     return _build_uncached(manager, spec, version, log, total)
+
+
+def build_environment_at(reqs: Requirements, path: Path | None, *, cfg: Config, python_version: str | None = None,
+                         work_dir: Path | None = None, log: Log = print) -> PythonEnv:
+    """`reqs` installed into a fresh venv at `path` (replaced if there), outside the venv cache: for
+    `conveyor build`, whose venv must stay where the user asked. `path` None installs into the interpreter itself
+    (`build --install-globally`, meant for a container's own Python). Raises EnvBuildError."""
+    total = Timer()
+    exe, version = select_python(python_version, cfg, log)
+    spec = BuildSpec(cfg=cfg, base_python=exe, python_version=".".join(version.split(".")[:2]), lines=reqs.lines,
+                     conda_lines=reqs.conda, base_dir=reqs.base_dir or work_dir, work_dir=work_dir)
+    manager = _choose_manager(str(cfg.get("agent.package_manager.type")), spec, log)
+    if path is None:
+        if manager.name not in ("uv", "pip"):
+            raise EnvBuildError(f"Installing globally works with uv or pip, not {manager.name}: set "
+                                "agent.package_manager.type to uv or pip")
+        if spec.lines:
+            # a container's Debian Python is marked externally managed (PEP 668); it is ours to fill here
+            os.environ.setdefault("UV_BREAK_SYSTEM_PACKAGES", "1")
+            os.environ.setdefault("PIP_BREAK_SYSTEM_PACKAGES", "1")
+            count = manager.install(spec, exe, log)
+            log(f"python: installed {count} packages into {exe} with {manager.name} {total}")
+        return PythonEnv(path=exe.parent.parent, python=exe, manager=manager.name, cached=False, key=None,
+                         python_version=version)
+    path = Path(path).expanduser().absolute()
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    python = _build(manager, spec, path, log)
+    log(f"python: environment ready at {path} {total}")
+    return PythonEnv(path=path, python=python, manager=manager.name, cached=False, key=None, python_version=version)
 
 
 def _choose_manager(name: str, spec: BuildSpec, log: Log) -> Manager:

@@ -1,9 +1,10 @@
 """The git side of a task's environment: clone (through a cache of bare mirrors), check out, apply the diff.
 
 Cache layout (agent.vcs_cache.path): `<repo-name>.<hash of the normalized URL>/` is a bare mirror of the remote's
-branches and tags, `<same>.lock` its flock. A task's working copy is a `git clone --local` of the mirror (objects
-hard-linked, so it is quick and still a normal, independent repository) whose `origin` is then pointed back at
-the real URL. When the requested commit (or tag) is already in the mirror, nothing goes over the network.
+branches and tags, `<same>.lock` its flock. A task's working copy is a local `git clone` of the mirror (objects
+hard-linked where possible, so it is quick and still a normal, independent repository) whose `origin` is then
+pointed back at the real URL. When the requested commit (or tag) is already in the mirror, nothing goes over the
+network.
 """
 
 from __future__ import annotations
@@ -357,7 +358,9 @@ def _fetch(git: Git, url: str, mirror: Path, cfg: Config, log: Log) -> None:
 def _copy_from_mirror(git: Git, url: str, mirror: Path, dest: Path, log: Log) -> None:
     started = time.monotonic()
     _remove(dest)
-    git.run("clone", "--local", "--no-checkout", "--quiet", "--", str(mirror), str(dest))
+    # no explicit --local: a local path clones locally anyway, and only without the flag does git fall back to
+    # copying when hard links fail (the cache on another filesystem or mount, as in a container)
+    git.run("clone", "--no-checkout", "--quiet", "--", str(mirror), str(dest))
     git.run("config", "remote.origin.url", url, cwd=dest)
     log(f"git: copied {url} from the cache in {_since(started)}")
 

@@ -1,0 +1,65 @@
+"""`conveyor execute --id T --docker [IMAGE [ARGS]]`: the same `conveyor execute`, in the task's container.
+
+The one inside reports everything (status, logs, its own worker) as a standalone execute does; this side only
+starts the container, passes Ctrl-C / SIGTERM on as a container stop, and fails the task when the container could
+not start at all (nothing inside could say why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from conveyor.config import Config
+from conveyor.runtimes.container import ContainerRuntime, LaunchError
+
+
+def execute_in_container(client: Any, cfg: Config, task_id: str, docker: Sequence[str], *, podman: bool = False,
+                         gpus: str | None = None, git_user: str | None = None, git_pass: str | None = None,
+                         execute_args: Sequence[str] = ()) -> int:
+    """Run the task in its container; `execute_args` are more flags for the `conveyor execute` inside."""
+    runtime = ContainerRuntime.from_cli(
+        cfg, docker, podman=podman, gpus=gpus, execute_args=execute_args,
+        fetch_task=lambda t: client.call("tasks.get_by_id", {"task": t})["task"])
+    host = cfg.get("agent.worker_name") or socket.gethostname()
+    env = {"CLEARML_WORKER_ID": os.environ.get("CLEARML_WORKER_ID") or f"{host}:{os.getpid()}"}
+    if os.environ.get("CONVEYOR_UNDER_DAEMON") == "1":
+        env["CONVEYOR_UNDER_DAEMON"] = "1"
+    if git_user:
+        env["CLEARML_AGENT_GIT_USER"] = git_user
+    if git_pass:
+        env["CLEARML_AGENT_GIT_PASS"] = git_pass
+    settle = "--clone" not in execute_args  # with --clone the task itself is only copied, never run
+    try:
+        proc = runtime.launch(task_id, env)
+    except LaunchError as exc:
+        _fail(client, task_id, str(exc), settle)
+        return 1
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        print(f"conveyor: {signal.Signals(signum).name}: stopping container {proc.command.name}", file=sys.stderr,
+              flush=True)
+        proc.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = proc.wait()
+    if proc.start_failure:
+        _fail(client, task_id, proc.start_failure, settle)
+        return 1
+    return 0 if code == 0 else 1
+
+
+def _fail(client: Any, task_id: str, reason: str, settle: bool) -> None:
+    print(f"conveyor: task {task_id}: {reason}", file=sys.stderr, flush=True)
+    if not settle:
+        return
+    with contextlib.suppress(Exception):
+        client.call("tasks.dequeue", {"task": task_id})
+    with contextlib.suppress(Exception):
+        client.call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason})
