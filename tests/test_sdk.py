@@ -20,7 +20,6 @@ from conftest import ServerProcess
 from conveyor.client import ApiClient
 from test_services import FULL
 
-pytest.importorskip("clearml")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
