@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -61,9 +62,10 @@ def parse_body(raw: bytes, content_type: str, name: str) -> dict[str, Any]:
 class ApiApp:
     """The API as a bare ASGI app: per request it does only what the protocol needs (the web UI uses Starlette)."""
 
-    def __init__(self, state: ServerState, web: Any = None):
+    def __init__(self, state: ServerState, web: Any = None, files: Any = None):
         self.state = state
         self.web = web
+        self.files = files
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -73,6 +75,9 @@ class ApiApp:
         if kind != "http":
             return
         path: str = scope["path"]
+        if self.files is not None and (path == "/files" or path.startswith("/files/")):
+            await self.files(scope, receive, send)
+            return
         if self.web is not None and (path == "/" or path.startswith("/ui/")):
             await self.web(scope, receive, send)
             return
@@ -163,7 +168,12 @@ class ApiApp:
                 return
 
 
-def create_app(state: ServerState, *, web: bool = True) -> ApiApp:
+def create_app(state: ServerState, *, web: bool = True, files_dir: Path | None = None) -> ApiApp:
+    files_app = None
+    if files_dir is not None:
+        from conveyor.server.files import FilesApp
+
+        files_app = FilesApp(state, files_dir)
     web_app = None
     if web:
         from starlette.applications import Starlette
@@ -171,4 +181,4 @@ def create_app(state: ServerState, *, web: bool = True) -> ApiApp:
         from conveyor.server.web import routes as web_routes
 
         web_app = Starlette(routes=web_routes())
-    return ApiApp(state, web_app)
+    return ApiApp(state, web_app, files_app)

@@ -25,6 +25,7 @@ class ServerOptions:
     port: int
     db: str
     data_dir: Path
+    files_dir: Path  # what the files server under /files stores (artifacts)
     client_config: Path  # where first-start credentials are written, if that file does not exist
 
 
@@ -36,6 +37,7 @@ def options_from(cfg: Config, *, host: str | None = None, port: int | None = Non
         port=int(port or cfg.get("conveyor.server.port")),
         db=db or cfg.get("conveyor.server.db") or sqlite_url(data),
         data_dir=data,
+        files_dir=Path(cfg.get("conveyor.server.files_dir") or data / "files").expanduser(),
         client_config=Path(client_config or "~/clearml.conf").expanduser(),
     )
 
@@ -100,7 +102,7 @@ def serve(cfg: Config, opts: ServerOptions) -> int:
     except StoreError as exc:
         print(f"conveyor server: {exc}", file=sys.stderr)
         return 2
-    app = create_app(state)
+    app = create_app(state, files_dir=opts.files_dir)
     print(f"Conveyor server on http://{opts.host}:{opts.port} (database: {state.store.safe_url})", flush=True)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             timeout_keep_alive=75, backlog=2048)
