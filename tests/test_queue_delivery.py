@@ -35,6 +35,21 @@ def _consume(servers: list[ServerProcess], queue: str, producers_done: threading
         return list(pool.map(consumer, range(CONSUMERS)))
 
 
+def _wake_after_enqueue(waiting: ServerProcess, producer, queue: str, task: str,  # noqa: ANN001
+                        settle: float) -> tuple[dict, float]:
+    """A long-poll held on `waiting`; after `settle` s the task is enqueued through `producer`. Returns the
+    waiter's answer and the seconds from the enqueue to that answer."""
+    answer: dict = {}
+    waiter = threading.Thread(target=lambda: answer.update(
+        waiting.client().call("queues.get_next_task", {"queue": queue, "wait": 20}, timeout=30)))
+    waiter.start()
+    time.sleep(settle)
+    sent = time.monotonic()
+    producer.call("tasks.enqueue", {"task": task, "queue": queue})
+    waiter.join(25)
+    return answer, time.monotonic() - sent
+
+
 def _produce_and_consume(producer_servers: list[ServerProcess], consumer_servers: list[ServerProcess]) -> None:
     admin = producer_servers[0].client()
     queue = admin.call("queues.create", {"name": "race"})["id"]
@@ -84,16 +99,9 @@ def test_two_server_processes_on_one_postgresql(tmp_path: Path, pg_url: str) -> 
         admin = first.client()
         queue = admin.call("queues.create", {"name": "cross"})["id"]
         task = _make_tasks(admin, 1)[0]
-        answer: dict = {}
-        waiter = threading.Thread(target=lambda: answer.update(
-            second.client().call("queues.get_next_task", {"queue": queue, "wait": 20}, timeout=30)))
-        waiter.start()
-        time.sleep(1.0)
-        sent = time.monotonic()
-        admin.call("tasks.enqueue", {"task": task, "queue": queue})
-        waiter.join(25)
+        answer, took = _wake_after_enqueue(second, admin, queue, task, settle=1.0)
         assert answer.get("entry", {}).get("task") == task
-        assert time.monotonic() - sent < 1.0, "the wake-up came from the poll timeout, not from NOTIFY"
+        assert took < 1.0, "the wake-up came from the poll timeout, not from NOTIFY"
     finally:
         second.stop()
         first.stop()
@@ -107,16 +115,9 @@ def test_long_poll_waits_and_wakes(sqlite_server: ServerProcess) -> None:
     assert 0.9 <= time.monotonic() - start < 3.0
 
     task = _make_tasks(client, 1)[0]
-    answer: dict = {}
-    waiter = threading.Thread(target=lambda: answer.update(
-        sqlite_server.client().call("queues.get_next_task", {"queue": queue, "wait": 20}, timeout=30)))
-    waiter.start()
-    time.sleep(0.5)
-    sent = time.monotonic()
-    client.call("tasks.enqueue", {"task": task, "queue": queue})
-    waiter.join(25)
+    answer, took = _wake_after_enqueue(sqlite_server, client, queue, task, settle=0.5)
     assert answer["entry"]["task"] == task
-    assert time.monotonic() - sent < 0.5
+    assert took < 0.5
     # Without `wait` the call behaves exactly as ClearML's: an empty queue answers at once.
     start = time.monotonic()
     assert client.call("queues.get_next_task", {"queue": queue}) == {}

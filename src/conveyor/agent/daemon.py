@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -428,6 +427,3 @@ class Daemon:
                                                                    task=run.task_id, queue=run.queue_id,
                                                                    machine_stats=None))
 
-
-def hostname() -> str:
-    return socket.gethostname()

@@ -26,6 +26,7 @@ class ServerState:
         self.auth = auth
         self.settings = settings
         self.signals = QueueSignals()
+        self.known_queues: set[str] = set()  # queue ids seen to exist: the pop checks its ids without a query
 
     def wake(self, queue_ids: Iterable[str]) -> None:
         """Call after the commit that added entries: wakes this process's long-polls at once."""

@@ -167,6 +167,7 @@ def delete_queue(call: Call) -> dict[str, Any]:
             _requeued_to_created(conn, task_id, call.user)
         conn.execute(delete(s.queue_entries).where(s.queue_entries.c.queue == queue_id))
         conn.execute(delete(s.queues).where(s.queues.c.id == queue_id))
+    call.state.known_queues.discard(queue_id)
     return {"deleted": 1}
 
 
@@ -282,7 +283,7 @@ def move_task_backward(call: Call) -> dict[str, Any]:
 
 # --- the pop ---------------------------------------------------------------------------------------------------------
 def _known_queues(call: Call, queue_ids: list[str]) -> None:
-    known: set[str] = call.state.__dict__.setdefault("_known_queues", set())
+    known = call.state.known_queues
     missing = [qid for qid in queue_ids if qid not in known]
     if not missing:
         return
