@@ -25,7 +25,17 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from agentkit import DaemonProcess, agent_env, create_task, enqueue, log_text, make_repo, wait_final  # noqa: E402
+from agentkit import (  # noqa: E402
+    DaemonProcess,
+    agent_env,
+    create_task,
+    enqueue,
+    log_text,
+    make_repo,
+    reference_agent_env,
+    wait_final,
+)
+from agentkit import reference_agent as reference_agent_path  # noqa: E402
 from conftest import ServerProcess  # noqa: E402
 
 TRAIN = "import time\nprint('first', repr(time.time()), flush=True)\n"
@@ -58,22 +68,10 @@ def summary(name: str, values: list[float]) -> str:
 
 
 def reference_agent(server: ServerProcess, root: Path, queue: str) -> subprocess.Popen[bytes]:
-    conf = server.config_file.read_text() + f"""
-agent {{
-  package_manager {{ system_site_packages: true, pip_version: "" }}
-  disable_agent_update_check: true
-  venvs_dir: "{root}/ref-venvs"
-  vcs_cache {{ path: "{root}/ref-vcs" }}
-  venvs_cache {{ path: "{root}/ref-venvs-cache" }}
-}}
-"""
-    (root / "ref.conf").write_text(conf)
-    env = {**server.env(), "CLEARML_CONFIG_FILE": str(root / "ref.conf")}
-    env.pop("VIRTUAL_ENV", None)
-    agent = Path(sys.executable).parent / "clearml-agent"
+    env = reference_agent_env(server, root)
     log = open(root / "ref-agent.log", "wb")
-    return subprocess.Popen([str(agent), "daemon", "--queue", queue, "--foreground"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([str(reference_agent_path()), "daemon", "--queue", queue, "--foreground"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def idle_usage(pid: int, seconds: float) -> tuple[float, float]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ServerProcess
+from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
 
 GIT = ["git", "-c", "user.email=t@conveyor.test", "-c", "user.name=test", "-c", "init.defaultBranch=main"]
 FINAL = {"completed", "failed", "stopped", "closed", "published"}
@@ -96,6 +97,8 @@ def create_task(client: Any, *, name: str = "t", repository: str = "", entry_poi
         script["requirements"] = {"pip": requirements}
     hyper = {"Args": {k: {"section": "Args", "name": k, "value": str(v), "type": "", "description": ""}
                       for k, v in (args or {}).items()}} if args else {}
+    if args:  # a script that reads its arguments from argv, as `conveyor task create --args` records it
+        fields.setdefault("system_tags", [ARGS_ON_COMMAND_LINE])
     return client.call("tasks.create", {"name": name, "type": "training", "script": script, "hyperparams": hyper,
                                         **fields})["id"]
 
@@ -128,3 +131,29 @@ def wait_status(client: Any, task: str, status: str, timeout: float = 60) -> dic
 def log_text(client: Any, task: str) -> str:
     events = client.call("events.get_task_log", {"task": task, "order": "asc", "batch_size": 10000})["events"]
     return "".join(e["msg"] for e in events)
+
+
+def reference_agent_env(server: ServerProcess, root: Path) -> dict[str, str]:
+    """The environment of the real `clearml-agent` (from PyPI) on this server: its own clearml.conf with private
+    folders, system site packages and no pip pin, as its docs set it up."""
+    conf = server.config_file.read_text() + f"""
+agent {{
+  package_manager {{ system_site_packages: true, pip_version: "" }}
+  disable_agent_update_check: true
+  venvs_dir: "{root}/ref-venvs"
+  vcs_cache {{ path: "{root}/ref-vcs" }}
+  venvs_cache {{ path: "{root}/ref-venvs-cache" }}
+}}
+"""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ref.conf").write_text(conf)
+    env = {**server.env(), "CLEARML_CONFIG_FILE": str(root / "ref.conf")}
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def reference_agent() -> Path:
+    agent = Path(sys.executable).parent / "clearml-agent"
+    if not agent.exists():
+        raise AssertionError("clearml-agent is not installed: it is part of the test extras")
+    return agent

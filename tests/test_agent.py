@@ -11,7 +11,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agentkit import DaemonProcess, agent_env, create_task, enqueue, git, log_text, make_repo, wait_final, wait_status
+from agentkit import (
+    DaemonProcess,
+    agent_env,
+    create_task,
+    enqueue,
+    git,
+    log_text,
+    make_repo,
+    reference_agent,
+    reference_agent_env,
+    wait_final,
+    wait_status,
+)
 from conftest import ServerProcess
 
 TRAIN = """\
@@ -41,10 +53,11 @@ def test_task_runs_end_to_end(sqlite_server: ServerProcess, daemon: DaemonProces
     work, bare = repo
     client = sqlite_server.client()
     # An uncommitted change: the diff must reach the run.
-    (work / "train.py").write_text(TRAIN + 'print("from the diff")\n')
+    (work / "train.py").write_text(TRAIN + 'import os\nprint("from the diff", os.environ.get("FROM_SETUP"))\n')
     diff = git(work, "diff", "HEAD") + "\n"
     task = create_task(client, repository=f"file://{bare}", diff=diff, args={"lr": "0.1", "epochs": 3},
-                       container={"image": "", "arguments": "", "setup_shell_script": "echo setup script ran"})
+                       container={"image": "", "arguments": "", "setup_shell_script": "echo setup script ran\n"
+                                  "export FROM_SETUP=exported-by-setup"})
     enqueue(client, task)
     doc = wait_final(client, task, timeout=180)
     text = log_text(client, task)
@@ -54,7 +67,8 @@ def test_task_runs_end_to_end(sqlite_server: ServerProcess, daemon: DaemonProces
     assert "six 1.16.0" in text
     lines = [text.index(f"line {i}\n") for i in range(5)]
     assert lines == sorted(lines), "log lines arrived out of order"
-    assert "from the diff" in text
+    assert "from the diff exported-by-setup" in text  # the setup script's exports reach the task
+    assert "the setup script set FROM_SETUP for the task" in text
     assert text.index("setup script ran") < text.index("conveyor: git checkout")
     for phase in ("git checkout", "python environment"):
         assert f"conveyor: {phase}" in text and "done in" in text
@@ -263,26 +277,13 @@ print(t.id)
 def test_real_clearml_agent_executes_a_conveyor_task(sqlite_server: ServerProcess, repo: tuple[Path, Path],
                                                      tmp_path: Path) -> None:
     """The reference agent (from PyPI), stand-alone `execute`, against our server."""
-    agent = Path(sys.executable).parent / "clearml-agent"
-    if not agent.exists():
-        pytest.fail("clearml-agent is not installed: it is part of the test extras")
+    agent = reference_agent()
     _, bare = repo
     client = sqlite_server.client()
     task = create_task(client, repository=f"file://{bare}", entry_point="fail.py")
     task_ok = create_task(client, repository=f"file://{bare}", entry_point="train.py",
                           requirements="six==1.16.0\n")
-    conf = sqlite_server.config_file.read_text() + """
-agent {
-  package_manager { system_site_packages: true, pip_version: "" }
-  disable_agent_update_check: true
-  venvs_dir: "%s"
-  vcs_cache { path: "%s" }
-  venvs_cache { path: "%s" }
-}
-""" % (tmp_path / "ref-venvs", tmp_path / "ref-vcs", tmp_path / "ref-venvs-cache")
-    (tmp_path / "ref.conf").write_text(conf)
-    env = {**sqlite_server.env(), "CLEARML_CONFIG_FILE": str(tmp_path / "ref.conf")}
-    env.pop("VIRTUAL_ENV", None)
+    env = reference_agent_env(sqlite_server, tmp_path)
     for task_id, expected in ((task_ok, "completed"), (task, "failed")):
         subprocess.run([str(agent), "execute", "--id", task_id], env=env, capture_output=True, timeout=600)
         doc = client.call("tasks.get_by_id", {"task": task_id})["task"]

@@ -18,6 +18,7 @@ from _api import module_server
 from conftest import ServerProcess, free_port
 
 from conveyor.client import ApiClient, AuthError
+from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
 
 GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
 
@@ -122,6 +123,7 @@ def test_create_records_the_local_repository(cli_server: ServerProcess, api: Api
         "lr": {"section": "Args", "name": "lr", "value": "0.1", "type": "", "description": ""},
         "b": {"section": "Args", "name": "b", "value": "2", "type": "", "description": ""},
         "expr": {"section": "Args", "name": "expr", "value": "a=b", "type": "", "description": ""}}}
+    assert ARGS_ON_COMMAND_LINE in task["system_tags"]  # the agent puts them on the script's command line
     assert task["container"] == {"image": "python:3.11", "arguments": "--ipc=host -e A=1",
                                  "setup_shell_script": "apt-get install -y libgl1\n"}
     assert task["type"] == "testing"

@@ -114,6 +114,54 @@ def test_requirements_force_switches(tmp_path: Path, uv_cache: Path) -> None:
     assert resolve_requirements(task, tmp_path, cfg=cfg).lines == ["six"]
 
 
+def test_sdk_local_references_install_by_name_and_version(tmp_path: Path, uv_cache: Path) -> None:
+    """A freeze recorded on the user's machine: conda builds, an editable checkout, a local wheel and a local version
+    label name things this worker lacks; each is installed by name and version, with one log line; the header's
+    Python version is honoured when installed here."""
+    other = next((v for v in ("3.12", "3.10") if find_python(v)), None)
+    if other is None:
+        pytest.fail("pyenv's 3.10 or 3.12 is part of this machine's image")
+    (tmp_path / "lib").mkdir()
+    freeze_text = f"""# Python {other}.1 (main, Jan 29 2024, 16:03:57) [GCC 12.2.0]
+six @ file:///croot/six_1699000000000/work
+# Editable install with no version control (idna==3.7)
+-e /home/me/src/idna
+attrs @ file:///home/me/wheels/attrs-23.2.0-py3-none-any.whl
+packaging==24.1+conveyor.local
+-e ./lib
+"""
+    logs = Logs()
+    r = resolve_requirements({"pip": freeze_text}, tmp_path, log=logs)
+    assert r.lines == ["six", "idna==3.7", "attrs==23.2.0", "packaging==24.1", "-e ./lib"]
+    assert r.python == other
+    assert logs.having("six @ file:///croot/six_1699000000000/work is a file of the recording machine; "
+                       "installing six instead")
+    assert logs.having("-e /home/me/src/idna is a folder of the recording machine; installing idna==3.7 instead")
+    assert len(logs) == 4, logs  # the folder that exists here is kept as it is
+    r.lines.remove("-e ./lib")
+    cfg, logs = make_cfg(tmp_path, uv_cache), Logs()
+    with build_environment(r, cfg=cfg, python_version=r.python, log=logs) as env:
+        frozen = freeze(env)
+        assert {"idna==3.7", "attrs==23.2.0", "packaging==24.1"} <= set(frozen)
+        assert any(line.startswith("six==") for line in frozen)
+        assert run_python(env, "import sys; print('%d.%d' % sys.version_info[:2])") == other
+    r = resolve_requirements({"pip": "# Python 3.1.4 (main)\nsix\n"}, None)
+    logs = Logs()
+    with build_environment(r, cfg=cfg, python_version=r.python, log=logs) as env:
+        assert env.python_version == OWN_VERSION
+    assert logs.having("Python 3.1 was requested but is not installed on this worker")
+
+
+def test_requirements_nearest_the_entry_point(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("attrs\n")
+    (tmp_path / "tools" / "train").mkdir(parents=True)
+    (tmp_path / "tools" / "requirements.txt").write_text("six==1.16.0\n")
+    r = resolve_requirements(None, tmp_path, entry_dir=tmp_path / "tools" / "train")
+    assert (r.lines, r.source) == (["six==1.16.0"], "repository tools/requirements.txt")
+    assert resolve_requirements(None, tmp_path, entry_dir=tmp_path).lines == ["attrs"]
+    assert resolve_requirements({"pip": "idna\n"}, tmp_path, entry_dir=tmp_path / "tools").lines == ["idna"]
+
+
 def test_line_normalization() -> None:
     assert normalize_line("Six == 1.16.0") == normalize_line("six==1.16.0") == "six==1.16.0"
     assert normalize_line("Foo_Bar[B, a] >=1 , <2 ;python_version  >= '3.8'") == "foo-bar[a,b]<2,>=1; python_version >= '3.8'"
@@ -328,6 +376,21 @@ def test_poetry_without_lock_file_falls_back_to_pip(tmp_path: Path, uv_cache: Pa
     assert logs.having("installing the requirements with pip instead")
 
 
+def package_index_url() -> str:
+    """The package index this machine's pip is configured for (its config, else pip's own default): no index host is
+    written in the project."""
+    for key in ("PIP_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX_URL"):
+        if os.environ.get(key):
+            return os.environ[key]
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True,
+                          text=True, check=False)
+    if done.returncode == 0 and done.stdout.strip():
+        return done.stdout.strip()
+    from pip._internal.models.index import PyPI
+
+    return PyPI.simple_url
+
+
 @pytest.fixture(scope="session")
 def poetry_bin(tmp_path_factory: pytest.TempPathFactory, uv_cache: Path) -> Path:
     """A real poetry, installed with `uv tool install` into a session folder (skipped when PyPI is unreachable)."""
@@ -350,8 +413,8 @@ def test_poetry_installs_the_lock_file(tmp_path: Path, uv_cache: Path, poetry_bi
     monkeypatch.setenv("POETRY_CACHE_DIR", str(tmp_path / "poetry-cache"))
     repo = tmp_path / "repo"
     repo.mkdir()
-    # the simple API as primary source: this network's proxy answers 404 on PyPI's per-version JSON API
-    (repo / "pyproject.toml").write_text("""
+    # the simple API as primary source: this network's proxy answers 404 on the index's per-version JSON API
+    (repo / "pyproject.toml").write_text(f"""
 [project]
 name = "demo"
 version = "0.1.0"
@@ -362,8 +425,8 @@ dependencies = ["six==1.16.0"]
 package-mode = false
 
 [[tool.poetry.source]]
-name = "pypisimple"
-url = "https://pypi.org/simple/"
+name = "configured"
+url = "{package_index_url()}"
 priority = "primary"
 """)
     subprocess.run(["poetry", "lock"], cwd=repo, check=True, capture_output=True,
@@ -409,3 +472,36 @@ def test_requested_python_version_is_used_when_installed(tmp_path: Path, uv_cach
         assert run_python(env, "import sys, six; print('%d.%d' % sys.version_info[:2])") == other
     with build_environment(reqs("six==1.16.0"), cfg=cfg, log=Logs()) as own:
         assert own.key != env.key, "the Python version is part of the key"
+
+
+def test_uv_lock_is_installed_with_uv_sync(tmp_path: Path, uv_cache: Path) -> None:
+    """agent.package_manager.type uv and a repository with uv.lock: `uv sync --frozen`, the task's list unused."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text("""
+[project]
+name = "demo"
+version = "0.1.0"
+requires-python = ">=3.10"
+dependencies = ["six==1.16.0"]
+
+[tool.uv]
+package = false
+""")
+    locked = subprocess.run([find_uv(), "lock"], cwd=repo, capture_output=True, text=True, check=False,
+                            env={**os.environ, "UV_CACHE_DIR": str(uv_cache)})
+    assert locked.returncode == 0, locked.stderr
+    cfg, logs = make_cfg(tmp_path, uv_cache), Logs()
+    task_reqs = resolve_requirements({"pip": "idna==3.7\n"}, repo)
+    with build_environment(task_reqs, cfg=cfg, work_dir=repo, log=logs) as env:
+        assert (env.manager, env.cached) == ("uv sync", False)
+        frozen = freeze(env)
+        assert "six==1.16.0" in frozen and not any(line.startswith("idna") for line in frozen)
+        assert not (repo / ".venv").exists(), "the task's venv is the agent's, not the repository's .venv"
+    assert logs.having("the project has uv.lock: installing it with uv sync")
+    assert logs.having("--frozen") or logs.having("installed 1 packages with uv sync")
+    # A lock that does not match pyproject.toml fails with uv's reason under --locked
+    (repo / "pyproject.toml").write_text((repo / "pyproject.toml").read_text().replace("six==1.16.0", "six==1.15.0"))
+    cfg = make_cfg(tmp_path, uv_cache, extra="package_manager { uv_sync_locked_if_lock_file: true }")
+    with pytest.raises(EnvBuildError, match="Could not install uv.lock with uv sync"):
+        build_environment(task_reqs, cfg=cfg, work_dir=repo, log=Logs())

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conveyor.agent.executor import task_args
+from conveyor.agent.executor import args_on_command_line, task_args
 from conveyor.client.errors import ApiCallError, ConveyorError
 from conveyor.config import Config
+from conveyor.env import notebook
 
 Log = Callable[[str], None]
 MARKER = ".conveyor-build.json"  # in a folder made by build: it may be rebuilt in place
@@ -141,8 +142,14 @@ def entry_command(cfg: Config, task: dict[str, Any], script: dict[str, Any], wor
         if not (working_dir / parts[0]).is_file():
             raise BuildError(f"entry point {parts[0]!r} not found in {script.get('working_dir') or '.'} of the "
                              "repository")
+        if notebook.is_notebook(parts[0]):  # the notebook's code as a script, as `execute` runs it
+            try:
+                converted = notebook.convert(working_dir / parts[0], lambda _line: None)
+            except notebook.NotebookError as exc:
+                raise BuildError(str(exc)) from None
+            parts = [str(Path(parts[0]).with_name(converted.name)), *parts[1:]]
         head = [str(python), "-u", *parts]
-    return head + (task_args(task) if cfg.get("agent.args_to_argv") else [])
+    return head + (task_args(task) if args_on_command_line(task, cfg) else [])
 
 
 def _task_python(cfg: Config, script: dict[str, Any]) -> str | None:

@@ -8,6 +8,7 @@ task's status watched for an abort, a ping now and then. At the end: the final s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -22,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conveyor.agent import abort_callbacks
 from conveyor.agent.logs import LogShipper
 from conveyor.agent.process import kill_tree
 from conveyor.config import Config
+from conveyor.env import notebook
+from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
 
 FINAL_ELSEWHERE = {"stopped", "failed", "closed", "published", "queued", "completed"}
 # Set in images made by `conveyor build --docker`: the task's code and python are baked in, nothing is cloned or
@@ -73,6 +77,8 @@ class Executor:
         self._done = threading.Event()
         self.work_dir: Path | None = None
         self.timings: dict[str, float] = {}
+        self._task_env: dict[str, str] | None = None  # the entry point's environment and folder, once it runs
+        self._task_cwd: Path | None = None
 
     # --- public ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -202,8 +208,10 @@ class Executor:
 
             with self.phase("python environment"):
                 try:
-                    reqs = pyenv.resolve_requirements(script.get("requirements"), code_dir)
-                    env = pyenv.build_environment(reqs, cfg=self.cfg, python_version=self._python_version(script),
+                    reqs = pyenv.resolve_requirements(script.get("requirements"), code_dir, cfg=self.cfg,
+                                                      entry_dir=self._entry_dir(script, working_dir), log=self.notice)
+                    env = pyenv.build_environment(reqs, cfg=self.cfg,
+                                                  python_version=self._python_version(script) or reqs.python,
                                                   work_dir=code_dir, log=self.notice)
                 except pyenv.EnvBuildError as exc:
                     raise TaskFailure(f"failed building the python environment: {exc}") from None
@@ -240,18 +248,41 @@ class Executor:
         return self._run_task(argv, working_dir, code_dir, task)
 
     def _run_setup_script(self, text: str) -> None:
+        """Run the task's setup shell script. It is sourced, as the reference runs it in the shell that then starts
+        the task: what it exports reaches the environment build and the task, in venv and container mode alike."""
         assert self.work_dir is not None
         path = self.work_dir / "setup.sh"
         path.write_text(text + "\n")
+        dumped = self.work_dir / "setup-env.json"
         shell = "bash" if shutil.which("bash") else "sh"  # a container image may have only a POSIX shell
-        proc = subprocess.Popen([shell, str(path)], cwd=self.work_dir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        dump_env = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+        wrapper = (f". {shlex.quote(str(path))} || exit $?\n"
+                   f"exec {shlex.quote(sys.executable)} -c {shlex.quote(dump_env)} {shlex.quote(str(dumped))}\n")
+        proc = subprocess.Popen([shell, "-c", wrapper], cwd=self.work_dir, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.proc = proc
         self._pump(proc)
         code = proc.wait()
         self.proc = None
         if code != 0 and self._abort is None:
             raise TaskFailure(f"the setup shell script failed with exit code {code}")
+        self._apply_setup_environment(dumped)
+
+    def _apply_setup_environment(self, dumped: Path) -> None:
+        try:
+            after: dict[str, str] = json.loads(dumped.read_text())
+        except (OSError, ValueError):
+            return
+        shell_own = {"_", "SHLVL", "PWD", "OLDPWD"}
+        changed = sorted(k for k, v in after.items() if k not in shell_own and os.environ.get(k) != v)
+        removed = sorted(k for k in os.environ if k not in after and k not in shell_own)
+        for key in changed:
+            os.environ[key] = after[key]
+        for key in removed:
+            os.environ.pop(key, None)
+        if changed or removed:  # names only: values may be secrets
+            self.notice(f"conveyor: the setup script set {', '.join(changed) or 'nothing'}"
+                        + (f" and unset {', '.join(removed)}" if removed else "") + " for the task")
 
     # --- the entry point ------------------------------------------------------------------------------------------
     @staticmethod
@@ -260,6 +291,15 @@ class Executor:
         if not entry:
             raise TaskFailure("the task has no entry point: set script.entry_point (e.g. train.py)")
         return shlex.split(entry)[0] if not entry.startswith("-m ") else entry
+
+    @staticmethod
+    def _entry_dir(script: dict[str, Any], working_dir: Path) -> Path:
+        """The folder of the entry point's file (the working dir for `-m module`)."""
+        entry = (script.get("entry_point") or "").strip()
+        parts = shlex.split(entry) if entry else []
+        if not parts or parts[0] == "-m":
+            return working_dir
+        return (working_dir / parts[0]).parent
 
     def _python_version(self, script: dict[str, Any]) -> str | None:
         if self.cfg.get("agent.ignore_requested_python_version"):
@@ -285,9 +325,15 @@ class Executor:
                                   "repository")
             if binary in ("bash", "sh") or parts[0].endswith(".sh"):
                 head = [binary if binary in ("bash", "sh") else "bash", *parts]
+            elif notebook.is_notebook(parts[0]):
+                try:
+                    script = notebook.convert(target, self.notice)
+                except notebook.NotebookError as exc:
+                    raise TaskFailure(str(exc)) from None
+                head = ["{python}", "-u", str(Path(parts[0]).with_name(script.name)), *parts[1:]]
             else:
                 head = ["{python}", "-u", *parts]
-        return head + (task_args(task) if self.cfg.get("agent.args_to_argv") else [])
+        return head + (task_args(task) if args_on_command_line(task, self.cfg) else [])
 
     def _report_requirements(self, script: dict[str, Any], env: Any, pyenv: Any) -> None:
         try:
@@ -295,8 +341,11 @@ class Executor:
         except Exception:
             return
         requirements = dict(script.get("requirements") or {})
-        original = requirements.get("pip")
-        body = {"pip": frozen}
+        # The user's own list moves to org_pip on the first run only: a clone's re-run installs the frozen list,
+        # and must not replace the original with it (reference §3.4).
+        original = requirements.get("org_pip") or requirements.get("pip")
+        body = {**{k: v for k, v in requirements.items() if k in ("conda", "org_conda", "conda_env_json")},
+                "pip": frozen}
         if original:
             body["org_pip"] = original if isinstance(original, str) else "\n".join(original)
         self.client.call("tasks.set_requirements", {"task": self.task_id, "requirements": body})
@@ -332,10 +381,12 @@ class Executor:
     def _run_task(self, argv: list[str], cwd: Path, code_dir: Path, task: dict[str, Any]) -> Outcome:
         self.notice(f"conveyor: running {shlex.join(argv)} in {cwd}")
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=self._task_environment(code_dir, task), stdout=subprocess.PIPE,
+            env = self._task_environment(code_dir, task)
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             raise TaskFailure(f"could not start the entry point: {exc.strerror}") from None
+        self._task_env, self._task_cwd = env, cwd
         self.proc = proc
         self._pump(proc)
         code = proc.wait()
@@ -383,7 +434,7 @@ class Executor:
             status = found[0].get("status")
             message = found[0].get("status_message") or ""
             if status == "in_progress" and "stopping" in message:
-                self._trigger(Outcome("stopped", "task was stopped by tasks.stop"))
+                self._trigger(Outcome("stopped", "task was stopped by tasks.stop"), let_task_react=True)
                 return
             if status in FINAL_ELSEWHERE:
                 self._trigger(Outcome("", f"the task's status changed to {status} elsewhere"))
@@ -401,12 +452,18 @@ class Executor:
                 last_report = now
                 self._report(task_running=True)
 
-    def _trigger(self, outcome: Outcome) -> None:
+    def _trigger(self, outcome: Outcome, let_task_react: bool = False) -> None:
+        """End the task's process tree for `outcome`. On a user's abort (`let_task_react`) of a running entry point,
+        the task first gets its say: CLEARML_AGENT_ABORT_CALLBACK_CMD runs, and an abort callback the SDK registered
+        (`Task.register_abort_callback`) is waited for; then SIGTERM, SIGKILL after agent.kill_grace_sec."""
         if self._abort is not None:
             return
         self._abort = outcome
         self.notice(f"conveyor: stopping the task: {outcome.reason}", "error" if outcome.status else "warning")
         proc = self.proc
+        if proc is not None and proc.poll() is None and let_task_react and self._task_env is not None:
+            abort_callbacks.run_abort_command(self._task_env, self._task_cwd, proc, self.cfg, self.notice)
+            abort_callbacks.wait_for_sdk_callback(self.client, self.task_id, proc, self.cfg, self.notice)
         if proc is not None and proc.poll() is None:
             kill_tree(proc.pid, float(self.cfg.get("agent.kill_grace_sec")))
 
@@ -471,6 +528,19 @@ def prebuilt_environment(task_id: str) -> tuple[Path, Path] | None:
     if not (code and python) or os.environ.get(PREBUILT_TASK_ENV) != task_id:
         return None
     return Path(code), Path(python)
+
+
+def args_on_command_line(task: dict[str, Any], cfg: Config) -> bool:
+    """Whether the task's `Args` go on the entry point's command line. Decided by what the task records, never by
+    its values: a script recorded by the clearml SDK binds argparse itself (the SDK applies the edited `Args` inside
+    the process, and rewriting argv would break `nargs`, `store_true` or positional arguments); a task made with
+    `conveyor task create --args` is tagged for the command line. agent.args_to_argv always/never overrides."""
+    mode = str(cfg.get("agent.args_to_argv") or "auto").strip().lower()
+    if mode in ("always", "true", "yes", "1"):
+        return True
+    if mode in ("never", "false", "no", "0"):
+        return False
+    return ARGS_ON_COMMAND_LINE in (task.get("system_tags") or [])
 
 
 def task_args(task: dict[str, Any]) -> list[str]:

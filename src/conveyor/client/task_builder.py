@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.client.errors import ConveyorError
+from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
 
 if TYPE_CHECKING:
     from conveyor.client.api import ApiClient
@@ -141,6 +142,9 @@ def create_body(*, name: str, script: dict[str, Any], params: dict[str, Any] | N
     """The `tasks.create` body."""
     body: dict[str, Any] = {"name": task_name(name), "type": task_type or DEFAULT_TYPE, "comment": comment,
                             "script": script, "hyperparams": params or {}, "container": container or {}}
+    if (params or {}).get(ARGS_SECTION):
+        # --args are command-line arguments of a script that does not read them through the clearml SDK
+        body["system_tags"] = [ARGS_ON_COMMAND_LINE]
     if project:
         body["project"] = project
     return body

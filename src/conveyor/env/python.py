@@ -45,9 +45,11 @@ from conveyor.env.managers.base import (
     scrub,
     venv_python,
 )
+from conveyor.env.managers import uv_sync
 from conveyor.env.managers.conda import require_conda
 from conveyor.env.managers.pip import PipManager
 from conveyor.env.managers.poetry import unusable_reason as poetry_unusable_reason
+from conveyor.env.requirements import editable_versions, localize, requested_python
 
 __all__ = ["EnvBuildError", "PythonEnv", "Requirements", "agent_python", "build_environment",
            "build_environment_at", "environment_key",
@@ -77,6 +79,7 @@ class Requirements:
     source: str  # "task" | "repository requirements.txt" | "none"
     conda: list[str] = field(default_factory=list)  # the task's conda lines (conda manager only)
     base_dir: Path | None = None  # where relative paths in the lines resolve: the repository
+    python: str | None = None  # "3.11": the version the SDK recorded the run with ("# Python 3.11.7 ..." header)
 
 
 @dataclass
@@ -121,25 +124,51 @@ def parse_requirement_lines(value: str | list[str] | None) -> list[str]:
 
 
 def resolve_requirements(task_requirements: dict | None, repo_dir: Path | None, *,
-                         cfg: Config | None = None) -> Requirements:
+                         cfg: Config | None = None, entry_dir: Path | None = None, log: Log | None = None) -> Requirements:
     """What to install: the task's script.requirements (pip, conda; org_pip with
-    agent.package_manager.force_original_requirements), else the repository's requirements.txt, else nothing.
-    agent.package_manager.force_repo_requirements_txt prefers the repository's file."""
+    agent.package_manager.force_original_requirements), else the requirements.txt nearest the entry point's folder
+    (`entry_dir`), walking up to the repository root, else nothing. agent.package_manager.force_repo_requirements_txt
+    prefers the repository's file. Local references of the recording machine that are missing here are replaced by
+    name and version (env/requirements.py), each with a line to `log`."""
     reqs = task_requirements or {}
     force_original = bool(cfg and cfg.get("agent.package_manager.force_original_requirements"))
     force_repo = bool(cfg and cfg.get("agent.package_manager.force_repo_requirements_txt"))
     pip = reqs.get("org_pip") if force_original and reqs.get("org_pip") else reqs.get("pip")
     conda = reqs.get("org_conda") if force_original and reqs.get("org_conda") else reqs.get("conda")
     lines, conda_lines = parse_requirement_lines(pip), parse_requirement_lines(conda)
-    repo_file = repo_dir / "requirements.txt" if repo_dir is not None else None
+    python = requested_python(pip)
+    repo_file = _nearest_requirements_file(repo_dir, entry_dir)
     if (lines or conda_lines) and not force_repo:
-        return Requirements(lines, "task", conda_lines, repo_dir)
-    if repo_file is not None and repo_file.is_file():
-        return Requirements(parse_requirement_lines(repo_file.read_text(encoding="utf-8", errors="replace")),
-                            "repository requirements.txt", conda_lines, repo_dir)
-    if lines or conda_lines:
-        return Requirements(lines, "task", conda_lines, repo_dir)
-    return Requirements([], "none", [], repo_dir)
+        found = Requirements(lines, "task", conda_lines, repo_dir, python)
+    elif repo_file is not None:
+        where = repo_file.parent.relative_to(repo_dir) if repo_dir is not None else repo_file.parent
+        text = repo_file.read_text(encoding="utf-8", errors="replace")
+        source = "repository requirements.txt" if str(where) == "." else f"repository {where}/requirements.txt"
+        found = Requirements(parse_requirement_lines(text), source, conda_lines, repo_dir, python)
+        pip = text
+    elif lines or conda_lines:
+        found = Requirements(lines, "task", conda_lines, repo_dir, python)
+    else:
+        return Requirements([], "none", [], repo_dir, python)
+    found.lines = localize(found.lines, repo_dir, editable_versions(pip), log if log is not None else (lambda _: None))
+    return found
+
+
+def _nearest_requirements_file(repo_dir: Path | None, entry_dir: Path | None) -> Path | None:
+    """requirements.txt in the entry point's folder or the nearest folder above it, up to the repository root."""
+    if repo_dir is None:
+        return None
+    root = repo_dir.resolve()
+    folder = (entry_dir or repo_dir).resolve()
+    if folder != root and root not in folder.parents:
+        folder = root
+    while True:
+        candidate = folder / "requirements.txt"
+        if candidate.is_file():
+            return candidate
+        if folder == root:
+            return None
+        folder = folder.parent
 
 
 def normalize_line(line: str) -> str:
@@ -321,6 +350,10 @@ def build_environment_at(reqs: Requirements, path: Path | None, *, cfg: Config, 
 
 def _choose_manager(name: str, spec: BuildSpec, log: Log) -> Manager:
     manager = get_manager(name)
+    if manager.name == "uv" and uv_sync.has_lock(spec):
+        log(f"python: the project has {uv_sync.LOCK_FILE}: installing it with uv sync "
+            "(the task's requirement list is not used)")
+        return uv_sync.UvSyncManager()
     if manager.name == "poetry":
         reason = poetry_unusable_reason(spec)
         if reason:
@@ -334,8 +367,8 @@ def _choose_manager(name: str, spec: BuildSpec, log: Log) -> Manager:
 def _why_uncached(cache: VenvCache | None, manager: Manager, spec: BuildSpec) -> str | None:
     if cache is None:
         return "it is off (agent.venvs_cache.path empty or max_entries 0)"
-    if manager.name == "poetry":
-        return "poetry installs the repository's own project"
+    if manager.installs_project:
+        return f"{manager.name} installs the repository's own project"
     external = [line for line in spec.lines if _EXTERNAL.search(line)]
     if external:
         return f"the requirements name local files or VCS checkouts ({scrub(external[0])})"
@@ -366,7 +399,7 @@ def _build(manager: Manager, spec: BuildSpec, path: Path, log: Log) -> Path:
     step = Timer()
     python = manager.create(spec, path, log)
     log(f"python: created venv with {manager.name} {step}")
-    if spec.lines or spec.conda_lines or manager.name == "poetry":
+    if spec.lines or spec.conda_lines or manager.installs_project:
         step = Timer()
         count = manager.install(spec, python, log)
         log(f"python: installed {count} packages with {manager.name} {step}")

@@ -56,6 +56,7 @@ class BuildSpec:
 
 class Manager(Protocol):
     name: str
+    installs_project: bool  # installs the repository's own project from its lock file: always run, never cached
 
     def key_options(self, spec: BuildSpec) -> dict:
         """Settings besides the requirement lines that change what gets built (part of the cache key)."""

@@ -38,6 +38,7 @@ def _channels(spec: BuildSpec) -> list[str]:
 
 class CondaManager:
     name = "conda"
+    installs_project = False
 
     def key_options(self, spec: BuildSpec) -> dict:
         return {"channels": config_list(spec.cfg, "agent.package_manager.conda_channels")}

@@ -77,6 +77,7 @@ def _release(text: str) -> tuple[int, ...]:
 
 class PipManager:
     name = "pip"
+    installs_project = False
 
     def key_options(self, spec: BuildSpec) -> dict:
         return {"pip": pip_pins(spec), "flags": config_list(spec.cfg, "agent.package_manager.extra_pip_install_flags")}

@@ -47,6 +47,7 @@ def unusable_reason(spec: BuildSpec) -> str | None:
 
 class PoetryManager:
     name = "poetry"
+    installs_project = True  # runs even without requirement lines; never cached
 
     def key_options(self, spec: BuildSpec) -> dict:
         return {}  # never cached: it installs the repository's own project

@@ -71,6 +71,7 @@ def uv_env(spec: BuildSpec) -> dict[str, str]:
 
 class UvManager:
     name = "uv"
+    installs_project = False
 
     def key_options(self, spec: BuildSpec) -> dict:
         return {"unsafe_best_match": bool(spec.cfg.get("agent.package_manager.uv_unsafe_best_match"))}

@@ -1,0 +1,9 @@
+"""System tags with a meaning to Conveyor. They travel with the task (clones copy system tags) and are invisible to
+the clearml SDK and the reference agent."""
+
+from __future__ import annotations
+
+# The task's `Args` hyper-parameters go on the entry point's command line as `--name value`. Set by
+# `conveyor task create --args`: such a script does not bind argparse through the clearml SDK. Without it the
+# agent leaves argv alone, as the reference does, and the SDK inside the task applies `Args` to argparse.
+ARGS_ON_COMMAND_LINE = "conveyor:args-on-command-line"
