@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.agent import abort_callbacks
-from conveyor.agent.logs import LogShipper
-from conveyor.agent.process import kill_tree
+from conveyor.agent.logs import MAX_EVENT_BYTES, LogShipper, decode_output
+from conveyor.agent.process import become_subreaper, die_with_parent, end_orphans, kill_tree
 from conveyor.config import Config
 from conveyor.env import notebook
 from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
@@ -36,6 +36,8 @@ FINAL_ELSEWHERE = {"stopped", "failed", "closed", "published", "queued", "comple
 PREBUILT_CODE_ENV = "CONVEYOR_PREBUILT_CODE"
 PREBUILT_PYTHON_ENV = "CONVEYOR_PREBUILT_PYTHON"
 PREBUILT_TASK_ENV = "CONVEYOR_PREBUILT_TASK"  # the task they were built for: any other task is set up as usual
+PUMP_CHUNK_BYTES = 64 * 1024
+PUMP_DRAIN_SEC = 2.0  # reading what is left in the pipe after the task's tree has ended
 
 
 class TaskFailure(Exception):
@@ -83,6 +85,7 @@ class Executor:
     # --- public ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
         """Run the task; returns 0 when it completed, 1 otherwise."""
+        become_subreaper()  # whatever the task leaves behind stays ours to end
         self._install_signal_handlers()
         task = self._start()
         if task is None:
@@ -259,10 +262,9 @@ class Executor:
         wrapper = (f". {shlex.quote(str(path))} || exit $?\n"
                    f"exec {shlex.quote(sys.executable)} -c {shlex.quote(dump_env)} {shlex.quote(str(dumped))}\n")
         proc = subprocess.Popen([shell, "-c", wrapper], cwd=self.work_dir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.proc = proc
-        self._pump(proc)
-        code = proc.wait()
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent)
+        code = self._follow(proc)
         self.proc = None
         if code != 0 and self._abort is None:
             raise TaskFailure(f"the setup shell script failed with exit code {code}")
@@ -379,17 +381,18 @@ class Executor:
         return env
 
     def _run_task(self, argv: list[str], cwd: Path, code_dir: Path, task: dict[str, Any]) -> Outcome:
+        """Run the entry point to its end. The task ends when its main process ends: whatever of its process tree is
+        left then (a `setsid` grandchild holding the output pipe, a daemonized one on /dev/null) is ended too, since
+        this process is their subreaper (process.py)."""
         self.notice(f"conveyor: running {shlex.join(argv)} in {cwd}")
         try:
             env = self._task_environment(code_dir, task)
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent)
         except OSError as exc:
             raise TaskFailure(f"could not start the entry point: {exc.strerror}") from None
         self._task_env, self._task_cwd = env, cwd
-        self.proc = proc
-        self._pump(proc)
-        code = proc.wait()
+        code = self._follow(proc)
         if self._abort is not None:
             return self._abort
         if code == 0:
@@ -399,17 +402,52 @@ class Executor:
             return Outcome("failed", f"worker execution killed by signal {name}", code)
         return Outcome("failed", f"worker execution exit code {code}", code)
 
+    def _follow(self, proc: subprocess.Popen[bytes]) -> int:
+        """Ship the process's output until its main process ends, then end what it left running; its exit code."""
+        self.proc = proc
+        pump = threading.Thread(target=self._pump, args=(proc,), name="output", daemon=True)
+        pump.start()
+        code = proc.wait()
+        left = end_orphans(float(self.cfg.get("agent.kill_grace_sec")))
+        if left:
+            self.notice(f"conveyor: ended {left} process(es) left running after the main process exited")
+        pump.join(PUMP_DRAIN_SEC)
+        if pump.is_alive():  # something outside our tree holds the pipe: stop reading, the process has ended
+            with contextlib.suppress(OSError):
+                assert proc.stdout is not None
+                proc.stdout.close()
+        return code
+
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
-        """Copy the process's output to the log shipper (and our stdout), line by line, until it closes."""
+        """Copy the process's output to the log shipper (and our stdout) until the pipe closes: whole lines, and
+        a line longer than an event in pieces, so that no output can grow our memory without bound."""
         assert proc.stdout is not None
         out = sys.stdout
-        for raw in iter(proc.stdout.readline, b""):
-            text = raw.decode("utf-8", "replace")
-            if self.logs is not None:
-                self.logs.write(text)
-            if self.opts.echo:
-                out.write(text)
-                out.flush()
+        pending = b""
+        try:
+            while True:
+                chunk = proc.stdout.read1(PUMP_CHUNK_BYTES)
+                if not chunk:
+                    break
+                pending += chunk
+                cut = pending.rfind(b"\n") + 1
+                if not cut and len(pending) >= MAX_EVENT_BYTES:
+                    cut = len(pending)
+                if not cut:
+                    continue
+                self._emit(decode_output(pending[:cut]), out)
+                pending = pending[cut:]
+        except (OSError, ValueError):  # closed under us once the task ended
+            pass
+        if pending:
+            self._emit(decode_output(pending), out)
+
+    def _emit(self, text: str, out: Any) -> None:
+        if self.logs is not None:
+            self.logs.write(text)
+        if self.opts.echo:
+            out.write(text)
+            out.flush()
 
     # --- watching -------------------------------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -459,6 +497,8 @@ class Executor:
         if self._abort is not None:
             return
         self._abort = outcome
+        if self.logs is not None:
+            self.logs.release_writers()
         self.notice(f"conveyor: stopping the task: {outcome.reason}", "error" if outcome.status else "warning")
         proc = self.proc
         if proc is not None and proc.poll() is None and let_task_react and self._task_env is not None:

@@ -1,17 +1,23 @@
 """Shipping a task's output to the server: in order, at most a flush interval late, retried with backoff while
-the server is unreachable, in bounded memory (writers wait when the buffer is full), and each line once: every
-event carries a client id the Conveyor server de-duplicates on, so a batch retried after a lost answer adds
-nothing twice (a ClearML server ignores the field)."""
+the server is unreachable, in bounded memory (writers wait when the buffer is full, until the task is being
+stopped), and each line once: every event carries a client id the Conveyor server de-duplicates on, so a batch
+retried after a lost answer adds nothing twice (a ClearML server ignores the field). A batch the server refuses
+for good (a 4xx answer) is sent again with its text made plain ASCII, then dropped with a line saying so: it never
+holds up the lines after it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import secrets
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from conveyor.client.errors import ApiCallError
 
 log = logging.getLogger("conveyor.agent")
 
@@ -31,6 +37,32 @@ class _Event:
     size: int
     client_id: str
     in_flight: bool = False  # being sent: later lines start a new event
+
+
+def decode_output(raw: bytes) -> str:
+    """A process's bytes as log text that keeps every byte: invalid UTF-8 as `\\xff`, NUL as `\\x00` (neither
+    travels or stores safely as text)."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+_NOT_PLAIN = re.compile(r"[^\t\n\x20-\x7e]")
+
+
+def plain(text: str) -> str:
+    """The text with everything but printable ASCII escaped: what any server stores."""
+    return _NOT_PLAIN.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+
+
+class _PartlyAdded(Exception):
+    """The server answered, but added fewer events than sent: it found some invalid."""
+
+
+def _refused_for_good(exc: Exception) -> bool:
+    """A 4xx answer other than auth and rate limits, or events the server found invalid: the same next time."""
+    if isinstance(exc, _PartlyAdded):
+        return True
+    return isinstance(exc, ApiCallError) and 400 <= exc.code < 500 and exc.code not in (401, 408, 429)
 
 
 def clean_line(line: str) -> str:
@@ -57,8 +89,10 @@ class LogShipper:
         self._cond = threading.Condition()
         self._closing = False
         self._first_pending_at: float | None = None
+        self._writers_released = False  # set when the task is being stopped: writes never wait any more
         self.sent_events = 0
         self.failures = 0
+        self.dropped_events = 0
         self._thread = threading.Thread(target=self._run, name=f"logs-{task_id[:8]}", daemon=True)
         self._thread.start()
 
@@ -79,7 +113,8 @@ class LogShipper:
     def _put(self, level: str, msg: str) -> None:
         size = len(msg.encode("utf-8", "replace"))
         with self._cond:
-            while self._bytes + size > self.max_bytes and self._pending and not self._closing:
+            while self._bytes + size > self.max_bytes and self._pending and not (self._closing or
+                                                                                 self._writers_released):
                 self._cond.wait(0.5)  # backpressure: the task's writes wait for the server to take lines
             # Consecutive lines of one level travel as one event, as the reference sends them.
             last = self._pending[-1] if self._pending else None
@@ -124,9 +159,7 @@ class LogShipper:
             events = [{"type": "log", "task": self.task_id, "level": e.level, "worker": self.worker,
                        "msg": e.msg, "timestamp": e.timestamp, "conveyor_id": e.client_id} for e in batch]
             try:
-                answer = self.sink.call_lines("events.add_batch", events)
-                if int(answer.get("added", -1)) < len(events):
-                    raise RuntimeError(f"server added {answer.get('added')} of {len(events)} log events")
+                self._send(events)
             except Exception as exc:  # unreachable or refusing: keep the lines, retry with backoff
                 self.failures += 1
                 if self.failures in (1, 10) or self.failures % 100 == 0:
@@ -143,6 +176,42 @@ class LogShipper:
                 self.sent_events += len(batch)
                 self._first_pending_at = time.monotonic() if self._pending else None
                 self._cond.notify_all()
+
+    def _send(self, events: list[dict[str, Any]]) -> None:
+        """Send one batch; one refused for good goes again as plain ASCII, then is dropped with a notice."""
+        try:
+            self._check(self.sink.call_lines("events.add_batch", events), events)
+            return
+        except Exception as exc:
+            if not _refused_for_good(exc):
+                raise
+            first = exc
+        plain_events = [{**e, "msg": plain(e["msg"])} for e in events]
+        try:
+            self._check(self.sink.call_lines("events.add_batch", plain_events), events)
+            return
+        except Exception as exc:
+            if not _refused_for_good(exc):
+                raise
+        self.dropped_events += len(events)
+        log.warning("the server refused %d log events for good (%s); they were dropped", len(events), first)
+        notice = {**events[-1], "level": "error", "conveyor_id": f"{events[-1]['conveyor_id']}-dropped",
+                  "msg": f"conveyor: the server refused {len(events)} log events and they were dropped: {first}\n"}
+        with contextlib.suppress(Exception):
+            self.sink.call_lines("events.add_batch", [notice])
+
+    @staticmethod
+    def _check(answer: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        if int(answer.get("added", -1)) < len(events):
+            raise _PartlyAdded(f"the server added {answer.get('added')} of {len(events)} log events "
+                               f"({answer.get('errors_info') or 'no reason given'})")
+
+    def release_writers(self) -> None:
+        """The task is being stopped: writes no longer wait for room (memory may pass max_bytes until it ends),
+        so that nothing the task prints can hold up its abort."""
+        with self._cond:
+            self._writers_released = True
+            self._cond.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every queued line is on the server; False if that did not happen within `timeout`."""

@@ -24,6 +24,12 @@ def _md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - ClearML keys last_metrics by md5 of the names
 
 
+def storable(text: str) -> str:
+    """Text as both databases keep it: PostgreSQL's text cannot hold NUL, so a process that prints one gets the
+    visible escape `\\x00` on either database, never a refused batch (and a lost log)."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
 def _row(event: dict[str, Any], index: int) -> dict[str, Any]:
     """Validate one event; raises ValueError with a message for `errors_info`."""
     if not isinstance(event, dict):
@@ -44,10 +50,10 @@ def _row(event: dict[str, Any], index: int) -> dict[str, Any]:
                            "variant": None, "value": None, "level": None, "worker": None, "msg": None, "doc": None,
                            "client_id": client_id if isinstance(client_id, str) and client_id else None}
     worker = event.get("worker")
-    row["worker"] = worker if isinstance(worker, str) else None
+    row["worker"] = storable(worker) if isinstance(worker, str) else None
     if etype == LOG:
         msg = event.get("msg", "")
-        row["msg"] = msg if isinstance(msg, str) else str(msg)
+        row["msg"] = storable(msg if isinstance(msg, str) else str(msg))
         level = str(event.get("level") or "info").lower()
         row["level"] = level if level in LEVELS else "info"
         return row
@@ -58,7 +64,7 @@ def _row(event: dict[str, Any], index: int) -> dict[str, Any]:
         row["iter"] = int(it)
     for key in ("metric", "variant"):
         value = event.get(key)
-        row[key] = value if isinstance(value, str) else ("" if value is None else str(value))
+        row[key] = storable(value if isinstance(value, str) else ("" if value is None else str(value)))
     if etype == SCALAR:
         value = event.get("value")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
