@@ -24,7 +24,7 @@ from pathlib import Path
 import conveyor
 from conveyor.agent import image_packages
 from conveyor.agent.image_packages import Output, PackageError
-from conveyor.config import Config, load_config
+from conveyor.config import Config, ConfigError, load_config
 from conveyor.env.python import TASK_PYTHON_ENV, TASK_PYTHON_VERSION_ENV
 
 log = logging.getLogger("conveyor.agent.container_start")
@@ -39,7 +39,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         cfg = load_config()
         python = prepare_image(cfg, image_path, argv)
-    except PackageError as exc:
+    except (PackageError, ConfigError) as exc:
         return _fail(cfg, argv, f"container set-up failed: {exc}")
     os.environ[TASK_PYTHON_ENV] = python.path
     os.environ[TASK_PYTHON_VERSION_ENV] = python.version

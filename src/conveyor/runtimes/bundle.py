@@ -86,11 +86,17 @@ class Bundle:
     python: str  # python/bin/python3.11, relative to the bundle
     container_dir: str = CONTAINER_DIR
 
-    def module_argv(self, module: str, *args: str, at: str | None = None) -> list[str]:
-        """argv that runs `python -m module args` from the bundle found at `at` (default: where it is mounted)."""
+    def python_argv(self, at: str | None = None) -> list[str]:
+        """argv of the bundle's python found at `at` (default: where it is mounted), isolated from the image's
+        PYTHON* settings."""
         at = at or self.container_dir
         return [f"{at}/lib/{self.loader}", "--library-path", f"{at}/lib", "--inhibit-cache", f"{at}/{self.python}",
-                "-I", "-u", f"{at}/start.py", module, *args]
+                "-I"]
+
+    def module_argv(self, module: str, *args: str, at: str | None = None) -> list[str]:
+        """argv that runs `python -m module args` with the bundle's packages."""
+        at = at or self.container_dir
+        return [*self.python_argv(at), "-u", f"{at}/start.py", module, *args]
 
     def mount(self) -> list[str]:
         return ["-v", f"{self.host_dir}:{self.container_dir}:ro"]
@@ -407,8 +413,7 @@ def _self_check(r: Path, bundle: Bundle) -> None:
     check = ("import conveyor.cli.main, conveyor.agent.executor, conveyor.agent.container_start, conveyor.env.vcs;"
              "from uv import find_uv_bin; import subprocess;"
              "subprocess.run([find_uv_bin(), '--version'], check=True, stdout=subprocess.DEVNULL)")
-    argv = bundle.module_argv("", at=str(r))
-    argv = [*argv[:argv.index("-I") + 1], "-c", f"import sys; sys.path.insert(0, {str(r / 'site')!r}); {check}"]
+    argv = [*bundle.python_argv(at=str(r)), "-c", f"import sys; sys.path.insert(0, {str(r / 'site')!r}); {check}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_SEC, env=_plain_env())
     if out.returncode != 0:
         raise BundleError(f"Conveyor's bundle for containers does not run: {_tail(out)}")
