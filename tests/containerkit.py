@@ -75,6 +75,18 @@ def ready_engine(name: str) -> str:
     return name
 
 
+# Stock Debian images as users have them, from .ci/images/build-debian-images.sh (debootstrap; .ci/run builds them)
+BULLSEYE_IMAGE = "conveyor/debian:bullseye-python"  # Python 3.9, no git
+BOOKWORM_BARE_IMAGE = "conveyor/debian:bookworm-bare"  # no Python, no git
+
+
+def stock_image(engine: str, image: str) -> str:
+    """`image` of `engine`; skips (fails under CI) when it is missing: building it takes a minute and the mirror."""
+    if not _ok(engine, "image", "inspect", image):
+        _unavailable(f"{engine} lacks the image {image} (.ci/images/build-debian-images.sh {engine} builds it)")
+    return image
+
+
 def container_agent_env(env: dict[str, str]) -> dict[str, str]:
     """An agent environment (agentkit.agent_env) whose container runs share the prepared per-image venvs."""
     return {**env, "CLEARML_AGENT__AGENT__DOCKER_CONVEYOR_ENV_DIR": IMAGE_ENVS}

@@ -22,7 +22,8 @@ import pytest
 
 from agentkit import DaemonProcess, agent_env, create_task, enqueue, log_text, make_repo, wait_final, wait_status
 from conftest import ServerProcess
-from containerkit import BASE_IMAGE, IMAGE_ENVS, _ready, docker_engine, engine  # noqa: F401 - fixtures
+from containerkit import (BASE_IMAGE, BOOKWORM_BARE_IMAGE, BULLSEYE_IMAGE, IMAGE_ENVS, _ready,  # noqa: F401
+                          docker_engine, engine, stock_image)
 from conveyor.runtimes import container_args as cargs
 
 SECOND_IMAGE = "conveyor-test/second:1"
@@ -213,6 +214,90 @@ def test_containers_that_cannot_start_fail_with_the_engines_reason(
     assert "container failed to start" in log_text(client, bad)
     assert all("Traceback" not in d["status_reason"] for d in docs.values())
     assert docs["good"]["status"] == "completed", docs["good"].get("status_reason")  # the daemon kept serving
+
+
+# --- stock images: an older Python, no Python, no git -------------------------------------------------------------
+
+WHICH_PYTHON = """\
+import sys
+print("task python %d.%d" % sys.version_info[:2], sys.executable, flush=True)
+import six
+print("six", six.__version__, "from", six.__file__)
+"""
+
+
+def test_task_runs_with_the_images_own_python_3_9(sqlite_server: ServerProcess, tmp_path: Path,
+                                                  engine: str) -> None:
+    """bullseye's Python 3.9 (older than Conveyor's own) runs the task and gets its requirements; the image has no
+    git. With agent.docker_install_opencv_libs off, only what uv needs is installed at start."""
+    image = stock_image(engine, BULLSEYE_IMAGE)
+    _, bare = make_repo(tmp_path / "repos", {"which.py": WHICH_PYTHON})
+    client = sqlite_server.client()
+    env = container_env(sqlite_server, tmp_path, CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS="false")
+    daemon = start_daemon(sqlite_server, tmp_path, engine, image, "--cpu-only", env=env)
+    try:
+        task = create_task(client, repository=f"file://{bare}", entry_point="which.py", requirements="six==1.16.0\n")
+        enqueue(client, task)
+        doc = wait_final(client, task, timeout=240)
+        text = log_text(client, task)
+    finally:
+        daemon.stop()
+    assert doc["status"] == "completed", f"{doc.get('status_reason')}\n{text}\n{daemon.output()}"
+    assert "task python 3.9 /root/.clearml/venvs-cache/" in text  # a venv of the image's python, not Conveyor's
+    assert "six 1.16.0 from /root/.clearml/venvs-cache/" in text
+    # Debian ships distutils apart, and uv needs it for Python before 3.10; the opencv libraries are not asked for
+    assert ("conveyor: installing python3-distutils in the image with apt-get (uv needs distutils for Python 3.9.2)"
+            in text)
+    assert "libsm6" not in text
+
+
+def test_python_is_installed_at_start_in_an_image_without_it(sqlite_server: ServerProcess, tmp_path: Path,
+                                                             engine: str) -> None:
+    """bookworm without Python: apt installs python3 and the opencv libraries at container start, in the task's
+    log, through the apt sources the image was built with (the machine's mirror, over --network host)."""
+    image = stock_image(engine, BOOKWORM_BARE_IMAGE)
+    _, bare = make_repo(tmp_path / "repos", {"which.py": WHICH_PYTHON.replace("import six", "six = sys")
+                                             .replace("six.__version__", "'-'").replace("six.__file__", "'-'")})
+    client = sqlite_server.client()
+    daemon = start_daemon(sqlite_server, tmp_path, engine, image, "--cpu-only")
+    try:
+        task = create_task(client, repository=f"file://{bare}", entry_point="which.py")
+        enqueue(client, task)
+        doc = wait_final(client, task, timeout=300)
+        text = log_text(client, task)
+    finally:
+        daemon.stop()
+    assert doc["status"] == "completed", f"{doc.get('status_reason')}\n{text}\n{daemon.output()}"
+    assert ("conveyor: installing python3 libsm6 libxext6 libxrender-dev libglib2.0-0 in the image with apt-get "
+            "(no Python 3.8+ in the image)") in text
+    assert "Setting up python3 (" in text  # apt's own output
+    assert "task python 3.11 /root/.clearml/venvs-cache/" in text
+    assert text.index("Setting up python3 (") < text.index("conveyor: git checkout")
+
+
+def test_a_failed_install_at_start_fails_the_task_with_the_reason(sqlite_server: ServerProcess, tmp_path: Path,
+                                                                  docker_engine: str) -> None:
+    image = stock_image(docker_engine, BOOKWORM_BARE_IMAGE)
+    _, bare = make_repo(tmp_path / "repos", {"which.py": WHICH_PYTHON})
+    client = sqlite_server.client()
+    # apt's only source: a closed port on loopback
+    env = container_env(sqlite_server, tmp_path, CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS="false",
+                        CLEARML_AGENT__AGENT__EXTRA_DOCKER_SHELL_SCRIPT="echo 'deb http://127.0.0.1:9/debian bookworm "
+                                                                        "main' >/etc/apt/sources.list")
+    daemon = start_daemon(sqlite_server, tmp_path, docker_engine, image, "--cpu-only", env=env)
+    try:
+        task = create_task(client, repository=f"file://{bare}", entry_point="which.py")
+        enqueue(client, task)
+        doc = wait_final(client, task, timeout=120)
+        text = log_text(client, task)
+    finally:
+        daemon.stop()
+    reason = doc["status_reason"]
+    assert doc["status"] == "failed", f"{reason}\n{text}"
+    assert reason == ("container set-up failed: `apt-get install python3` failed with exit code 100: "
+                      "E: Unable to locate package python3"), reason
+    assert "E: Unable to locate package python3" in text
+    assert "Traceback" not in text + reason
 
 
 # --- the daemon's side: services mode, signals, leftovers, execute --docker -------------------------------------

@@ -3,9 +3,10 @@
 1. A build container, started with the container runtime's command for the task (runtimes/container.py: the image
    choice, Conveyor prepared for the image, caches, CA bundle, ssh, the config file), except that the `-e` settings
    are exported by the build script instead: what `-e` sets would be recorded in the image by the commit.
-2. Inside it, one script: the task's setup script; Conveyor copied from its read-only mount to /conveyor/agent, into
-   the container's own file system (a mount is not part of a commit); then `conveyor build --id T --target
-   /conveyor/task`, the folder build (code in /conveyor/task/code, venv in /conveyor/task/venv).
+2. Inside it, one script: the task's setup script; Conveyor's bundle (runtimes/bundle.py) copied from its read-only
+   mount to /conveyor/agent, into the container's own file system (a mount is not part of a commit); then, from it,
+   `conveyor build --id T --target /conveyor/task`, the folder build (code in /conveyor/task/code, venv in
+   /conveyor/task/venv), after the container's start-up installed what the image lacks (a Python among them).
 3. `<engine> commit` with the entry point asked for. The build container is removed in every case.
 
 Secrets: the api and git credentials reach the build only through the runtime's mounted config file; caches that
@@ -32,10 +33,11 @@ from conveyor.agent.executor import PREBUILT_CODE_ENV, PREBUILT_PYTHON_ENV, PREB
 from conveyor.config import Config
 from conveyor.env.git_auth import is_local
 from conveyor.runtimes import container_args as cargs
-from conveyor.runtimes.container import ContainerRuntime, LaunchError
+from conveyor.runtimes.bundle import Bundle
+from conveyor.runtimes.container import START_MODULE, ContainerRuntime, LaunchError
 
 TASK_DIR = "/conveyor/task"  # code/ and venv/, as the folder build lays them out
-AGENT_DIR = "/conveyor/agent"  # Conveyor's own venv, baked (the runtime mounts it at image_env.CONTAINER_DIR)
+AGENT_DIR = "/conveyor/agent"  # Conveyor's bundle, baked (the runtime mounts it at bundle.CONTAINER_DIR)
 BUILD_DIR = "/conveyor/build"  # mounted for the build only: the build script and the task's setup script
 SCRATCH = "/conveyor/scratch"  # a tmpfs: caches and temp files of the build, never committed
 ENTRY_POINTS = ("reuse_task", "clone_task")
@@ -65,13 +67,13 @@ def build_image(client: Any, cfg: Config, opts: BuildOptions, log: Log = print) 
             raise BuildError(str(exc).removeprefix("container failed to start: ")) from None
         try:
             argv, exports = _build_argv(command.argv, command.image, task, build_dir)
-            _write_scripts(build_dir, task, opts, exports, command.image_env.container_dir)
+            _write_scripts(build_dir, task, opts, exports, command.bundle)
             log(f"conveyor: building task {opts.task_id} into image {target} from {command.image} with "
                 f"{runtime.engine}")
             base = _image_config(engine, command.image)
             try:
                 python = _run_build(argv, log)
-                _commit(engine, name, target, _changes(opts, task, base, python), log)
+                _commit(engine, name, target, _changes(opts, task, base, python, command.bundle), log)
             finally:
                 subprocess.run([*engine, "rm", "-f", name], capture_output=True, stdin=subprocess.DEVNULL)
         finally:
@@ -129,11 +131,10 @@ def _build_argv(argv: list[str], image: str, task: dict[str, Any], build_dir: Pa
 
 
 def _write_scripts(build_dir: Path, task: dict[str, Any], opts: BuildOptions, exports: list[str],
-                   mounted_conveyor: str) -> None:
+                   bundle: Bundle) -> None:
     setup = ((task.get("container") or {}).get("setup_shell_script") or "").strip()
     (build_dir / "setup.sh").write_text(setup + "\n" if setup else "")
-    inner = [f"{AGENT_DIR}/venv/bin/python", "-u", "-m", "conveyor", "build", "--id", opts.task_id,
-             "--target", TASK_DIR]
+    inner = bundle.module_argv(START_MODULE, "build", "--id", opts.task_id, "--target", TASK_DIR, at=AGENT_DIR)
     if opts.install_globally:
         inner.append("--install-globally")
     if opts.python_version:
@@ -146,7 +147,7 @@ def _write_scripts(build_dir: Path, task: dict[str, Any], opts: BuildOptions, ex
         f"export XDG_CACHE_HOME={SCRATCH}/cache TMPDIR={SCRATCH}/tmp",
         f"if [ -s {BUILD_DIR}/setup.sh ]; then echo 'conveyor: setup shell script ...'; "
         f"if command -v bash >/dev/null; then bash {BUILD_DIR}/setup.sh; else sh {BUILD_DIR}/setup.sh; fi; fi",
-        f"mkdir -p {AGENT_DIR} && cp -a {mounted_conveyor}/. {AGENT_DIR}/",
+        f"mkdir -p {AGENT_DIR} && cp -a {bundle.container_dir}/. {AGENT_DIR}/",
         shlex.join(inner),
     ]
     (build_dir / "build.sh").write_text("\n".join(lines) + "\n")
@@ -194,12 +195,13 @@ def _image_config(engine: list[str], image: str) -> dict[str, Any]:
         return {}
 
 
-def _changes(opts: BuildOptions, task: dict[str, Any], base: dict[str, Any], python: str) -> list[str]:
+def _changes(opts: BuildOptions, task: dict[str, Any], base: dict[str, Any], python: str,
+             bundle: Bundle) -> list[str]:
     """The commit's --change instructions: the entry point, and the environment that points execute at the build.
     Every instruction that the build container changed (its command) is set again."""
     changes = [f"LABEL conveyor.task={opts.task_id}"]
     if opts.entry_point in ENTRY_POINTS:
-        entry = [f"{AGENT_DIR}/venv/bin/python", "-u", "-m", "conveyor", "execute", "--id", opts.task_id]
+        entry = bundle.module_argv(START_MODULE, "execute", "--id", opts.task_id, at=AGENT_DIR)
         if opts.entry_point == "clone_task":
             entry.append("--clone")
         # CMD rather than ENTRYPOINT: `docker run IMG` runs the task, and when the image serves as a task's image

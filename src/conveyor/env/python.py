@@ -201,8 +201,16 @@ def environment_key(spec: BuildSpec, manager: Manager) -> str:
 
 # -- the interpreter ---------------------------------------------------------------------------------------
 
+# In a container, Conveyor runs from its own bundle (runtimes/bundle.py), whose interpreter the image cannot run on
+# its own: the container's start-up (agent/container_start.py) names the image's interpreter, which stands in for the
+# agent's own here.
+TASK_PYTHON_ENV, TASK_PYTHON_VERSION_ENV = "CONVEYOR_TASK_PYTHON", "CONVEYOR_TASK_PYTHON_VERSION"
+
+
 def agent_python() -> tuple[Path, str]:
     """The agent's interpreter; the base one when the agent runs in a venv (the task's venv must not chain)."""
+    if os.environ.get(TASK_PYTHON_ENV) and os.environ.get(TASK_PYTHON_VERSION_ENV):
+        return Path(os.environ[TASK_PYTHON_ENV]), os.environ[TASK_PYTHON_VERSION_ENV]
     base = getattr(sys, "_base_executable", None)
     exe = Path(base) if base and os.path.exists(base) else Path(sys.executable)
     return exe, ".".join(map(str, sys.version_info[:3]))

@@ -5,9 +5,11 @@
     runtime.attach_worker("host:0")          # labels; removes what a killed daemon of this id left
     proc = runtime.launch(task_id, env)      # a subprocess.Popen of `<engine> run ...`
 
-Inside runs the same `conveyor execute` as on bare metal, from a venv the agent prepared once per image
-(runtimes/image_env.py) and mounted read-only: the container never reaches a package index for Conveyor. The
-engine's command line carries no secret: the API credentials and git credentials are in a temporary
+Inside runs the same `conveyor execute` as on bare metal, from Conveyor's own bundle (runtimes/bundle.py: the host's
+Python, git and uv with their libraries and loader, made once per host and Conveyor build) mounted read-only, so that
+it depends on nothing in the image; it first installs what the image lacks (agent/container_start.py), then runs the
+task with the image's own Python. The container never reaches a package index for Conveyor. The engine's command
+line carries no secret: the API credentials and git credentials are in a temporary
 clearml.conf (mode 0600) mounted read-only, other secret-looking variables in an --env-file.
 """
 
@@ -34,7 +36,7 @@ from typing import Any
 from conveyor.config import Config
 from conveyor.config import hocon
 from conveyor.runtimes import container_args as cargs
-from conveyor.runtimes.image_env import ImageEnv, ImageEnvError, prepare
+from conveyor.runtimes.bundle import Bundle, BundleError, prepare
 
 START_FAILURES = {125, 126, 127}  # the engine's own exit codes: the container did not start (or its command)
 CONFIG_IN_CONTAINER = "/etc/conveyor/clearml.conf"
@@ -44,6 +46,7 @@ CONFIG_CACHE_IN_CONTAINER = "~/.cache/conveyor/config"  # config/hocon.py's pars
 LABEL_TASK, LABEL_WORKER, LABEL_PARENT = "conveyor.task", "conveyor.worker", "conveyor.parent-worker"
 LABEL_PARENT_PID = "conveyor.parent-pid"  # the daemon's pid: a container whose daemon still lives is not a leftover
 ENGINE_TIMEOUT_SEC = 60  # inspect, ps, rm: quick commands
+START_MODULE = "conveyor.agent.container_start"  # what the bundle runs first in a task's container
 _NAME_CHARS = re.compile(r"[^a-zA-Z0-9_.-]+")
 _SECRET_ENV = re.compile(r"(?i)pass|secret|token|key|auth|credential")
 _GIT_ENV = {"CLEARML_AGENT_GIT_USER": "git_user", "CLEARML_AGENT_GIT_PASS": "git_pass"}
@@ -66,7 +69,7 @@ class ContainerCommand:
     argv: list[str]
     name: str
     image: str
-    image_env: ImageEnv
+    bundle: Bundle
     workdir: Path
     masked: list[str] = field(default_factory=list)
 
@@ -160,7 +163,8 @@ class ContainerRuntime:
         task = task or {}
         env = dict(env or {})
         image, agent_args, task_args = self.resolve_image(task)
-        image_env = self.prepare_image(image)
+        image_id = self.ensure_image(image)
+        bundle = self.prepare_bundle()
         merged = cargs.merge(
             agent_args, task_args, filters=_listed(self.cfg.get("agent.docker_args_filters")),
             forbidden=_listed(self.cfg.get("agent.forbidden_docker_args")),
@@ -179,11 +183,11 @@ class ContainerRuntime:
                     *([] if cargs.sets(merged, "network", "net") else ["--network", "host"]),
                     *cargs.gpu_flags(self.engine, self.gpus),
                     *self._env_flags(task_id, image, env, workdir),
-                    *self._mounts(image_env, workdir),
+                    *self._mounts(bundle, image_id, workdir),
                     *merged, image]
             if inner is None:
-                inner = image_env.conveyor_argv("execute", "--id", task_id, *self.execute_args,
-                                                *(["--cpu-only"] if self.gpus == "none" else []))
+                inner = bundle.module_argv(START_MODULE, "execute", "--id", task_id, *self.execute_args,
+                                           *(["--cpu-only"] if self.gpus == "none" else []))
             script = self.cfg.get("agent.extra_docker_shell_script")
             if script:  # the agent's own lines first, in the container's shell, then Conveyor
                 lines = script if isinstance(script, str) else "\n".join(map(str, script))
@@ -193,23 +197,15 @@ class ContainerRuntime:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         masked = cargs.mask(argv, _listed(self.cfg.get("agent.hide_docker_command_env_vars.extra_keys")))
-        return ContainerCommand(argv, name, image, image_env, workdir, masked)
+        return ContainerCommand(argv, name, image, bundle, workdir, masked)
 
-    def prepare_image(self, image: str) -> ImageEnv:
-        """Conveyor for `image` (pulled first if missing): made once per image and Conveyor build, then reused."""
-        image_id = self.ensure_image(image)
-        root = _path(self.cfg.get("agent.docker_conveyor_env_dir")) or Path.home() / ".clearml" / "conveyor-images"
-
-        def run_in_image(host_dir: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
-            return self._engine(["run", "--rm", "--pull", "never", "--network", "none",
-                                 "-v", f"{host_dir}:{ImageEnv(host_dir).container_dir}", image, *argv],
-                                timeout=600, check=False)
-
-        uv_env = {**os.environ, "UV_NO_PROGRESS": "1", "UV_CACHE_DIR": str(self._uv_cache())}
+    def prepare_bundle(self) -> Bundle:
+        """Conveyor's bundle for containers: made once per host and Conveyor build, then reused."""
+        root = _path(self.cfg.get("agent.docker_conveyor_env_dir")) or Path.home() / ".clearml" / "conveyor-bundles"
         try:
-            return prepare(image, image_id, root, run_in_image, uv=_find_uv(), uv_env=uv_env, log=self.log)
-        except ImageEnvError as exc:
-            raise LaunchError(str(exc)) from None
+            return prepare(root, log=self.log)
+        except (BundleError, OSError) as exc:
+            raise LaunchError(f"could not make Conveyor's bundle for containers: {exc}") from None
 
     def ensure_image(self, image: str) -> str:
         """The image's id; a missing image is pulled (as `docker run` would), always with agent.docker_force_pull."""
@@ -308,10 +304,10 @@ class ContainerRuntime:
             flags += ["--env-file", str(path)]
         return flags
 
-    def _mounts(self, image_env: ImageEnv, workdir: Path) -> list[str]:
+    def _mounts(self, bundle: Bundle, image_id: str, workdir: Path) -> list[str]:
         inside = self.cfg.get("agent.docker_internal_mounts")
-        flags = [*image_env.mount(), "-v", f"{workdir / 'clearml.conf'}:{CONFIG_IN_CONTAINER}:ro"]
-        for host, target in self._cache_mounts(image_env):
+        flags = [*bundle.mount(), "-v", f"{workdir / 'clearml.conf'}:{CONFIG_IN_CONTAINER}:ro"]
+        for host, target in self._cache_mounts(bundle, image_id):
             host.mkdir(parents=True, exist_ok=True)  # podman refuses a missing source; docker would make it root's
             flags += ["-v", f"{host}:{target}"]
         ca = self._ca_bundle()
@@ -325,7 +321,7 @@ class ContainerRuntime:
             flags += ["-v", f"{sock}:{SSH_AGENT_IN_CONTAINER}"]
         return flags
 
-    def _cache_mounts(self, image_env: ImageEnv) -> list[tuple[Path, str]]:
+    def _cache_mounts(self, bundle: Bundle, image_id: str) -> list[tuple[Path, str]]:
         """(host folder, container folder) of the caches shared with the host (agent.docker_internal_mounts say
         where). The venv cache gets a folder per image: its venvs point at the image's interpreter."""
         cfg = self.cfg
@@ -340,12 +336,12 @@ class ContainerRuntime:
             pairs.append((_path(cfg.get("agent.vcs_cache.path")), "vcs_cache"))
         venvs = _path(cfg.get("agent.venvs_cache.path"))
         if venvs is not None:
-            pairs.append((venvs / "images" / image_env.host_dir.name, "venvs_cache"))
+            pairs.append((venvs / "images" / image_id.removeprefix("sha256:")[:32], "venvs_cache"))
         if cfg.get("agent.package_manager.type") == "poetry":
             pairs.append((_path(cfg.get("agent.docker_poetry_cache")), "poetry_cache"))
         # Without it every container would parse the configuration anew with pyhocon (~0.4 s); it holds the
         # parsed clearml.conf, so it is private (0700, files 0600).
-        config_cache = image_env.host_dir.parent / "config-cache"
+        config_cache = bundle.host_dir.parent / "config-cache"
         config_cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         inside = {key: _home(path) for key, path in (cfg.get("agent.docker_internal_mounts") or {}).items()}
         mounts = [(host, inside[key]) for host, key in pairs if host is not None]
@@ -510,15 +506,6 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
-
-
-def _find_uv() -> str | None:
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
 
 
 def _last_lines(out: subprocess.CompletedProcess[str], count: int = 2) -> str:

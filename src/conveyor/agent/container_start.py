@@ -1,0 +1,134 @@
+"""The first code that runs in a task's container, from Conveyor's bundle (runtimes/bundle.py), whatever the image:
+
+    /opt/conveyor/lib/ld-linux-x86-64.so.2 ... python3.11 -I -u /opt/conveyor/start.py conveyor.agent.container_start
+        execute --id T ...
+
+1. the bundle's git goes first on PATH (the image needs none; the task sees it too);
+2. what the image lacks, a Python 3.8+ for the task and the opencv libraries, is installed with the image's package
+   manager (image_packages.py): its output goes to the task's log, a failure fails the task with the reason;
+3. the image's Python is named as the task's interpreter (env/python.py's TASK_PYTHON_ENV): the task runs with it,
+   never with the bundle's;
+4. the conveyor command (`execute`, or `build` in `conveyor build --docker`) runs in this same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import conveyor
+from conveyor.agent import image_packages
+from conveyor.agent.image_packages import Output, PackageError
+from conveyor.config import Config, ConfigError, load_config
+from conveyor.env.python import TASK_PYTHON_ENV, TASK_PYTHON_VERSION_ENV
+
+log = logging.getLogger("conveyor.agent.container_start")
+
+
+def main(argv: Sequence[str]) -> int:
+    bundle = Path(conveyor.__file__).resolve().parents[2]  # <bundle>/site/conveyor/__init__.py
+    image_path = os.environ.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    if (bundle / "bin" / "git").exists():
+        os.environ["PATH"] = f"{bundle / 'bin'}{os.pathsep}{image_path}"
+    cfg: Config | None = None
+    try:
+        cfg = load_config()
+        python = prepare_image(cfg, image_path, argv)
+    except (PackageError, ConfigError) as exc:
+        return _fail(cfg, argv, f"container set-up failed: {exc}")
+    os.environ[TASK_PYTHON_ENV] = python.path
+    os.environ[TASK_PYTHON_VERSION_ENV] = python.version
+    from conveyor.cli.main import main as conveyor_main
+
+    return conveyor_main(list(argv))
+
+
+def prepare_image(cfg: Config, image_path: str, argv: Sequence[str]) -> image_packages.ImagePython:
+    """The image's Python for the task, after installing what the image lacks. Raises PackageError."""
+    plan = image_packages.plan(image_path, opencv=bool(cfg.get("agent.docker_install_opencv_libs")),
+                               pip=cfg.get("agent.package_manager.type") == "pip")
+    if plan.packages and plan.manager:
+        with _output(cfg, argv) as out:
+            why = ("no Python 3.8+ in the image" if plan.python is None else "uv needs distutils for Python "
+                   f"{plan.python.version}" if plan.python.lacks_distutils else "agent.docker_install_opencv_libs")
+            out(f"conveyor: installing {' '.join(plan.packages)} in the image with {plan.manager} ({why})")
+            image_packages.install(plan.manager, plan.packages, out)
+            if plan.python is None:
+                plan.python = image_packages.find_python(image_path)
+                extra = image_packages.DISTUTILS.get(plan.manager, []) if plan.python and \
+                    plan.python.lacks_distutils else []
+                if extra:
+                    out(f"conveyor: installing {' '.join(extra)} (uv needs distutils for Python "
+                        f"{plan.python.version})")
+                    image_packages.install(plan.manager, extra, out, update=False)
+                    plan.python = image_packages.find_python(image_path)
+    if plan.python is None:
+        raise PackageError(f"no Python 3.8 or newer in the image after installing {' '.join(plan.packages)}")
+    return plan.python
+
+
+def _task_id(argv: Sequence[str]) -> str | None:
+    """The task whose log shows the set-up: execute's --id, unless --clone makes a new task from it."""
+    args = list(argv)
+    if not args or args[0] != "execute" or "--clone" in args:
+        return None
+    for i, arg in enumerate(args):
+        if arg == "--id" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--id="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@contextlib.contextmanager
+def _output(cfg: Config, argv: Sequence[str]) -> Iterator[Output]:
+    """Lines to stdout and, for `execute`, to the task's log."""
+    task = _task_id(argv)
+    shipper = None
+    if task:
+        from conveyor.agent.logs import LogShipper
+        from conveyor.agent.session import agent_client
+
+        shipper = LogShipper(agent_client(cfg), task, os.environ.get("CLEARML_WORKER_ID", ""),
+                             flush_interval=float(cfg.get("agent.log_flush_interval_sec")),
+                             max_bytes=int(cfg.get("agent.log_buffer_max_bytes")))
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+        if shipper is not None:
+            shipper.write(line + "\n")
+
+    try:
+        yield out
+    finally:
+        if shipper is not None:
+            shipper.close(timeout=60)
+
+
+def _fail(cfg: Config | None, argv: Sequence[str], reason: str) -> int:
+    print(f"conveyor: {reason}", flush=True)
+    task = _task_id(argv)
+    if task and cfg is not None:
+        from conveyor.agent.session import agent_client
+
+        client = agent_client(cfg)
+        with contextlib.suppress(Exception):
+            client.call_lines("events.add_batch", [{"type": "log", "task": task, "level": "error",
+                                                    "worker": os.environ.get("CLEARML_WORKER_ID", ""),
+                                                    "timestamp": int(time.time() * 1000),
+                                                    "msg": f"conveyor: {reason}\n"}])
+        with contextlib.suppress(Exception):
+            client.call("tasks.dequeue", {"task": task})
+        with contextlib.suppress(Exception):
+            client.call("tasks.failed", {"task": task, "force": True, "status_reason": reason[:1000]})
+    return 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main(sys.argv[1:]))
