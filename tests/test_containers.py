@@ -32,7 +32,7 @@ TRAIN = """\
 import os, pathlib, sys
 print("hello from the container", flush=True)
 print("in container:", os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"))
-print("FOO", os.environ.get("FOO"))
+print("FOO", os.environ.get("FOO"), "FROM_SETUP", os.environ.get("FROM_SETUP"))
 print("image", os.environ.get("CLEARML_DOCKER_IMAGE"), "mark", os.environ.get("CONVEYOR_TEST_MARK"))
 ca = os.environ.get("SSL_CERT_FILE")
 print("ca bundle", bool(ca and os.path.isfile(ca)))
@@ -117,7 +117,7 @@ def test_task_runs_in_a_container_with_arguments_and_setup_script(
         task = create_task(client, repository=f"file://{repo}", container={
             "image": "", "arguments": "-e FOO=bar",
             "setup_shell_script": "echo setup ran in container: $(test -e /.dockerenv -o -e /run/.containerenv "
-                                  "&& echo yes)"})
+                                  "&& echo yes)\nexport FROM_SETUP=exported-in-container"})
         enqueue(client, task)
         doc = wait_final(client, task, timeout=180)
         text = log_text(client, task)
@@ -128,7 +128,7 @@ def test_task_runs_in_a_container_with_arguments_and_setup_script(
     assert "in container: True" in text
     assert "setup ran in container: yes" in text
     assert text.index("setup ran in container") < text.index("conveyor: git checkout")
-    assert "FOO bar" in text
+    assert "FOO bar FROM_SETUP exported-in-container" in text  # the setup script's exports reach the task
     assert f"image {BASE_IMAGE} mark None" in text
     assert "ca bundle True" in text
     assert "ssh Host test" in text

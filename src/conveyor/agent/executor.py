@@ -8,7 +8,6 @@ task's status watched for an abort, a ping now and then. At the end: the final s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -256,11 +255,10 @@ class Executor:
         assert self.work_dir is not None
         path = self.work_dir / "setup.sh"
         path.write_text(text + "\n")
-        dumped = self.work_dir / "setup-env.json"
+        dumped = self.work_dir / "setup-env"
         shell = "bash" if shutil.which("bash") else "sh"  # a container image may have only a POSIX shell
-        dump_env = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
-        wrapper = (f". {shlex.quote(str(path))} || exit $?\n"
-                   f"exec {shlex.quote(sys.executable)} -c {shlex.quote(dump_env)} {shlex.quote(str(dumped))}\n")
+        # what the sourced script exported: the environment of a process the shell starts after it
+        wrapper = f". {shlex.quote(str(path))} || exit $?\nexec cat /proc/self/environ > {shlex.quote(str(dumped))}\n"
         proc = subprocess.Popen([shell, "-c", wrapper], cwd=self.work_dir, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=die_with_parent)
@@ -272,9 +270,10 @@ class Executor:
 
     def _apply_setup_environment(self, dumped: Path) -> None:
         try:
-            after: dict[str, str] = json.loads(dumped.read_text())
-        except (OSError, ValueError):
+            raw = dumped.read_bytes()
+        except OSError:
             return
+        after = dict(item.split("=", 1) for item in raw.decode("utf-8", "surrogateescape").split("\0") if "=" in item)
         shell_own = {"_", "SHLVL", "PWD", "OLDPWD"}
         changed = sorted(k for k, v in after.items() if k not in shell_own and os.environ.get(k) != v)
         removed = sorted(k for k in os.environ if k not in after and k not in shell_own)
