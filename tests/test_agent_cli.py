@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+import pytest
+
 from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final, wait_status
 from conftest import ServerProcess, free_port
 
@@ -52,7 +55,8 @@ def test_detached_status_and_stop(sqlite_server: ServerProcess, tmp_path: Path) 
     assert "default" in status.stdout and "pid" in status.stdout
     client = sqlite_server.client()
     assert len(client.call("workers.get_all", {})["workers"]) == 1
-    stopped = conveyor("daemon", "--stop", env=env, timeout=90)
+    # The docs' form: the start command with --stop added stops the daemon that command started.
+    stopped = conveyor("daemon", "--queue", "default", "--detached", "--stop", env=env, timeout=90)
     assert stopped.returncode == 0, stopped.stderr
     assert "no conveyor daemon" in conveyor("daemon", "--status", env=env).stdout
     assert client.call("workers.get_all", {})["workers"] == []
@@ -178,3 +182,74 @@ def test_gpu_daemon_identity_visibility_and_stats(sqlite_server: ServerProcess, 
         assert stats["gpu_usage"] == [42.0] and stats["gpu_memory_free"] == [80896.0]
     finally:
         daemon.stop()
+
+
+def _fake_gpus(tmp_path: Path) -> Path:
+    fake = tmp_path / "gpus.json"
+    fake.write_text('[{"index": 0, "uuid": "GPU-aaa", "memory_total_mb": 81920}, '
+                    '{"index": 1, "uuid": "GPU-bbb", "memory_total_mb": 81920}]')
+    return fake
+
+
+def test_stop_stops_only_the_daemon_started_with_the_same_arguments(sqlite_server: ServerProcess,
+                                                                     tmp_path: Path) -> None:
+    env = agent_env(sqlite_server, tmp_path, CONVEYOR_FAKE_GPUS=str(_fake_gpus(tmp_path)))
+    gpu0 = DaemonProcess(sqlite_server, tmp_path, "--queue", "default", "--gpus", "0", env=env)
+    gpu1 = DaemonProcess(sqlite_server, tmp_path, "--queue", "default", "--gpus", "1", env=env)
+    client = sqlite_server.client()
+    try:
+        # No daemon was started without arguments: nothing stops, and the answer names what runs and how to stop it.
+        bare = conveyor("daemon", "--stop", env=env, timeout=90)
+        assert bare.returncode == 2, bare.stdout + bare.stderr
+        assert ":gpu0" in bare.stderr and ":gpu1" in bare.stderr and "--stop" in bare.stderr
+        assert gpu0.proc.poll() is None and gpu1.proc.poll() is None
+        same = conveyor("daemon", "--queue", "default", "--gpus", "0", "--detached", "--stop", env=env, timeout=90)
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert ":gpu0" in same.stdout and ":gpu1" not in same.stdout
+        assert gpu0.proc.wait(30) == 0
+        assert gpu1.proc.poll() is None, "the daemon on GPU 1 was stopped too"
+        assert [w["id"].rsplit(":", 1)[-1] for w in client.call("workers.get_all", {})["workers"]] == ["gpu1"]
+        # A listed worker id stops that daemon, whatever its arguments.
+        worker = client.call("workers.get_all", {})["workers"][0]["id"]
+        named = conveyor("daemon", "--stop", worker, env=env, timeout=90)
+        assert named.returncode == 0, named.stdout + named.stderr
+        assert gpu1.proc.wait(30) == 0
+    finally:
+        gpu0.stop()
+        gpu1.stop()
+
+
+def test_daemon_stop_leaves_conveyor_up_running_until_named(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    server = ServerProcess(home, port=port)  # only for its environment and client helpers
+    env = agent_env(server, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "up", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (home / "clearml.conf").exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        client = server.client()
+        while not client.call("workers.get_all", {})["workers"]:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        up_worker = client.call("workers.get_all", {})["workers"][0]["id"]
+        stopped = conveyor("daemon", "--stop", env=env, timeout=90)
+        assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+        assert up_worker in stopped.stderr  # named, with the way to stop it
+        time.sleep(1.0)
+        assert proc.poll() is None, "conveyor up was stopped"
+        assert [w["id"] for w in client.call("workers.get_all", {})["workers"]] == [up_worker]
+        named = conveyor("daemon", "--stop", up_worker, env=env, timeout=90)
+        assert named.returncode == 0, named.stdout + named.stderr
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(2)
+        out, _ = proc.communicate(timeout=60)
+    assert "unregistered" in out
+    with pytest.raises(httpx.HTTPError):  # its server went with it
+        httpx.get(f"http://127.0.0.1:{port}/debug.ping", timeout=2)
