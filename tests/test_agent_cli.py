@@ -253,3 +253,75 @@ def test_daemon_stop_leaves_conveyor_up_running_until_named(tmp_path: Path) -> N
     assert "unregistered" in out
     with pytest.raises(httpx.HTTPError):  # its server went with it
         httpx.get(f"http://127.0.0.1:{port}/debug.ping", timeout=2)
+
+
+def _credentials_block(key: str, secret: str, api: str, web: str | None = None, files: str | None = None) -> str:
+    """As a ClearML server's "Create new credentials" dialog shows it (hosts unquoted, keys quoted, `=`)."""
+    hosts = (f"  web_server: {web}\n" if web else "") + f"  api_server: {api}\n" + (
+        f"  files_server: {files}\n" if files else "")
+    return (f"api {{\n{hosts}  credentials {{\n    \"access_key\" = \"{key}\",\n"
+            f"    \"secret_key\" = \"{secret}\"\n  }}\n}}\n")
+
+
+def test_init_takes_the_pasted_credentials_block_through_a_pipe(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    from conveyor.config import load_config
+
+    key, secret = sqlite_server.credentials()
+    url = sqlite_server.url
+    target = tmp_path / "pasted.conf"
+    env = {**sqlite_server.env(), "CLEARML_CONFIG_FILE": str(target)}
+    # The block at one prompt, then: web host and files host (the block's, by default), git user, git password,
+    # extra index URL.
+    answers = _credentials_block(key, secret, url, web=f"{url}/", files=f"{url}/files") + \
+        "\n\nme\ntok3n\nhttps://packages.example.test/simple\n"
+    out = conveyor("init", env=env, stdin=answers)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stderr == "", out.stderr  # no GetPassWarning, no traceback
+    for prompt in ("Paste", "Web", "Files", "Git user", "Git password", "extra index"):
+        assert prompt.lower() in out.stdout.lower(), f"prompt {prompt!r} not shown:\n{out.stdout}"
+    assert secret not in out.stdout and "tok3n" not in out.stdout
+    assert "verified" in out.stdout.lower()
+    cfg = load_config(target, environ={})
+    assert (cfg.api_host, cfg.get("api.web_server"), cfg.get("api.files_server")) == (url, url, f"{url}/files")
+    assert (cfg.access_key, cfg.secret_key) == (key, secret)
+    assert cfg.get("agent.git_user") == "me" and cfg.get("agent.git_pass") == "tok3n"
+    assert list(cfg.get("agent.package_manager.extra_index_url")) == ["https://packages.example.test/simple"]
+    listed = conveyor("queue", "list", env=env)
+    assert listed.returncode == 0 and "default" in listed.stdout, listed.stderr
+
+    # Never over an existing file: refused before any question.
+    written = target.read_text()
+    again = conveyor("init", env=env, stdin=answers)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert "paste" not in again.stdout.lower() and target.read_text() == written
+
+    # A block with only the API host: the web and files hosts default to that server's own.
+    other = tmp_path / "derived.conf"
+    env["CLEARML_CONFIG_FILE"] = str(other)
+    out = conveyor("init", env=env, stdin=_credentials_block(key, secret, url) + "\n\n\n\n\n")
+    assert out.returncode == 0 and out.stderr == "", out.stdout + out.stderr
+    cfg = load_config(other, environ={})
+    assert (cfg.get("api.web_server"), cfg.get("api.files_server")) == (url, f"{url}/files")
+    assert not cfg.get("agent.git_user", None) and not list(cfg.get("agent.package_manager.extra_index_url"))
+
+    # Wrong secret: the login fails, nothing is written, the secret is not echoed.
+    refused = tmp_path / "refused.conf"
+    env["CLEARML_CONFIG_FILE"] = str(refused)
+    out = conveyor("init", env=env, stdin=_credentials_block(key, "not-the-secret", url) + "\n" * 5)
+    assert out.returncode == 2 and not refused.exists(), out.stdout + out.stderr
+    assert "not-the-secret" not in out.stdout + out.stderr and "Traceback" not in out.stderr
+
+
+def test_init_default_hosts_follow_clearml_naming() -> None:
+    from conveyor.agent.setup import default_hosts
+
+    assert default_hosts("https://api.clear.ml", conveyor=False) == ("https://app.clear.ml", "https://files.clear.ml")
+    assert default_hosts("http://10.0.0.5:8008", conveyor=False) == ("http://10.0.0.5:8080", "http://10.0.0.5:8081")
+    assert default_hosts("http://10.0.0.5:8008", conveyor=True) == ("http://10.0.0.5:8008", "http://10.0.0.5:8008/files")
+
+
+def test_init_reads_the_lines_conveyor_credentials_create_prints() -> None:
+    from conveyor.agent.setup import parse_credentials_block
+
+    assert parse_credentials_block("access_key: ABC123\nsecret_key: s3-cr_et\n") == {
+        "access_key": "ABC123", "secret_key": "s3-cr_et"}
