@@ -147,6 +147,9 @@ def test_execute_clone_runs_a_copy_and_leaves_the_original(sqlite_server: Server
     assert client.call("tasks.get_by_id", {"task": task})["task"]["status"] == "created"
     clones = client.call("tasks.get_all", {"parent": [task]})["tasks"]
     assert len(clones) == 1 and clones[0]["status"] == "completed" and clones[0]["name"] == "Clone of original"
+    # The user learns which task holds this run (its id, said as such, not only inside a path).
+    said = [line for line in out.stdout.splitlines() if line.startswith("conveyor:") and "clone" in line.lower()]
+    assert said and clones[0]["id"] in said[0].split() and task in said[0], out.stdout
     workers = client.call("workers.get_all", {})["workers"]
     assert workers == [], "a stand-alone execute unregisters its worker at the end"
 
