@@ -85,6 +85,23 @@ def _started_alike(daemon: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return wanted["queues"] == recorded["queues"] or [q.lower() for q in wanted["queues"]] == served
 
 
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """The processes still alive after `timeout`. An exited daemon that its parent has not reaped yet (a zombie)
+    counts as gone: psutil.wait_procs would wait for the reaping."""
+    def alive(proc: psutil.Process) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    left = [p for p in procs if alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if alive(p)]
+    return left
+
+
 def stop(worker_ids: list[str], wanted: dict[str, Any]) -> int:
     """Stop the listed workers, else the daemons started with the same arguments (`wanted`, see
     identity.started_with). `conveyor up` is stopped only by its worker id.
@@ -114,11 +131,10 @@ def stop(worker_ids: list[str], wanted: dict[str, Any]) -> int:
             procs.append((d, proc))
         except (psutil.Error, KeyError, ValueError):
             continue
-    _, alive = psutil.wait_procs([p for _, p in procs], timeout=10)
+    alive = _wait_gone([p for _, p in procs], timeout=10)
     for proc in alive:
         proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(alive, timeout=20)
-    for proc in alive:
+    for proc in _wait_gone(alive, timeout=20):
         proc.kill()
     for d, _ in procs:
         print(f"stopped {d.get('worker_id')} (pid {d.get('pid')})")
