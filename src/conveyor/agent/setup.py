@@ -171,11 +171,11 @@ def init(answers: InitAnswers, config_file: str | None = None, verify: bool = Tr
                         "create` (or on a ClearML server's credentials page)")
     if pasted:
         ask.say(f"Detected credentials: access key {key}, API server {api}")
-    conveyor = not urlsplit(api).hostname.startswith("api.") if urlsplit(api).hostname else True
+    conveyor = not (urlsplit(api).hostname or "").startswith("api.")  # unverified: a guess from the name
     if verify:
         ask.say(f"Verifying the credentials with {api} …")
         claims = _login(api, key, secret)
-        conveyor = "conveyor_features" in claims
+        conveyor = "conveyor_features" in claims  # a Conveyor server's token says so; ClearML's does not
         ask.say("Credentials verified.")
     web_default, files_default = default_hosts(api, conveyor)
     web_default = pasted.get("web_server", web_default).rstrip("/")
