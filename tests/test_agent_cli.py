@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+import pytest
+
 from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final, wait_status
 from conftest import ServerProcess, free_port
 
@@ -52,7 +55,8 @@ def test_detached_status_and_stop(sqlite_server: ServerProcess, tmp_path: Path) 
     assert "default" in status.stdout and "pid" in status.stdout
     client = sqlite_server.client()
     assert len(client.call("workers.get_all", {})["workers"]) == 1
-    stopped = conveyor("daemon", "--stop", env=env, timeout=90)
+    # The docs' form: the start command with --stop added stops the daemon that command started.
+    stopped = conveyor("daemon", "--queue", "default", "--detached", "--stop", env=env, timeout=90)
     assert stopped.returncode == 0, stopped.stderr
     assert "no conveyor daemon" in conveyor("daemon", "--status", env=env).stdout
     assert client.call("workers.get_all", {})["workers"] == []
@@ -143,6 +147,9 @@ def test_execute_clone_runs_a_copy_and_leaves_the_original(sqlite_server: Server
     assert client.call("tasks.get_by_id", {"task": task})["task"]["status"] == "created"
     clones = client.call("tasks.get_all", {"parent": [task]})["tasks"]
     assert len(clones) == 1 and clones[0]["status"] == "completed" and clones[0]["name"] == "Clone of original"
+    # The user learns which task holds this run (its id, said as such, not only inside a path).
+    said = [line for line in out.stdout.splitlines() if line.startswith("conveyor:") and "clone" in line.lower()]
+    assert said and clones[0]["id"] in said[0].split() and task in said[0], out.stdout
     workers = client.call("workers.get_all", {})["workers"]
     assert workers == [], "a stand-alone execute unregisters its worker at the end"
 
@@ -178,3 +185,146 @@ def test_gpu_daemon_identity_visibility_and_stats(sqlite_server: ServerProcess, 
         assert stats["gpu_usage"] == [42.0] and stats["gpu_memory_free"] == [80896.0]
     finally:
         daemon.stop()
+
+
+def _fake_gpus(tmp_path: Path) -> Path:
+    fake = tmp_path / "gpus.json"
+    fake.write_text('[{"index": 0, "uuid": "GPU-aaa", "memory_total_mb": 81920}, '
+                    '{"index": 1, "uuid": "GPU-bbb", "memory_total_mb": 81920}]')
+    return fake
+
+
+def test_stop_stops_only_the_daemon_started_with_the_same_arguments(sqlite_server: ServerProcess,
+                                                                     tmp_path: Path) -> None:
+    env = agent_env(sqlite_server, tmp_path, CONVEYOR_FAKE_GPUS=str(_fake_gpus(tmp_path)))
+    gpu0 = DaemonProcess(sqlite_server, tmp_path, "--queue", "default", "--gpus", "0", env=env)
+    gpu1 = DaemonProcess(sqlite_server, tmp_path, "--queue", "default", "--gpus", "1", env=env)
+    client = sqlite_server.client()
+    try:
+        # No daemon was started without arguments: nothing stops, and the answer names what runs and how to stop it.
+        bare = conveyor("daemon", "--stop", env=env, timeout=90)
+        assert bare.returncode == 2, bare.stdout + bare.stderr
+        assert ":gpu0" in bare.stderr and ":gpu1" in bare.stderr and "--stop" in bare.stderr
+        assert gpu0.proc.poll() is None and gpu1.proc.poll() is None
+        same = conveyor("daemon", "--queue", "default", "--gpus", "0", "--detached", "--stop", env=env, timeout=90)
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert ":gpu0" in same.stdout and ":gpu1" not in same.stdout
+        assert gpu0.proc.wait(30) == 0
+        assert gpu1.proc.poll() is None, "the daemon on GPU 1 was stopped too"
+        assert [w["id"].rsplit(":", 1)[-1] for w in client.call("workers.get_all", {})["workers"]] == ["gpu1"]
+        # A listed worker id stops that daemon, whatever its arguments.
+        worker = client.call("workers.get_all", {})["workers"][0]["id"]
+        named = conveyor("daemon", "--stop", worker, env=env, timeout=90)
+        assert named.returncode == 0, named.stdout + named.stderr
+        assert gpu1.proc.wait(30) == 0
+    finally:
+        gpu0.stop()
+        gpu1.stop()
+
+
+def test_daemon_stop_leaves_conveyor_up_running_until_named(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    server = ServerProcess(home, port=port)  # only for its environment and client helpers
+    env = agent_env(server, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "conveyor", "up", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (home / "clearml.conf").exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        client = server.client()
+        while not client.call("workers.get_all", {})["workers"]:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        up_worker = client.call("workers.get_all", {})["workers"][0]["id"]
+        stopped = conveyor("daemon", "--stop", env=env, timeout=90)
+        assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+        assert up_worker in stopped.stderr  # named, with the way to stop it
+        time.sleep(1.0)
+        assert proc.poll() is None, "conveyor up was stopped"
+        assert [w["id"] for w in client.call("workers.get_all", {})["workers"]] == [up_worker]
+        named = conveyor("daemon", "--stop", up_worker, env=env, timeout=90)
+        assert named.returncode == 0, named.stdout + named.stderr
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(2)
+        out, _ = proc.communicate(timeout=60)
+    assert "unregistered" in out
+    with pytest.raises(httpx.HTTPError):  # its server went with it
+        httpx.get(f"http://127.0.0.1:{port}/debug.ping", timeout=2)
+
+
+def _credentials_block(key: str, secret: str, api: str, web: str | None = None, files: str | None = None) -> str:
+    """As a ClearML server's "Create new credentials" dialog shows it (hosts unquoted, keys quoted, `=`)."""
+    hosts = (f"  web_server: {web}\n" if web else "") + f"  api_server: {api}\n" + (
+        f"  files_server: {files}\n" if files else "")
+    return (f"api {{\n{hosts}  credentials {{\n    \"access_key\" = \"{key}\",\n"
+            f"    \"secret_key\" = \"{secret}\"\n  }}\n}}\n")
+
+
+def test_init_takes_the_pasted_credentials_block_through_a_pipe(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    from conveyor.config import load_config
+
+    key, secret = sqlite_server.credentials()
+    url = sqlite_server.url
+    target = tmp_path / "pasted.conf"
+    env = {**sqlite_server.env(), "CLEARML_CONFIG_FILE": str(target)}
+    # The block at one prompt, then: web host and files host (the block's, by default), git user, git password,
+    # extra index URL.
+    answers = _credentials_block(key, secret, url, web=f"{url}/", files=f"{url}/files") + \
+        "\n\nme\ntok3n\nhttps://packages.example.test/simple\n"
+    out = conveyor("init", env=env, stdin=answers)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stderr == "", out.stderr  # no GetPassWarning, no traceback
+    for prompt in ("Paste", "Web", "Files", "Git user", "Git password", "extra index"):
+        assert prompt.lower() in out.stdout.lower(), f"prompt {prompt!r} not shown:\n{out.stdout}"
+    assert secret not in out.stdout and "tok3n" not in out.stdout
+    assert "verified" in out.stdout.lower()
+    cfg = load_config(target, environ={})
+    assert (cfg.api_host, cfg.get("api.web_server"), cfg.get("api.files_server")) == (url, url, f"{url}/files")
+    assert (cfg.access_key, cfg.secret_key) == (key, secret)
+    assert cfg.get("agent.git_user") == "me" and cfg.get("agent.git_pass") == "tok3n"
+    assert list(cfg.get("agent.package_manager.extra_index_url")) == ["https://packages.example.test/simple"]
+    listed = conveyor("queue", "list", env=env)
+    assert listed.returncode == 0 and "default" in listed.stdout, listed.stderr
+
+    # Never over an existing file: refused before any question.
+    written = target.read_text()
+    again = conveyor("init", env=env, stdin=answers)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert "paste" not in again.stdout.lower() and target.read_text() == written
+
+    # A block with only the API host: the web and files hosts default to that server's own.
+    other = tmp_path / "derived.conf"
+    env["CLEARML_CONFIG_FILE"] = str(other)
+    out = conveyor("init", env=env, stdin=_credentials_block(key, secret, url) + "\n\n\n\n\n")
+    assert out.returncode == 0 and out.stderr == "", out.stdout + out.stderr
+    cfg = load_config(other, environ={})
+    assert (cfg.get("api.web_server"), cfg.get("api.files_server")) == (url, f"{url}/files")
+    assert not cfg.get("agent.git_user", None) and not list(cfg.get("agent.package_manager.extra_index_url"))
+
+    # Wrong secret: the login fails, nothing is written, the secret is not echoed.
+    refused = tmp_path / "refused.conf"
+    env["CLEARML_CONFIG_FILE"] = str(refused)
+    out = conveyor("init", env=env, stdin=_credentials_block(key, "not-the-secret", url) + "\n" * 5)
+    assert out.returncode == 2 and not refused.exists(), out.stdout + out.stderr
+    assert "not-the-secret" not in out.stdout + out.stderr and "Traceback" not in out.stderr
+
+
+def test_init_default_hosts_follow_clearml_naming() -> None:
+    from conveyor.agent.setup import default_hosts
+
+    assert default_hosts("https://api.clear.ml", conveyor=False) == ("https://app.clear.ml", "https://files.clear.ml")
+    assert default_hosts("http://10.0.0.5:8008", conveyor=False) == ("http://10.0.0.5:8080", "http://10.0.0.5:8081")
+    assert default_hosts("http://10.0.0.5:8008", conveyor=True) == ("http://10.0.0.5:8008", "http://10.0.0.5:8008/files")
+
+
+def test_init_reads_the_lines_conveyor_credentials_create_prints() -> None:
+    from conveyor.agent.setup import parse_credentials_block
+
+    assert parse_credentials_block("access_key: ABC123\nsecret_key: s3-cr_et\n") == {
+        "access_key": "ABC123", "secret_key": "s3-cr_et"}

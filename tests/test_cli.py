@@ -318,6 +318,37 @@ def test_task_logs_follow_ends_when_the_task_completes(sqlite_server_module: Ser
     assert out.splitlines() == ["first", "second", "third", "last words"]
 
 
+def test_task_logs_follow_on_a_queued_task_names_its_queue_and_its_workers(cli_server: ServerProcess, api: ApiClient,
+                                                                           repo: Path, tmp_path: Path) -> None:
+    idle, served = make_queue(cli_server, "nobody"), make_queue(cli_server, "served")
+    worker = unique("box") + ":0"
+    api.call("workers.register", {"worker": worker, "timeout": 600, "queues": [
+        api.call("queues.get_all", {"name": f"^{served}$"})["queues"][0]["id"]]})
+    try:
+        for queue, says in ((idle, "no worker serves it"), (served, f"served by {worker}")):
+            task_id = create_task(cli_server, repo, "--queue", queue, name="waiting")
+            err_path = tmp_path / f"follow-{queue}.err"
+            with open(err_path, "w") as err:
+                proc = subprocess.Popen([sys.executable, "-m", "conveyor", "task", "logs", task_id, "--follow"],
+                                        stdout=subprocess.PIPE, stderr=err, text=True, env=cli_server.env())
+            try:
+                deadline = time.time() + 20
+                while says not in err_path.read_text() and time.time() < deadline and proc.poll() is None:
+                    time.sleep(0.1)
+                message = err_path.read_text()
+                assert says in message and queue in message, message
+                time.sleep(1.0)
+                assert proc.poll() is None, "it stopped following a task that waits"
+                add_logs(api, task_id, ["picked up"])
+                api.call("tasks.stop", {"task": task_id, "force": True})
+                out, _ = proc.communicate(timeout=20)
+            finally:
+                proc.kill()
+            assert proc.returncode == 0 and out.splitlines() == ["picked up"], (out, err_path.read_text())
+    finally:
+        api.call("workers.unregister", {"worker": worker, "queues": []})
+
+
 @pytest.fixture(scope="module")
 def sqlite_server_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """For slow tests that need not run on both databases."""
@@ -364,8 +395,14 @@ def test_credentials_create_list_revoke(cli_server: ServerProcess) -> None:
     conveyor(cli_server, "credentials", "revoke", key)
     with ApiClient(cli_server.url, key, secret, max_retries=0) as client, pytest.raises(AuthError):
         client.login()
-    assert key not in conveyor(cli_server, "credentials", "list").stdout
-    assert "revoked" in conveyor(cli_server, "credentials", "list", "--all").stdout
+    # Revoked keys stay listed, with their state; --active leaves them out.
+    rows = {line.split()[0]: line for line in conveyor(cli_server, "credentials", "list").stdout.splitlines()[1:]
+            if line.strip() and not line.startswith("(")}
+    assert "revoked" in rows[key] and "ci runner" in rows[key]
+    assert rows[own_key].rstrip().endswith("active")
+    assert key not in conveyor(cli_server, "credentials", "list", "--active").stdout
+    data = json.loads(conveyor(cli_server, "credentials", "list", "--json").stdout)
+    assert next(c for c in data["credentials"] if c["access_key"] == key)["revoked"]
     assert "No active credentials" in conveyor(cli_server, "credentials", "revoke", key, expect=2).stderr
 
 

@@ -85,6 +85,33 @@ def test_static_folder_is_flat_for_packaging() -> None:
     assert not [p for p in STATIC.iterdir() if p.is_dir()]
 
 
+@pytest.mark.parametrize("link,tab", [
+    ("/projects/{project}/tasks/{task}/output/log", "log"),  # the SDK's "results page" link (API >= 2.31)
+    ("/projects/{project}/experiments/{task}/output/log", "log"),  # the same from older SDKs
+    ("/projects/*/experiments/{task}/output/metrics/scalar", "scalars"),
+    ("/projects/*/tasks/{task}/execution", "execution"),
+    ("/projects/{project}/experiments/{task}", "log"),
+])
+def test_sdk_results_page_link_opens_the_task_in_the_ui(sqlite_server: Any, link: str, tab: str) -> None:
+    api = Api(sqlite_server)
+    task = api.task()
+    url = sqlite_server.url + link.format(project=secrets.token_hex(16), task=task)
+    first = httpx.get(url)
+    # Into the UI's own route for the task's detail view, on the tab the link names.
+    assert first.status_code in (302, 303, 307), (first.status_code, first.text[:200])
+    assert first.headers["location"] == f"/#/task/{task}/{tab}"
+    page = httpx.get(url, follow_redirects=True)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/ui/app.js"' in page.text and 'id="main"' in page.text
+    # The fragment names a view the UI has: app.js routes #/task/<id>/<tab> to the task detail.
+    assert r'hash.match(/^#\/task\/([^/?#]+)(?:\/(log|execution|scalars))?$/)' in APP_JS
+
+
+def test_projects_api_paths_stay_api(sqlite_server: Any) -> None:
+    assert httpx.post(sqlite_server.url + "/projects.get_all", json={}).status_code == 401  # the API, not the UI
+    assert httpx.get(sqlite_server.url + "/projects/x/nothing/y").status_code == 404
+
+
 # --- rendering safety -----------------------------------------------------------------------------------------------
 def test_ui_never_renders_data_as_markup() -> None:
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", "srcdoc"):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import psutil
 
@@ -44,7 +45,7 @@ def detach(argv: list[str]) -> int:
             break
         time.sleep(0.1)
     print(f"conveyor agent started in the background (pid {proc.pid}); log: {log_file}")
-    print("stop it with: conveyor daemon --stop")
+    print("stop it with: " + " ".join(mask_argv(["conveyor", *args, "--stop"])))
     return 0
 
 
@@ -60,20 +61,68 @@ def print_status() -> int:
     return 0
 
 
-def stop(worker_ids: list[str], queues: list[str]) -> int:
-    """Stop the listed workers, else those serving exactly these queues, else all of this machine's daemons.
+def _command_line(daemon: dict[str, Any]) -> str:
+    """How a daemon was started, as a user would type it again (no log file, no --detached)."""
+    argv, shown, skip = daemon.get("argv") or [], [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--log-file":
+            skip = True
+        elif arg not in ("--detached", "-d") and not arg.startswith("--log-file="):
+            shown.append(arg)
+    return " ".join(shown) or "?"
+
+
+def _started_alike(daemon: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    recorded = daemon.get("started_with")
+    if not recorded:
+        return False  # described by an older version: stopped only by its worker id
+    if {k: v for k, v in recorded.items() if k != "queues"} != {k: v for k, v in wanted.items() if k != "queues"}:
+        return False
+    # `--queue default` also finds the daemon started with no --queue that serves the default queue
+    served = sorted(q.lower() for q in daemon.get("queues") or [])
+    return wanted["queues"] == recorded["queues"] or [q.lower() for q in wanted["queues"]] == served
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """The processes still alive after `timeout`. An exited daemon that its parent has not reaped yet (a zombie)
+    counts as gone: psutil.wait_procs would wait for the reaping."""
+    def alive(proc: psutil.Process) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    left = [p for p in procs if alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if alive(p)]
+    return left
+
+
+def stop(worker_ids: list[str], wanted: dict[str, Any]) -> int:
+    """Stop the listed workers, else the daemons started with the same arguments (`wanted`, see
+    identity.started_with). `conveyor up` is stopped only by its worker id.
     First SIGTERM (drain); after 10 s a second one (stop the tasks, marked stopped); then SIGKILL."""
     daemons = running_daemons()
+    if not daemons:
+        print("conveyor: no conveyor daemon is running on this machine", file=sys.stderr)
+        return 2
     if worker_ids:
         chosen = [d for d in daemons if d.get("worker_id") in worker_ids]
-    elif queues:
-        chosen = [d for d in daemons if sorted(d.get("queues") or []) == sorted(queues)]
+        unknown = sorted(set(worker_ids) - {d.get("worker_id") for d in chosen})
     else:
-        chosen = daemons
+        chosen, unknown = [d for d in daemons if _started_alike(d, wanted)], []
     if not chosen:
-        print("conveyor: no matching daemon is running on this machine (see `conveyor daemon --status`)",
+        running = "; ".join(f"{d.get('worker_id')} ({_command_line(d)})" for d in daemons)
+        what = f"no daemon with worker id {', '.join(unknown)}" if worker_ids else \
+            "no daemon started with these arguments"
+        print(f"conveyor: {what} runs on this machine — running: {running}; stop one with "
+              "`conveyor daemon --stop WORKER_ID` or with the arguments it was started with plus --stop",
               file=sys.stderr)
-        return 1
+        return 2
     procs = []
     for d in chosen:
         try:
@@ -82,14 +131,16 @@ def stop(worker_ids: list[str], queues: list[str]) -> int:
             procs.append((d, proc))
         except (psutil.Error, KeyError, ValueError):
             continue
-    _, alive = psutil.wait_procs([p for _, p in procs], timeout=10)
+    alive = _wait_gone([p for _, p in procs], timeout=10)
     for proc in alive:
         proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(alive, timeout=20)
-    for proc in alive:
+    for proc in _wait_gone(alive, timeout=20):
         proc.kill()
     for d, _ in procs:
         print(f"stopped {d.get('worker_id')} (pid {d.get('pid')})")
+    if unknown:
+        print(f"conveyor: no daemon with worker id {', '.join(unknown)} runs on this machine", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.agent.identity import Slot, describe, running_daemons, take_slot, worker_id
+from conveyor.agent.identity import Slot, describe, running_daemons, started_with, take_slot, worker_id
 from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.gpus import GpuInventory
 from conveyor.agent.policy import QueuePolicy
@@ -50,6 +50,12 @@ class DaemonOptions:
     argv: list[str] = field(default_factory=list)
     docker: list[str] | None = None  # None: tasks run as local processes; else [IMAGE [ENGINE ARGS...]] (maybe [])
     podman: bool = False
+    launched_by: str = "daemon"  # or "up": `conveyor daemon --stop` leaves `conveyor up` alone unless it is named
+
+    def started_with(self) -> dict[str, Any]:
+        engine = None if self.docker is None else "podman" if self.podman else "docker"
+        return started_with(self.launched_by, self.queues, self.gpus, self.cpu_only, engine,
+                            self.services_mode is not None)
 
 
 @dataclass
@@ -98,7 +104,8 @@ class Daemon:
             self._remove_leftover_containers()
             queue_ids = self._resolve_queues()
             self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness)
-            describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv, self.opts.log_file)
+            describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv, self.opts.log_file,
+                     self.opts.started_with())
             self._install_signal_handlers()
             self._register()
             self._print_banner(queue_ids)

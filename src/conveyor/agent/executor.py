@@ -120,6 +120,8 @@ class Executor:
                                flush_interval=float(self.cfg.get("agent.log_flush_interval_sec")),
                                max_bytes=int(self.cfg.get("agent.log_buffer_max_bytes")),
                                suppress_carriage_return=bool(self.cfg.get("agent.suppress_carriage_return")))
+        if self.opts.clone:
+            self.notice(f"conveyor: running task {self.task_id} (a clone of {self.opts.task_id})")
         message = f"Changed by conveyor {self.worker}"
         if not self.opts.clone:
             dequeued = call("tasks.dequeue", {"task": self.task_id, "new_status": "in_progress"})

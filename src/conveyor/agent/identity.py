@@ -90,6 +90,15 @@ def running_daemons() -> list[dict[str, Any]]:
     return found
 
 
-def describe(slot: Slot, worker: str, queues: list[str], argv: list[str], log_file: str | None) -> None:
+def started_with(launched_by: str, queues: list[str], gpus: str | None, cpu_only: bool, engine: str | None,
+                 services_mode: bool) -> dict[str, Any]:
+    """The arguments that tell this machine's daemons apart, as `--stop` compares them: the same command line plus
+    --stop stops the daemon it started (as the reference's `--stop` does)."""
+    return {"launched_by": launched_by, "queues": sorted(queues), "gpus": gpus or None, "cpu_only": cpu_only,
+            "engine": engine, "services_mode": services_mode}
+
+
+def describe(slot: Slot, worker: str, queues: list[str], argv: list[str], log_file: str | None,
+             launch: dict[str, Any]) -> None:
     slot.describe({"slot": slot.index, "pid": os.getpid(), "worker_id": worker, "queues": queues, "argv": argv,
-                   "started": time.time(), "log_file": log_file})
+                   "started": time.time(), "log_file": log_file, "started_with": launch})

@@ -46,7 +46,7 @@ def up(config_file: str | None, port: int | None, data_dir: str | None, db: str 
         if cfg.api_host.rstrip("/") != url:
             print(f"conveyor up: note: the agent talks to {cfg.api_host} (api.api_server), not to {url}", flush=True)
         opts = DaemonOptions(queues=queues, create_queue=True, services_mode=services_mode,
-                             argv=["conveyor", "up", *sys.argv[2:]])
+                             argv=["conveyor", "up", *sys.argv[2:]], launched_by="up")
         return Daemon(agent_client(cfg), cfg, opts).run()
     finally:
         if server is not None and server.poll() is None:

@@ -60,9 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     mode = d.add_mutually_exclusive_group()
     mode.add_argument("--foreground", action="store_true", help="run in this terminal (the default)")
     mode.add_argument("--detached", "-d", action="store_true", help="run in the background, output to a log file")
-    mode.add_argument("--stop", nargs="*", metavar="WORKER_ID", help="stop the daemons started with these queues, "
-                      "or the listed worker ids")
-    mode.add_argument("--status", action="store_true", help="list the daemons running on this machine")
+    # Not exclusive with --detached: the docs stop a daemon with its start command plus --stop.
+    control = d.add_mutually_exclusive_group()
+    control.add_argument("--stop", nargs="*", metavar="WORKER_ID",
+                         help="stop the daemons started with the same arguments (queues, --gpus, --cpu-only, "
+                              "--docker, --services-mode), or the listed worker ids")
+    control.add_argument("--status", action="store_true", help="list the daemons running on this machine")
     d.add_argument("--polling-interval", type=float, help="seconds between polls when the server has no long-poll")
     d.add_argument("--services-mode", nargs="?", type=int, const=0, default=None, metavar="N",
                    help="run tasks side by side, at most N at once (no N: no limit)")
@@ -118,18 +121,18 @@ def run_daemon(args: argparse.Namespace) -> int:
     from conveyor.agent.session import agent_client
     from conveyor.cli.common import config_of
 
-    if args.status:
-        return control.print_status()
-    if args.stop is not None:
-        return control.stop(args.stop, args.queue)
-    if args.detached:
-        return control.detach(sys.argv[1:])
-    _setup_logging(args.log_level)
-    cfg = config_of(args)
     opts = DaemonOptions(queues=args.queue, order_fairness=args.order_fairness, create_queue=args.create_queue,
                          services_mode=args.services_mode, gpus=args.gpus, cpu_only=args.cpu_only,
                          polling_interval=args.polling_interval, child_report_tags=args.child_report_tags,
                          git_user=args.git_user, git_pass=args.git_pass, log_file=args.log_file,
                          argv=control.mask_argv(["conveyor", *sys.argv[1:]]), docker=args.docker,
                          podman=args.podman is True)
+    if args.status:
+        return control.print_status()
+    if args.stop is not None:
+        return control.stop(args.stop, opts.started_with())
+    if args.detached:
+        return control.detach(sys.argv[1:])
+    _setup_logging(args.log_level)
+    cfg = config_of(args)
     return Daemon(agent_client(cfg), cfg, opts).run()

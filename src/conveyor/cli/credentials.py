@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--json", action="store_true", help="print the new credentials as JSON")
     c.set_defaults(func=create)
 
-    ls = cmds.add_parser("list", help="list access keys (never secrets)")
-    ls.add_argument("--all", action="store_true", help="include revoked keys")
+    ls = cmds.add_parser("list", help="list access keys, active and revoked, with their state (never secrets)")
+    ls.add_argument("--active", action="store_true", help="only the keys that can still log in")
+    ls.add_argument("--all", action="store_true", help=argparse.SUPPRESS)  # revoked keys are listed by default now
     ls.add_argument("--json", action="store_true", help="print the server's data as JSON")
     ls.set_defaults(func=list_credentials)
 
@@ -43,7 +44,8 @@ def create(args: argparse.Namespace) -> int:
 def list_credentials(args: argparse.Namespace) -> int:
     from conveyor.cli.common import client_of, config_of
 
-    data = client_of(args).call("auth.get_credentials", {"include_revoked": bool(args.all)})
+    # The server (as ClearML's) leaves revoked keys out unless asked; a user looking for a key wants to see them.
+    data = client_of(args).call("auth.get_credentials", {"include_revoked": not args.active})
     if args.json:
         print_json(data)
         return 0
@@ -71,7 +73,7 @@ def revoke(args: argparse.Namespace) -> int:
     except ApiCallError as exc:
         if exc.code == 400:
             raise SpecError(f"No active credentials with access key {args.access_key} — "
-                            "`conveyor credentials list` shows the active keys") from None
+                            "`conveyor credentials list` shows each key's state") from None
         raise
     print(f"Revoked {args.access_key}")
     return 0

@@ -378,12 +378,31 @@ def _drain(client: Any, task_id: str, scroll_id: str, as_json: bool) -> tuple[in
             return printed, scroll_id
 
 
+def _say_where_it_waits(client: Any, task: dict[str, Any]) -> None:
+    """A queued task shows no lines: say on stderr which queue holds it and whether a worker serves that queue."""
+    from conveyor.client import task_builder as tb
+
+    queue_id = (task.get("execution") or {}).get("queue")
+    if task.get("status") != "queued" or not queue_id:
+        return
+    name = tb.queue_names(client, [queue_id]).get(queue_id) or queue_id
+    workers = [w["id"] for w in client.call("workers.get_all", {}).get("workers") or []
+               if any((q or {}).get("id") == queue_id for q in w.get("queues") or [])]
+    where = f"served by {', '.join(workers)}" if workers else \
+        f"no worker serves it — start one with `conveyor daemon --queue {name}`"
+    print(f"conveyor: task {task['id']} waits in queue {name} ({where}); following its log", file=sys.stderr,
+          flush=True)
+
+
 def task_logs(args: argparse.Namespace) -> int:
     from conveyor.client import task_builder as tb
 
     client = _client(args)
-    task_id = tb.get_task(client, args.task, only_fields=["id"])["id"]
+    task = tb.get_task(client, args.task, only_fields=["id", "status", "execution.queue"])
+    task_id = task["id"]
     printed, scroll_id = _drain(client, task_id, "", args.json)
+    if args.follow:
+        _say_where_it_waits(client, task)
     while args.follow:
         if printed:
             time.sleep(LOG_POLL_SEC)

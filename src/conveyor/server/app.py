@@ -78,7 +78,7 @@ class ApiApp:
         if self.files is not None and (path == "/files" or path.startswith("/files/")):
             await self.files(scope, receive, send)
             return
-        if self.web is not None and (path == "/" or path.startswith("/ui/")):
+        if self.web is not None and (path == "/" or path.startswith(("/ui/", "/projects/"))):
             await self.web(scope, receive, send)
             return
         chunks = []

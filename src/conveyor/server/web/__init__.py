@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from starlette.responses import FileResponse, Response
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -31,8 +33,29 @@ class _StaticFiles(StaticFiles):
         return response
 
 
+def _tab(rest: str) -> str:
+    """The UI's tab for the rest of a ClearML web path: output/log, output/metrics/scalar, execution, …"""
+    if "metrics" in rest or "scalar" in rest or "plots" in rest:
+        return "scalars"
+    if rest.startswith(("execution", "hyper-params", "configuration", "artifacts", "info-output")):
+        return "execution"
+    return "log"
+
+
+async def task_page(request: Request) -> Response:
+    """The link the SDK prints ("ClearML results page: <web>/projects/<project>/tasks/<task>/output/log", also
+    `experiments/` and `*` as project) opens the task's detail view: the UI routes on the URL's fragment."""
+    params = request.path_params
+    if params["kind"] not in ("tasks", "experiments"):
+        return PlainTextResponse("Not Found", status_code=404)
+    target = f"/#/task/{quote(params['task'], safe='')}/{_tab(params.get('rest', ''))}"
+    return RedirectResponse(target, status_code=302, headers=SECURITY_HEADERS)
+
+
 def routes() -> list:
     async def index(_request):  # noqa: ANN001, ANN202
         return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS)
 
-    return [Route("/", index), Mount("/ui", app=_StaticFiles(directory=STATIC), name="ui")]
+    return [Route("/", index), Mount("/ui", app=_StaticFiles(directory=STATIC), name="ui"),
+            Route("/projects/{project}/{kind}/{task}", task_page),
+            Route("/projects/{project}/{kind}/{task}/{rest:path}", task_page)]
