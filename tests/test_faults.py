@@ -3,6 +3,7 @@ trees that outlive their main process, crashed executors and daemons (issue: not
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -184,3 +185,185 @@ def test_the_task_ends_with_its_main_process_and_takes_its_tree_along(sqlite_ser
         daemon.stop()
         for proc in leftovers(marker):
             proc.kill()
+
+
+STUBBORN = r"""
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+marker, done_file = sys.argv[1], sys.argv[2]
+subprocess.Popen(["setsid", "sh", "-c", f"trap '' TERM; sleep 600; : {marker}-child"])
+print("running", flush=True)
+while not os.path.exists(done_file):
+    time.sleep(0.2)
+print("finished", flush=True)
+"""
+
+
+def executor_of(daemon: DaemonProcess, task: str) -> psutil.Process:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        for child in psutil.Process(daemon.proc.pid).children():
+            if task in " ".join(child.cmdline()) and "execute" in child.cmdline():
+                return child
+        time.sleep(0.1)
+    raise AssertionError(f"no executor of {task} under the daemon:\n{daemon.output()}")
+
+
+def wait_running_line(client: Any, task: str, line: str = "running", timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while line not in log_text(client, task):
+        assert time.time() < deadline, log_text(client, task)[-2000:]
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def stubborn_repo(tmp_path: Path) -> Path:
+    _, bare = make_repo(tmp_path / "stubborn", {"stubborn.py": STUBBORN}, name="stubborn")
+    return bare
+
+
+def test_a_killed_executor_leaves_nothing_running(sqlite_server: ServerProcess, tmp_path: Path,
+                                                  stubborn_repo: Path) -> None:
+    """A SIGKILLed `conveyor execute` once left the task's processes running while the task was `failed` and the
+    daemon took new work: now its main process dies with it and the daemon (their subreaper) ends the rest."""
+    client = sqlite_server.client()
+    marker = f"conveyor-orphan-{os.getpid()}-{time.monotonic_ns()}"
+    task = create_task(client, repository=f"file://{stubborn_repo}", entry_point=f"stubborn.py {marker} /nonexistent")
+    after = create_task(client, repository="", diff="print('next task ran')\n", entry_point="next.py")
+    daemon = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default")
+    try:
+        enqueue(client, task)
+        wait_running_line(client, task)
+        assert len(leftovers(marker)) == 2
+        executor_of(daemon, task).kill()
+        doc = wait_final(client, task, timeout=30)
+        assert doc["status"] == "failed" and "executor exited with code -9" in doc["status_reason"], doc
+        deadline = time.time() + GRACE + 5
+        while leftovers(marker) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not leftovers(marker), "the task's processes outlived its executor"
+        enqueue(client, after)
+        assert wait_final(client, after, timeout=120)["status"] == "completed"
+    finally:
+        daemon.stop()
+        for proc in leftovers(marker):
+            proc.kill()
+
+
+def test_a_restarted_daemon_adopts_what_its_killed_predecessor_ran(sqlite_server: ServerProcess, tmp_path: Path,
+                                                                   stubborn_repo: Path) -> None:
+    """A SIGKILLed daemon's executor runs on; a daemon restarted with the same worker id once ran a second task
+    beside it and reported the worker idle. Now it adopts the running task: no second task until it ends, and the
+    worker shows the adopted task."""
+    client = sqlite_server.client()
+    marker = f"conveyor-adopt-{os.getpid()}-{time.monotonic_ns()}"
+    done_file = tmp_path / "done"
+    first = create_task(client, repository=f"file://{stubborn_repo}", entry_point=f"stubborn.py {marker} {done_file}")
+    second = create_task(client, repository="", diff="print('second task ran')\n", entry_point="second.py")
+    env = agent_env(sqlite_server, tmp_path / "agent", CLEARML_WORKER_ID=f"adopter-{marker[-8:]}")
+    daemon = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default", env=env)
+    restarted = None
+    try:
+        enqueue(client, first)
+        wait_running_line(client, first)
+        executor = executor_of(daemon, first)
+        daemon.proc.kill()
+        daemon.proc.wait()
+        assert executor.is_running(), "the executor died with its daemon"
+        restarted = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default", env=env)
+        assert f"adopted task {first}" in restarted.output()
+        enqueue(client, second)
+        time.sleep(3)
+        assert client.call("tasks.get_by_id", {"task": second})["task"]["status"] == "queued", \
+            "a second task ran beside the adopted one"
+        workers = {w["id"]: w for w in client.call("workers.get_all", {})["workers"]}
+        assert (workers[env["CLEARML_WORKER_ID"]].get("task") or {}).get("id") == first, workers
+        done_file.write_text("")
+        assert wait_final(client, first, timeout=60)["status"] == "completed"
+        assert wait_final(client, second, timeout=120)["status"] == "completed"
+    finally:
+        if restarted is not None:
+            restarted.stop()
+        done_file.write_text("")
+        for proc in leftovers(marker):
+            proc.kill()
+
+
+def test_a_second_stop_ends_the_daemon_whatever_its_server_and_tasks_do(sqlite_server: ServerProcess, tmp_path: Path,
+                                                                        stubborn_repo: Path) -> None:
+    """A daemon whose server had gone and whose task ignored SIGTERM once ignored two SIGTERMs for minutes: now the
+    second one ends it, its task's processes included, within agent.kill_grace_sec + 5 s."""
+    client = sqlite_server.client()
+    marker = f"conveyor-stop-{os.getpid()}-{time.monotonic_ns()}"
+    task = create_task(client, repository=f"file://{stubborn_repo}", entry_point=f"stubborn.py {marker} /nonexistent")
+    daemon = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default")
+    try:
+        enqueue(client, task)
+        wait_running_line(client, task)
+        sqlite_server.kill()  # the server is gone
+        daemon.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        daemon.signal(signal.SIGTERM)
+        sent = time.monotonic()
+        daemon.proc.wait(GRACE + 5 + 5)
+        took = time.monotonic() - sent
+        assert took <= GRACE + 5 + 1, f"the daemon took {took:.1f} s to stop"
+        deadline = time.time() + 5
+        while leftovers(marker) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not leftovers(marker), "the task's processes outlived the daemon"
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+        for proc in leftovers(marker):
+            proc.kill()
+
+
+SHOW_ENV = r"""
+import json, os
+from clearml import Task
+task = Task.init(project_name="secrets", task_name="env", auto_connect_frameworks=False, auto_resource_monitoring=False)
+task.get_logger().report_text("the SDK works with the task's token")
+config = open(os.environ["CLEARML_CONFIG_FILE"]).read() if os.environ.get("CLEARML_CONFIG_FILE") else ""
+print("ENV " + json.dumps({k: v for k, v in os.environ.items() if k.startswith(("CLEARML", "TRAINS"))}))
+print("CONFIG " + config)
+"""
+
+
+def test_secrets_stay_out_of_logs_command_lines_and_the_task(tmp_path: Path) -> None:
+    """A token in the repository URL was printed in the task log, `--git-pass` showed in `ps`, the agent's API
+    secret and git password were exported into the task, and the first-start secret went to the server's log."""
+    from conftest import ServerProcess as Server
+
+    server = Server(tmp_path / "home").start()
+    try:
+        key, secret = server.credentials()
+        assert secret not in server.output(), "the first-start secret reached the server's log file"
+        assert key in server.output()
+        _, bare = make_repo(tmp_path / "repos", {"show.py": SHOW_ENV})
+        client = server.client()
+        url = f"file://gituser:REPOTOKEN123@{bare}"
+        task = create_task(client, repository=url, entry_point="show.py", requirements="clearml\n")
+        env = agent_env(server, tmp_path / "agent")
+        daemon = DaemonProcess(server, tmp_path / "agent", "--queue", "default", "--git-user", "gituser",
+                               "--git-pass", "GITPASS456", env=env)
+        try:
+            cmdline = " ".join(psutil.Process(daemon.proc.pid).cmdline())
+            assert "GITPASS456" not in cmdline and "--git-pass" not in cmdline, cmdline
+            enqueue(client, task)
+            doc = wait_final(client, task, timeout=300)
+            text = log_text(client, task)
+            assert doc["status"] == "completed", f"{doc.get('status_reason')}\n{text[-3000:]}"
+        finally:
+            daemon.stop()
+        for where, what in (("task log", text), ("agent output", daemon.output())):
+            for leaked in ("REPOTOKEN123", "GITPASS456", secret):
+                assert leaked not in what, f"{leaked} in the {where}"
+        task_env = json.loads(next(line[4:] for line in text.splitlines() if line.startswith("ENV ")))
+        assert not {"CLEARML_API_SECRET_KEY", "CLEARML_API_ACCESS_KEY", "CLEARML_AGENT_GIT_PASS"} & set(task_env)
+        assert task_env["CLEARML_AUTH_TOKEN"]
+        assert "the SDK works with the task's token" in text  # Task.init and its report went through the token
+        config = next(line[7:] for line in text.splitlines() if line.startswith("CONFIG "))
+        assert server.url in config and secret not in config and "credentials" not in config
+    finally:
+        server.stop()

@@ -17,10 +17,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from conveyor.agent.identity import Slot, describe, running_daemons, started_with, take_slot, worker_id
 from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.gpus import GpuInventory
 from conveyor.agent.policy import QueuePolicy
+from conveyor.agent.process import become_subreaper, end_orphans
+from conveyor.agent.runs import AdoptedExecutor, RunRecord, records_of
 from conveyor.client.errors import ApiCallError, ConveyorError
 from conveyor.config import Config
 from conveyor.protocol.ids import looks_like_id
@@ -28,6 +32,8 @@ from conveyor.runtimes.container import ContainerRuntime, LaunchError
 from conveyor.runtimes.local import LocalRuntime
 
 log = logging.getLogger("conveyor.agent")
+
+STOP_MARGIN_SEC = 5.0  # after a second stop signal the daemon is gone within agent.kill_grace_sec + this
 
 
 class DaemonError(ConveyorError):
@@ -62,7 +68,7 @@ class DaemonOptions:
 class Running:
     task_id: str
     queue_id: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | AdoptedExecutor
     sub_worker: str | None = None
 
 
@@ -82,6 +88,7 @@ class Daemon:
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._stop_deadline = float("inf")
         self.slot: Slot | None = None
         self.worker = ""
         self.queue_names: dict[str, str] = {}
@@ -102,7 +109,9 @@ class Daemon:
                     raise DaemonError(f"A daemon with worker id {self.worker} already runs here (pid {other.get('pid')})"
                                       ": give this one other --gpus, or set agent.worker_id / CLEARML_WORKER_ID")
             self._remove_leftover_containers()
+            become_subreaper()  # what a crashed executor leaves running is reparented to us, and ended
             queue_ids = self._resolve_queues()
+            self._adopt_leftover_executors()
             self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness)
             describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv, self.opts.log_file,
                      self.opts.started_with())
@@ -134,6 +143,8 @@ class Daemon:
                 print(f"conveyor agent: {signal.Signals(signum).name}: no new tasks; waiting for the running ones "
                       "to finish (send it again to stop them)", flush=True)
             else:
+                if not self.stopping.is_set():
+                    self._stop_deadline = time.monotonic() + float(self.cfg.get("agent.kill_grace_sec")) + STOP_MARGIN_SEC
                 self.stopping.set()
                 print("conveyor agent: stopping the running tasks", flush=True)
                 self._stop_children()
@@ -143,16 +154,31 @@ class Daemon:
         signal.signal(signal.SIGINT, on_signal)
 
     def _wind_down(self) -> None:
-        """Wait for running tasks (they are stopped if a second signal came), then unregister."""
+        """Wait for running tasks (they are stopped if a second signal came), then unregister. After a second
+        signal this ends within agent.kill_grace_sec + STOP_MARGIN_SEC, whatever the server or the tasks do:
+        executors still there at the deadline are killed with their trees, and the server gets a short try."""
         while self.running:
             self._reap_children()
+            if self.running and self.stopping.is_set() and time.monotonic() >= self._stop_deadline - 2:
+                self._kill_children()
+                continue
             if self.running:
                 self._wake.wait(0.2)
                 self._wake.clear()
-        self._report()
-        for queues in ([], list(self.policy.queue_ids)):
-            with contextlib.suppress(Exception):
-                self.client.call("workers.unregister", {"worker": self.worker, "queues": queues})
+
+        def farewell() -> None:
+            self._report()
+            for queues in ([], list(self.policy.queue_ids)):
+                with contextlib.suppress(Exception):
+                    self.client.call("workers.unregister", {"worker": self.worker, "queues": queues})
+
+        if self.stopping.is_set():  # best effort: a server that is gone must not keep us
+            if not self._best_effort(farewell, max(0.5, self._stop_deadline - time.monotonic())):
+                print(f"conveyor agent {self.worker}: the server did not answer; exiting without unregistering",
+                      flush=True)
+                return
+        else:
+            farewell()
         print(f"conveyor agent {self.worker}: unregistered, exiting", flush=True)
 
     # --- queues ---------------------------------------------------------------------------------------------------
@@ -335,6 +361,10 @@ class Daemon:
             return
         with self._lock:
             self.running[task_id] = Running(task_id, queue_id, proc, sub_worker)
+        if isinstance(self.runtime, LocalRuntime):  # a restarted daemon adopts it (containers: by their labels)
+            with contextlib.suppress(OSError, psutil.Error):
+                RunRecord(task_id, queue_id, self.worker, sub_worker, proc.pid,
+                          psutil.Process(proc.pid).create_time()).save()
         where = f"in container {proc.command.name}, image {proc.command.image}" if hasattr(proc, "command") else \
             f"pid {proc.pid}"
         print(f"conveyor agent: running task {task_id} from {queue_name} ({where})", flush=True)
@@ -345,7 +375,7 @@ class Daemon:
         self._report()
 
     def _wait_for(self, task_id: str) -> None:
-        while task_id in self.running:
+        while task_id in self.running and not self.stopping.is_set():  # a second signal: _wind_down takes over
             self._reap_children()
             if task_id in self.running:
                 self._wake.wait(0.2)
@@ -361,7 +391,32 @@ class Daemon:
             self._after_exit(run, code)
 
     def _after_exit(self, run: Running, code: int) -> None:
-        """The executor sets the final status; if it died before it could, the task must not stay running."""
+        """The executor sets the final status; if it died before it could, the task must not stay running, and
+        whatever of the task it left behind (reparented to us, the subreaper) is ended."""
+        with contextlib.suppress(OSError):
+            RunRecord(run.task_id, run.queue_id, self.worker, run.sub_worker, 0, 0).remove()
+        if code != 0:
+            live = frozenset(pid for r in self.running.values() if (pid := getattr(r.proc, "pid", None)))
+            left = end_orphans(float(self.cfg.get("agent.kill_grace_sec")), keep=live)
+            if left:
+                print(f"conveyor agent: task {run.task_id}: ended {left} process(es) its executor left running",
+                      flush=True)
+        if self.stopping.is_set():  # stopping for good: the server gets a short try, not the retries
+            self._best_effort(lambda: self._settle(run, code), 1.0)
+        else:
+            self._settle(run, code)
+        print(f"conveyor agent: task {run.task_id} ended (executor exit code {code})", flush=True)
+
+    @staticmethod
+    def _best_effort(work: Any, timeout: float) -> bool:
+        """Run `work` (server calls) for at most `timeout` seconds; True when it finished."""
+        thread = threading.Thread(target=work, name="best-effort", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _settle(self, run: Running, code: int) -> None:
+        """The server's side of an ended executor: a task it left in_progress fails; its sub-worker goes."""
         try:
             found = self.client.call("tasks.get_all", {"id": [run.task_id], "only_fields": ["status", "last_worker"],
                                                        "search_hidden": True})["tasks"]
@@ -377,7 +432,6 @@ class Daemon:
         if run.sub_worker:
             with contextlib.suppress(Exception):
                 self.client.call("workers.unregister", {"worker": run.sub_worker, "queues": []})
-        print(f"conveyor agent: task {run.task_id} ended (executor exit code {code})", flush=True)
         self._report()
 
     def _remove_leftover_containers(self) -> None:
@@ -397,6 +451,42 @@ class Daemon:
                 if found and found[0].get("status") == "in_progress":
                     self.client.call("tasks.failed", {"task": task_id, "force": True, "status_reason":
                                                       "its container was removed: the agent running it was killed"})
+
+    def _adopt_leftover_executors(self) -> None:
+        """Executors a killed daemon with this worker id started: one still running is adopted (watched, reported,
+        counted against the capacity); for one gone, a task left in_progress fails with the reason."""
+        if not isinstance(self.runtime, LocalRuntime):
+            return
+        for record in records_of(self.worker):
+            proc = record.process()
+            if proc is not None:
+                with self._lock:
+                    self.running[record.task_id] = Running(record.task_id, record.queue_id, AdoptedExecutor(proc),
+                                                           record.sub_worker)
+                print(f"conveyor agent: adopted task {record.task_id} (executor pid {record.pid}), left running "
+                      "by a previous daemon with this worker id", flush=True)
+                self._task_log(record.task_id, f"conveyor: the agent {self.worker} restarted and adopted this task\n")
+                continue
+            record.remove()
+            with contextlib.suppress(Exception):
+                found = self.client.call("tasks.get_all", {"id": [record.task_id], "only_fields": ["status"],
+                                                           "search_hidden": True})["tasks"]
+                if found and found[0].get("status") == "in_progress":
+                    self.client.call("tasks.failed", {"task": record.task_id, "force": True, "status_reason":
+                                                      "its executor was gone when the agent restarted"})
+
+    def _kill_children(self) -> None:
+        """The stop deadline has come: kill the executors that are left and everything under them."""
+        for run in list(self.running.values()):
+            with contextlib.suppress(ProcessLookupError, OSError):
+                run.proc.kill()
+        end_orphans(0.5)
+        deadline = time.monotonic() + 2
+        while self.running and time.monotonic() < deadline:
+            self._reap_children()
+            time.sleep(0.05)
+        with self._lock:
+            self.running.clear()
 
     def _task_log(self, task_id: str, msg: str, level: str = "info") -> None:
         with contextlib.suppress(Exception):

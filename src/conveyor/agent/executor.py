@@ -8,6 +8,7 @@ task's status watched for an abort, a ping now and then. At the end: the final s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -27,6 +28,7 @@ from conveyor.agent.logs import MAX_EVENT_BYTES, LogShipper, decode_output
 from conveyor.agent.process import become_subreaper, die_with_parent, end_orphans, kill_tree
 from conveyor.config import Config
 from conveyor.env import notebook
+from conveyor.env.managers.base import scrub
 from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
 
 FINAL_ELSEWHERE = {"stopped", "failed", "closed", "published", "queued", "completed"}
@@ -35,6 +37,9 @@ FINAL_ELSEWHERE = {"stopped", "failed", "closed", "published", "queued", "comple
 PREBUILT_CODE_ENV = "CONVEYOR_PREBUILT_CODE"
 PREBUILT_PYTHON_ENV = "CONVEYOR_PREBUILT_PYTHON"
 PREBUILT_TASK_ENV = "CONVEYOR_PREBUILT_TASK"  # the task they were built for: any other task is set up as usual
+# what the agent knows and the task must not: its API secret and git password (the task gets a session token)
+AGENT_SECRETS = frozenset({"CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "TRAINS_API_ACCESS_KEY",
+                           "TRAINS_API_SECRET_KEY", "CLEARML_AGENT_GIT_PASS", "TRAINS_AGENT_GIT_PASS"})
 PUMP_CHUNK_BYTES = 64 * 1024
 PUMP_DRAIN_SEC = 2.0  # reading what is left in the pipe after the task's tree has ended
 
@@ -181,7 +186,7 @@ class Executor:
             repository = (script.get("repository") or "").strip()
             commit = script.get("version_num") or None
             if repository:
-                with self.phase(f"git checkout of {repository}"):
+                with self.phase(f"git checkout of {scrub(repository)}"):
                     try:
                         checkout = vcs.prepare_repository(
                             repository, code_dir, branch=script.get("branch") or None, tag=script.get("tag") or None,
@@ -354,13 +359,12 @@ class Executor:
         self.client.call("tasks.set_requirements", {"task": self.task_id, "requirements": body})
 
     def _task_environment(self, code_dir: Path, task: dict[str, Any]) -> dict[str, str]:
-        env = dict(os.environ)
+        # The agent's secrets stay with the agent: the task gets a session token (CLEARML_AUTH_TOKEN, which the SDK
+        # renews) instead of the key and secret, and a copy of the configuration without credentials.
+        env = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
         env.update({str(k): str(v) for k, v in (self.cfg.get("environment", {}) or {}).items()})
-        api = {
-            "CLEARML_API_HOST": self.cfg.api_host, "CLEARML_WEB_HOST": self.cfg.web_host,
-            "CLEARML_FILES_HOST": self.cfg.files_host, "CLEARML_API_ACCESS_KEY": self.cfg.access_key,
-            "CLEARML_API_SECRET_KEY": self.cfg.secret_key,
-        }
+        api = {"CLEARML_API_HOST": self.cfg.api_host, "CLEARML_WEB_HOST": self.cfg.web_host,
+               "CLEARML_FILES_HOST": self.cfg.files_host, "CLEARML_AUTH_TOKEN": self._task_token()}
         env.update({k: v for k, v in api.items() if v})
         env.update({
             "CLEARML_TASK_ID": self.task_id, "TRAINS_TASK_ID": self.task_id,
@@ -368,8 +372,11 @@ class Executor:
             "PYTHONUNBUFFERED": "1",  # lines reach the log as they are printed
             "PYTHONPATH": os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p),
         })
-        if self.cfg.path:
-            env["CLEARML_CONFIG_FILE"] = str(self.cfg.path)
+        task_config = self._task_config()
+        if task_config is not None:
+            env["CLEARML_CONFIG_FILE"] = str(task_config)
+        else:
+            env.pop("CLEARML_CONFIG_FILE", None)
         if self.opts.gpus is not None:
             env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] = self.opts.gpus
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -380,6 +387,26 @@ class Executor:
         for key in ("VIRTUAL_ENV", "PYTHONHOME", PREBUILT_CODE_ENV, PREBUILT_PYTHON_ENV, PREBUILT_TASK_ENV):
             env.pop(key, None)
         return env
+
+    def _task_token(self) -> str:
+        try:
+            return str(self.client.auth_token())
+        except Exception:  # a client without sessions (tests' fakes): the SDK then has no credentials
+            return ""
+
+    def _task_config(self) -> Path | None:
+        """The configuration the task's SDK reads (its `sdk` section: storage, output...), without the agent's
+        credentials, git password or agent settings; written beside the task, removed with it."""
+        if self.cfg.path is None or self.work_dir is None:
+            return None
+        data = self.cfg.as_dict(masked=False)
+        for section in ("agent", "conveyor"):
+            data.pop(section, None)
+        (data.get("api") or {}).pop("credentials", None)
+        path = self.work_dir / "clearml.conf"
+        path.write_text(json.dumps(data))  # HOCON reads JSON
+        path.chmod(0o600)
+        return path
 
     def _run_task(self, argv: list[str], cwd: Path, code_dir: Path, task: dict[str, Any]) -> Outcome:
         """Run the entry point to its end. The task ends when its main process ends: whatever of its process tree is

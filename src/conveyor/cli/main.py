@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from conveyor import __version__
@@ -28,9 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GIT_PASS_FLAG = "--git-pass"
+GIT_PASS_ENV = "CLEARML_AGENT_GIT_PASS"
+
+
+def hide_git_pass(argv: list[str]) -> list[str] | None:
+    """`--git-pass X` would show in `ps` for as long as the process lives: the password moves to the environment
+    (CLEARML_AGENT_GIT_PASS, which the configuration reads), and the command line without it is returned for a
+    re-exec; None when there is none."""
+    for i, arg in enumerate(argv):
+        if arg == GIT_PASS_FLAG and i + 1 < len(argv):
+            os.environ[GIT_PASS_ENV] = argv[i + 1]
+            return argv[:i] + argv[i + 2:]
+        if arg.startswith(GIT_PASS_FLAG + "="):
+            os.environ[GIT_PASS_ENV] = arg.split("=", 1)[1]
+            return argv[:i] + argv[i + 1:]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from conveyor.cli.common import run_command
 
+    if argv is None:
+        cleaned = hide_git_pass(sys.argv[1:])
+        if cleaned is not None:  # the same process, now without the password in its command line
+            os.execv(sys.executable, [sys.executable, "-m", "conveyor", *cleaned])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -181,6 +181,10 @@ class ApiClient:
         """The claims of the current token (logs in first if needed)."""
         return dict(self._current_token().claims)
 
+    def auth_token(self) -> str:
+        """The current session token (logs in first if needed): what a task gets instead of the key and secret."""
+        return self._current_token().raw
+
     def server_supports(self, feature: str) -> bool:
         """Whether the server advertises a Conveyor feature ("long_poll") in its token; a ClearML server never does."""
         features = self.claims.get("conveyor_features")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,9 @@ def settings_from(cfg: Config) -> ServerSettings:
     )
 
 
+FIRST_START_CREDENTIALS = "first-start-credentials"  # where the secret goes when no terminal or clearml.conf takes it
+
+
 def bootstrap(store: Store, opts: ServerOptions, out=sys.stdout) -> None:  # noqa: ANN001
     """Migrate; on the very first start create a user, credentials and the default queue."""
     from conveyor.server.services.queues import ensure_default_queue
@@ -70,15 +74,27 @@ def bootstrap(store: Store, opts: ServerOptions, out=sys.stdout) -> None:  # noq
         return
     access_key, secret_key = created
     base = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}:{opts.port}"
-    print("First start: created API credentials (the secret is shown only this once and stored only as a hash):",
-          file=out)
-    print(f"  access_key: {access_key}\n  secret_key: {secret_key}", file=out)
-    if write_api_section(opts.client_config, base, base, f"{base}/files", access_key, secret_key):
-        print(f"Wrote {opts.client_config} so that conveyor, clearml and clearml-agent on this machine use them.",
-              file=out)
+    written = write_api_section(opts.client_config, base, base, f"{base}/files", access_key, secret_key)
+    # The secret goes to a terminal only: a server's output often ends up in a log file others can read.
+    to_terminal = hasattr(out, "isatty") and out.isatty()
+    print("First start: created API credentials (the secret is stored on the server only as a hash):", file=out)
+    print(f"  access_key: {access_key}", file=out)
+    if to_terminal:
+        print(f"  secret_key: {secret_key}   (shown only this once)", file=out)
+    if written:
+        print(f"Wrote {opts.client_config} (mode 0600) with them, so that conveyor, clearml and clearml-agent on "
+              "this machine use them.", file=out)
     else:
+        where = ""
+        if not to_terminal:
+            kept = opts.data_dir / FIRST_START_CREDENTIALS
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"access_key: {access_key}\nsecret_key: {secret_key}\n")
+            where = f" (the secret is in {kept}, mode 0600: delete it once copied)"
         print(f"{opts.client_config} already exists and was left as it is: put these credentials in its "
-              "api.credentials section to use them.", file=out)
+              f"api.credentials section to use them{where}.", file=out)
     out.flush()
 
 
