@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from conveyor import __version__
 from conveyor.protocol import errors
@@ -71,7 +72,10 @@ def create_user(conn: Any, name: str, role: str) -> str:
     if find_user(conn, name) is not None:
         raise errors.bad_request(f"A user named {name!r} already exists")
     user_id = new_id()
-    conn.execute(s.users.insert().values(id=user_id, name=name, role=role, created=time.time()))
+    try:
+        conn.execute(s.users.insert().values(id=user_id, name=name, role=role, created=time.time()))
+    except IntegrityError:  # the same name made at the same moment by another call (ux_users_name)
+        raise errors.bad_request(f"A user named {name!r} already exists") from None
     return user_id
 
 
