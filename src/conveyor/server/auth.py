@@ -114,7 +114,7 @@ def _active_credentials(conn: Any, access_key: str | None = None) -> dict[str, I
 
 
 class Authenticator:
-    """Issues and checks tokens. Revocations reach other server processes within `refresh_sec`."""
+    """Issues and checks tokens. Revocations and role changes reach other server processes within `refresh_sec`."""
 
     def __init__(self, store: "Store", key: str, token_ttl_sec: int, refresh_sec: float = 2.0):
         self.store = store
