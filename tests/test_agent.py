@@ -78,6 +78,38 @@ def test_task_runs_end_to_end(sqlite_server: ServerProcess, daemon: DaemonProces
     assert doc["last_worker"] and doc["started"] and doc["completed"]
 
 
+def test_agent_with_a_user_key_runs_another_users_task(sqlite_server: ServerProcess, repo: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    """The agent machine has its own key, of a `user` (not an admin); it runs alice's task to the end: starting it,
+    writing back the commit and the installed requirements, its log, its final status."""
+    from conveyor.client import ApiClient
+
+    _, bare = repo
+    admin = sqlite_server.client()
+    keys = {}
+    for name in ("alice", "gpu-box"):
+        admin.call("users.create", {"name": name, "role": "user"})
+        keys[name] = admin.call("auth.create_credentials", {"user": name})["credentials"]
+    box = keys["gpu-box"]
+    daemon = DaemonProcess(sqlite_server, tmp_path, "--queue", "default", env=agent_env(
+        sqlite_server, tmp_path, CLEARML_API_ACCESS_KEY=box["access_key"], CLEARML_API_SECRET_KEY=box["secret_key"]))
+    try:
+        alice = ApiClient(sqlite_server.url, keys["alice"]["access_key"], keys["alice"]["secret_key"])
+        task = create_task(alice, repository=f"file://{bare}", args={"lr": "0.1"})
+        enqueue(alice, task)
+        doc = wait_final(alice, task, timeout=180)
+        text = log_text(alice, task)
+        assert doc["status"] == "completed", f"{doc.get('status_reason')}\n{text}\n{daemon.output()}"
+        assert "six 1.16.0" in text and "line 4" in text
+        assert len(doc["script"]["version_num"]) == 40
+        assert any(line.lower().startswith("six==") for line in doc["script"]["requirements"]["pip"])
+        assert doc["last_worker"] and doc["user"] == alice.claims["identity"]["user"]
+        used = {c["access_key"]: c["last_used"] for c in admin.call("auth.get_credentials")["credentials"]}
+        assert used[box["access_key"]], "the agent did not log in with its own key"
+    finally:
+        daemon.stop()
+
+
 def test_failures_have_clear_reasons_and_the_daemon_keeps_serving(
         sqlite_server: ServerProcess, daemon: DaemonProcess, repo: tuple[Path, Path], tmp_path: Path) -> None:
     _, bare = repo

@@ -406,6 +406,49 @@ def test_credentials_create_list_revoke(cli_server: ServerProcess) -> None:
     assert "No active credentials" in conveyor(cli_server, "credentials", "revoke", key, expect=2).stderr
 
 
+def test_users_roles_and_their_credentials(cli_server: ServerProcess, api: ApiClient, repo: Path,
+                                           tmp_path: Path) -> None:
+    from conveyor.config import write_api_section
+
+    name = unique("alice")
+    user_id = conveyor(cli_server, "user", "create", name).stdout.strip()
+    table = conveyor(cli_server, "user", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "ID", "ROLE", "CREATED"]
+    assert next(line for line in table if line.startswith(name)).split()[1:3] == [user_id, "user"]
+    assert " admin " in next(line for line in table if " * " in line)  # the first-start admin is the caller
+    created = conveyor(cli_server, "credentials", "create", "--user", name, "--label", "alice's laptop").stdout
+    fields = dict(line.split(": ", 1) for line in created.splitlines() if ": " in line)
+    row = next(line for line in conveyor(cli_server, "credentials", "list").stdout.splitlines()
+               if line.startswith(fields["access_key"]))
+    assert name in row.split() and "active" in row  # the admin lists everyone's keys, with whose they are
+
+    # Alice, with her own clearml.conf: her tasks are hers; the admin's are not.
+    conf = tmp_path / "alice.conf"
+    write_api_section(conf, cli_server.url, cli_server.url, f"{cli_server.url}/files", fields["access_key"],
+                      fields["secret_key"])
+    as_alice = {"CLEARML_CONFIG_FILE": str(conf)}
+    theirs = create_task(cli_server, repo, name="admins")
+    mine = conveyor(cli_server, "task", "create", "--name", "hers", "--repo", ".", "--script", "train.py",
+                    cwd=repo, env=as_alice).stdout.strip()
+    assert get_task(api, mine)["user"] == user_id
+    conveyor(cli_server, "task", "abort", mine, env=as_alice)
+    error = conveyor(cli_server, "task", "abort", theirs, env=as_alice, expect=2).stderr.strip().splitlines()
+    admin_name = api.call("users.get_current_user")["user"]["name"]
+    assert error == [f"conveyor: task {theirs} belongs to {admin_name}; only its owner or an admin can abort it"]
+    assert get_task(api, theirs)["status"] == "created"
+    for args, message in ((["user", "create", unique("mallory")], "only an admin can create users"),
+                          (["credentials", "create", "--user", "Conveyor Admin"], "only an admin can create credentials"),
+                          (["user", "create", name], "only an admin")):
+        lines = conveyor(cli_server, *args, env=as_alice, expect=2).stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, lines)
+    own = [line.split()[0] for line in conveyor(cli_server, "credentials", "list", env=as_alice).stdout.splitlines()[1:]
+           if line and not line.startswith("(")]
+    assert own == [fields["access_key"]]
+    duplicate = conveyor(cli_server, "user", "create", name.upper(), expect=2).stderr
+    assert "already exists" in duplicate and " — " in duplicate
+    assert "No user named" in conveyor(cli_server, "credentials", "create", "--user", "nobody-xyz", expect=2).stderr
+
+
 # --- errors a user can cause ------------------------------------------------------------------------------------
 def test_user_errors_are_one_clear_line(sqlite_server_module: ServerProcess, repo: Path, tmp_path: Path) -> None:
     server = sqlite_server_module

@@ -34,13 +34,15 @@ def api(srv: ServerProcess) -> Iterator[ApiClient]:
         yield client
 
 
-def run_sdk(srv: ServerProcess, workdir: Path, code: str, timeout: float = 120) -> dict[str, Any]:
-    """Run `code` with the SDK as a user would on the server's machine; its last stdout line is JSON."""
+def run_sdk(srv: ServerProcess, workdir: Path, code: str, timeout: float = 120,
+            config_file: Path | None = None) -> dict[str, Any]:
+    """Run `code` with the SDK as a user would on the server's machine (with `config_file`'s credentials, by default
+    the first-start admin's); its last stdout line is JSON."""
     workdir.mkdir(parents=True, exist_ok=True)
     script = workdir / "script.py"
     script.write_text(textwrap.dedent(code))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
-    env.update(HOME=str(srv.home), CLEARML_CONFIG_FILE=str(srv.config_file), PYTHONUNBUFFERED="1",
+    env.update(HOME=str(srv.home), CLEARML_CONFIG_FILE=str(config_file or srv.config_file), PYTHONUNBUFFERED="1",
                CLEARML_LOG_LEVEL="WARNING")
     result = subprocess.run([sys.executable, str(script)], cwd=workdir, env=env, capture_output=True, text=True,
                             timeout=timeout)
@@ -182,6 +184,51 @@ def test_sdk_queries_clone_and_dequeue(srv: ServerProcess, api: ApiClient, tmp_p
     clone = api.call("tasks.get_by_id", {"task": answer["clone"]})["task"]
     assert clone["name"] == "one clone" and clone["parent"] == answer["first"]
     assert api.call("queues.get_by_id", {"queue": qid})["queue"]["entries"] == []
+
+def test_sdk_with_a_user_credential(srv: ServerProcess, api: ApiClient, tmp_path: Path) -> None:
+    """A `user` (not an admin) works with the SDK as before: Task.init, Task.create + enqueue, clone of someone else's
+    task; what the SDK makes is hers, and someone else's task refuses her changes with the reason."""
+    from conveyor.config import write_api_section
+
+    name = f"sdk-user-{uuid.uuid4().hex[:6]}"
+    user_id = api.call("users.create", {"name": name, "role": "user"})["id"]
+    creds = api.call("auth.create_credentials", {"user": name})["credentials"]
+    conf = tmp_path / "clearml.conf"
+    write_api_section(conf, srv.url, srv.url, f"{srv.url}/files", creds["access_key"], creds["secret_key"])
+    admins = api.call("tasks.create", {"name": "the admin's", "type": "training",
+                                       "script": {"repository": "file:///tmp/r", "entry_point": "train.py"}})["id"]
+    qid = api.call("queues.create", {"name": f"userq-{uuid.uuid4().hex[:6]}"})["id"]
+    project = f"user-{uuid.uuid4().hex[:6]}"
+    answer = run_sdk(srv, tmp_path / "work", f"""
+        import json
+        from clearml import Task
+        task = Task.init(project_name={project!r}, task_name="mine", reuse_last_task_id=False,
+                         auto_connect_frameworks=False, auto_resource_monitoring=False)
+        task.connect({{"lr": 0.1}})
+        task.get_logger().report_scalar("loss", "train", value=0.5, iteration=1)
+        print("user's run")
+        init_id = task.id
+        task.close()
+        made = Task.create(project_name={project!r}, task_name="made", script="train.py", add_task_init_call=False)
+        Task.enqueue(made, queue_id={qid!r})
+        clone = Task.clone(source_task={admins!r}, name="my clone")
+        Task.enqueue(clone, queue_id={qid!r})
+        try:
+            Task.enqueue({admins!r}, queue_id={qid!r})
+            refusal = ""
+        except Exception as exc:
+            refusal = str(exc)
+        print(json.dumps({{"init": init_id, "made": made.id, "clone": clone.id, "refusal": refusal}}))
+    """, config_file=conf)
+    for key, status in (("init", "completed"), ("made", "queued"), ("clone", "queued")):
+        task = api.call("tasks.get_by_id", {"task": answer[key]})["task"]
+        assert (task["user"], task["status"]) == (user_id, status), key
+    assert api.call("tasks.get_by_id", {"task": answer["init"]})["task"]["last_iteration"] == 1
+    assert "belongs to" in answer["refusal"] and "only its owner or an admin can enqueue it" in answer["refusal"]
+    assert api.call("tasks.get_by_id", {"task": admins})["task"]["status"] == "created"
+    assert [e["task"] for e in api.call("queues.get_by_id", {"queue": qid})["queue"]["entries"]] == [
+        answer["made"], answer["clone"]]
+
 
 # --- every answer parses with the SDK's own response classes ------------------------------------------------------
 def _sdk_responses() -> dict[str, Any]:

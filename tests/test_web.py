@@ -176,7 +176,7 @@ def _with_log(api: Api) -> str:
 
 # The body the UI sends for each endpoint it calls (built on fresh objects, so each call is valid on its own).
 BODIES: dict[str, Callable[[Api], dict[str, Any]]] = {
-    "tasks.get_all": lambda a: {"only_fields": ["id", "name", "type", "project", "status", "status_reason",
+    "tasks.get_all": lambda a: {"only_fields": ["id", "name", "type", "project", "user", "status", "status_reason",
                                                 "status_message", "last_update", "created", "last_worker",
                                                 "execution.queue"],
                                 "order_by": ["-created"], "page": 0, "page_size": 50, "status": ["queued"],
@@ -193,6 +193,7 @@ BODIES: dict[str, Callable[[Api], dict[str, Any]]] = {
     "queues.move_task_to_front": lambda a: (lambda q: {"queue": q[0], "task": q[2]})(a.queued()),
     "queues.remove_task": lambda a: (lambda q: {"queue": q[0], "task": q[1]})(a.queued()),
     "workers.get_all": lambda a: {},
+    "users.get_all": lambda a: {},
     "events.get_task_log": lambda a: {"task": _with_log(a), "order": "asc", "scroll_id": "", "batch_size": 1000},
     "events.scalar_metrics_iter_histogram": lambda a: {"task": _with_log(a)},
 }
@@ -238,6 +239,21 @@ def test_answers_have_the_shapes_the_ui_reads(sqlite_server: Any) -> None:
     assert histogram["loss"]["train"]["x"] == [1] and histogram["loss"]["train"]["y"] == [0.5]
     # Clone answers the new id the UI opens.
     assert len(api.call("tasks.clone", task=task, new_task_name="copy")["id"]) == 32
+
+
+def test_tasks_show_their_owner(sqlite_server: Any) -> None:
+    """The list and the detail view show who owns each task: the owner's name, from users.get_all by the task's
+    `user` id, which the list asks for."""
+    api = Api(sqlite_server)
+    task = api.task()
+    body = {k: v for k, v in BODIES["tasks.get_all"](api).items() if k != "status"}  # the UI's, any status
+    listed = api.call("tasks.get_all", **body, id=[task])["tasks"]
+    owners = {u["id"]: u["name"] for u in api.call("users.get_all", **BODIES["users.get_all"](api))["users"]}
+    assert owners[listed[0]["user"]] == api.call("users.get_current_user")["user"]["name"]
+    assert re.search(r'\[null, "Owner"\]', APP_JS), "the task list has no Owner column"
+    assert re.search(r'fact\("Owner", task\.user \? names\.users\.get\(task\.user\)', APP_JS), \
+        "the task view shows no owner"
+    assert 'userNames(tasks.map((t) => t.user))' in APP_JS and 'userNames([task.user])' in APP_JS
 
 
 def test_errors_carry_the_message_the_banner_shows(sqlite_server: Any) -> None:

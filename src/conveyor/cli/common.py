@@ -22,12 +22,17 @@ def client_of(args: argparse.Namespace):  # noqa: ANN201 - ApiClient
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the command; a user's mistake or an unreachable server is one line on stderr and exit 2, no traceback."""
-    from conveyor.client.errors import ConveyorError
+    from conveyor.client.errors import ApiCallError, AuthError, ConveyorError
 
     try:
         result: Any = args.func(args)
     except ConfigError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    except ApiCallError as exc:
+        # A refusal (403) says whose the thing is and who may change it: that message alone is the clearest line.
+        refused = exc.code == 403 and not isinstance(exc, AuthError)
+        print(f"conveyor: {exc.msg if refused else exc}", file=sys.stderr)
         return 2
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)

@@ -13,10 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = cmds.add_parser("create", help="create an access key and secret (the secret is shown only once)")
     c.add_argument("--label", default="", help="what the key is for, e.g. 'gpu-box agent'")
+    c.add_argument("--user", metavar="NAME", help="whose key it is (admins only; default: yours)")
     c.add_argument("--json", action="store_true", help="print the new credentials as JSON")
     c.set_defaults(func=create)
 
-    ls = cmds.add_parser("list", help="list access keys, active and revoked, with their state (never secrets)")
+    ls = cmds.add_parser("list", help="list access keys, active and revoked, with their state and owner (never secrets): an admin sees everyone's")
     ls.add_argument("--active", action="store_true", help="only the keys that can still log in")
     ls.add_argument("--all", action="store_true", help=argparse.SUPPRESS)  # revoked keys are listed by default now
     ls.add_argument("--json", action="store_true", help="print the server's data as JSON")
@@ -30,8 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def create(args: argparse.Namespace) -> int:
     from conveyor.cli.common import client_of
+    from conveyor.client.errors import ApiCallError
+    from conveyor.client.task_builder import SpecError
 
-    creds = client_of(args).call("auth.create_credentials", {"label": args.label})["credentials"]
+    body = {"label": args.label, **({"user": args.user} if args.user else {})}
+    try:
+        creds = client_of(args).call("auth.create_credentials", body)["credentials"]
+    except ApiCallError as exc:
+        if exc.code == 403:
+            raise SpecError(f"{exc.msg} — ask an admin, or leave out --user") from None
+        if exc.code == 400 and "No user named" in exc.msg:
+            raise SpecError(f"No user named {args.user!r} — `conveyor user list` shows the users") from None
+        raise
     if args.json:
         print_json(creds)
         return 0
@@ -50,11 +61,11 @@ def list_credentials(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     mine = config_of(args).access_key
-    rows = [(c["access_key"] + (" *" if c["access_key"] == mine else ""), c.get("label") or "",
-             local_time(c.get("created")), local_time(c.get("last_used")),
+    rows = [(c["access_key"] + (" *" if c["access_key"] == mine else ""), c.get("user_name") or c.get("user") or "",
+             c.get("label") or "", local_time(c.get("created")), local_time(c.get("last_used")),
              "revoked " + local_time(c["revoked"]) if c.get("revoked") else "active")
             for c in data.get("credentials") or []]
-    print_table(("ACCESS KEY", "LABEL", "CREATED", "LAST USED", "STATE"), rows, empty="No credentials")
+    print_table(("ACCESS KEY", "USER", "LABEL", "CREATED", "LAST USED", "STATE"), rows, empty="No credentials")
     if any(c["access_key"] == mine for c in data.get("credentials") or []):
         print("(* the key this command uses)")
     return 0

@@ -12,7 +12,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import jwt
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from conveyor import __version__
 from conveyor.protocol import errors
@@ -52,13 +53,44 @@ def signing_key(store: "Store") -> str:
         return key
 
 
+ROLES = ("admin", "user")
+
+
 def ensure_user(conn: Any, name: str = "Conveyor Admin") -> str:
+    """The first user; created (as an admin) on the first start."""
     row = conn.execute(select(s.users.c.id).order_by(s.users.c.created).limit(1)).first()
     if row:
         return row[0]
+    return create_user(conn, name, "admin")
+
+
+def create_user(conn: Any, name: str, role: str) -> str:
+    if role not in ROLES:
+        raise errors.validation_error(f"Invalid role {role!r}: use one of {', '.join(ROLES)}")
+    if not name.strip():
+        raise errors.validation_error("Validation error: a user name cannot be empty")
+    if find_user(conn, name) is not None:
+        raise errors.bad_request(f"A user named {name!r} already exists")
     user_id = new_id()
-    conn.execute(s.users.insert().values(id=user_id, name=name, created=time.time()))
+    try:
+        conn.execute(s.users.insert().values(id=user_id, name=name, role=role, created=time.time()))
+    except IntegrityError:  # the same name made at the same moment by another call (ux_users_name)
+        raise errors.bad_request(f"A user named {name!r} already exists") from None
     return user_id
+
+
+def find_user(conn: Any, name_or_id: str) -> Any:
+    """The users row with this id, else with this name (case-insensitive); None when there is none."""
+    u = s.users.c
+    row = conn.execute(select(s.users).where(u.id == name_or_id)).first()
+    if row is None:
+        row = conn.execute(select(s.users).where(func.lower(u.name) == name_or_id.lower())).first()
+    return row
+
+
+def user_name(conn: Any, user_id: str | None) -> str:
+    row = conn.execute(select(s.users.c.name).where(s.users.c.id == user_id)).first() if user_id else None
+    return row[0] if row else f"an unknown user ({user_id or 'none'})"
 
 
 def create_credentials(conn: Any, user_id: str, label: str = "") -> tuple[str, str]:
@@ -71,18 +103,27 @@ def create_credentials(conn: Any, user_id: str, label: str = "") -> tuple[str, s
     return access_key, secret_key
 
 
+def _active_credentials(conn: Any, access_key: str | None = None) -> dict[str, Identity]:
+    """Valid credentials → who they act as. A credential whose user is gone acts as nobody."""
+    c, u = s.credentials.c, s.users.c
+    query = (select(c.access_key, c.user_id, u.name, u.role).select_from(s.credentials.join(s.users, u.id == c.user_id))
+             .where(c.revoked.is_(None)))
+    if access_key is not None:
+        query = query.where(c.access_key == access_key)
+    return {r.access_key: Identity(r.user_id, r.name, COMPANY_ID, r.access_key, r.role) for r in conn.execute(query)}
+
+
 class Authenticator:
-    """Issues and checks tokens. Revocations reach other server processes within `refresh_sec`."""
+    """Issues and checks tokens. Revocations and role changes reach other server processes within `refresh_sec`."""
 
     def __init__(self, store: "Store", key: str, token_ttl_sec: int, refresh_sec: float = 2.0):
         self.store = store
         self.key = key
         self.token_ttl_sec = token_ttl_sec
         self.refresh_sec = refresh_sec
-        self._revoked: set[str] = set()
-        self._revoked_at = 0.0
-        self._users: dict[str, str] = {}
-        self._verified: dict[str, tuple[float, Identity]] = {}  # token → (exp, identity); skips re-verifying
+        self._identities: dict[str, Identity] = {}  # valid access key → who it acts as, re-read every refresh_sec
+        self._identities_at = 0.0
+        self._verified: dict[str, tuple[float, str]] = {}  # token → (exp, access key); skips re-verifying
         self._lock = threading.Lock()
 
     # --- login -------------------------------------------------------------------------------------------
@@ -101,21 +142,16 @@ class Authenticator:
             raise errors.unauthorized("Malformed Basic authorization header", 21) from None
         with self.store.read() as conn:
             row = conn.execute(
-                select(s.credentials.c.secret_hash, s.credentials.c.user_id, s.credentials.c.revoked).where(
-                    s.credentials.c.access_key == access_key
-                )
+                select(s.credentials.c.secret_hash).where(s.credentials.c.access_key == access_key)
             ).first()
-            name = ""
-            if row:
-                user = conn.execute(select(s.users.c.name).where(s.users.c.id == row.user_id)).first()
-                name = user[0] if user else ""
-        if not row or row.revoked or not hmac.compare_digest(row.secret_hash, hash_secret(secret_key)):
+            identity = _active_credentials(conn, access_key).get(access_key)
+        if not row or identity is None or not hmac.compare_digest(row.secret_hash, hash_secret(secret_key)):
             raise errors.unauthorized("Invalid credentials: the access key and secret were refused", 22)
         with self.store.write() as conn:
             conn.execute(
                 update(s.credentials).where(s.credentials.c.access_key == access_key).values(last_used=time.time())
             )
-        return self.issue(Identity(row.user_id, name, COMPANY_ID, access_key), expiration_sec)
+        return self.issue(identity, expiration_sec)
 
     def issue(self, identity: Identity, expiration_sec: int | None) -> str:
         now = int(time.time())
@@ -157,33 +193,35 @@ class Authenticator:
                 raise errors.unauthorized("Token expired: log in again with auth.login", 23) from None
             except jwt.InvalidTokenError:
                 raise errors.unauthorized("Invalid token: log in again with auth.login", 24) from None
-            ident = claims.get("identity") or {}
-            identity = Identity(
-                ident.get("user", ""), ident.get("user_name", ""), ident.get("company", COMPANY_ID), claims.get("key", "")
-            )
-            cached = (float(claims["exp"]), identity)
+            # Who the caller is comes from its credential's row, not from the claims: a role change or a revocation
+            # applies to tokens already issued, and a token naming no valid credential acts as nobody.
+            cached = (float(claims["exp"]), str(claims.get("key") or ""))
             if len(self._verified) > 10_000:
                 self._verified.clear()
             self._verified[token] = cached
-        exp, identity = cached
+        exp, access_key = cached
         if exp <= now:
             raise errors.unauthorized("Token expired: log in again with auth.login", 23)
-        if identity.access_key in self.revoked_keys(now):
+        identity = self.identity_of(access_key, now)
+        if identity is None:
             raise errors.unauthorized("Credentials revoked: create new credentials and log in again", 25)
         return identity
 
-    def revoked_keys(self, now: float) -> set[str]:
-        if now - self._revoked_at > self.refresh_sec:
+    def identity_of(self, access_key: str, now: float) -> Identity | None:
+        if now - self._identities_at > self.refresh_sec:
             with self._lock:
-                if now - self._revoked_at > self.refresh_sec:
+                if now - self._identities_at > self.refresh_sec:
                     with self.store.read() as conn:
-                        rows = conn.execute(
-                            select(s.credentials.c.access_key).where(s.credentials.c.revoked.is_not(None))
-                        ).all()
-                    self._revoked = {r[0] for r in rows}
-                    self._revoked_at = now
-        return self._revoked
+                        self._identities = _active_credentials(conn)
+                    self._identities_at = now
+        identity = self._identities.get(access_key)
+        if identity is None and access_key:  # made since the last refresh (maybe by another server process)
+            with self.store.read() as conn:
+                identity = _active_credentials(conn, access_key).get(access_key)
+            if identity is not None:
+                self._identities[access_key] = identity
+        return identity
 
-    def forget_revocations(self) -> None:
-        """Re-read revocations on the next call (this process just revoked a key)."""
-        self._revoked_at = 0.0
+    def forget_credentials(self) -> None:
+        """Re-read credentials and roles on the next call (this process just revoked a key or changed a user)."""
+        self._identities_at = 0.0

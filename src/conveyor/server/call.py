@@ -46,7 +46,7 @@ class Identity:
     user_name: str
     company: str
     access_key: str
-    role: str = "admin"
+    role: str = "user"  # "admin" or "user" (see ownership.py)
 
 
 @dataclass
@@ -67,6 +67,10 @@ class Call:
     @property
     def user(self) -> str:
         return self.identity.user if self.identity else ""
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(self.identity) and self.identity.role == "admin"
 
     # Typed accessors: a wrong type or a missing required field is a 400 that names the field.
     def get(self, name: str, default: Any = None) -> Any:

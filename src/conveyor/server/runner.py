@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 
 from conveyor.config import Config, write_api_section
 from conveyor.server.auth import Authenticator, create_credentials, ensure_user, signing_key
+from conveyor.server.data_dir import secure
 from conveyor.server.state import ServerSettings, ServerState
 from conveyor.server.store import Store, StoreError
 from conveyor.server.store import schema as s
@@ -99,6 +100,7 @@ def bootstrap(store: Store, opts: ServerOptions, out=sys.stdout) -> None:  # noq
 
 
 def build_state(cfg: Config, opts: ServerOptions) -> ServerState:
+    secure(opts.data_dir, opts.files_dir, opts.db)  # before SQLite creates a file with the umask's mode
     store = Store(opts.db)
     bootstrap(store, opts)
     settings = settings_from(cfg)

@@ -10,6 +10,7 @@ from sqlalchemy import delete, func, select
 
 from conveyor.protocol import errors
 from conveyor.server.call import INT64_MAX, Call, dumps, iso, loads
+from conveyor.server.ownership import require_task_owner
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store.documents import get_task, save_task
@@ -127,6 +128,7 @@ def add_batch(call: Call) -> dict[str, Any]:
             if doc is None:
                 errors_info[task_id] = f"Invalid task id: {task_id}"
                 continue
+            require_task_owner(call, conn, doc, "report events for it", as_runner=True)
             accepted.extend(task_rows)
             task_rows = _not_seen(conn, task_id, task_rows)
             if not task_rows:
@@ -247,5 +249,8 @@ def scalar_metrics_iter_histogram(call: Call) -> dict[str, Any]:
 def delete_for_task(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
+        doc = get_task(conn, task_id)
+        if doc is not None:
+            require_task_owner(call, conn, doc, "delete its events")
         deleted = conn.execute(delete(s.events).where(s.events.c.task == task_id)).rowcount
     return {"deleted": bool(deleted)}  # a bool, as the SDK parses it

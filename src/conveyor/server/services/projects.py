@@ -10,6 +10,7 @@ from conveyor.protocol import errors
 from conveyor.protocol.ids import new_id
 from conveyor.server import query as q
 from conveyor.server.call import Call, dumps, iso, loads, now
+from conveyor.server.ownership import require_owner
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 
@@ -81,6 +82,7 @@ def update_project(call: Call) -> dict[str, Any]:
     project_id = call.str("project", required=True)
     with call.store.write() as conn:
         doc = _load(conn, project_id)
+        require_owner(call, conn, doc, "project", "change it")
         fields: dict[str, Any] = {}
         name = call.str("name")
         if name and name != doc["name"]:
@@ -104,7 +106,7 @@ def update_project(call: Call) -> dict[str, Any]:
 def delete_project(call: Call) -> dict[str, Any]:
     project_id = call.str("project", required=True)
     with call.store.write() as conn:
-        _load(conn, project_id)
+        require_owner(call, conn, _load(conn, project_id), "project", "delete it")
         count = conn.execute(select(func.count()).where(s.tasks.c.project == project_id)).scalar() or 0
         if count and not call.bool("force"):
             raise errors.bad_request(f"Project {project_id} still has {count} task(s): delete them or use force=true", 403)

@@ -11,6 +11,7 @@ from conveyor.protocol import errors
 from conveyor.protocol.ids import new_id
 from conveyor.server import query as q
 from conveyor.server.call import Call, iso, loads, now
+from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
@@ -138,6 +139,7 @@ def update_queue(call: Call) -> dict[str, Any]:
     queue_id = call.str("queue", required=True)
     with call.store.write() as conn:
         doc = _load(conn, queue_id)
+        require_admin(call, "change a queue")
         fields: dict[str, Any] = {}
         name = call.str("name")
         if name and name.lower() != doc["name"].lower():
@@ -160,6 +162,7 @@ def delete_queue(call: Call) -> dict[str, Any]:
     queue_id = call.str("queue", required=True)
     with call.store.write() as conn:
         _load(conn, queue_id)
+        require_admin(call, "delete a queue")
         count = conn.execute(select(func.count()).where(s.queue_entries.c.queue == queue_id)).scalar() or 0
         if count and not call.bool("force"):
             raise errors.queue_not_empty(queue_id)
@@ -187,8 +190,11 @@ def add_task(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         _load(conn, queue_id)
-        if get_task(conn, task_id) is None:
+        doc = get_task(conn, task_id)
+        if doc is None:
             raise errors.invalid_task_id(task_id)
+        # A worker hands back what it pulled while stopping: the runner may.
+        require_task_owner(call, conn, doc, "enqueue it", as_runner=True)
         add_entry(conn, queue_id, task_id)
     call.state.wake([queue_id])
     return {"added": 1}
@@ -200,6 +206,9 @@ def remove_task(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         _load(conn, queue_id)
+        doc = get_task(conn, task_id)
+        if doc is not None:
+            require_task_owner(call, conn, doc, "dequeue it")
         removed = conn.execute(
             delete(s.queue_entries).where(s.queue_entries.c.queue == queue_id, s.queue_entries.c.task == task_id)
         ).rowcount
@@ -213,6 +222,7 @@ def clear_queue(call: Call) -> dict[str, Any]:
     queue_id = call.str("queue", required=True)
     with call.store.write() as conn:
         _load(conn, queue_id)
+        require_admin(call, "clear a queue")
         tasks = [r[0] for r in conn.execute(select(s.queue_entries.c.task).where(s.queue_entries.c.queue == queue_id)).all()]
         conn.execute(delete(s.queue_entries).where(s.queue_entries.c.queue == queue_id))
         for task_id in tasks:
@@ -246,6 +256,9 @@ def _move(call: Call, where: str) -> dict[str, Any]:
     e = s.queue_entries.c
     with call.store.write() as conn:
         _load(conn, queue_id)
+        doc = get_task(conn, task_id)
+        if doc is not None:
+            require_task_owner(call, conn, doc, "move it in its queue", as_runner=True)
         rows = conn.execute(select(e.seq, e.task).where(e.queue == queue_id).order_by(e.position, e.seq)).all()
         seqs = [r.seq for r in rows]
         tasks = [r.task for r in rows]
@@ -306,6 +319,8 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
             if row is None:
                 continue
             task_id, added = row
+            if call.identity is not None:  # this credential's worker now runs it: it may report on it
+                sql.run(conn, "set_runner", {"id": task_id, "runner": call.identity.access_key})
             answer: dict[str, Any] = {"entry": {"task": task_id, "added": iso(added)}, "queue": queue_id}
             if call.bool("get_task_info"):
                 doc = get_task(conn, task_id) or {}

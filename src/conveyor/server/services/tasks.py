@@ -12,8 +12,10 @@ from conveyor.protocol.ids import new_id
 from conveyor.protocol.status import TaskStatus, can_transition
 from conveyor.server import query as q
 from conveyor.server.call import Call, iso, loads, now
+from conveyor.server.ownership import require_task_owner
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
+from conveyor.server.store import sql
 from conveyor.server.store.documents import add_entry, get_task, insert_task, remove_entries, save_task
 from conveyor.server.store.documents import to_epoch
 
@@ -155,10 +157,11 @@ def set_status(
     return fields
 
 
-def _status_call(call: Call, new_status: str, **extra: Any) -> dict[str, Any]:
+def _status_call(call: Call, new_status: str, *, by_runner: bool = True, **extra: Any) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, f"mark it {new_status.replace('_', ' ')}", as_runner=by_runner)
         fields = set_status(
             conn, doc, new_status, force=call.bool("force"), user=call.user,
             reason=call.str("status_reason"), message=call.str("status_message"),
@@ -227,6 +230,7 @@ def edit(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "edit it", as_runner=True)
         if not call.bool("force") and doc.get("status") not in ("created", None):
             raise errors.invalid_task_status(
                 f"task {task_id} is {doc.get('status')}; only created tasks can be edited (use force=true)"
@@ -273,6 +277,7 @@ def delete_task(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "delete it")
         if doc.get("status") == "in_progress" and not call.bool("force"):
             raise errors.invalid_task_status(f"task {task_id} is running; stop it first or use force=true")
         remove_entries(conn, task_id)
@@ -299,7 +304,7 @@ def failed(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.completed")
 def completed(call: Call) -> dict[str, Any]:
-    result = _status_call(call, "completed")
+    result = _status_call(call, "completed")  # the publish below: the same caller, already checked
     if call.bool("publish"):
         with call.store.write() as conn:
             doc = load(conn, call.str("task"), lock=True)
@@ -310,12 +315,12 @@ def completed(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.close")
 def close(call: Call) -> dict[str, Any]:
-    return _status_call(call, "closed")
+    return _status_call(call, "closed", by_runner=False)
 
 
 @endpoint("tasks.publish")
 def publish(call: Call) -> dict[str, Any]:
-    return _status_call(call, "published")
+    return _status_call(call, "published", by_runner=False)
 
 
 def worker_alive(conn: Any, worker: str | None) -> bool:
@@ -331,6 +336,7 @@ def stop(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "abort it")
         status = doc.get("status")
         development = "development" in (doc.get("system_tags") or [])
         if status == "in_progress" and not development and worker_alive(conn, doc.get("last_worker")):
@@ -361,6 +367,7 @@ def enqueue(call: Call) -> dict[str, Any]:
         else:
             queue_id = default_queue_id(conn)
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "enqueue it")
         old = doc.get("status") or "created"
         if old == "queued":
             raise errors.invalid_task_status(f"task {task_id} is already queued; dequeue it first")
@@ -373,6 +380,7 @@ def enqueue(call: Call) -> dict[str, Any]:
         fields = set_status(conn, doc, "queued", force=True, user=call.user,
                             reason=call.str("status_reason") or "", message=call.str("status_message") or "")
         add_entry(conn, queue_id, task_id)
+        sql.run(conn, "set_runner", {"id": task_id, "runner": None})  # the next pop names the next runner
     call.state.wake([queue_id])
     fields["execution.queue"] = queue_id
     return {"updated": 1, "queued": 1, "fields": fields}
@@ -383,6 +391,7 @@ def dequeue(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "dequeue it", as_runner=True)
         removed = remove_entries(conn, task_id)
         status = doc.get("status")
         if status not in ("queued", "in_progress") and not removed:
@@ -400,6 +409,7 @@ def reset(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "reset it")
         if doc.get("status") == "published" and not call.bool("force"):
             raise errors.invalid_task_status(f"task {task_id} is published; use force=true to reset it")
         dequeued = remove_entries(conn, task_id)
@@ -417,6 +427,7 @@ def reset(call: Call) -> dict[str, Any]:
         doc["runtime"] = {k: v for k, v in runtime.items() if not k.startswith("_")}
         fields = set_status(conn, doc, "created", force=True, user=call.user, reason=call.str("status_reason") or "",
                             message="")
+        sql.run(conn, "set_runner", {"id": task_id, "runner": None})
     return {"updated": 1, "dequeued": {"removed": dequeued} if dequeued else {}, "deleted_models": 0, "urls": {},
             "fields": fields}
 
@@ -426,6 +437,7 @@ def ping(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "ping it", as_runner=True)
         doc["last_update"] = iso(now())
         save_task(conn, doc)
     return {}
@@ -440,6 +452,7 @@ def set_requirements(call: Call) -> dict[str, Any]:
         raise errors.missing_field("requirements")
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "edit it", as_runner=True)
         doc.setdefault("script", {})["requirements"] = requirements
         _touch(doc, call.user)
         save_task(conn, doc)
@@ -466,6 +479,7 @@ def edit_hyper_params(call: Call) -> dict[str, Any]:
     replace = call.str("replace_hyperparams") or "none"
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "edit it", as_runner=True)
         if not call.bool("force") and doc.get("status") not in ("created", None):
             raise errors.invalid_task_status(f"task {task_id} is {doc.get('status')}; use force=true to edit it")
         params = {} if replace == "all" else doc.get("hyperparams") or {}
@@ -493,6 +507,7 @@ def delete_hyper_params(call: Call) -> dict[str, Any]:
                                           "'section' and an optional string 'name' (no name: the whole section)")
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "edit it", as_runner=True)
         params = doc.get("hyperparams") or {}
         deleted = 0
         for item in items:
@@ -526,6 +541,7 @@ def edit_configuration(call: Call) -> dict[str, Any]:
     items = call.list("configuration") or []
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "edit it", as_runner=True)
         config = {} if call.bool("replace_configuration") else doc.get("configuration") or {}
         for item in items:
             if not isinstance(item, dict) or not item.get("name") or not isinstance(item["name"], str):
@@ -554,6 +570,7 @@ def add_or_update_artifacts(call: Call) -> dict[str, Any]:
     artifacts = call.list("artifacts") or []
     with call.store.write() as conn:
         doc = load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "edit it", as_runner=True)
         current = {(a.get("key"), a.get("mode", "output")): a for a in (doc.get("execution") or {}).get("artifacts", [])}
         for art in artifacts:
             if not isinstance(art, dict) or not art.get("key") or not isinstance(art["key"], str) \

@@ -1,4 +1,4 @@
-"""The `users` service: enough for the SDK and the agent to know who they are."""
+"""The `users` service: who the caller is, who else there is, and (admins) making users."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ from typing import Any
 from sqlalchemy import select
 
 from conveyor.protocol import errors
-from conveyor.server.auth import COMPANY_ID, COMPANY_NAME
+from conveyor.server.auth import COMPANY_ID, COMPANY_NAME, create_user
 from conveyor.server.call import Call, iso
+from conveyor.server.ownership import require_admin
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 
 
 def _user(row: Any) -> dict[str, Any]:
     first, _, last = row.name.partition(" ")
-    return {"id": row.id, "name": row.name, "given_name": first, "family_name": last, "role": "admin",
+    return {"id": row.id, "name": row.name, "given_name": first, "family_name": last, "role": row.role,
             "company": {"id": COMPANY_ID, "name": COMPANY_NAME}, "created": iso(row.created), "avatar": None,
             "preferences": {}}
 
@@ -45,3 +46,13 @@ def get_by_id(call: Call) -> dict[str, Any]:
     if row is None:
         raise errors.ApiError(400, 400, f"Invalid user id: {user_id}")
     return {"user": _user(row)}
+
+
+@endpoint("users.create")
+def create(call: Call) -> dict[str, Any]:
+    """Conveyor's own call (the reference makes users through its login provider): `name`, `role` admin|user."""
+    require_admin(call, "create users")
+    name = call.str("name", required=True).strip()
+    with call.store.write() as conn:
+        user_id = create_user(conn, name, call.str("role") or "user")
+    return {"id": user_id}

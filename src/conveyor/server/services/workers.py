@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select, update
 
 from conveyor.protocol import errors
 from conveyor.server.call import Call, dumps, iso, loads, now
+from conveyor.server.ownership import may_change_task
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store.documents import get_task, save_task
@@ -95,7 +96,8 @@ def status_report(call: Call) -> dict[str, Any]:
                                                         stats=dumps(doc["machine_stats"])))
         if task_id:
             task = get_task(conn, task_id, lock=True)
-            if task is not None:
+            # Only a worker that may report on the task marks it as its own (tasks.stop trusts last_worker).
+            if task is not None and may_change_task(call, conn, task, as_runner=True):
                 if doc.get("task") != task_id:
                     doc["task_started"] = iso(ts)
                 task["last_worker"] = worker

@@ -20,6 +20,8 @@ users = Table(
     Column("id", ID, primary_key=True),
     Column("name", NAME, nullable=False),
     Column("created", Float, nullable=False),
+    Column("role", String(16), nullable=False, server_default="user"),  # "admin" or "user"
+    Index("ux_users_name", "name", unique=True),
 )
 
 credentials = Table(
@@ -66,6 +68,9 @@ tasks = Table(
     Column("status_changed", Float),
     Column("last_iteration", BigInteger, nullable=False, default=0),
     Column("doc", Text, nullable=False),
+    # The access key that last pulled the task off a queue: its worker may report on the task (not in the doc,
+    # which every reader sees; set by the pop, cleared by enqueue and reset).
+    Column("runner", String(128)),
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_project", "project"),
     Index("ix_tasks_last_update", "last_update"),

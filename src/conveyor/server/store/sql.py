@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from conveyor.server.store.schema import tasks
 
-_TASK_COLUMNS = [c.name for c in tasks.columns if c.name != "id"]
+_TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner")]  # runner: see set_runner
 
 QUERIES: dict[str, str | dict[str, str]] = {
     "get_task": "SELECT doc FROM tasks WHERE id = :id",
@@ -27,6 +27,8 @@ QUERIES: dict[str, str | dict[str, str]] = {
     },
     "save_task": f"UPDATE tasks SET {', '.join(f'{c} = :{c}' for c in _TASK_COLUMNS)} WHERE id = :id",
     "insert_task": f"INSERT INTO tasks (id, {', '.join(_TASK_COLUMNS)}) VALUES (:id, {', '.join(':' + c for c in _TASK_COLUMNS)})",
+    "set_runner": "UPDATE tasks SET runner = :runner WHERE id = :id",
+    "get_runner": "SELECT runner FROM tasks WHERE id = :id",
     "queue_exists": "SELECT id FROM queues WHERE id = :id",
     "get_queue": "SELECT doc FROM queues WHERE id = :id",
     # Append or prepend in one statement, so that two concurrent adds cannot read the same edge position.

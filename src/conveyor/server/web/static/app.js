@@ -341,8 +341,19 @@
     return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
   }
 
-  // --- names of projects and queues (cached) --------------------------------------------------------------------
-  const names = { projects: new Map(), queues: new Map(), projectsAt: 0, queuesAt: 0 };
+  // --- names of projects, queues and users (cached) -------------------------------------------------------------
+  const names = { projects: new Map(), queues: new Map(), users: new Map(), projectsAt: 0, queuesAt: 0, usersAt: 0 };
+
+  // Tasks name their owner by id; the UI shows the user's name.
+  async function userNames(ids) {
+    const missing = ids.some((id) => id && !names.users.has(id));
+    if (Date.now() - names.usersAt > 30000 || (missing && Date.now() - names.usersAt > 5000)) {
+      names.usersAt = Date.now();
+      const data = await api("users.get_all", {});
+      names.users = new Map((data.users || []).map((u) => [u.id, u.name]));
+    }
+    return names.users;
+  }
 
   async function projectNames(ids) {
     const missing = ids.some((id) => id && !names.projects.has(id));
@@ -459,8 +470,8 @@
 
   // Tasks ---------------------------------------------------------------------------------------------------------
   const tasksState = { status: "all", name: "", page: 0, pageSize: 50, order: "-created" };
-  const TASK_FIELDS = ["id", "name", "type", "project", "status", "status_reason", "status_message", "last_update",
-    "created", "last_worker", "execution.queue"];
+  const TASK_FIELDS = ["id", "name", "type", "project", "user", "status", "status_reason", "status_message",
+    "last_update", "created", "last_worker", "execution.queue"];
 
   function tasksView(main) {
     document.title = "Tasks · Conveyor";
@@ -489,7 +500,7 @@
           reload();
         },
       }, label)));
-    const columns = [["name", "Name"], [null, "Project"], ["status", "Status"], [null, "Status reason"], [null, "Worker"],
+    const columns = [["name", "Name"], [null, "Project"], [null, "Owner"], ["status", "Status"], [null, "Status reason"], [null, "Worker"],
       ["created", "Created"], ["last_update", "Last update"], [null, ""]];
     const headRow = h("tr");
     const renderHead = () => {
@@ -525,14 +536,15 @@
         throw err;
       }
       const tasks = data.tasks || [];
-      const projects = await projectNames(tasks.map((t) => t.project));
-      const key = JSON.stringify([tasks, state, [...projects]]);
+      const [projects, users] = await Promise.all([projectNames(tasks.map((t) => t.project)),
+        userNames(tasks.map((t) => t.user))]);
+      const key = JSON.stringify([tasks, state, [...projects], [...users]]);
       if (key === lastKey) return;
       lastKey = key;
-      render(tasks, projects);
+      render(tasks, projects, users);
     }
 
-    function render(tasks, projects) {
+    function render(tasks, projects, users) {
       prev.disabled = state.page === 0;
       next.disabled = tasks.length < state.pageSize;
       pageLabel.textContent = "Page " + (state.page + 1);
@@ -560,6 +572,7 @@
           h("td", { class: "cell-name" }, link(taskHref(task.id), task.name || "(unnamed)"),
             h("span", { class: "cell-id", title: task.id }, task.id + (task.type ? "  ·  " + task.type : ""))),
           h("td", null, task.project ? h("span", { class: "clip", title: task.project }, projects.get(task.project) || task.project) : dash()),
+          h("td", { class: "nowrap" }, task.user ? h("span", { class: "clip", title: task.user }, users.get(task.user) || task.user) : dash()),
           h("td", null, badge(task)),
           h("td", { class: "muted" }, reason ? h("span", { class: "clip", title: reason }, reason) : dash()),
           h("td", { class: "mono small nowrap" }, task.last_worker ? link("#/workers", task.last_worker) : dash()),
@@ -958,7 +971,7 @@
     let lastKey = "";
     let lastExecKey = "";
     function render(projects, queues) {
-      const key = JSON.stringify([task, [...projects], [...queues]]);
+      const key = JSON.stringify([task, [...projects], [...queues], names.users.get(task.user)]);
       if (key === lastKey) return;
       lastKey = key;
       document.title = (task.name || task.id) + " · Conveyor";
@@ -987,6 +1000,7 @@
         fact("Status", [badge(task), task.status_message && task.status_message !== "stopping" ? h("span", { class: "muted" }, "  " + task.status_message) : null]),
         fact("Status reason", dash(task.status_reason)),
         fact("Project", task.project ? projects.get(task.project) || task.project : dash()),
+        fact("Owner", task.user ? names.users.get(task.user) || task.user : dash()),
         fact("Type", dash(task.type)),
         fact("Queue", queueId ? (queues.get(queueId) || queueId) : dash()),
         fact("Last worker", task.last_worker ? link("#/workers", task.last_worker) : dash(), "mono"),
@@ -1027,7 +1041,7 @@
       const wasActive = isActive(task);
       task = data.task;
       if (wasActive && !isActive(task)) log.tail = 3; // a few more reads catch the lines sent just before the end
-      const [projects] = await Promise.all([projectNames([task.project]), queueList(false)]);
+      const [projects] = await Promise.all([projectNames([task.project]), queueList(false), userNames([task.user])]);
       render(projects, names.queues);
       logPoller.kick();
       if (tab === "scalars" && !scalars.loaded) scalarPoller.kick();
