@@ -50,6 +50,7 @@ def settings_from(cfg: Config) -> ServerSettings:
         token_ttl_sec=int(cfg.get("conveyor.server.token_ttl_sec")),
         task_update_timeout_sec=int(cfg.get("conveyor.server.task_update_timeout_sec")),
         reap_interval_sec=float(cfg.get("conveyor.server.reap_interval_sec")),
+        unstarted_requeue_sec=float(cfg.get("conveyor.server.unstarted_requeue_sec")),
     )
 
 

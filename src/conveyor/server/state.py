@@ -18,6 +18,7 @@ class ServerSettings:
     token_ttl_sec: int
     task_update_timeout_sec: int  # a task whose worker was not heard from this long is stopped outright
     reap_interval_sec: float
+    unstarted_requeue_sec: float  # a popped task not started within this is put back at the front of its queue
 
 
 class ServerState:

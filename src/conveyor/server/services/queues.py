@@ -14,7 +14,8 @@ from conveyor.server.call import Call, iso, loads, now
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
-from conveyor.server.store.documents import add_entry, entries_of, get_queue, get_task, queue_columns
+from conveyor.server.store.documents import (add_entry, entries_of, get_queue, get_task, queue_columns,
+                                             record_delivery, return_delivery)
 
 ORDER_COLUMNS = {"id": s.queues.c.id, "name": s.queues.c.name, "created": s.queues.c.created,
                  "last_update": s.queues.c.last_update}
@@ -299,13 +300,15 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
     """Take the head entry of the first non-empty queue (in the given order), atomically.
 
     The task itself is not read: every status change that takes a task out of `queued` (stop, dequeue, reset,
-    delete) removes its entries in the same transaction, so a popped entry always names a queued task."""
+    delete) removes its entries in the same transaction, so a popped entry always names a queued task. The pop is
+    recorded as a delivery in the same transaction, so that an answer lost on the way puts the task back."""
     with call.store.write() as conn:
         for queue_id in queue_ids:
             row = sql.run(conn, "pop", {"q": queue_id}).fetchone()
             if row is None:
                 continue
             task_id, added = row
+            record_delivery(conn, task_id, queue_id, added)
             answer: dict[str, Any] = {"entry": {"task": task_id, "added": iso(added)}, "queue": queue_id}
             if call.bool("get_task_info"):
                 doc = get_task(conn, task_id) or {}
@@ -317,7 +320,7 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
 async def _give_back(call: Call, answer: dict[str, Any]) -> None:
     def put_back() -> None:
         with call.store.write() as conn:
-            add_entry(conn, answer["queue"], answer["entry"]["task"], front=True)
+            return_delivery(conn, answer["entry"]["task"], answer["queue"])
         call.state.wake([answer["queue"]])
 
     if call.store.inline:
@@ -361,6 +364,9 @@ async def get_next_task(call: Call) -> dict[str, Any]:
                 return {}  # nobody to hand an entry to: leave it in the queue
             answer = await attempt()
             if answer:
+                if gone is not None:
+                    # A disconnect the server has seen but not yet passed to `gone` lands within one loop turn.
+                    await asyncio.sleep(0)
                 if gone is not None and gone.done():
                     await _give_back(call, answer)  # the waiter left while we popped: keep the task queued
                     return {}
@@ -372,3 +378,38 @@ async def get_next_task(call: Call) -> dict[str, Any]:
                                return_when=asyncio.FIRST_COMPLETED)
             if not woken.done() and loop.time() >= deadline:
                 return {}
+
+
+def requeue_unstarted(state: Any) -> list[str]:
+    """Put back at the front of its queue each task popped more than `unstarted_requeue_sec` ago that is still
+    `queued` and in no queue: the answer that carried it never reached a client that would start it (the client
+    gave up as it was written, or died). Agents start a task at once, which acknowledges the delivery.
+    Returns the tasks put back."""
+    limit = state.settings.unstarted_requeue_sec
+    if limit <= 0:
+        return []
+    d = s.deliveries.c
+    with state.store.read() as conn:
+        stale = conn.execute(select(d.task, d.delivered).where(d.delivered < now() - limit)).all()
+    requeued: list[str] = []
+    woken: set[str] = set()
+    for task_id, delivered in stale:
+        with state.store.write() as conn:
+            # Claiming the row by deleting it: of several server processes sweeping, one puts the task back.
+            row = conn.execute(delete(s.deliveries).where(d.task == task_id, d.delivered == delivered)
+                               .returning(d.queue)).first()
+            if row is None:
+                continue
+            doc = get_task(conn, task_id, lock=True)
+            if not doc or doc.get("status") != "queued":
+                continue
+            if conn.execute(select(s.queue_entries.c.seq).where(s.queue_entries.c.task == task_id)).first():
+                continue  # its client put it back itself (the agent does when it pops while draining)
+            if get_queue(conn, row.queue) is None:
+                _requeued_to_created(conn, task_id, "")
+                continue
+            add_entry(conn, row.queue, task_id, front=True)
+            woken.add(row.queue)
+            requeued.append(task_id)
+    state.wake(woken)
+    return requeued
