@@ -96,7 +96,7 @@ def get_by_id(call: Call) -> dict[str, Any]:
         return {"queue": _with_entries(conn, [_load(conn, call.str("queue", required=True))])[0]}
 
 
-@endpoint("queues.get_all", aliases=("queues.get_all_ex",))
+@endpoint("queues.get_all", aliases=("queues.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
     c = s.queues.c
     query = select(c.doc)
@@ -105,7 +105,7 @@ def get_all(call: Call) -> dict[str, Any]:
         query = query.where(c.id.in_(ids))
     name = call.str("name")
     if name:
-        query = query.where(q.name_filter(c.name, name))
+        query = query.where(q.name_filter(call, c.name, name))
     for field, column in (("tags", c.tags), ("system_tags", c.system_tags)):
         values = call.str_list(field)
         if values:
@@ -119,8 +119,8 @@ def get_all(call: Call) -> dict[str, Any]:
     query = q.apply_order(call, query, ORDER_COLUMNS, ["name"])
     query, extra = q.apply_paging(call, query)
     only = call.str_list("only_fields")
-    with call.store.read() as conn:
-        docs = [loads(r[0]) for r in conn.execute(query).all()]
+    with call.store.read_apart() as conn:
+        docs = [loads(r[0]) for r in q.fetch(call, conn, query)]
         if not only or any(f.split(".")[0] == "entries" for f in only):
             _with_entries(conn, docs)
     return {"queues": [q.project(d, only) for d in docs], **extra}
