@@ -24,6 +24,27 @@ log = logging.getLogger("conveyor.server")
 _API_PATH = re.compile(r"^/(?:v(\d+\.\d+)/)?([a-z_]+\.[a-z_]+)/?$")
 _ENDPOINTS = load_all()
 _PARSE_INLINE_MAX = 1 << 20  # bodies above 1 MiB are parsed in a thread
+_TRIM_AFTER = 8 << 20  # after an answer this large, freed memory goes back to the system
+
+
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory by itself, or not at all
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """glibc keeps the pages a large answer freed (in the arena of the thread that built it) until trimmed: without
+    this, each large answer would leave tens of MB in the process for good."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes | None:
@@ -144,6 +165,9 @@ class ApiApp:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
+        if len(payload) > _TRIM_AFTER:
+            del payload
+            await run_in_threadpool(release_memory)
 
     async def handle(self, scope: dict[str, Any], raw: bytes, receive: Any) -> tuple[int, bytes]:
         path: str = scope["path"]
