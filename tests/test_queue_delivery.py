@@ -156,3 +156,61 @@ def test_sigkill_loses_no_acknowledged_enqueue(tmp_path: Path, backend: str, req
     statuses = {t["id"]: t["status"] for t in after.call("tasks.get_all", {"id": acknowledged, "only_fields": ["status"]})["tasks"]}
     assert set(statuses.values()) == {"queued"}
     server.stop()
+
+
+def test_long_polls_that_give_up_lose_no_task(tmp_path: Path, db_url: str | None) -> None:
+    """Consumers long-poll with a client timeout far below `wait` and reconnect, as an impatient agent or a flaky
+    network does. An answer written as its client gives up is lost on the way: the task must come back (at once
+    when the server sees the disconnect, else once it was not started in time), and be started exactly once."""
+    import httpx
+
+    count, consumers = 600, 16
+    server = ServerProcess(tmp_path / "home", db=db_url,
+                           extra_env={"CONVEYOR__SERVER__UNSTARTED_REQUEUE_SEC": "3"}).start()
+    admin = server.client()
+    queue = admin.call("queues.create", {"name": "impatient"})["id"]
+    tasks = _make_tasks(admin, count)
+    started: list[str] = []
+    lock = threading.Lock()
+    finished = threading.Event()
+
+    def consume() -> None:
+        key, secret = server.credentials()
+        jwt = httpx.get(f"{server.url}/auth.login", auth=(key, secret), timeout=10).json()["data"]["token"]
+        headers = {"Authorization": f"Bearer {jwt}"}
+        with httpx.Client(timeout=30, headers=headers) as agent:
+            while not finished.is_set():
+                # A fresh connection per poll, closed when the client gives up after 0.3 s.
+                with httpx.Client(timeout=httpx.Timeout(0.3, connect=5), headers=headers) as poll:
+                    try:
+                        response = poll.post(f"{server.url}/queues.get_next_task", json={"queue": queue, "wait": 5})
+                    except httpx.TimeoutException:
+                        continue
+                entry = response.json()["data"].get("entry")
+                if entry:  # as an agent does: started at once (which tells the server the task arrived)
+                    agent.post(f"{server.url}/tasks.started", json={"task": entry["task"], "force": True})
+                    with lock:
+                        started.append(entry["task"])
+                        if len(started) >= count:
+                            finished.set()
+
+    threads = [threading.Thread(target=consume) for _ in range(consumers)]
+    try:
+        for t in threads:
+            t.start()
+        producer = server.client()
+        for i, task in enumerate(tasks):
+            producer.call("tasks.enqueue", {"task": task, "queue": queue})
+            if i % 4 == 3:
+                time.sleep(0.02)  # a trickle: most consumers are waiting, and giving up, when an entry arrives
+        finished.wait(30)
+        finished.set()
+        for t in threads:
+            t.join(10)
+        assert len(started) == len(set(started)), "a task was delivered twice"
+        assert sorted(started) == sorted(tasks), f"{count - len(started)} task(s) lost: popped, never delivered"
+        left = admin.call("tasks.get_all", {"id": tasks, "status": ["queued"], "only_fields": ["id"]})["tasks"]
+        assert left == []
+    finally:
+        finished.set()
+        server.stop()

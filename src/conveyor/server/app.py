@@ -23,6 +23,57 @@ log = logging.getLogger("conveyor.server")
 
 _API_PATH = re.compile(r"^/(?:v(\d+\.\d+)/)?([a-z_]+\.[a-z_]+)/?$")
 _ENDPOINTS = load_all()
+_PARSE_INLINE_MAX = 1 << 20  # bodies above 1 MiB are parsed in a thread
+_TRIM_AFTER = 8 << 20  # after an answer this large, freed memory goes back to the system
+
+
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory by itself, or not at all
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """glibc keeps the pages a large answer freed (in the arena of the thread that built it) until trimmed: without
+    this, each large answer would leave tens of MB in the process for good."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+async def _read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed `limit` bytes (by its Content-Length, else while
+    it streams in): nothing more is read or kept, and uvicorn discards the rest once the 413 is sent."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _too_large(path: str, limit_mb: float) -> tuple[int, bytes]:
+    match = _API_PATH.match(path)
+    name = match.group(2) if match else path.strip("/")
+    version = (match.group(1) if match else None) or API_VERSION
+    return _error(name, version, errors.ApiError(
+        413, 0, f"Request body too large: this server accepts at most {limit_mb:g} MB per API call. Send smaller "
+                "requests (split batches), or raise conveyor.server.max_request_body_mb on the server "
+                "(or set CONVEYOR__SERVER__MAX_REQUEST_BODY_MB)"))
 
 
 def _error(name: str, version: str, err: errors.ApiError) -> tuple[int, bytes]:
@@ -39,24 +90,48 @@ def _coerce(value: str) -> Any:
         return value
 
 
-def parse_body(raw: bytes, content_type: str, name: str) -> dict[str, Any]:
+def parse_body(raw: bytes, content_type: str, name: str, max_depth: int) -> dict[str, Any]:
     """A JSON object; `events.add_batch` also takes JSON lines (the agent's form) or a JSON list."""
     if not raw.strip():
         return {}
     if name == "events.add_batch" and ("json-lines" in content_type or b"\n" in raw.strip()):
         try:
-            return {"requests": [orjson.loads(line) for line in raw.splitlines() if line.strip()]}
+            events = [orjson.loads(line) for line in raw.splitlines() if line.strip()]
         except orjson.JSONDecodeError:
             pass  # maybe a pretty-printed JSON document: fall through
+        else:
+            _check_depth(events, max_depth)
+            return {"requests": events}
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise errors.bad_request(f"Malformed JSON body: {exc}") from None
+    _check_depth(body, max_depth)
     if name == "events.add_batch" and isinstance(body, list):
         return {"requests": body}
     if not isinstance(body, dict):
         raise errors.bad_request(f"The request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _check_depth(value: Any, limit: int) -> None:
+    """Refuse objects and lists nested deeper than `limit`: they only ever come from a bug or an attack, and past
+    254 levels the answer could not even be serialised. Walks the containers only, without recursion."""
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise errors.bad_request(
+                f"The request body nests objects or lists more than {limit} levels deep: flatten it (the server's "
+                "limit is conveyor.server.max_json_depth)")
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+
+
+def _answered(handler: Any, call: Call, name: str, version: str) -> bytes:
+    """Handler and serialisation together, so that a thread does both (a large answer never stalls the loop)."""
+    return orjson.dumps(envelope(name, version, handler(call)))
 
 
 class ApiApp:
@@ -81,16 +156,18 @@ class ApiApp:
         if self.web is not None and (path == "/" or path.startswith(("/ui/", "/projects/"))):
             await self.web(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        status, payload = await self.handle(scope, b"".join(chunks), receive)
+        limit = int(self.state.settings.max_request_body_mb * 1024 * 1024)
+        raw = await _read_body(scope, receive, limit)
+        if raw is None:
+            status, payload = _too_large(path, self.state.settings.max_request_body_mb)
+        else:
+            status, payload = await self.handle(scope, raw, receive)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
+        if len(payload) > _TRIM_AFTER:
+            del payload
+            await run_in_threadpool(release_memory)
 
     async def handle(self, scope: dict[str, Any], raw: bytes, receive: Any) -> tuple[int, bytes]:
         path: str = scope["path"]
@@ -109,7 +186,8 @@ class ApiApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         watcher: asyncio.Future[Any] | None = None
         try:
-            body = parse_body(raw, headers.get("content-type", ""), name)
+            args = (raw, headers.get("content-type", ""), name, state.settings.max_json_depth)
+            body = parse_body(*args) if len(raw) < _PARSE_INLINE_MAX else await run_in_threadpool(parse_body, *args)
             query = scope.get("query_string")
             if query:
                 for key, value in parse_qsl(query.decode("latin-1")):
@@ -123,10 +201,10 @@ class ApiApp:
                 watcher = asyncio.ensure_future(receive())
                 call.disconnected = watcher
                 data = await ep.handler(call)
-            elif state.store.inline:
+            elif state.store.inline and not ep.offload:
                 data = ep.handler(call)
             else:
-                data = await run_in_threadpool(ep.handler, call)
+                return 200, await run_in_threadpool(_answered, ep.handler, call, name, version)
         except errors.ApiError as err:
             return _error(name, version, err)
         except OperationalError as exc:  # database restarting or unreachable: clients retry 503s

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -59,6 +58,7 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     client_ip: str = ""
     disconnected: Any = None  # a future that completes when the client goes away (long-polls watch it)
+    name_pattern: str | None = None  # the `name` regex of a get_all, set by query.name_filter for query.fetch
 
     @property
     def store(self):  # noqa: ANN201 - Store; kept untyped to avoid an import cycle
@@ -157,9 +157,3 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be a list")
         return value
 
-
-def compile_regex(pattern: str, field_name: str = "name") -> re.Pattern[str]:
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise errors.validation_error(f"Invalid regular expression in '{field_name}': {pattern!r} ({exc})") from None

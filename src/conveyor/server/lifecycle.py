@@ -1,4 +1,5 @@
-"""Work a server process does besides answering: PostgreSQL LISTEN, and reaping workers that stopped reporting."""
+"""Work a server process does besides answering: PostgreSQL LISTEN, reaping workers that stopped reporting, and
+putting back tasks popped for clients that never got them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 from starlette.concurrency import run_in_threadpool
 
+from conveyor.server.services.queues import requeue_unstarted
 from conveyor.server.services.workers import reap
 from conveyor.server.state import ServerState
 from conveyor.server.store.notify import PgListener
@@ -42,3 +44,8 @@ class Background:
                     log.warning("task %s failed: its worker stopped reporting", task_id)
             except Exception:  # a database hiccup must not end the loop
                 log.exception("reaping workers failed")
+            try:
+                for task_id in await run_in_threadpool(requeue_unstarted, self.state):
+                    log.warning("task %s was popped but never started: back at the front of its queue", task_id)
+            except Exception:
+                log.exception("putting back unstarted tasks failed")

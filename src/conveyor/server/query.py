@@ -6,19 +6,61 @@ import copy
 from typing import Any
 
 import orjson
-from sqlalchemy import Boolean, Column, Select, and_, not_, or_
+import regex
+from sqlalchemy import Boolean, Column, Select, and_, not_, or_, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from conveyor.protocol import errors
-from conveyor.server.call import INT64_MAX, Call, compile_regex
+from conveyor.server.call import INT64_MAX, Call
+from conveyor.server.store import patterns
+
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement ended by statement_timeout
 
 
-def name_filter(column: Column, pattern: str) -> Any:
-    """`name` is a case-insensitive regex, unanchored (agent) or anchored (SDK)."""
-    compile_regex(pattern)  # a pattern that does not compile is the caller's error, not a database error
-    # An inline (?i), not flags="i": SQLite's REGEXP (Python's re.search) ignores flags; PostgreSQL reads it too.
+def name_filter(call: Call, column: Column, pattern: str) -> Any:
+    """`name` is a case-insensitive regex, unanchored (agent) or anchored (SDK). Run the query with `fetch`, which
+    bounds the pattern's evaluation."""
+    try:
+        patterns.compile_pattern(pattern)  # a pattern that does not compile is the caller's error
+    except regex.error as exc:
+        raise errors.validation_error(f"Invalid regular expression in 'name': {pattern!r} ({exc})") from None
+    call.name_pattern = pattern
+    # An inline (?i), not flags="i": SQLite's REGEXP ignores flags; PostgreSQL reads it too.
     return column.regexp_match(f"(?i){pattern}")
+
+
+def fetch(call: Call, conn: Connection, query: Select) -> list[Any]:
+    """The rows of a `get_all` query. With a name pattern, its evaluation is bounded by
+    `conveyor.server.name_filter_timeout_sec`, and a pattern that runs past it is a 400."""
+    pattern = getattr(call, "name_pattern", None)
+    if pattern is None:
+        return conn.execute(query).all()
+    limit = call.state.settings.name_filter_timeout_sec
+    try:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"SET LOCAL statement_timeout = {max(1, int(limit * 1000))}"))
+            return conn.execute(query).all()
+        with patterns.deadline(limit):
+            try:
+                return conn.execute(query).all()
+            except OperationalError:
+                if patterns.exceeded():
+                    raise _too_expensive(pattern, limit) from None
+                raise
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED:
+            raise _too_expensive(pattern, limit) from None
+        raise
+
+
+def _too_expensive(pattern: str, limit: float) -> errors.ApiError:
+    return errors.bad_request(
+        f"The name pattern {pattern!r} is too expensive: matching it took longer than {limit:g} s (nested "
+        "repetitions such as (a|a)+ backtrack exponentially). Use a simpler pattern, or raise "
+        "conveyor.server.name_filter_timeout_sec on the server.")
 
 
 def tags_filter(column: Column, tags: list[str]) -> Any:
@@ -97,11 +139,22 @@ def apply_order(call: Call, query: Select, columns: dict[str, Column], default: 
 
 
 def apply_paging(call: Call, query: Select) -> tuple[Select, dict[str, Any]]:
-    """`page`/`page_size` (ClearML's paging) or `size`/`scroll_id` (its scrolling); returns extra answer fields."""
+    """`page`/`page_size` (ClearML's paging) or `size`/`scroll_id` (its scrolling); returns extra answer fields.
+
+    A page holds at most `conveyor.server.max_page_size` items (a larger one is a 400, not a silently short page
+    that would end a client's paging loop early). A call with no paging gets the first
+    `conveyor.server.default_page_size` items, unless it names its `id`s: those lists are the caller's to size."""
+    settings = call.state.settings
     extra: dict[str, Any] = {}
     page = call.int("page", minimum=0)
     page_size = call.int("page_size", minimum=1)
     size = call.int("size", minimum=1)
+    for field, value in (("page_size", page_size), ("size", size)):
+        if value is not None and value > settings.max_page_size:
+            raise errors.validation_error(
+                f"Validation error: {field} {value} is above the server's maximum page size of "
+                f"{settings.max_page_size}: ask for smaller pages (page, page_size), or raise "
+                "conveyor.server.max_page_size on the server")
     if size is not None:
         offset = 0
         scroll = call.str("scroll_id")
@@ -115,11 +168,13 @@ def apply_paging(call: Call, query: Select) -> tuple[Select, dict[str, Any]]:
         query = query.offset(offset).limit(size)
         extra["scroll_id"] = str(offset + size)
     elif page is not None or page_size is not None:
-        page_size = page_size or 500
+        page_size = page_size or settings.default_page_size
         offset = (page or 0) * page_size
         if offset > INT64_MAX:
             raise errors.validation_error(f"Validation error: page {page} of size {page_size} is beyond any result")
         query = query.offset(offset).limit(page_size)
+    elif call.body.get("id") is None:
+        query = query.limit(settings.default_page_size)
     return query, extra
 
 

@@ -15,17 +15,18 @@ class Endpoint:
     handler: Callable[[Call], Any]
     authorize: bool = True
     is_async: bool = False  # handler is a coroutine function run on the event loop (long-polls)
+    offload: bool = False  # runs in a thread even on SQLite, answer serialised there too (large or slow answers)
 
 
 ENDPOINTS: dict[str, Endpoint] = {}
 
 
-def endpoint(name: str, *, authorize: bool = True, aliases: tuple[str, ...] = ()) -> Callable:
+def endpoint(name: str, *, authorize: bool = True, aliases: tuple[str, ...] = (), offload: bool = False) -> Callable:
     def register(fn: Callable[[Call], Any]) -> Callable[[Call], Any]:
         import inspect
 
         for n in (name, *aliases):
-            ENDPOINTS[n] = Endpoint(n, fn, authorize, inspect.iscoroutinefunction(fn))
+            ENDPOINTS[n] = Endpoint(n, fn, authorize, inspect.iscoroutinefunction(fn), offload)
         return fn
 
     return register

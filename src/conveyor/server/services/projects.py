@@ -55,7 +55,7 @@ def get_by_id(call: Call) -> dict[str, Any]:
         return {"project": _load(conn, call.str("project", required=True))}
 
 
-@endpoint("projects.get_all", aliases=("projects.get_all_ex",))
+@endpoint("projects.get_all", aliases=("projects.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
     c = s.projects.c
     query = select(c.doc)
@@ -64,7 +64,7 @@ def get_all(call: Call) -> dict[str, Any]:
         query = query.where(c.id.in_(ids))
     name = call.str("name")
     if name:
-        query = query.where(q.name_filter(c.name, name))
+        query = query.where(q.name_filter(call, c.name, name))
     if ids is None:
         hidden = q.hidden_filter(call, c.system_tags)
         if hidden is not None:
@@ -72,8 +72,8 @@ def get_all(call: Call) -> dict[str, Any]:
     query = q.apply_order(call, query, ORDER_COLUMNS, ["name"])
     query, extra = q.apply_paging(call, query)
     only = call.str_list("only_fields")
-    with call.store.read() as conn:
-        rows = conn.execute(query).all()
+    with call.store.read_apart() as conn:
+        rows = q.fetch(call, conn, query)
     return {"projects": [q.project(loads(r[0]), only) for r in rows], **extra}
 
 

@@ -15,7 +15,8 @@ from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
-from conveyor.server.store.documents import add_entry, entries_of, get_queue, get_task, queue_columns
+from conveyor.server.store.documents import (add_entry, entries_of, get_queue, get_task, queue_columns,
+                                             record_delivery, return_delivery)
 
 ORDER_COLUMNS = {"id": s.queues.c.id, "name": s.queues.c.name, "created": s.queues.c.created,
                  "last_update": s.queues.c.last_update}
@@ -96,7 +97,7 @@ def get_by_id(call: Call) -> dict[str, Any]:
         return {"queue": _with_entries(conn, [_load(conn, call.str("queue", required=True))])[0]}
 
 
-@endpoint("queues.get_all", aliases=("queues.get_all_ex",))
+@endpoint("queues.get_all", aliases=("queues.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
     c = s.queues.c
     query = select(c.doc)
@@ -105,7 +106,7 @@ def get_all(call: Call) -> dict[str, Any]:
         query = query.where(c.id.in_(ids))
     name = call.str("name")
     if name:
-        query = query.where(q.name_filter(c.name, name))
+        query = query.where(q.name_filter(call, c.name, name))
     for field, column in (("tags", c.tags), ("system_tags", c.system_tags)):
         values = call.str_list(field)
         if values:
@@ -119,8 +120,8 @@ def get_all(call: Call) -> dict[str, Any]:
     query = q.apply_order(call, query, ORDER_COLUMNS, ["name"])
     query, extra = q.apply_paging(call, query)
     only = call.str_list("only_fields")
-    with call.store.read() as conn:
-        docs = [loads(r[0]) for r in conn.execute(query).all()]
+    with call.store.read_apart() as conn:
+        docs = [loads(r[0]) for r in q.fetch(call, conn, query)]
         if not only or any(f.split(".")[0] == "entries" for f in only):
             _with_entries(conn, docs)
     return {"queues": [q.project(d, only) for d in docs], **extra}
@@ -312,7 +313,8 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
     """Take the head entry of the first non-empty queue (in the given order), atomically.
 
     The task itself is not read: every status change that takes a task out of `queued` (stop, dequeue, reset,
-    delete) removes its entries in the same transaction, so a popped entry always names a queued task."""
+    delete) removes its entries in the same transaction, so a popped entry always names a queued task. The pop is
+    recorded as a delivery in the same transaction, so that an answer lost on the way puts the task back."""
     with call.store.write() as conn:
         for queue_id in queue_ids:
             row = sql.run(conn, "pop", {"q": queue_id}).fetchone()
@@ -321,6 +323,7 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
             task_id, added = row
             if call.identity is not None:  # this credential's worker now runs it: it may report on it
                 sql.run(conn, "set_runner", {"id": task_id, "runner": call.identity.access_key})
+            record_delivery(conn, task_id, queue_id, added)
             answer: dict[str, Any] = {"entry": {"task": task_id, "added": iso(added)}, "queue": queue_id}
             if call.bool("get_task_info"):
                 doc = get_task(conn, task_id) or {}
@@ -332,7 +335,7 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
 async def _give_back(call: Call, answer: dict[str, Any]) -> None:
     def put_back() -> None:
         with call.store.write() as conn:
-            add_entry(conn, answer["queue"], answer["entry"]["task"], front=True)
+            return_delivery(conn, answer["entry"]["task"], answer["queue"])
         call.state.wake([answer["queue"]])
 
     if call.store.inline:
@@ -376,6 +379,9 @@ async def get_next_task(call: Call) -> dict[str, Any]:
                 return {}  # nobody to hand an entry to: leave it in the queue
             answer = await attempt()
             if answer:
+                if gone is not None:
+                    # A disconnect the server has seen but not yet passed to `gone` lands within one loop turn.
+                    await asyncio.sleep(0)
                 if gone is not None and gone.done():
                     await _give_back(call, answer)  # the waiter left while we popped: keep the task queued
                     return {}
@@ -387,3 +393,38 @@ async def get_next_task(call: Call) -> dict[str, Any]:
                                return_when=asyncio.FIRST_COMPLETED)
             if not woken.done() and loop.time() >= deadline:
                 return {}
+
+
+def requeue_unstarted(state: Any) -> list[str]:
+    """Put back at the front of its queue each task popped more than `unstarted_requeue_sec` ago that is still
+    `queued` and in no queue: the answer that carried it never reached a client that would start it (the client
+    gave up as it was written, or died). Agents start a task at once, which acknowledges the delivery.
+    Returns the tasks put back."""
+    limit = state.settings.unstarted_requeue_sec
+    if limit <= 0:
+        return []
+    d = s.deliveries.c
+    with state.store.read() as conn:
+        stale = conn.execute(select(d.task, d.delivered).where(d.delivered < now() - limit)).all()
+    requeued: list[str] = []
+    woken: set[str] = set()
+    for task_id, delivered in stale:
+        with state.store.write() as conn:
+            # Claiming the row by deleting it: of several server processes sweeping, one puts the task back.
+            row = conn.execute(delete(s.deliveries).where(d.task == task_id, d.delivered == delivered)
+                               .returning(d.queue)).first()
+            if row is None:
+                continue
+            doc = get_task(conn, task_id, lock=True)
+            if not doc or doc.get("status") != "queued":
+                continue
+            if conn.execute(select(s.queue_entries.c.seq).where(s.queue_entries.c.task == task_id)).first():
+                continue  # its client put it back itself (the agent does when it pops while draining)
+            if get_queue(conn, row.queue) is None:
+                _requeued_to_created(conn, task_id, "")
+                continue
+            add_entry(conn, row.queue, task_id, front=True)
+            woken.add(row.queue)
+            requeued.append(task_id)
+    state.wake(woken)
+    return requeued

@@ -188,7 +188,7 @@ def get_by_id(call: Call) -> dict[str, Any]:
         return {"task": load(conn, call.str("task", required=True))}
 
 
-@endpoint("tasks.get_all", aliases=("tasks.get_all_ex",))
+@endpoint("tasks.get_all", aliases=("tasks.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
     t = s.tasks.c
     query = select(t.doc)
@@ -206,7 +206,7 @@ def get_all(call: Call) -> dict[str, Any]:
             query = query.where(column.not_in(excluded))
     name = call.str("name")
     if name:
-        query = query.where(q.name_filter(t.name, name))
+        query = query.where(q.name_filter(call, t.name, name))
     for field, column in (("tags", t.tags), ("system_tags", t.system_tags)):
         values = call.str_list(field)
         if values:
@@ -220,8 +220,8 @@ def get_all(call: Call) -> dict[str, Any]:
     query = q.apply_order(call, query, ORDER_COLUMNS, ["-created"])
     query, extra = q.apply_paging(call, query)
     only = call.str_list("only_fields")
-    with call.store.read() as conn:
-        rows = conn.execute(query).all()
+    with call.store.read_apart() as conn:
+        rows = q.fetch(call, conn, query)
     return {"tasks": [q.project(loads(r[0]), only) for r in rows], **extra}
 
 

@@ -13,6 +13,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
+from conveyor.server.store.patterns import sqlite_regexp
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -35,6 +37,8 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
         cur.execute("PRAGMA busy_timeout=10000")
         cur.execute("PRAGMA foreign_keys=OFF")
         cur.close()
+        # Name filters: bounded in time, instead of SQLAlchemy's unbounded `re.search` (see patterns.py).
+        dbapi_conn.create_function("regexp", 2, sqlite_regexp, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
@@ -106,6 +110,17 @@ class Store:
                 self._write_conn = self._writer.connect()
             with self._write_conn.begin():
                 yield self._write_conn
+
+    @contextmanager
+    def read_apart(self) -> Iterator[Connection]:
+        """A read transaction on a connection of its own, for long reads off the event loop: on SQLite the shared
+        read connection stays free for the calls served on the loop (WAL lets readers run side by side)."""
+        if self._write_lock is None:
+            with self._reader.connect() as conn:
+                yield conn
+            return
+        with self._reader.connect() as conn, conn.begin():
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -86,10 +86,24 @@ def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = Fa
 
 
 def remove_entries(conn: Connection, task_id: str, queue_id: str | None = None) -> int:
+    """Remove a task's entries (of one queue, or of all and its pending delivery too); returns the entries removed."""
     query = delete(s.queue_entries).where(s.queue_entries.c.task == task_id)
     if queue_id:
         query = query.where(s.queue_entries.c.queue == queue_id)
+    else:
+        sql.run(conn, "forget_delivery", {"t": task_id})
     return conn.execute(query).rowcount or 0
+
+
+def record_delivery(conn: Connection, task_id: str, queue_id: str, added: float) -> None:
+    """A popped entry, kept until its task leaves `queued`; an unacknowledged one is put back by the sweep."""
+    sql.run(conn, "record_delivery", {"t": task_id, "q": queue_id, "a": added, "d": time.time()})
+
+
+def return_delivery(conn: Connection, task_id: str, queue_id: str) -> None:
+    """A popped entry whose answer did not reach its client goes back to the front of its queue."""
+    sql.run(conn, "forget_delivery", {"t": task_id})
+    add_entry(conn, queue_id, task_id, front=True)
 
 
 def entries_of(conn: Connection, queue_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

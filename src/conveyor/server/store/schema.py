@@ -103,6 +103,18 @@ queue_entries = Table(
     Index("ix_queue_entries_task", "task"),
 )
 
+# Entries popped by queues.get_next_task whose task has not left `queued` yet. The answer may never have reached
+# its client (it gave up as the answer was written, or died): a delivery not acknowledged by a status change within
+# conveyor.server.unstarted_requeue_sec puts the task back at the front of its queue.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("task", ID, primary_key=True),
+    Column("queue", ID, nullable=False),
+    Column("added", Float, nullable=False),
+    Column("delivered", Float, nullable=False, index=True),
+)
+
 workers = Table(
     "workers",
     metadata,

@@ -39,6 +39,12 @@ QUERIES: dict[str, str | dict[str, str]] = {
     "add_entry_front": "INSERT INTO queue_entries (queue, task, added, position) "
                        "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
                        "COALESCE(MIN(position), 0) - 1 FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)",
+    # A popped entry is remembered until its task leaves `queued` (see schema.deliveries); a task popped again
+    # after a give-back replaces its earlier delivery.
+    "record_delivery": "INSERT INTO deliveries (task, queue, added, delivered) VALUES (:t, :q, :a, :d) "
+                       "ON CONFLICT (task) DO UPDATE SET queue = excluded.queue, added = excluded.added, "
+                       "delivered = excluded.delivered",
+    "forget_delivery": "DELETE FROM deliveries WHERE task = :t",
     "notify": {"postgresql": "SELECT pg_notify('conveyor_queues', :q)", "sqlite": ""},
     # Delete and return the head entry of one queue: two workers never get one entry.
     "pop": {
