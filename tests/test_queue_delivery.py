@@ -124,6 +124,31 @@ def test_long_poll_waits_and_wakes(sqlite_server: ServerProcess) -> None:
     assert time.monotonic() - start < 0.5
 
 
+def test_a_pending_long_poll_does_not_hold_up_shutdown(tmp_path: Path) -> None:
+    """A server with a waiting long-poll once took 30 s to stop (and `conveyor up` then killed it): the waiter now
+    answers "nothing" at once and the server exits."""
+    server = ServerProcess(tmp_path / "home").start()
+    client = server.client()
+    queue = client.call("queues.create", {"name": "lp-stop"})["id"]
+    answers: list[object] = []
+
+    def wait() -> None:
+        try:
+            answers.append(client.call("queues.get_next_task", {"queue": queue, "wait": 25.0}, timeout=40))
+        except Exception as exc:  # noqa: BLE001 - a closed connection is an acceptable answer too
+            answers.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    server.stop()
+    took = time.monotonic() - started
+    waiter.join(10)
+    assert took < 3, f"the server took {took:.1f} s to stop"
+    assert answers and answers[0] == {}, answers
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_sigkill_loses_no_acknowledged_enqueue(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     db = request.getfixturevalue("pg_url") if backend == "postgresql" else None

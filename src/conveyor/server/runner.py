@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, text
 
@@ -130,7 +131,12 @@ def serve(cfg: Config, opts: ServerOptions) -> int:
     print(f"Conveyor server on http://{opts.host}:{opts.port} (database: {state.store.safe_url})", flush=True)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             timeout_keep_alive=75, backlog=2048)
-    server = uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.signals.close()  # pending long-polls answer at once instead of holding the shutdown for 30 s
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     try:
         server.run()
     except OSError as exc:

@@ -375,8 +375,8 @@ async def get_next_task(call: Call) -> dict[str, Any]:
     gone = call.disconnected  # completes when the waiting client closes its connection
     while True:
         with call.state.signals.listen(queue_ids) as woken:
-            if gone is not None and gone.done():
-                return {}  # nobody to hand an entry to: leave it in the queue
+            if (gone is not None and gone.done()) or call.state.signals.closing:
+                return {}  # nobody to hand an entry to, or the server is stopping: leave it in the queue
             answer = await attempt()
             if answer:
                 if gone is not None:
@@ -391,7 +391,7 @@ async def get_next_task(call: Call) -> dict[str, Any]:
                 return {}
             await asyncio.wait([woken, gone] if gone is not None else [woken], timeout=remaining,
                                return_when=asyncio.FIRST_COMPLETED)
-            if not woken.done() and loop.time() >= deadline:
+            if (not woken.done() and loop.time() >= deadline) or call.state.signals.closing:
                 return {}
 
 

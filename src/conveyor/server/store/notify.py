@@ -21,6 +21,21 @@ class QueueSignals:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_id: int | None = None
         self._waiters: dict[str, set[asyncio.Future[str]]] = defaultdict(set)
+        self.closing = False  # the server is shutting down: long-polls answer "nothing" at once
+
+    def close(self) -> None:
+        """Wake every waiting request for good (from any thread, a signal handler included): a shutdown must not
+        wait out the long-polls."""
+        self.closing = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        for waiters in list(self._waiters.values()):
+            for fut in list(waiters):
+                if not fut.done():
+                    fut.set_result("")
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
