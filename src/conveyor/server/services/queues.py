@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -315,15 +316,23 @@ def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
     The task itself is not read: every status change that takes a task out of `queued` (stop, dequeue, reset,
     delete) removes its entries in the same transaction, so a popped entry always names a queued task. The pop is
     recorded as a delivery in the same transaction, so that an answer lost on the way puts the task back."""
+    runner = call.identity.access_key if call.identity is not None else None  # it may report on what it pulls
+    one_statement = call.store.dialect == "postgresql"
     with call.store.write() as conn:
         for queue_id in queue_ids:
-            row = sql.run(conn, "pop", {"q": queue_id}).fetchone()
-            if row is None:
-                continue
-            task_id, added = row
-            if call.identity is not None:  # this credential's worker now runs it: it may report on it
-                sql.run(conn, "set_runner", {"id": task_id, "runner": call.identity.access_key})
-            record_delivery(conn, task_id, queue_id, added)
+            if one_statement:
+                row = sql.run(conn, "pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": runner}).fetchone()
+                if row is None:
+                    continue
+                task_id, added = row
+            else:  # SQLite has no data-modifying CTEs; under BEGIN IMMEDIATE three local statements cost little
+                row = sql.run(conn, "pop", {"q": queue_id}).fetchone()
+                if row is None:
+                    continue
+                task_id, added = row
+                if runner is not None:
+                    sql.run(conn, "set_runner", {"id": task_id, "runner": runner})
+                record_delivery(conn, task_id, queue_id, added)
             answer: dict[str, Any] = {"entry": {"task": task_id, "added": iso(added)}, "queue": queue_id}
             if call.bool("get_task_info"):
                 doc = get_task(conn, task_id) or {}

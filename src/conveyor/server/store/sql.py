@@ -46,6 +46,17 @@ QUERIES: dict[str, str | dict[str, str]] = {
                        "delivered = excluded.delivered",
     "forget_delivery": "DELETE FROM deliveries WHERE task = :t",
     "notify": {"postgresql": "SELECT pg_notify('conveyor_queues', :q)", "sqlite": ""},
+    # PostgreSQL: the pop, its delivery record and the runner in one statement (one round trip per pop); data-
+    # modifying CTEs run whether or not the final SELECT reads them.
+    "pop_and_deliver": (
+        "WITH popped AS (DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
+        "ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added, queue), "
+        "delivered AS (INSERT INTO deliveries (task, queue, added, delivered) "
+        "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM popped ON CONFLICT (task) DO UPDATE "
+        "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
+        "ran AS (UPDATE tasks SET runner = CAST(:runner AS VARCHAR) FROM popped "
+        "WHERE tasks.id = popped.task AND CAST(:runner AS VARCHAR) IS NOT NULL) "
+        "SELECT task, added FROM popped"),
     # Delete and return the head entry of one queue: two workers never get one entry.
     "pop": {
         "postgresql": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
