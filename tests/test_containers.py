@@ -459,3 +459,41 @@ def _no_stray_containers(request: pytest.FixtureRequest) -> Iterator[None]:
             if ids:
                 subprocess.run([name, "rm", "-f", *ids], capture_output=True)
     _workers.clear()
+
+
+def test_an_abort_during_the_install_at_start_stops_the_task(sqlite_server: ServerProcess, tmp_path: Path,
+                                                             docker_engine: str) -> None:
+    """apt at container start can take minutes: an abort meanwhile ends it and the task, as later in `execute`."""
+    import socket
+
+    image = stock_image(docker_engine, BOOKWORM_BARE_IMAGE)
+    _, bare = make_repo(tmp_path / "repos", {"which.py": WHICH_PYTHON})
+    client = sqlite_server.client()
+    with socket.socket() as silent:  # apt's only source accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        env = container_env(sqlite_server, tmp_path, CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS="false",
+                            CLEARML_AGENT__AGENT__EXTRA_DOCKER_SHELL_SCRIPT=f"echo 'deb http://127.0.0.1:{port}/debian "
+                                                                            "bookworm main' >/etc/apt/sources.list")
+        daemon = start_daemon(sqlite_server, tmp_path, docker_engine, image, "--cpu-only", env=env)
+        try:
+            task = create_task(client, repository=f"file://{bare}", entry_point="which.py")
+            enqueue(client, task)
+            deadline = time.time() + 120
+            while "conveyor: installing python3" not in log_text(client, task):
+                assert time.time() < deadline, log_text(client, task) + daemon.output()
+                time.sleep(0.2)
+            client.call("tasks.stop", {"task": task})
+            stopped = time.monotonic()
+            doc = wait_final(client, task, timeout=60)
+            took = time.monotonic() - stopped
+            deadline = time.time() + 30
+            while containers_of(docker_engine, task) and time.time() < deadline:
+                time.sleep(0.2)
+            assert not containers_of(docker_engine, task), "the container outlived its aborted task"
+        finally:
+            daemon.stop()
+    assert (doc["status"], doc["status_reason"]) == ("stopped", "task was stopped by tasks.stop"), doc
+    assert took < 1 + 3 + 3, f"the abort took {took:.1f} s"
+    assert "stopped during the container set-up" in log_text(client, task)

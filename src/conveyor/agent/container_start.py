@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,7 +39,8 @@ def main(argv: Sequence[str]) -> int:
     cfg: Config | None = None
     try:
         cfg = load_config()
-        python = prepare_image(cfg, image_path, argv)
+        with _abort_watch(cfg, argv):
+            python = prepare_image(cfg, image_path, argv)
     except (PackageError, ConfigError) as exc:
         return _fail(cfg, argv, f"container set-up failed: {exc}")
     os.environ[TASK_PYTHON_ENV] = python.path
@@ -108,6 +110,50 @@ def _output(cfg: Config, argv: Sequence[str]) -> Iterator[Output]:
     finally:
         if shipper is not None:
             shipper.close(timeout=60)
+
+
+@contextlib.contextmanager
+def _abort_watch(cfg: Config, argv: Sequence[str]) -> Iterator[None]:
+    """While the image is being prepared (apt can take minutes), an abort is honoured as `execute` honours it later:
+    the package manager is ended, the task marked stopped, the container exits."""
+    task = _task_id(argv)
+    if not task:
+        yield
+        return
+    from conveyor.agent.process import end_orphans
+    from conveyor.agent.session import agent_client
+
+    done = threading.Event()
+
+    def watch() -> None:
+        client = agent_client(cfg)
+        while not done.wait(float(cfg.get("agent.abort_poll_interval_sec"))):
+            try:
+                found = client.call("tasks.get_all", {"id": [task], "only_fields": ["status", "status_message"],
+                                                      "search_hidden": True})["tasks"]
+            except Exception:  # the server is out of reach for now: the set-up goes on
+                continue
+            status = found[0].get("status") if found else None
+            if found and status == "in_progress" and "stopping" not in (found[0].get("status_message") or ""):
+                continue
+            reason = "task was stopped by tasks.stop" if status == "in_progress" else \
+                f"the task's status changed to {status or 'deleted'} elsewhere"
+            print(f"conveyor: stopping the container set-up: {reason}", flush=True)
+            end_orphans(float(cfg.get("agent.kill_grace_sec")))
+            if status == "in_progress":
+                with contextlib.suppress(Exception):
+                    client.call_lines("events.add_batch", [{
+                        "type": "log", "task": task, "level": "error", "timestamp": int(time.time() * 1000),
+                        "worker": os.environ.get("CLEARML_WORKER_ID", ""),
+                        "msg": f"conveyor: stopped during the container set-up: {reason}\n"}])
+                    client.call("tasks.stopped", {"task": task, "force": True, "status_reason": reason})
+            os._exit(1)
+
+    threading.Thread(target=watch, name="abort-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def _fail(cfg: Config | None, argv: Sequence[str], reason: str) -> int:
