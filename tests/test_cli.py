@@ -240,8 +240,9 @@ def test_task_list_filters(cli_server: ServerProcess, api: ApiClient, repo: Path
     assert ids("--queue", queue) == [queued]
     assert ids("--limit", "1") == [draft]
     table = conveyor(cli_server, "task", "list", "--project", project).stdout.splitlines()
-    assert table[0].split()[:4] == ["ID", "NAME", "STATUS", "PROJECT"]
+    assert table[0].split()[:5] == ["ID", "NAME", "STATUS", "PROJECT", "OWNER"]
     assert table[1].split()[:4] == [draft, "beta-1", "created", project]
+    assert "Conveyor Admin" in table[1]  # the owner, by name
     assert table[2].split()[:4] == [queued, "alpha-1", "queued", project]
 
 
@@ -250,7 +251,7 @@ def test_task_show_clone_enqueue_abort_reset_delete(cli_server: ServerProcess, a
     task_id = create_task(cli_server, repo, "--args", "lr=0.1", "--queue", queue, "--packages", "numpy", name="life")
     shown = conveyor(cli_server, "task", "show", task_id).stdout
     for expected in ("life", "queued", "train.py", "main", git(repo, "rev-parse", "HEAD"), "lr=0.1", queue,
-                     "numpy", "uncommitted"):
+                     "numpy", "uncommitted", "Owner:        Conveyor Admin"):
         assert expected in shown, expected
     assert json.loads(conveyor(cli_server, "task", "show", task_id, "--json").stdout)["id"] == task_id
 

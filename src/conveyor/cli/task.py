@@ -16,7 +16,7 @@ STATUSES = tuple(s.value for s in TaskStatus)
 FINAL_STATUSES = frozenset(s.value for s in FINAL)  # `logs --follow` stops at these once no more lines come
 LOG_POLL_SEC = 0.5  # how often `task logs --follow` asks for new lines
 LOG_BATCH = 500  # log events per events.get_task_log call
-LIST_FIELDS = ["id", "name", "status", "project", "last_update", "execution.queue", "type"]
+LIST_FIELDS = ["id", "name", "status", "project", "user", "last_update", "execution.queue", "type"]
 # The types tasks.create accepts (server/services/tasks.py), for argparse's choices and help.
 TASK_TYPES = ("training", "testing", "inference", "data_processing", "application", "monitor", "controller",
               "optimizer", "service", "qc", "custom")
@@ -277,9 +277,10 @@ def list_tasks(args: argparse.Namespace) -> int:
         print_json({"tasks": [_redacted(t) for t in tasks]})
         return 0
     projects = tb.project_names(client, (t.get("project") for t in tasks))
+    owners = tb.user_names(client, (t.get("user") for t in tasks))
     rows = [(t["id"], t.get("name", ""), t.get("status", ""), projects.get(t.get("project") or "", ""),
-             local_time(t.get("last_update"))) for t in tasks]
-    print_table(("ID", "NAME", "STATUS", "PROJECT", "LAST UPDATE"), rows, empty="No tasks match")
+             owners.get(t.get("user") or "", t.get("user") or ""), local_time(t.get("last_update"))) for t in tasks]
+    print_table(("ID", "NAME", "STATUS", "PROJECT", "OWNER", "LAST UPDATE"), rows, empty="No tasks match")
     return 0
 
 
@@ -325,6 +326,7 @@ def _summary(client: Any, task: dict[str, Any]) -> list[tuple[str, Any]]:
     return [
         ("Task", f"{task['id']}  {task.get('name', '')}"),
         ("Project", project),
+        ("Owner", tb.user_names(client, [task.get("user")]).get(task.get("user") or "", task.get("user") or "")),
         ("Type", task.get("type")),
         ("Status", status),
         ("Reason", task.get("status_reason")),

@@ -189,6 +189,15 @@ def project_names(client: ApiClient, ids: Iterable[str | None]) -> dict[str, str
     return {p["id"]: p.get("name", "") for p in answer.get("projects") or []}
 
 
+def user_names(client: ApiClient, ids: Iterable[str | None]) -> dict[str, str]:
+    """Task owners' names by user id (an id the server does not know stays out)."""
+    wanted = sorted({i for i in ids if i})
+    if not wanted:
+        return {}
+    answer = client.call("users.get_all", {"id": wanted, "only_fields": ["id", "name"]})
+    return {u["id"]: u.get("name", "") for u in answer.get("users") or []}
+
+
 def find_queue(client: ApiClient, name_or_id: str) -> dict[str, Any]:
     """A queue by id, else by exact name; SpecError when there is none."""
     if not name_or_id:
