@@ -39,6 +39,7 @@ p.add_argument("--verbose", action="store_true")
 p.add_argument("--layers", type=int, nargs="+", default=[1])
 args = p.parse_args()
 print("ARGS " + json.dumps(vars(args), sort_keys=True))
+task.close()  # waits for the SDK's repository detection (at a bare exit it gives that 10 s, too few on a busy machine)
 """
 
 
@@ -66,8 +67,9 @@ def record_and_clone(server: ServerProcess, tmp_path: Path, edits: dict[str, Any
     """A local run of ARGPARSE_TRAIN recorded by Task.init; then clones with `edits` set, as a user does in the UI.
     Returns the recorded task and the clones (not enqueued)."""
     work, _ = make_repo(tmp_path / "repos", {"train.py": ARGPARSE_TRAIN})
+    # the SDK's repository detection is slow on a busy machine: close() waits for it up to 300 s
     local = subprocess.run([sys.executable, "train.py", "mydata", "--layers", "2", "3"], cwd=work,
-                           env=sdk_env(server), capture_output=True, text=True, timeout=180)
+                           env=sdk_env(server), capture_output=True, text=True, timeout=420)
     assert local.returncode == 0, local.stdout + local.stderr
     assert args_line(local.stdout) == {"data": "mydata", "foo_bar": 1, "layers": [2, 3], "verbose": False}
     code = f"""
@@ -82,6 +84,8 @@ for _ in range(2):
 print(source.id, *clones)
 """
     source, *clones = run_sdk(server, code, tmp_path).split()
+    recorded = server.client().call("tasks.get_by_id", {"task": source})["task"]
+    assert (recorded.get("script") or {}).get("entry_point") == "train.py", f"the SDK recorded no script: {recorded}"
     return source, clones
 
 
