@@ -28,11 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from agentkit import DaemonProcess, agent_env, create_task, enqueue, log_text, make_repo  # noqa: E402
+from agentkit import (  # noqa: E402
+    DaemonProcess,
+    agent_env,
+    create_task,
+    enqueue,
+    executor_of,
+    make_repo,
+    processes_with,
+    wait_for_line,
+)
 from conftest import ServerProcess, pg_database  # noqa: E402
 
 WORK = r"""
@@ -129,38 +136,13 @@ class Delivery:
                 "outages": self.outages}
 
 
-def leftovers(marker: str) -> int:
-    count = 0
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(marker in part for part in (proc.info["cmdline"] or [])):
-            count += 1
-    return count
-
-
-def wait_status(client: Any, task: str, statuses: set[str], timeout: float = 120) -> float:
+def seconds_until(client: Any, task: str, statuses: set[str], timeout: float = 120) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if client.call("tasks.get_by_id", {"task": task})["task"]["status"] in statuses:
             return time.monotonic() - start
         time.sleep(0.05)
     raise RuntimeError(f"task {task} never reached {statuses}")
-
-
-def wait_line(client: Any, task: str, line: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while line not in log_text(client, task):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{line!r} never appeared in {task}")
-        time.sleep(0.1)
-
-
-def executor_of(daemon: DaemonProcess, task: str) -> psutil.Process:
-    for _ in range(600):
-        for child in psutil.Process(daemon.proc.pid).children():
-            if task in child.cmdline():
-                return child
-        time.sleep(0.05)
-    raise RuntimeError(f"no executor of {task}")
 
 
 def agents(server: ServerProcess, root: Path, rounds: int) -> dict[str, Any]:
@@ -176,10 +158,10 @@ def agents(server: ServerProcess, root: Path, rounds: int) -> dict[str, Any]:
             done = root / f"done-{i}"
             task = create_task(client, repository=f"file://{bare}", entry_point=f"work.py {marker}-{i} {done}")
             enqueue(client, task)
-            wait_line(client, task, "working")
+            wait_for_line(client, task, "working")
             if i % 2 == 0:
                 executor_of(daemon, task).kill()
-                times["executor killed → failed"].append(wait_status(client, task, {"failed", "completed",
+                times["executor killed → failed"].append(seconds_until(client, task, {"failed", "completed",
                                                                                   "stopped"}))
                 disagree += client.call("tasks.get_by_id", {"task": task})["task"]["status"] != "failed"
             else:
@@ -191,18 +173,18 @@ def agents(server: ServerProcess, root: Path, rounds: int) -> dict[str, Any]:
                     disagree += 1
                 times["daemon killed → adopted"].append(time.monotonic() - killed)
                 done.write_text("")
-                wait_status(client, task, {"failed", "completed", "stopped"})
+                seconds_until(client, task, {"failed", "completed", "stopped"})
                 disagree += client.call("tasks.get_by_id", {"task": task})["task"]["status"] != "completed"
             time.sleep(1.0 + 3 + 1)  # the kill grace (agent_env: 3 s) for what is left to be ended
-            if leftovers(f"{marker}-{i}"):
-                print(f"  round {i}: processes left: {leftovers(f'{marker}-{i}')}")
+            left_now = processes_with(f"{marker}-{i}")
+            if left_now:
+                print(f"  round {i}: processes left: {len(left_now)}")
     finally:
         daemon.stop()
-    left = leftovers(marker)
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(marker in part for part in (proc.info["cmdline"] or [])):
-            proc.kill()
-    return {"disagree": disagree, "left": left, "times": times}
+    left = processes_with(marker)
+    for proc in left:
+        proc.kill()
+    return {"disagree": disagree, "left": len(left), "times": times}
 
 
 def report(db: str, delivery: dict[str, Any], agent: dict[str, Any]) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from conftest import ServerProcess
 from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
@@ -157,3 +160,35 @@ def reference_agent() -> Path:
     if not agent.exists():
         raise AssertionError("clearml-agent is not installed: it is part of the test extras")
     return agent
+
+
+def wait_for_line(client: Any, task: str, line: str, timeout: float = 180) -> None:
+    """Until `line` is in the task's log; fails early when the task ended without it."""
+    deadline = time.time() + timeout
+    while line not in log_text(client, task):
+        doc = client.call("tasks.get_by_id", {"task": task})["task"]
+        if doc["status"] not in ("created", "queued", "in_progress") or time.time() > deadline:
+            raise AssertionError(f"{line!r} never appeared ({doc['status']}: {doc.get('status_reason')}):\n"
+                                 f"{log_text(client, task)[-3000:]}")
+        time.sleep(0.1)
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    """The processes on this machine whose command line holds `marker` (a task's, by the marker it was given)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.pid != os.getpid() and any(marker in part for part in (proc.info["cmdline"] or [])):
+            found.append(proc)
+    return found
+
+
+def executor_of(daemon: DaemonProcess, task: str, timeout: float = 60) -> psutil.Process:
+    """The `conveyor execute` process the daemon started for `task`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for child in psutil.Process(daemon.proc.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if task in child.cmdline() and "execute" in child.cmdline():
+                    return child
+        time.sleep(0.05)
+    raise AssertionError(f"no executor of {task} under the daemon:\n{daemon.output()}")

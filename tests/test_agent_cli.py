@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final, wait_status
+from conveyor.config import load_config
 from conftest import ServerProcess, free_port
 
 
@@ -109,6 +110,7 @@ def test_init_writes_a_verified_config_and_never_overwrites(sqlite_server: Serve
                   "--git-user", "me", "--git-pass", "tok3n", env=env)
     assert ok.returncode == 0, ok.stderr
     assert oct(target.stat().st_mode & 0o777) == "0o600"
+    assert load_config(target, environ={}).get("agent.git_pass") == "tok3n"  # the flag is written, not asked for
     listed = conveyor("queue", "list", env=env)
     assert listed.returncode == 0 and "default" in listed.stdout
     again = conveyor("init", "--api-host", sqlite_server.url, "--access-key", key, "--secret-key", secret, env=env)
@@ -267,8 +269,6 @@ def _credentials_block(key: str, secret: str, api: str, web: str | None = None, 
 
 
 def test_init_takes_the_pasted_credentials_block_through_a_pipe(sqlite_server: ServerProcess, tmp_path: Path) -> None:
-    from conveyor.config import load_config
-
     key, secret = sqlite_server.credentials()
     url = sqlite_server.url
     target = tmp_path / "pasted.conf"

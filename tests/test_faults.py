@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,19 @@ from typing import Any
 import psutil
 import pytest
 
-from agentkit import DaemonProcess, agent_env, create_task, enqueue, log_text, make_repo, wait_final, wait_status
+from agentkit import (
+    DaemonProcess,
+    agent_env,
+    create_task,
+    enqueue,
+    executor_of,
+    log_text,
+    make_repo,
+    processes_with,
+    wait_final,
+    wait_for_line,
+    wait_status,
+)
 from conftest import ServerProcess
 from conveyor.agent.logs import LogShipper
 from conveyor.client.errors import ApiCallError
@@ -56,15 +66,6 @@ print("main done", flush=True)
 if len(sys.argv) > 2:
     time.sleep(600)
 """
-
-
-def leftovers(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with_marker = any(marker in part for part in (proc.info["cmdline"] or []))
-        if with_marker and proc.pid != os.getpid():
-            found.append(proc)
-    return found
 
 
 @pytest.fixture
@@ -139,10 +140,7 @@ def test_abort_is_honoured_under_a_flood_of_output(sqlite_server: ServerProcess,
     daemon = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default", env=env)
     try:
         enqueue(client, task)
-        deadline = time.time() + 120
-        while "flooding" not in log_text(client, task):
-            assert time.time() < deadline, log_text(client, task)[-2000:]
-            time.sleep(0.2)
+        wait_for_line(client, task, "flooding", timeout=120)
         time.sleep(2)  # the buffer is full now: the task's writes wait for the server
         client.call("tasks.stop", {"task": task})
         stopped = time.monotonic()
@@ -169,21 +167,21 @@ def test_the_task_ends_with_its_main_process_and_takes_its_tree_along(sqlite_ser
         doc = wait_final(client, done, timeout=120)
         assert doc["status"] == "completed", f"{doc.get('status_reason')}\n{log_text(client, done)}"
         assert "holder started" in log_text(client, done) and "main done" in log_text(client, done)
-        assert not leftovers(f"{marker}a"), "processes of the finished task are still running"
+        assert not processes_with(f"{marker}a"), "processes of the finished task are still running"
         assert "process(es) left running after the main process exited" in log_text(client, done)
         enqueue(client, aborted)
         wait_status(client, aborted, "in_progress")
         deadline = time.time() + 60
-        while len(leftovers(f"{marker}b")) < 2 or "main done" not in log_text(client, aborted):
+        while len(processes_with(f"{marker}b")) < 2 or "main done" not in log_text(client, aborted):
             assert time.time() < deadline, log_text(client, aborted)
             time.sleep(0.2)
         client.call("tasks.stop", {"task": aborted})
         doc = wait_final(client, aborted, timeout=30)
         assert doc["status"] == "stopped", doc.get("status_reason")
-        assert not leftovers(f"{marker}b"), "processes of the aborted task are still running"
+        assert not processes_with(f"{marker}b"), "processes of the aborted task are still running"
     finally:
         daemon.stop()
-        for proc in leftovers(marker):
+        for proc in processes_with(marker):
             proc.kill()
 
 
@@ -197,23 +195,6 @@ while not os.path.exists(done_file):
     time.sleep(0.2)
 print("finished", flush=True)
 """
-
-
-def executor_of(daemon: DaemonProcess, task: str) -> psutil.Process:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        for child in psutil.Process(daemon.proc.pid).children():
-            if task in " ".join(child.cmdline()) and "execute" in child.cmdline():
-                return child
-        time.sleep(0.1)
-    raise AssertionError(f"no executor of {task} under the daemon:\n{daemon.output()}")
-
-
-def wait_running_line(client: Any, task: str, line: str = "running", timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while line not in log_text(client, task):
-        assert time.time() < deadline, log_text(client, task)[-2000:]
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -233,20 +214,20 @@ def test_a_killed_executor_leaves_nothing_running(sqlite_server: ServerProcess, 
     daemon = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default")
     try:
         enqueue(client, task)
-        wait_running_line(client, task)
-        assert len(leftovers(marker)) == 2
+        wait_for_line(client, task, "running")
+        assert len(processes_with(marker)) == 2
         executor_of(daemon, task).kill()
         doc = wait_final(client, task, timeout=30)
         assert doc["status"] == "failed" and "executor exited with code -9" in doc["status_reason"], doc
         deadline = time.time() + GRACE + 5
-        while leftovers(marker) and time.time() < deadline:
+        while processes_with(marker) and time.time() < deadline:
             time.sleep(0.1)
-        assert not leftovers(marker), "the task's processes outlived its executor"
+        assert not processes_with(marker), "the task's processes outlived its executor"
         enqueue(client, after)
         assert wait_final(client, after, timeout=120)["status"] == "completed"
     finally:
         daemon.stop()
-        for proc in leftovers(marker):
+        for proc in processes_with(marker):
             proc.kill()
 
 
@@ -265,7 +246,7 @@ def test_a_restarted_daemon_adopts_what_its_killed_predecessor_ran(sqlite_server
     restarted = None
     try:
         enqueue(client, first)
-        wait_running_line(client, first)
+        wait_for_line(client, first, "running")
         executor = executor_of(daemon, first)
         daemon.proc.kill()
         daemon.proc.wait()
@@ -285,7 +266,7 @@ def test_a_restarted_daemon_adopts_what_its_killed_predecessor_ran(sqlite_server
         if restarted is not None:
             restarted.stop()
         done_file.write_text("")
-        for proc in leftovers(marker):
+        for proc in processes_with(marker):
             proc.kill()
 
 
@@ -299,7 +280,7 @@ def test_a_second_stop_ends_the_daemon_whatever_its_server_and_tasks_do(sqlite_s
     daemon = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default")
     try:
         enqueue(client, task)
-        wait_running_line(client, task)
+        wait_for_line(client, task, "running")
         sqlite_server.kill()  # the server is gone
         daemon.signal(signal.SIGTERM)
         time.sleep(0.5)
@@ -309,13 +290,13 @@ def test_a_second_stop_ends_the_daemon_whatever_its_server_and_tasks_do(sqlite_s
         took = time.monotonic() - sent
         assert took <= GRACE + 5 + 1, f"the daemon took {took:.1f} s to stop"
         deadline = time.time() + 5
-        while leftovers(marker) and time.time() < deadline:
+        while processes_with(marker) and time.time() < deadline:
             time.sleep(0.1)
-        assert not leftovers(marker), "the task's processes outlived the daemon"
+        assert not processes_with(marker), "the task's processes outlived the daemon"
     finally:
         if daemon.proc.poll() is None:
             daemon.proc.kill()
-        for proc in leftovers(marker):
+        for proc in processes_with(marker):
             proc.kill()
 
 
@@ -333,9 +314,7 @@ print("CONFIG " + config)
 def test_secrets_stay_out_of_logs_command_lines_and_the_task(tmp_path: Path) -> None:
     """A token in the repository URL was printed in the task log, `--git-pass` showed in `ps`, the agent's API
     secret and git password were exported into the task, and the first-start secret went to the server's log."""
-    from conftest import ServerProcess as Server
-
-    server = Server(tmp_path / "home").start()
+    server = ServerProcess(tmp_path / "home").start()
     try:
         key, secret = server.credentials()
         assert secret not in server.output(), "the first-start secret reached the server's log file"

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from agentkit import (
     DaemonProcess,
+    agent_env,
     create_task,
     enqueue,
     log_text,
@@ -22,6 +22,7 @@ from agentkit import (
     reference_agent,
     reference_agent_env,
     wait_final,
+    wait_for_line,
 )
 from conftest import ServerProcess
 from conveyor.env.managers.base import find_uv
@@ -205,25 +206,9 @@ for _ in range(1200):
 LOOPING = "import time\nprint('READY', flush=True)\nfor _ in range(1200):\n    time.sleep(0.5)\n"
 
 
-def wait_for_line(client: Any, task: str, line: str, timeout: float = 300) -> None:
-    import time
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if line in log_text(client, task):
-            return
-        doc = client.call("tasks.get_by_id", {"task": task})["task"]
-        assert doc["status"] in ("queued", "in_progress"), f"{doc['status']}: {doc.get('status_reason')}\n" \
-                                                           f"{log_text(client, task)[-3000:]}"
-        time.sleep(0.2)
-    raise AssertionError(f"{line!r} never appeared:\n{log_text(client, task)[-3000:]}")
-
-
 def test_aborts_the_sdk_can_hear(sqlite_server: ServerProcess, tmp_path: Path) -> None:
     """An abort asks the task first: the SDK's abort callback runs to completion before the agent ends the process,
     and CLEARML_AGENT_ABORT_CALLBACK_CMD runs with the task's id; the task ends `stopped`, not failed."""
-    from agentkit import agent_env
-
     _, bare = make_repo(tmp_path / "repos", {"abortable.py": ABORTABLE, "loop.py": LOOPING})
     client = sqlite_server.client()
     sdk_task = create_task(client, repository=f"file://{bare}", entry_point="abortable.py", requirements="clearml\n")
@@ -236,7 +221,7 @@ def test_aborts_the_sdk_can_hear(sqlite_server: ServerProcess, tmp_path: Path) -
         for task in (sdk_task, cmd_task):
             enqueue(client, task)
         for task in (sdk_task, cmd_task):
-            wait_for_line(client, task, "READY")
+            wait_for_line(client, task, "READY", timeout=300)
             client.call("tasks.stop", {"task": task})
         for task in (sdk_task, cmd_task):
             doc = wait_final(client, task, timeout=120)

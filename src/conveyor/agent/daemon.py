@@ -25,6 +25,7 @@ from conveyor.agent.gpus import GpuInventory
 from conveyor.agent.policy import QueuePolicy
 from conveyor.agent.process import become_subreaper, end_orphans
 from conveyor.agent.runs import AdoptedExecutor, RunRecord, records_of
+from conveyor.agent.runs import forget as forget_run
 from conveyor.client.errors import ApiCallError, ConveyorError
 from conveyor.config import Config
 from conveyor.protocol.ids import looks_like_id
@@ -394,7 +395,7 @@ class Daemon:
         """The executor sets the final status; if it died before it could, the task must not stay running, and
         whatever of the task it left behind (reparented to us, the subreaper) is ended."""
         with contextlib.suppress(OSError):
-            RunRecord(run.task_id, run.queue_id, self.worker, run.sub_worker, 0, 0).remove()
+            forget_run(run.task_id)
         if code != 0:
             live = frozenset(pid for r in self.running.values() if (pid := getattr(r.proc, "pid", None)))
             left = end_orphans(float(self.cfg.get("agent.kill_grace_sec")), keep=live)

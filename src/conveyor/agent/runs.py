@@ -35,7 +35,7 @@ class RunRecord:
         os.replace(tmp, folder / f"{self.task_id}.json")
 
     def remove(self) -> None:
-        (runs_dir() / f"{self.task_id}.json").unlink(missing_ok=True)
+        forget(self.task_id)
 
     def process(self) -> psutil.Process | None:
         """The executor, while it runs."""
@@ -46,6 +46,11 @@ class RunRecord:
             return proc
         except psutil.Error:
             return None
+
+
+def forget(task_id: str) -> None:
+    """The task's executor has been reaped: nothing left to adopt."""
+    (runs_dir() / f"{task_id}.json").unlink(missing_ok=True)
 
 
 def records_of(worker: str) -> list[RunRecord]:

@@ -33,10 +33,15 @@ GIT_PASS_FLAG = "--git-pass"
 GIT_PASS_ENV = "CLEARML_AGENT_GIT_PASS"
 
 
+LONG_LIVED = ("daemon", "execute", "build")  # commands that read agent.git_pass from the configuration
+
+
 def hide_git_pass(argv: list[str]) -> list[str] | None:
-    """`--git-pass X` would show in `ps` for as long as the process lives: the password moves to the environment
-    (CLEARML_AGENT_GIT_PASS, which the configuration reads), and the command line without it is returned for a
-    re-exec; None when there is none."""
+    """`--git-pass X` of a long-lived agent command would show in `ps` for as long as it runs: the password moves
+    to the environment (CLEARML_AGENT_GIT_PASS, which the configuration reads), and the command line without it is
+    returned for a re-exec; None when there is nothing to hide (`init` writes the flag into clearml.conf)."""
+    if not any(arg in LONG_LIVED for arg in argv):
+        return None
     for i, arg in enumerate(argv):
         if arg == GIT_PASS_FLAG and i + 1 < len(argv):
             os.environ[GIT_PASS_ENV] = argv[i + 1]
