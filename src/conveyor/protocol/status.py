@@ -33,6 +33,18 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 FINAL = frozenset({S.stopped, S.failed, S.completed, S.closed, S.published})
+FINAL_VALUES = frozenset(s.value for s in FINAL)
+
+# `status_message` of an in_progress task whose abort was asked (`tasks.stop` without force): the agent, or the SDK's
+# abort callback, stops it and marks it stopped. The UI shows such a task as "Stopping".
+STOPPING = "stopping"
+# `status_message` prefix of a status set by an agent, as ClearML's agents write it ("Changed by clearml-agent h:0").
+CHANGED_BY = "Changed by "
+
+
+def changed_by(who: str) -> str:
+    """The status message an agent leaves: `changed_by("conveyor host:0")` == "Changed by conveyor host:0"."""
+    return f"{CHANGED_BY}{who}"
 
 
 def can_transition(current: str, new: str) -> bool:

@@ -7,3 +7,6 @@ from __future__ import annotations
 # `conveyor task create --args`: such a script does not bind argparse through the clearml SDK. Without it the
 # agent leaves argv alone, as the reference does, and the SDK inside the task applies `Args` to argparse.
 ARGS_ON_COMMAND_LINE = "conveyor:args-on-command-line"
+
+# A queue tag: daemons serving this queue pull nothing from it until the tag is removed (ClearML's "pause").
+QUEUE_PAUSED = "force_workers:off"
