@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.agent.executor import args_on_command_line, task_args
-from conveyor.client.errors import ApiCallError, ConveyorError
+from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
 from conveyor.env import notebook
+from conveyor.errors import ConveyorError
 
 Log = Callable[[str], None]
 MARKER = ".conveyor-build.json"  # in a folder made by build: it may be rebuilt in place

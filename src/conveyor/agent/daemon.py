@@ -26,8 +26,9 @@ from conveyor.agent.policy import QueuePolicy
 from conveyor.agent.process import become_subreaper, end_orphans
 from conveyor.agent.runs import AdoptedExecutor, RunRecord, records_of
 from conveyor.agent.runs import forget as forget_run
-from conveyor.client.errors import ApiCallError, ConveyorError
+from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
+from conveyor.errors import ConveyorError
 from conveyor.protocol.ids import looks_like_id
 from conveyor.runtimes.container import ContainerRuntime, LaunchError
 from conveyor.runtimes.local import LocalRuntime

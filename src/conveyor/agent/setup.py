@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-from conveyor.client.errors import ConveyorError
 from conveyor.config import display_path, write_api_section
+from conveyor.errors import ConveyorError
 
 DEFAULT_API_HOST = "http://127.0.0.1:8008"
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')

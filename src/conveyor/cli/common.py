@@ -22,7 +22,8 @@ def client_of(args: argparse.Namespace):  # noqa: ANN201 - ApiClient
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the command; a user's mistake or an unreachable server is one line on stderr and exit 2, no traceback."""
-    from conveyor.client.errors import ApiCallError, AuthError, ConveyorError
+    from conveyor.client.errors import ApiCallError, AuthError
+    from conveyor.errors import ConveyorError
 
     try:
         result: Any = args.func(args)

@@ -10,16 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.cli._output import age, local_time, print_json, print_table, safe_url, warn
-from conveyor.protocol.status import FINAL, TaskStatus
+from conveyor.protocol.status import FINAL_VALUES, STOPPING, TaskStatus
+from conveyor.protocol.task_types import DEFAULT_TASK_TYPE, TASK_TYPES
 
 STATUSES = tuple(s.value for s in TaskStatus)
-FINAL_STATUSES = frozenset(s.value for s in FINAL)  # `logs --follow` stops at these once no more lines come
 LOG_POLL_SEC = 0.5  # how often `task logs --follow` asks for new lines
 LOG_BATCH = 500  # log events per events.get_task_log call
 LIST_FIELDS = ["id", "name", "status", "project", "user", "last_update", "execution.queue", "type"]
-# The types tasks.create accepts (server/services/tasks.py), for argparse's choices and help.
-TASK_TYPES = ("training", "testing", "inference", "data_processing", "application", "monitor", "controller",
-              "optimizer", "service", "qc", "custom")
 
 
 # --- arguments --------------------------------------------------------------------------------------------------
@@ -98,7 +95,7 @@ def _register_create(cmds: argparse._SubParsersAction) -> None:
     c.add_argument("--docker-args", metavar="ARGS",
                    help="extra arguments of `docker run`; write --docker-args='--ipc=host' when they start with -")
     c.add_argument("--docker-bash-setup-script", metavar="FILE", help="bash script run in the container first")
-    c.add_argument("--type", choices=TASK_TYPES, metavar="TYPE", help="task type (default training)")
+    c.add_argument("--type", choices=TASK_TYPES, metavar="TYPE", help=f"task type (default {DEFAULT_TASK_TYPE.value})")
     c.add_argument("--binary", help="interpreter to run the script with, e.g. python3.11 (default python3)")
     c.add_argument("--queue", help="enqueue the task to this queue (name or id)")
     c.add_argument("--json", action="store_true", help="print the new task and the server's answers as JSON")
@@ -124,30 +121,27 @@ def _client(args: argparse.Namespace):  # noqa: ANN202 - ApiClient
 # --- create -----------------------------------------------------------------------------------------------------
 def _source(args: argparse.Namespace, working_dir: str) -> tuple[Any, str, list[str]]:
     """(ScriptSource, entry point relative to the repository root, warnings) from --repo/--script/--branch/--commit."""
-    from conveyor.client.errors import ConveyorError
     from conveyor.client.task_builder import ScriptSource, SpecError
     from conveyor.env import repo_state as rs
 
-    try:
-        if args.repo and rs.is_remote_url(args.repo):
-            return ScriptSource(rs.strip_credentials(args.repo), args.branch or "", args.commit or ""), args.script, []
-        if args.branch or args.commit:
-            raise SpecError("--branch/--commit go with --repo URL — a local repository records its own branch and "
-                            "commit: check out what you want to run first")
-        module = args.script.startswith("-m ")
-        if args.repo is None and not module:
-            # No --repo: the repository holding the script (a path from here), as clearml-task finds it.
-            script_path = Path(args.script).expanduser().resolve()
-            if not _in_repo(script_path):
-                return _standalone(args.script)
-            state, script = rs.inspect_local_repo(script_path.parent), str(script_path)
-        else:
-            state, script = rs.inspect_local_repo(Path(args.repo or ".")), args.script
-        rs.check_working_dir(state.root, working_dir)
-        script = rs.locate_script(state.root, script, working_dir,
-                                  base=Path(args.repo).expanduser().resolve() if args.repo else None)
-    except rs.RepoError as exc:
-        raise ConveyorError(str(exc)) from None
+    # a RepoError (a ConveyorError) reaches run_command, which prints its message as it is
+    if args.repo and rs.is_remote_url(args.repo):
+        return ScriptSource(rs.strip_credentials(args.repo), args.branch or "", args.commit or ""), args.script, []
+    if args.branch or args.commit:
+        raise SpecError("--branch/--commit go with --repo URL — a local repository records its own branch and "
+                        "commit: check out what you want to run first")
+    module = args.script.startswith("-m ")
+    if args.repo is None and not module:
+        # No --repo: the repository holding the script (a path from here), as clearml-task finds it.
+        script_path = Path(args.script).expanduser().resolve()
+        if not _in_repo(script_path):
+            return _standalone(args.script)
+        state, script = rs.inspect_local_repo(script_path.parent), str(script_path)
+    else:
+        state, script = rs.inspect_local_repo(Path(args.repo or ".")), args.script
+    rs.check_working_dir(state.root, working_dir)
+    script = rs.locate_script(state.root, script, working_dir,
+                              base=Path(args.repo).expanduser().resolve() if args.repo else None)
     return ScriptSource(state.url, state.branch, state.commit, state.diff), script, _warnings(state)
 
 
@@ -385,7 +379,7 @@ def _say_where_it_waits(client: Any, task: dict[str, Any]) -> None:
     from conveyor.client import task_builder as tb
 
     queue_id = (task.get("execution") or {}).get("queue")
-    if task.get("status") != "queued" or not queue_id:
+    if task.get("status") != TaskStatus.queued or not queue_id:
         return
     name = tb.queue_names(client, [queue_id]).get(queue_id) or queue_id
     workers = [w["id"] for w in client.call("workers.get_all", {}).get("workers") or []
@@ -412,7 +406,7 @@ def task_logs(args: argparse.Namespace) -> int:
             continue
         # Nothing new: stop once the task has ended, after a last look for lines sent just before it ended.
         status = tb.get_task(client, task_id, only_fields=["status"]).get("status")
-        if status in FINAL_STATUSES:
+        if status in FINAL_VALUES:  # `logs --follow` stops at these once no more lines come
             printed, scroll_id = _drain(client, task_id, scroll_id, args.json)
             if not printed:
                 break
@@ -449,8 +443,8 @@ def enqueue_task(args: argparse.Namespace) -> int:
     client = _client(args)
     task = tb.get_task(client, args.task, only_fields=["id", "status"])
     queue = tb.find_queue(client, args.queue)
-    if task.get("status") in ("queued", "in_progress"):
-        state = "already queued" if task["status"] == "queued" else "running"
+    if task.get("status") in (TaskStatus.queued, TaskStatus.in_progress):
+        state = "already queued" if task["status"] == TaskStatus.queued else "running"
         raise tb.SpecError(f"Task {task['id']} is {state} — `conveyor task abort {task['id']}` first")
     client.call("tasks.enqueue", {"task": task["id"], "queue": queue["id"]})
     print(f"Enqueued {task['id']} to {queue['name']}")
@@ -462,10 +456,10 @@ def abort_task(args: argparse.Namespace) -> int:
 
     client = _client(args)
     task = tb.get_task(client, args.task, only_fields=["id", "status"])
-    if task.get("status") not in ("queued", "in_progress", "created"):
+    if task.get("status") not in (TaskStatus.queued, TaskStatus.in_progress, TaskStatus.created):
         raise tb.SpecError(f"Task {task['id']} is {task.get('status')}: only a queued or running task can be aborted")
     answer = client.call("tasks.stop", {"task": task["id"]})
-    if (answer.get("fields") or {}).get("status_message") == "stopping":
+    if (answer.get("fields") or {}).get("status_message") == STOPPING:
         print(f"Asked the worker to stop {task['id']}; it will be stopped shortly")
     else:
         print(f"Stopped {task['id']}")
@@ -477,9 +471,9 @@ def reset_task(args: argparse.Namespace) -> int:
 
     client = _client(args)
     task = tb.get_task(client, args.task, only_fields=["id", "status"])
-    if task.get("status") in ("in_progress", "published") and not args.force:
+    if task.get("status") in (TaskStatus.in_progress, TaskStatus.published) and not args.force:
         raise tb.SpecError(f"Task {task['id']} is {task['status']} — use --force to reset it anyway"
-                           + (" (or `conveyor task abort` it first)" if task["status"] == "in_progress" else ""))
+                           + (" (or `conveyor task abort` it first)" if task["status"] == TaskStatus.in_progress else ""))
     client.call("tasks.reset", {"task": task["id"], "force": bool(args.force)})
     print(f"Reset {task['id']} to created")
     return 0
@@ -490,7 +484,7 @@ def delete_task(args: argparse.Namespace) -> int:
 
     client = _client(args)
     task = tb.get_task(client, args.task, only_fields=["id", "status"])
-    if task.get("status") == "in_progress" and not args.force:
+    if task.get("status") == TaskStatus.in_progress and not args.force:
         raise tb.SpecError(f"Task {task['id']} is running — `conveyor task abort {task['id']}` first, "
                            "or use --force to delete it anyway")
     client.call("tasks.delete", {"task": task["id"], "force": bool(args.force)})

@@ -2,6 +2,10 @@
 
 Logs in lazily, refreshes the JWT before it expires and once after a 401, retries connection errors and
 429/502/503/504/509 with capped exponential backoff. Safe to share between a daemon's threads.
+
+httpx's errors become ours in one place, `_request_once`: no answer is ServerUnreachable, a request httpx could not
+complete otherwise (a redirect loop, an undecodable body) is ApiCallError. A `transport` (an httpx.BaseTransport)
+replaces the network, e.g. a server's ASGI app run in-process by tests.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import httpx
 import orjson
 
 from conveyor import __version__
-from conveyor.client.errors import ApiCallError, AuthError, ConveyorError, ServerUnreachable
+from conveyor.client.errors import ApiCallError, AuthError, ServerUnreachable
 from conveyor.client.services import ServiceAttribute
 from conveyor.client.token import Token
 from conveyor.config import Config, defaults, display_path
+from conveyor.errors import UserError, map_exceptions
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class ApiClient:
         worker_header: str | None = None,
         user_agent: str | None = None,
         settings: Config | None = None,
+        transport: httpx.BaseTransport | None = None,
     ):
         cfg = settings if settings is not None else defaults()
 
@@ -73,7 +79,7 @@ class ApiClient:
 
         self.host = _strip_userinfo(host.rstrip("/"))  # credentials never travel in a URL
         if urlsplit(self.host).scheme not in ("http", "https") or not urlsplit(self.host).netloc:
-            raise ConveyorError(f"The API server address {self.host!r} is not an http:// or https:// URL — "
+            raise UserError(f"The API server address {self.host!r} is not an http:// or https:// URL — "
                                 "set api.api_server or CLEARML_API_HOST")
         self._access_key = access_key or ""
         self._secret_key = secret_key or ""
@@ -90,13 +96,14 @@ class ApiClient:
         self.api_version = api_version
         self.default_method = str(pick(default_method, "api.http.default_method")).upper()
         if self.default_method not in ("GET", "POST", "PUT"):
-            raise ConveyorError(f"api.http.default_method must be get, post or put, not {self.default_method.lower()!r}"
+            raise UserError(f"api.http.default_method must be get, post or put, not {self.default_method.lower()!r}"
                                 " — fix it in the config file or CLEARML_API_DEFAULT_REQ_METHOD")
         self._max_req_size = int(pick(max_req_size, "api.http.max_req_size"))
         self._credentials_hint = (f"check api.credentials in {display_path(cfg.path) if cfg.path else '~/clearml.conf'}"
                                   " or CLEARML_API_ACCESS_KEY/SECRET")
         worker = worker_header if worker_header is not None else socket.gethostname()
         self._http = httpx.Client(
+            transport=transport,
             verify=bool(pick(verify, "api.verify_certificate")),
             headers={"User-Agent": user_agent or f"conveyor-{__version__}",
                      "X-ClearML-Worker": worker, "X-Trains-Worker": worker},
@@ -246,12 +253,12 @@ class ApiClient:
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, url, content=content, headers=headers, params=params,
-                                              timeout=effective)
-            except httpx.TransportError as exc:
-                reason = self._redact(_reason(exc, effective))
+                response = self._request_once(endpoint, method, url, content=content, headers=headers,
+                                              params=params, timeout=effective)
+            except ServerUnreachable as unreachable:
                 if attempt >= self.max_retries:
-                    raise ServerUnreachable(self.host, reason) from None
+                    raise
+                reason = unreachable.reason
                 delay = self._backoff(attempt)
             else:
                 status = response.status_code
@@ -263,6 +270,15 @@ class ApiClient:
             attempt += 1
             log.info("%s: %s, retry %d in %.1f s", endpoint, reason, attempt, delay)
             time.sleep(delay)
+
+    def _request_once(self, endpoint: str, method: str, url: str, *, headers: dict[str, str], content: bytes | None,
+                      params: dict[str, Any] | None, timeout: httpx.Timeout) -> httpx.Response:
+        """One HTTP exchange; the boundary where httpx's errors become ours (their text redacted)."""
+        with map_exceptions({
+            httpx.TransportError: lambda exc: ServerUnreachable(self.host, self._redact(_reason(exc, timeout))),
+            httpx.RequestError: lambda exc: ApiCallError(endpoint, 0, 0, self._redact(f"{type(exc).__name__}: {exc}")),
+        }):
+            return self._http.request(method, url, content=content, headers=headers, params=params, timeout=timeout)
 
     def _backoff(self, attempt: int) -> float:
         return min(self._backoff_max, self._backoff_factor * (2 ** attempt))
@@ -350,7 +366,7 @@ def _retry_after(response: httpx.Response, cap: float) -> float | None:
         return None
 
 
-def _reason(exc: httpx.TransportError, timeout: httpx.Timeout) -> str:
+def _reason(exc: BaseException, timeout: httpx.Timeout) -> str:
     """A few words on why there was no answer (never the URL: it is already in the message)."""
     text = str(exc).lower()
     if isinstance(exc, httpx.ConnectTimeout):

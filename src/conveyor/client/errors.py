@@ -1,16 +1,18 @@
-"""The client's exceptions, one hierarchy (as httpx has): catch ConveyorError for "any API problem".
+"""The client's exceptions: a call failed as seen from the client (catch `ClientError` for "any API problem").
 
 Messages are meant for the user as they are, and never hold a secret, a token or a credential-bearing URL.
 """
 
 from __future__ import annotations
 
-
-class ConveyorError(Exception):
-    """Base of every error the client raises."""
+from conveyor.errors import ConveyorError
 
 
-class ApiCallError(ConveyorError):
+class ClientError(ConveyorError):
+    """A call to the server failed: refused (ApiCallError) or never answered (ServerUnreachable)."""
+
+
+class ApiCallError(ClientError):
     """The server answered a call with a result code other than 200 (or with something that is no answer)."""
 
     def __init__(self, endpoint: str, code: int, subcode: int, msg: str):
@@ -35,7 +37,7 @@ class AuthError(ApiCallError):
         return self.advice or super().__str__()
 
 
-class ServerUnreachable(ConveyorError):
+class ServerUnreachable(ClientError):
     """No HTTP answer at all: connection refused, unknown host, timeout, connection dropped."""
 
     def __init__(self, host: str, reason: str):

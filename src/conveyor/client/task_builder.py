@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.client.errors import ConveyorError
+from conveyor.errors import UserError
 from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
+from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 
 if TYPE_CHECKING:
     from conveyor.client.api import ApiClient
 
-DEFAULT_TYPE = "training"  # what clearml-task and tasks.create default to
 DEFAULT_BINARY = "python3"  # the interpreter the agent runs the entry point with when the user names none
 ARGS_SECTION = "Args"  # the hyper-parameter section clearml-task writes --args to (argparse's section in the SDK)
 _ARG_NAME = re.compile(r"^[^\s=]+$")
 
 
-class SpecError(ConveyorError):
+class SpecError(UserError):
     """An option, or a name it refers to, that does not work; the message says what to do."""
 
 
@@ -140,7 +140,7 @@ def create_body(*, name: str, script: dict[str, Any], params: dict[str, Any] | N
                 container: dict[str, str] | None = None, project: str | None = None,
                 task_type: str | None = None, comment: str = "") -> dict[str, Any]:
     """The `tasks.create` body."""
-    body: dict[str, Any] = {"name": task_name(name), "type": task_type or DEFAULT_TYPE, "comment": comment,
+    body: dict[str, Any] = {"name": task_name(name), "type": task_type or DEFAULT_TASK_TYPE.value, "comment": comment,
                             "script": script, "hyperparams": params or {}, "container": container or {}}
     if (params or {}).get(ARGS_SECTION):
         # --args are command-line arguments of a script that does not read them through the clearml SDK

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from conveyor.errors import UserError
 
-class ConfigError(Exception):
+
+class ConfigError(UserError):
     """A config file or variable that cannot be used. `str()` says where, what, and what to do."""
 
     def __init__(self, message: str, *, source: str | None = None, line: int | None = None, key: str | None = None):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
-from conveyor.config import hocon
+import conveyor.config.hocon as hocon
 from conveyor.config.errors import ConfigError
 from conveyor.config.model import Config
 from conveyor.config.schema import normalize

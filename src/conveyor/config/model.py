@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conveyor.config import hocon
+import conveyor.config.hocon as hocon
 from conveyor.config.errors import ConfigKeyError
 from conveyor.config.masking import mask
 

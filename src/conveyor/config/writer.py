@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conveyor.config import hocon
+import conveyor.config.hocon as hocon
 from conveyor.config.errors import ConfigError
 from conveyor.config.loader import display_path
 

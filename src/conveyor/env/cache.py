@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from conveyor.config import Config
+from conveyor.errors import InternalError
+from conveyor.progress import Log
 
-Log = Callable[[str], None]
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 META_FILE = ".conveyor-env.json"  # in each entry: what was built, for people and tools
 ENVS_DIR = "envs"
@@ -39,7 +40,7 @@ LOCKS_DIR = ".locks"
 _POLL_FIRST, _POLL_MAX = 0.01, 0.2  # seconds between tries of a busy lock
 
 
-class CacheUnavailable(Exception):
+class CacheUnavailable(InternalError):
     """The cache cannot serve this build (disk too full, another build took too long): build outside it."""
 
 

@@ -54,11 +54,11 @@ class GitAuth:
     def from_config(cls, cfg: Config, user: str | None = None, password: str | None = None) -> GitAuth:
         """agent.git_user/git_pass/git_host (and extra_credentials); --git-user/--git-pass override the config."""
         extra = [cls(user=_text(item.get("user")), password=_text(item.get("pass")), host=_text(item.get("host")))
-                 for item in (cfg.get("agent.git.extra_credentials", None) or []) if isinstance(item, dict)]
-        return cls(user=user or _text(cfg.get("agent.git_user", None)),
-                   password=password or _text(cfg.get("agent.git_pass", None)),
-                   host=_text(cfg.get("agent.git_host", None)),
-                   match_prefix=_text(cfg.get("agent.git_host_match_prefix", None)),
+                 for item in (cfg.get("agent.git.extra_credentials") or []) if isinstance(item, dict)]
+        return cls(user=user or _text(cfg.get("agent.git_user")),
+                   password=password or _text(cfg.get("agent.git_pass")),
+                   host=_text(cfg.get("agent.git_host")),
+                   match_prefix=_text(cfg.get("agent.git_host_match_prefix")),
                    extra=extra)
 
     @property
@@ -148,13 +148,13 @@ def rewrite_url(url: str, auth: GitAuth | None, cfg: Config) -> str:
     if is_local(url):
         return url
     host, _port = url_host(url)
-    if cfg.get("agent.force_git_ssh_protocol", False):
-        git_host = (_text(cfg.get("agent.git_host", None)) or "").lower()
+    if cfg.get("agent.force_git_ssh_protocol"):
+        git_host = (_text(cfg.get("agent.git_host")) or "").lower()
         if git_host and git_host != host:
             return url
         return _force_ssh(url, cfg)
-    if cfg.get("agent.translate_ssh", True) and _is_ssh(url):
-        https = _ssh_to_https(url, str(cfg.get("agent.translate_ssl_replacement_scheme", None) or "https"))
+    if cfg.get("agent.translate_ssh") and _is_ssh(url):
+        https = _ssh_to_https(url, str(cfg.get("agent.translate_ssl_replacement_scheme") or "https"))
         if auth is not None and auth.for_url(https) is not None:
             return https
     return url
@@ -183,8 +183,8 @@ def _ssh_to_https(url: str, scheme: str) -> str:
 
 
 def _force_ssh(url: str, cfg: Config) -> str:
-    port = cfg.get("agent.force_git_ssh_port", None)
-    forced_user = _text(cfg.get("agent.force_git_ssh_user", None))
+    port = cfg.get("agent.force_git_ssh_port")
+    forced_user = _text(cfg.get("agent.force_git_ssh_user"))
     match = _SCHEME_RE.match(url)
     scheme = match.group("scheme").lower() if match else "scp"
     if scheme == "https":

@@ -9,17 +9,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conveyor.env.git_auth import scrub
+from conveyor.errors import TaskFailure, UserError
 
 # variables from an enclosing hook or shell that would point git at another repository
 _FOREIGN_GIT_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
                      "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT")
 
 
-class GitNotFound(Exception):
-    """No git executable on PATH."""
+class GitNotFound(UserError):
+    """No git executable on PATH: the machine needs git installed."""
+
+    def __init__(self) -> None:
+        super().__init__("git is not installed (or not on PATH) on this machine",
+                         hint="install git (e.g. `apt-get install git`)")
 
 
-class GitFailed(Exception):
+class GitFailed(TaskFailure):
     """A git command exited non-zero; `detail` is its stderr with secrets masked."""
 
     def __init__(self, command: str, detail: str):

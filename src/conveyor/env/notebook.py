@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
-Log = Callable[[str], None]
+from conveyor.errors import TaskFailure
+from conveyor.progress import Log
 
 SUFFIX = ".ipynb"
 _SHELL_CELLS = {"bash", "sh", "script bash", "script sh"}
@@ -23,7 +23,7 @@ _SHELL_LINE = re.compile(r"^(\s*)!(.*)$")
 _ASSIGNED_SHELL = re.compile(r"^(\s*[A-Za-z_][A-Za-z0-9_]*\s*=\s*)!(.*)$")  # files = !ls
 
 
-class NotebookError(Exception):
+class NotebookError(TaskFailure):
     """The notebook cannot be read; the message says why."""
 
 

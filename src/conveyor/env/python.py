@@ -26,14 +26,13 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from conveyor.config import Config
 from conveyor.env.cache import CacheUnavailable, FileLock, VenvCache
-from conveyor.env.managers import get_manager
+from conveyor.env.managers import get_manager, uv_sync
 from conveyor.env.managers.base import (
     BuildSpec,
     EnvBuildError,
@@ -45,18 +44,17 @@ from conveyor.env.managers.base import (
     scrub,
     venv_python,
 )
-from conveyor.env.managers import uv_sync
 from conveyor.env.managers.conda import require_conda
 from conveyor.env.managers.pip import PipManager
 from conveyor.env.managers.poetry import unusable_reason as poetry_unusable_reason
 from conveyor.env.requirements import editable_versions, localize, requested_python
+from conveyor.progress import Log
 
 __all__ = ["EnvBuildError", "PythonEnv", "Requirements", "agent_python", "build_environment",
            "build_environment_at", "environment_key",
            "find_python", "freeze", "normalize_line", "parse_requirement_lines", "resolve_requirements",
            "select_python"]
 
-Log = Callable[[str], None]
 FREEZE_FILE = ".conveyor-freeze.txt"  # what freeze() found in a cached venv: it does not change
 KEY_FORMAT = 1  # bump when what goes into the key changes, so that old entries stop matching
 PROBE_TIMEOUT_SEC = 10  # an interpreter that cannot print its version in this time is broken

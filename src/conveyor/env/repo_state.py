@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from conveyor.errors import TaskFailure
+
 # A URL git understands without a local path: scheme://... or scp-like user@host:path.
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SCP_RE = re.compile(r"^[^/\s:@]+@[^/\s:]+:")
 GIT_TIMEOUT_SEC = 60  # a local git command that takes longer is stuck (a lock, a prompt)
 
 
-class RepoError(Exception):
+class RepoError(TaskFailure):
     """The path is no usable git working copy; the message says what to do."""
 
 

@@ -10,11 +10,10 @@ with one log line saying so. The `# Python 3.11.7 ...` header tells which interp
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-Log = Callable[[str], None]
+from conveyor.progress import Log
 
 _PYTHON_HEADER = re.compile(r"^\s*#\s*Python\s+(\d+)\.(\d+)(?:\.\d+)?\b", re.IGNORECASE)
 # pip freeze: "# Editable install with no version control (lib==0.1.0)" or "... (lib==0.1.0)" before "-e <path>"

@@ -9,27 +9,35 @@ network.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import filelock
+
 from conveyor.config import Config, load_config
-from conveyor.env.git_auth import (GitAuth, askpass_environment, is_local, rewrite_url, split_credentials,
-                                   submodule_url_config)
+from conveyor.env.git_auth import (
+    GitAuth,
+    askpass_environment,
+    is_local,
+    rewrite_url,
+    split_credentials,
+    submodule_url_config,
+)
 from conveyor.env.git_cmd import Git, GitFailed, GitNotFound
+from conveyor.errors import TaskFailure
+from conveyor.progress import Log
 
 __all__ = ["Checkout", "GitAuth", "VcsError", "apply_diff", "looks_like_patch", "prepare_repository",
            "rewrite_url", "write_standalone_script"]
 
-Log = Callable[[str], None]
 _FULL_SHA_RE = re.compile(r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$")
 _LOCK_POLL_SEC = 0.02
 DEFAULT_SCRIPT_NAME = "untitled.py"  # the reference's name for a standalone script without an entry point
@@ -46,7 +54,7 @@ _CLONE_FAILURES: tuple[tuple[tuple[str, ...], str], ...] = (
 _NOT_FOUND = "repository not found — check the URL and credentials"
 
 
-class VcsError(Exception):
+class VcsError(TaskFailure):
     """The task's code could not be prepared; the message says what failed and what to do, and holds no secret."""
 
 
@@ -215,7 +223,7 @@ def _clear_dest(dest: Path) -> None:
 def _clone(git: Git, url: str, dest: Path, want: _Want, cfg: Config, log: Log) -> tuple[str, str | None]:
     """Make `dest` a checkout of what the task wants, through the cache when it is on; (HEAD sha, branch)."""
     cache_root = cfg.get_path("agent.vcs_cache.path")
-    if cfg.get("agent.vcs_cache.enabled", False) and cache_root is not None:
+    if cfg.get("agent.vcs_cache.enabled") and cache_root is not None:
         cache_root.mkdir(parents=True, exist_ok=True)
         mirror = cache_root / _mirror_name(url)
         lock_timeout = float(cfg.get("agent.vcs_cache.lock_timeout"))
@@ -349,7 +357,7 @@ def _fetch(git: Git, url: str, mirror: Path, cfg: Config, log: Log) -> None:
     started = time.monotonic()
     if git.ok("config", "remote.origin.url", cwd=mirror) != url:
         git.run("remote", "set-url", "origin", url, cwd=mirror)
-    args = [str(a) for a in (cfg.get("agent.git_fetch_args", None) or [])]
+    args = [str(a) for a in (cfg.get("agent.git_fetch_args") or [])]
     # --prune: a branch deleted upstream goes; --force: a tag moved upstream is taken, not a fetch failure
     git.run("fetch", "--quiet", "--prune", "--force", *args, cwd=mirror, remote=True)
     log(f"git: fetched mirror of {url} in {_since(started)}")
@@ -487,25 +495,18 @@ def _diff_error(git: Git, repo_dir: Path, stderr: str) -> str:
 
 @contextmanager
 def _file_lock(path: Path, timeout: float) -> Iterator[bool]:
-    """An exclusive flock (per open file, so threads of one process exclude each other too); False on timeout."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """An exclusive flock (a lock object per call, so threads of one process exclude each other too); False on
+    timeout. The lock file stays: deleting one that others may wait on would let two holders in."""
+    lock = filelock.FileLock(path, mode=0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(_LOCK_POLL_SEC)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire(timeout=timeout, poll_interval=_LOCK_POLL_SEC)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def _remove(path: Path) -> None:

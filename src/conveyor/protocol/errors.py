@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from conveyor.errors import ConveyorError
 
-class ApiError(Exception):
+
+class ApiError(ConveyorError):
     """An error the server answers with; `code` is also the HTTP status."""
 
     def __init__(self, code: int, subcode: int, msg: str, data: dict[str, Any] | None = None):
@@ -28,44 +31,26 @@ def validation_error(msg: str) -> ApiError:
     return ApiError(400, 12, msg)
 
 
-def missing_field(name: str) -> ApiError:
-    return ApiError(400, 12, f"Validation error: missing required field '{name}'")
+def _refusal(subcode: int, template: str) -> Callable[[Any], ApiError]:
+    """A factory of 400 answers that name one value: `template` holds one `{}`."""
+    def refuse(value: Any) -> ApiError:
+        return ApiError(400, subcode, template.format(value))
+    return refuse
 
 
-def invalid_task_id(task_id: Any) -> ApiError:
-    return ApiError(400, 101, f"Invalid task id: id={task_id}")
-
-
-def invalid_task_status(msg: str) -> ApiError:
-    return ApiError(400, 110, f"Invalid task status: {msg}")
-
-
-def invalid_project_id(project_id: Any) -> ApiError:
-    return ApiError(400, 401, f"Invalid project id: id={project_id}")
-
-
-def project_exists(name: str) -> ApiError:
-    return ApiError(400, 402, f"Project with the same name already exists: name={name}")
-
-
-def invalid_queue_id(queue_id: Any) -> ApiError:
-    return ApiError(400, 701, f"Invalid queue id: id={queue_id}")
-
-
-def queue_not_empty(queue_id: str) -> ApiError:
-    return ApiError(400, 702, f"Queue is not empty: id={queue_id} (use force=true to delete it anyway)")
-
-
-def queue_exists(name: str) -> ApiError:
-    return ApiError(400, 704, f"Queue with this name already exists: name={name}")
+missing_field = _refusal(12, "Validation error: missing required field '{}'")
+invalid_task_id = _refusal(101, "Invalid task id: id={}")
+invalid_task_status = _refusal(110, "Invalid task status: {}")
+invalid_project_id = _refusal(401, "Invalid project id: id={}")
+project_exists = _refusal(402, "Project with the same name already exists: name={}")
+invalid_queue_id = _refusal(701, "Invalid queue id: id={}")
+queue_not_empty = _refusal(702, "Queue is not empty: id={} (use force=true to delete it anyway)")
+queue_exists = _refusal(704, "Queue with this name already exists: name={}")
+invalid_worker_id = _refusal(1001, "Invalid worker id: worker={}")
 
 
 def no_default_queue() -> ApiError:
     return ApiError(400, 705, "No queue is tagged as default: create one with system_tags [\"default\"]")
-
-
-def invalid_worker_id(worker: Any) -> ApiError:
-    return ApiError(400, 1001, f"Invalid worker id: worker={worker}")
 
 
 def unauthorized(msg: str, subcode: int = 20) -> ApiError:

@@ -10,14 +10,14 @@ import shutil
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from conveyor.config import Config
-
-Log = Callable[[str], None]
+from conveyor.errors import TaskFailure
+from conveyor.progress import Log
 
 # user:password@ (or a bare token@) inside a URL; the scheme keeps it from matching e-mail addresses
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]+)(?::(?P<pw>[^/\s@]*))?@")
@@ -29,7 +29,7 @@ _TAIL_LINES = 200  # of installer output kept to explain a failure
 REASON_MAX_CHARS = 800
 
 
-class EnvBuildError(Exception):
+class EnvBuildError(TaskFailure):
     """The task's Python environment could not be built; the message says what failed and what to do."""
 
 
