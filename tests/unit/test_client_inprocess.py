@@ -1,0 +1,65 @@
+"""ApiClient against the real server app, in this process: the ASGI app runs behind starlette's TestClient transport
+on a SQLite database in tmp_path. No subprocess, no port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from conveyor.client import ApiCallError, ApiClient, AuthError
+from conveyor.client import task_builder as tb
+from conveyor.config import defaults, load_config
+from conveyor.server.app import create_app
+from conveyor.server.runner import build_state, options_from
+
+HOST = "http://testserver"
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[tuple[TestClient, Path]]:
+    """The server's app on a fresh database; yields its test client and the clearml.conf of its first start."""
+    cfg = defaults()
+    opts = options_from(cfg, data_dir=str(tmp_path / "data"), client_config=str(tmp_path / "clearml.conf"))
+    state = build_state(cfg, opts)  # first start: a user, credentials (written to clearml.conf), a default queue
+    try:
+        with TestClient(create_app(state, web=False), base_url=HOST) as app:
+            yield app, opts.client_config
+    finally:
+        state.store.dispose()
+
+
+def client_of(server: tuple[TestClient, Path], **kw: object) -> ApiClient:
+    app, conf = server
+    # TestClient is an httpx.Client; its transport runs requests through the app (httpx has no public getter)
+    return ApiClient.from_config(load_config(conf), host=HOST, transport=app._transport, max_retries=0, **kw)
+
+
+def test_login_create_enqueue_and_read_back(server: tuple[TestClient, Path]) -> None:
+    with client_of(server) as client:
+        claims = client.login()
+        assert claims["identity"]["user"]
+        queue = tb.find_queue(client, "default")
+        created = client.tasks.create(name="in-process", type="training")
+        client.tasks.enqueue(task=created["id"], queue=queue["id"])
+        task = tb.get_task(client, created["id"], only_fields=["id", "name", "status", "execution.queue"])
+    assert task["name"] == "in-process"
+    assert task["status"] == "queued"
+    assert task["execution"]["queue"] == queue["id"]
+
+
+def test_a_refusal_is_an_api_call_error_with_the_servers_message(server: tuple[TestClient, Path]) -> None:
+    with client_of(server) as client, pytest.raises(ApiCallError) as err:
+        client.tasks.get_by_id(task="no-such-task")
+    assert (err.value.code, err.value.subcode) == (400, 101)
+    assert str(err.value) == "tasks.get_by_id failed (400/101): Invalid task id: id=no-such-task"
+
+
+def test_a_wrong_secret_is_an_auth_error_that_says_what_to_check(server: tuple[TestClient, Path]) -> None:
+    with client_of(server, secret_key="not-the-secret") as client, pytest.raises(AuthError) as err:
+        client.call("tasks.get_all", {})
+    assert err.value.code == 401
+    assert str(err.value).startswith(f"Login to {HOST} failed: the access key or secret was refused — check "
+                                     "api.credentials in ")
