@@ -66,7 +66,7 @@ def map_exceptions(mapping: Mapping[type[BaseException], type[BaseException] | E
     except Exception as exc:
         for source, target in mapping.items():
             if isinstance(exc, source):
-                if isinstance(target, type) and issubclass(target, BaseException):
+                if isinstance(target, type):
                     raise target(str(exc)) from exc
                 raise target(exc) from exc
         raise

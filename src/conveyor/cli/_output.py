@@ -15,6 +15,24 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
+def print_created(answer: dict[str, Any], as_json: bool) -> None:
+    """What `create` commands print: the new id alone (for scripts), or the server's whole answer with --json."""
+    if as_json:
+        print_json(answer)
+    else:
+        print(answer["id"])
+
+
+def required_name(text: str, kind: str, example: str) -> str:
+    """A name given on the command line, stripped; SpecError when nothing is left."""
+    from conveyor.client.task_builder import SpecError
+
+    name = text.strip()
+    if not name:
+        raise SpecError(f"The {kind} name is empty — give a name, e.g. `conveyor {kind} create {example}`")
+    return name
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str = "") -> None:
     """Columns padded to their widest cell; the last column is not padded (it may be long)."""
     if not rows:

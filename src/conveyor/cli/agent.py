@@ -12,7 +12,7 @@ class _EngineArgsParser(argparse.ArgumentParser):
     image (`--docker my/image:tag --ipc=host -v /data:/data`), up to the next flag of this command. argparse would
     take them for ours, so they are lifted out first."""
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's overloads
         args = list(sys.argv[1:] if args is None else args)
         namespace = namespace if namespace is not None else argparse.Namespace()
         engines = [i for i, token in enumerate(args) if token.split("=", 1)[0] in ("--docker", "--podman")]

@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:  # imported where used: `conveyor --help` need not load httpx
+    from conveyor.client.api import ApiClient
 
 
 def config_of(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config_file", None))
 
 
-def client_of(args: argparse.Namespace):  # noqa: ANN201 - ApiClient
+def client_of(args: argparse.Namespace) -> ApiClient:
     from conveyor.client import ApiClient
 
     return ApiClient.from_config(config_of(args))

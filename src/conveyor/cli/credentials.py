@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--json", action="store_true", help="print the new credentials as JSON")
     c.set_defaults(func=create)
 
-    ls = cmds.add_parser("list", help="list access keys, active and revoked, with their state and owner (never secrets): an admin sees everyone's")
+    ls = cmds.add_parser("list", help="list access keys, active and revoked, with their state and owner "
+                                      "(never secrets): an admin sees everyone's")
     ls.add_argument("--active", action="store_true", help="only the keys that can still log in")
     ls.add_argument("--all", action="store_true", help=argparse.SUPPRESS)  # revoked keys are listed by default now
     ls.add_argument("--json", action="store_true", help="print the server's data as JSON")

@@ -14,7 +14,8 @@ COMMAND_MODULES = ("up", "server", "agent", "setup", "queue", "task", "worker", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="conveyor", description="Run machine-learning code reproducibly on other machines.")
+    parser = argparse.ArgumentParser(prog="conveyor",
+                                     description="Run machine-learning code reproducibly on other machines.")
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     parser.add_argument("--config-file", help="clearml.conf to read (default: $CLEARML_CONFIG_FILE or ~/clearml.conf)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from conveyor.cli._output import print_json, print_table
+from conveyor.cli._output import print_created, print_json, print_table, required_name
 
 QUEUE_EXISTS = 704  # result subcode of queues.create for a name already taken
 
@@ -34,19 +34,14 @@ def create(args: argparse.Namespace) -> int:
     from conveyor.client.errors import ApiCallError
     from conveyor.client.task_builder import SpecError
 
-    name = args.name.strip()
-    if not name:
-        raise SpecError("The queue name is empty — give a name, e.g. `conveyor queue create gpu`")
+    name = required_name(args.name, "queue", "gpu")
     try:
         answer = client_of(args).call("queues.create", {"name": name, "tags": args.tags})
     except ApiCallError as exc:
         if exc.subcode == QUEUE_EXISTS:
             raise SpecError(f"A queue named {name!r} already exists — `conveyor queue list` shows it") from None
         raise
-    if args.json:
-        print_json(answer)
-    else:
-        print(answer["id"])
+    print_created(answer, args.json)
     return 0
 
 

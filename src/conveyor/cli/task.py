@@ -7,11 +7,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.cli._output import age, local_time, print_json, print_table, safe_url, warn
 from conveyor.protocol.status import FINAL_VALUES, STOPPING, TaskStatus
 from conveyor.protocol.task_types import DEFAULT_TASK_TYPE, TASK_TYPES
+
+if TYPE_CHECKING:  # imported where used: `conveyor --help` need not load httpx or git helpers
+    from conveyor.client.api import ApiClient
+    from conveyor.client.task_builder import ScriptSource
+    from conveyor.env.repo_state import RepoState
 
 STATUSES = tuple(s.value for s in TaskStatus)
 LOG_POLL_SEC = 0.5  # how often `task logs --follow` asks for new lines
@@ -112,14 +117,14 @@ def _positive(text: str) -> int:
     return value
 
 
-def _client(args: argparse.Namespace):  # noqa: ANN202 - ApiClient
+def _client(args: argparse.Namespace) -> ApiClient:
     from conveyor.cli.common import client_of
 
     return client_of(args)
 
 
 # --- create -----------------------------------------------------------------------------------------------------
-def _source(args: argparse.Namespace, working_dir: str) -> tuple[Any, str, list[str]]:
+def _source(args: argparse.Namespace, working_dir: str) -> tuple[ScriptSource, str, list[str]]:
     """(ScriptSource, entry point relative to the repository root, warnings) from --repo/--script/--branch/--commit."""
     from conveyor.client.task_builder import ScriptSource, SpecError
     from conveyor.env import repo_state as rs
@@ -155,7 +160,7 @@ def _in_repo(script: Path) -> bool:
     return True
 
 
-def _standalone(script: str) -> tuple[Any, str, list[str]]:
+def _standalone(script: str) -> tuple[ScriptSource, str, list[str]]:
     """A script outside any repository travels whole in `diff` with no repository (ClearML's "literal script")."""
     from conveyor.client.task_builder import ScriptSource, read_option_file
 
@@ -164,7 +169,7 @@ def _standalone(script: str) -> tuple[Any, str, list[str]]:
     return ScriptSource("", diff=text), Path(script).name, [note]
 
 
-def _warnings(state: Any) -> list[str]:
+def _warnings(state: RepoState) -> list[str]:
     notes = []
     if state.untracked:
         shown = ", ".join(state.untracked[:5]) + (" …" if len(state.untracked) > 5 else "")
@@ -179,7 +184,7 @@ def _warnings(state: Any) -> list[str]:
     return notes
 
 
-def _prepare(args: argparse.Namespace, client: Any) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
+def _prepare(args: argparse.Namespace, client: ApiClient) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
     """The tasks.create body, the queue to enqueue to, and warnings about the recorded code. Local checks (options,
     files, the repository) come first, then the queue look-up, and only then the project is made: a bad command
     leaves nothing behind on the server."""
@@ -225,7 +230,7 @@ def create_task(args: argparse.Namespace) -> int:
 
 
 # --- list and show ----------------------------------------------------------------------------------------------
-def _list_body(args: argparse.Namespace, client: Any) -> dict[str, Any]:
+def _list_body(args: argparse.Namespace, client: ApiClient) -> dict[str, Any]:
     import re
 
     from conveyor.client import task_builder as tb
@@ -246,7 +251,7 @@ def _list_body(args: argparse.Namespace, client: Any) -> dict[str, Any]:
     return body
 
 
-def _matching_tasks(client: Any, body: dict[str, Any], queue_id: str | None, limit: int) -> list[dict[str, Any]]:
+def _matching_tasks(client: ApiClient, body: dict[str, Any], queue_id: str | None, limit: int) -> list[dict[str, Any]]:
     """Pages through tasks.get_all; the queue is matched here (tasks.get_all has no filter on execution.queue)."""
     if queue_id is None:
         return client.call("tasks.get_all", {**body, "page": 0, "page_size": limit}).get("tasks") or []
@@ -300,7 +305,7 @@ def show_task(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(client: Any, task: dict[str, Any]) -> list[tuple[str, Any]]:
+def _summary(client: ApiClient, task: dict[str, Any]) -> list[tuple[str, Any]]:
     from conveyor.client import task_builder as tb
 
     script = task.get("script") or {}
@@ -345,7 +350,7 @@ def _summary(client: Any, task: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 # --- logs -------------------------------------------------------------------------------------------------------
-def _log_page(client: Any, task_id: str, scroll_id: str) -> tuple[list[dict[str, Any]], str]:
+def _log_page(client: ApiClient, task_id: str, scroll_id: str) -> tuple[list[dict[str, Any]], str]:
     body = {"task": task_id, "order": "asc", "batch_size": LOG_BATCH}
     if scroll_id:
         body["scroll_id"] = scroll_id
@@ -361,7 +366,7 @@ def _print_event(event: dict[str, Any], as_json: bool) -> None:
     sys.stdout.write(msg if msg.endswith("\n") else msg + "\n")
 
 
-def _drain(client: Any, task_id: str, scroll_id: str, as_json: bool) -> tuple[int, str]:
+def _drain(client: ApiClient, task_id: str, scroll_id: str, as_json: bool) -> tuple[int, str]:
     """Print every line after `scroll_id`; returns how many were printed and the new cursor."""
     printed = 0
     while True:
@@ -374,7 +379,7 @@ def _drain(client: Any, task_id: str, scroll_id: str, as_json: bool) -> tuple[in
             return printed, scroll_id
 
 
-def _say_where_it_waits(client: Any, task: dict[str, Any]) -> None:
+def _say_where_it_waits(client: ApiClient, task: dict[str, Any]) -> None:
     """A queued task shows no lines: say on stderr which queue holds it and whether a worker serves that queue."""
     from conveyor.client import task_builder as tb
 
@@ -472,8 +477,8 @@ def reset_task(args: argparse.Namespace) -> int:
     client = _client(args)
     task = tb.get_task(client, args.task, only_fields=["id", "status"])
     if task.get("status") in (TaskStatus.in_progress, TaskStatus.published) and not args.force:
-        raise tb.SpecError(f"Task {task['id']} is {task['status']} — use --force to reset it anyway"
-                           + (" (or `conveyor task abort` it first)" if task["status"] == TaskStatus.in_progress else ""))
+        abort_first = " (or `conveyor task abort` it first)" if task["status"] == TaskStatus.in_progress else ""
+        raise tb.SpecError(f"Task {task['id']} is {task['status']} — use --force to reset it anyway{abort_first}")
     client.call("tasks.reset", {"task": task["id"], "force": bool(args.force)})
     print(f"Reset {task['id']} to created")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from conveyor.cli._output import local_time, print_json, print_table
+from conveyor.cli._output import local_time, print_created, print_json, print_table, required_name
 
 ROLES = ("admin", "user")
 
@@ -30,9 +30,7 @@ def create(args: argparse.Namespace) -> int:
     from conveyor.client.errors import ApiCallError
     from conveyor.client.task_builder import SpecError
 
-    name = args.name.strip()
-    if not name:
-        raise SpecError("The user name is empty — give a name, e.g. `conveyor user create alice`")
+    name = required_name(args.name, "user", "alice")
     try:
         answer = client_of(args).call("users.create", {"name": name, "role": args.role})
     except ApiCallError as exc:
@@ -41,10 +39,7 @@ def create(args: argparse.Namespace) -> int:
         if exc.code == 400 and "already exists" in exc.msg:
             raise SpecError(f"A user named {name!r} already exists — `conveyor user list` shows it") from None
         raise
-    if args.json:
-        print_json(answer)
-    else:
-        print(answer["id"])
+    print_created(answer, args.json)
     return 0
 
 

@@ -5,4 +5,5 @@ from conveyor.client.errors import ApiCallError, AuthError, ClientError, ServerU
 from conveyor.client.services import SERVICES, Service
 from conveyor.errors import ConveyorError
 
-__all__ = ["SERVICES", "ApiCallError", "ApiClient", "AuthError", "ClientError", "ConveyorError", "ServerUnreachable", "Service"]
+__all__ = ["SERVICES", "ApiCallError", "ApiClient", "AuthError", "ClientError", "ConveyorError", "ServerUnreachable",
+           "Service"]

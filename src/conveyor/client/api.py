@@ -134,9 +134,9 @@ class ApiClient:
         A body with a numeric `wait` (a long-poll) gets that much more read time."""
         body = body if body is not None else {}
         wait = body.get("wait")
-        long_poll = isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0
-        if timeout is None and long_poll and self._timeout.read is not None:
-            timeout = httpx.Timeout(self._timeout.read + wait, connect=self._timeout.connect)
+        poll_sec = float(wait) if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0 else 0.0
+        if timeout is None and poll_sec and self._timeout.read is not None:
+            timeout = httpx.Timeout(self._timeout.read + poll_sec, connect=self._timeout.connect)
         return self._call(endpoint, orjson.dumps(body), "application/json", version, method, timeout)
 
     def call_lines(self, endpoint: str, events: list[dict[str, Any]], *, version: str | None = None,

@@ -181,21 +181,22 @@ def project_id(client: ApiClient, name: str, *, create: bool = False) -> str:
     return client.call("projects.create", {"name": name, "description": ""})["id"]
 
 
-def project_names(client: ApiClient, ids: Iterable[str | None]) -> dict[str, str]:
+def _names_by_id(client: ApiClient, service: str, ids: Iterable[str | None]) -> dict[str, str]:
+    """Names of the `service` ("projects") objects with these ids, in one call; an id the server lacks stays out."""
     wanted = sorted({i for i in ids if i})
     if not wanted:
         return {}
-    answer = client.call("projects.get_all", {"id": wanted, "only_fields": ["id", "name"]})
-    return {p["id"]: p.get("name", "") for p in answer.get("projects") or []}
+    answer = client.call(f"{service}.get_all", {"id": wanted, "only_fields": ["id", "name"]})
+    return {item["id"]: item.get("name", "") for item in answer.get(service) or []}
+
+
+def project_names(client: ApiClient, ids: Iterable[str | None]) -> dict[str, str]:
+    return _names_by_id(client, "projects", ids)
 
 
 def user_names(client: ApiClient, ids: Iterable[str | None]) -> dict[str, str]:
-    """Task owners' names by user id (an id the server does not know stays out)."""
-    wanted = sorted({i for i in ids if i})
-    if not wanted:
-        return {}
-    answer = client.call("users.get_all", {"id": wanted, "only_fields": ["id", "name"]})
-    return {u["id"]: u.get("name", "") for u in answer.get("users") or []}
+    """Task owners' names by user id."""
+    return _names_by_id(client, "users", ids)
 
 
 def find_queue(client: ApiClient, name_or_id: str) -> dict[str, Any]:
@@ -213,12 +214,8 @@ def find_queue(client: ApiClient, name_or_id: str) -> dict[str, Any]:
     return found
 
 
-def queue_names(client: ApiClient, ids: Iterable[str]) -> dict[str, str]:
-    wanted = sorted({i for i in ids if i})
-    if not wanted:
-        return {}
-    answer = client.call("queues.get_all", {"id": wanted, "only_fields": ["id", "name"]})
-    return {q["id"]: q.get("name", "") for q in answer.get("queues") or []}
+def queue_names(client: ApiClient, ids: Iterable[str | None]) -> dict[str, str]:
+    return _names_by_id(client, "queues", ids)
 
 
 def get_task(client: ApiClient, task_id: str, only_fields: list[str] | None = None) -> dict[str, Any]:

@@ -5,4 +5,5 @@ from conveyor.config.loader import DEFAULTS_FILE, defaults, display_path, load_c
 from conveyor.config.model import Config
 from conveyor.config.writer import write_api_section
 
-__all__ = ["Config", "ConfigError", "ConfigKeyError", "DEFAULTS_FILE", "defaults", "display_path", "load_config", "write_api_section"]
+__all__ = ["DEFAULTS_FILE", "Config", "ConfigError", "ConfigKeyError", "defaults", "display_path", "load_config",
+           "write_api_section"]

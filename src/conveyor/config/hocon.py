@@ -38,7 +38,8 @@ def parse(text: str, *, source: str, hint: str, cache_slot: str | None, environ:
 
     try:
         tree = ConfigFactory.parse_string(text, basedir=basedir)
-    except Exception as exc:  # pyparsing and pyhocon raise many types; all mean "bad file"
+    # pyparsing and pyhocon raise many types; all mean "bad file". No chaining: their text may quote a secret.
+    except Exception as exc:  # noqa: BLE001
         raise _parse_error(exc, source, hint) from None
     if not isinstance(tree, ConfigTree):
         raise ConfigError(f"{source}: the file must hold `key: value` settings, not a bare list — {hint}",

@@ -25,6 +25,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -207,7 +208,7 @@ class VenvCache:
             return False
         return True
 
-    def evict(self, log: Log, keep: set[str] = frozenset()) -> list[str]:
+    def evict(self, log: Log, keep: AbstractSet[str] = frozenset()) -> list[str]:
         """Remove least-recently-used entries beyond max_entries, and more while free disk is below the
         threshold; entries in use (or in `keep`) stay. Also clears what crashed builds left. Returns the keys."""
         removed: list[str] = []

@@ -76,16 +76,17 @@ def _convert_cell(text: str, skipped: list[str]) -> list[str]:
     converted = []
     for line in lines:
         assigned = _ASSIGNED_SHELL.match(line)
-        shell = _SHELL_LINE.match(line)
-        magic = _LINE_MAGIC.match(line)
+        shell_line = _SHELL_LINE.match(line)
+        line_magic = _LINE_MAGIC.match(line)
         if assigned:
             converted.append(f"{assigned.group(1)}__conveyor_subprocess.run({assigned.group(2).strip()!r}, shell=True, "
                              "capture_output=True, text=True).stdout.splitlines()")
-        elif shell:
-            converted.append(f"{shell.group(1)}__conveyor_subprocess.run({shell.group(2).strip()!r}, shell=True)")
-        elif magic:
-            skipped.append("%" + magic.group(2))
-            converted.append(f"{magic.group(1)}pass  # {line.strip()}")
+        elif shell_line:
+            converted.append(f"{shell_line.group(1)}__conveyor_subprocess.run({shell_line.group(2).strip()!r}, "
+                             "shell=True)")
+        elif line_magic:
+            skipped.append("%" + line_magic.group(2))
+            converted.append(f"{line_magic.group(1)}pass  # {line.strip()}")
         else:
             converted.append(line)
     return converted

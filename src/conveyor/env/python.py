@@ -28,10 +28,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from conveyor.config import Config
-from conveyor.env.cache import CacheUnavailable, FileLock, VenvCache
+from conveyor.env.cache import CacheUnavailable, FileLock, Lease, VenvCache
 from conveyor.env.managers import get_manager, uv_sync
 from conveyor.env.managers.base import (
     BuildSpec,
@@ -91,7 +90,7 @@ class PythonEnv:
     key: str | None  # the cache key; None when built outside the cache
     python_version: str = ""  # major.minor.micro of the interpreter
     hit: bool = False  # True when it came from the cache without building
-    _lease: Any = field(default=None, repr=False, compare=False)
+    _lease: Lease | FileLock | None = field(default=None, repr=False, compare=False)  # released with the env
 
     def release(self) -> None:
         if self._lease is not None:
@@ -121,8 +120,8 @@ def parse_requirement_lines(value: str | list[str] | None) -> list[str]:
     return lines
 
 
-def resolve_requirements(task_requirements: dict | None, repo_dir: Path | None, *,
-                         cfg: Config | None = None, entry_dir: Path | None = None, log: Log | None = None) -> Requirements:
+def resolve_requirements(task_requirements: dict | None, repo_dir: Path | None, *, cfg: Config | None = None,
+                         entry_dir: Path | None = None, log: Log | None = None) -> Requirements:
     """What to install: the task's script.requirements (pip, conda; org_pip with
     agent.package_manager.force_original_requirements), else the requirements.txt nearest the entry point's folder
     (`entry_dir`), walking up to the repository root, else nothing. agent.package_manager.force_repo_requirements_txt
@@ -447,7 +446,8 @@ def freeze(env: PythonEnv) -> list[str]:
     uv = find_uv()
     cmd = [uv, "pip", "freeze", "--python", str(env.python)] if uv else [str(env.python), "-m", "pip", "freeze"]
     try:
-        out = subprocess.run(cmd, capture_output=True, check=False, text=True, timeout=FREEZE_TIMEOUT_SEC, env=installer_env())
+        out = subprocess.run(cmd, capture_output=True, check=False, text=True, timeout=FREEZE_TIMEOUT_SEC,
+                             env=installer_env())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EnvBuildError(f"Could not list the installed packages: {exc}") from None
     if out.returncode != 0:

@@ -70,7 +70,8 @@ class Manager(Protocol):
 
 def installer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of installer processes: the agent's own venv must not leak into the task's."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME", "CONDA_PREFIX", "__PYVENV_LAUNCHER__")}
+    leaky = ("VIRTUAL_ENV", "PYTHONHOME", "CONDA_PREFIX", "__PYVENV_LAUNCHER__")
+    env = {k: v for k, v in os.environ.items() if k not in leaky}
     env.update(NO_COLOR="1", PYTHONUNBUFFERED="1")
     env.update(extra or {})
     return env
