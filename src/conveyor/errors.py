@@ -5,21 +5,24 @@
     │   ├── ConfigError              config/errors.py (ConfigKeyError)
     │   ├── SpecError, InitError,    a task spec, `conveyor init`, `conveyor build`, a daemon's options…
     │   │   BuildError, DaemonError
-    │   └── …
+    │   └── GitNotFound              env/git_cmd.py: this machine has no git (the hint says how to install it)
     ├── ApiError                     protocol/errors.py: an error the server answers with (code/subcode)
     ├── ClientError                  client/errors.py: a call failed as seen from the client
     │   ├── ApiCallError ── AuthError
     │   └── ServerUnreachable
     ├── TaskFailure                  a task's run failed; `str()` becomes the task's status reason
     │   ├── VcsError, RepoError      the task's repository could not be checked out or its diff applied
+    │   ├── GitFailed                env/git_cmd.py: one git command failed (vcs.py words it as a VcsError)
     │   ├── EnvBuildError            its Python environment could not be built
     │   ├── LaunchError, BundleError its container could not be started
     │   └── ImageEnvError, NotebookError
     └── InternalError                a fault of Conveyor or its machine, not of the user's input
-        └── StoreError               the database failed
+        ├── StoreError               the database failed
+        └── CacheUnavailable         env/cache.py: the venv cache cannot take a build (the build goes around it)
 
 Errors from below (httpx, sqlite, OSError…) are translated once per boundary with `map_exceptions`, never
-re-wrapped at every level.
+re-wrapped at every level: client/api.py `_request_once` is where httpx's errors become ServerUnreachable and
+ApiCallError.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -48,6 +49,8 @@ from conveyor.env.managers.pip import PipManager
 from conveyor.env.managers.poetry import unusable_reason as poetry_unusable_reason
 from conveyor.env.requirements import editable_versions, localize, requested_python
 from conveyor.progress import Log
+
+logger = logging.getLogger(__name__)  # where progress goes when a caller passes no `log`
 
 __all__ = ["EnvBuildError", "PythonEnv", "Requirements", "agent_python", "build_environment",
            "build_environment_at", "environment_key",
@@ -296,7 +299,7 @@ def select_python(requested: str | None, cfg: Config, log: Log) -> tuple[Path, s
 # -- building ----------------------------------------------------------------------------------------------
 
 def build_environment(reqs: Requirements, *, cfg: Config, python_version: str | None = None,
-                      work_dir: Path | None = None, log: Log = print) -> PythonEnv:
+                      work_dir: Path | None = None, log: Log = logger.info) -> PythonEnv:
     """A venv with `reqs` installed, from the venv cache when it has one (see the module's docstring).
 
     agent.package_manager.type picks the manager: uv (default), pip, poetry (the repository's
@@ -324,7 +327,7 @@ def build_environment(reqs: Requirements, *, cfg: Config, python_version: str | 
 
 
 def build_environment_at(reqs: Requirements, path: Path | None, *, cfg: Config, python_version: str | None = None,
-                         work_dir: Path | None = None, log: Log = print) -> PythonEnv:
+                         work_dir: Path | None = None, log: Log = logger.info) -> PythonEnv:
     """`reqs` installed into a fresh venv at `path` (replaced if there), outside the venv cache: for
     `conveyor build`, whose venv must stay where the user asked. `path` None installs into the interpreter itself
     (`build --install-globally`, meant for a container's own Python). Raises EnvBuildError."""

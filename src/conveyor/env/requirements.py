@@ -29,7 +29,7 @@ def requested_python(text: str | list[str] | None) -> str | None:
     """"3.11" from the SDK's "# Python 3.11.7 (main, ...) [GCC ...]" header of a requirement list, else None."""
     if not text:
         return None
-    lines = text.splitlines() if isinstance(text, str) else [str(v) for v in text]
+    lines = _lines(text)
     for line in lines[:5]:  # the header comes first
         m = _PYTHON_HEADER.match(line)
         if m:
@@ -42,7 +42,7 @@ def editable_versions(text: str | list[str] | None) -> dict[str, tuple[str, str]
     target → (name, version)."""
     if not text:
         return {}
-    lines = text.splitlines() if isinstance(text, str) else [str(v) for v in text]
+    lines = _lines(text)
     found: dict[str, tuple[str, str]] = {}
     pending: tuple[str, str] | None = None
     for line in lines:
@@ -126,6 +126,11 @@ def _local_path(target: str, base_dir: Path | None) -> Path | None:
             return None
         path = base_dir / path
     return path
+
+
+def _lines(text: str | list[str]) -> list[str]:
+    """A requirement list as the task stores it (one text, or a list of lines) as lines."""
+    return text.splitlines() if isinstance(text, str) else [str(v) for v in text]
 
 
 def _same_name(a: str, b: str) -> bool:

@@ -10,6 +10,7 @@ network.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ from conveyor.progress import Log
 __all__ = ["Checkout", "GitAuth", "VcsError", "apply_diff", "looks_like_patch", "prepare_repository",
            "rewrite_url", "write_standalone_script"]
 
+logger = logging.getLogger(__name__)  # where progress goes when a caller passes no `log`
 _FULL_SHA_RE = re.compile(r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$")
 _LOCK_POLL_SEC = 0.02
 DEFAULT_SCRIPT_NAME = "untitled.py"  # the reference's name for a standalone script without an entry point
@@ -106,7 +108,7 @@ def _short_tag(tag: str | None) -> str | None:
 
 def prepare_repository(repository: str, dest: Path, *, branch: str | None = None, tag: str | None = None,
                        commit: str | None = None, auth: GitAuth | None = None, cfg: Config | None = None,
-                       submodules: bool = True, log: Log = print) -> Checkout:
+                       submodules: bool = True, log: Log = logger.info) -> Checkout:
     """Make `dest` a working copy of `repository` at the requested revision; VcsError when that cannot be done."""
     cfg = cfg if cfg is not None else load_config()
     original, embedded = split_credentials(repository.strip())
@@ -145,7 +147,7 @@ def looks_like_patch(diff: str) -> bool:
     return head.startswith(("diff ", "submodule", "--- "))
 
 
-def apply_diff(repo_dir: Path, diff: str, log: Log = print) -> None:
+def apply_diff(repo_dir: Path, diff: str, log: Log = logger.info) -> None:
     """Apply a task's uncommitted changes (`git diff HEAD` output: edits, new and deleted files) to `repo_dir`."""
     if not diff.strip():
         return
