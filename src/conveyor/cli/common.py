@@ -7,7 +7,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from conveyor.config import Config, ConfigError, load_config
+from conveyor.config import Config, load_config
+from conveyor.errors import ConveyorError
 
 if TYPE_CHECKING:  # imported where used: `conveyor --help` need not load httpx
     from conveyor.client.api import ApiClient
@@ -26,19 +27,15 @@ def client_of(args: argparse.Namespace) -> ApiClient:
 def run_command(args: argparse.Namespace) -> int:
     """Run the command; a user's mistake or an unreachable server is one line on stderr and exit 2, no traceback."""
     from conveyor.client.errors import ApiCallError, AuthError
-    from conveyor.errors import ConveyorError
 
     try:
         result: Any = args.func(args)
-    except ConfigError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
-        return 2
     except ApiCallError as exc:
         # A refusal (403) says whose the thing is and who may change it: that message alone is the clearest line.
         refused = exc.code == 403 and not isinstance(exc, AuthError)
         print(f"conveyor: {exc.msg if refused else exc}", file=sys.stderr)
         return 2
-    except ConveyorError as exc:
+    except ConveyorError as exc:  # ConfigError, SpecError, RepoError…: their message is the whole story
         print(f"conveyor: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
