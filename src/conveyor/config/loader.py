@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import conveyor.config.hocon as hocon
 from conveyor.config.errors import ConfigError
 from conveyor.config.model import Config
-from conveyor.config.schema import normalize
+from conveyor.config.schema import OnError, normalize
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.conf")
 FILE_HINT = "fix the file or point CLEARML_CONFIG_FILE elsewhere"
@@ -140,7 +140,7 @@ def _show(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, dict) else "a section"
 
 
-def _env_error(var: str) -> Any:
+def _env_error(var: str) -> OnError:
     def on_error(key: str, value: Any, expected: str) -> NoReturn:
         raise ConfigError(f"Environment variable {var}: {key} must be {expected}, not {_show(value)} — "
                           f"fix or unset {var}", source=var, key=key)
