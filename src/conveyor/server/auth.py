@@ -9,6 +9,7 @@ import secrets
 import string
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -19,7 +20,6 @@ from conveyor import __version__
 from conveyor.protocol import errors
 from conveyor.protocol.envelope import API_VERSION, SERVER_VERSION
 from conveyor.protocol.ids import new_id
-from conveyor.server.call import Identity
 from conveyor.server.store import schema as s
 
 if TYPE_CHECKING:
@@ -29,6 +29,17 @@ COMPANY_ID = "d1bd92a3b039400cbafc60a7a5b1e52b"
 COMPANY_NAME = "conveyor"
 FEATURES = ["long_poll"]  # what our agent may use beyond ClearML's protocol (ARCHITECTURE decision 2)
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
+
+
+@dataclass
+class Identity:
+    """Who a call acts as: the user behind its credential, and that credential."""
+
+    user: str
+    user_name: str
+    company: str
+    access_key: str
+    role: str = "user"  # "admin" or "user" (see ownership.py)
 
 
 def hash_secret(secret: str) -> str:

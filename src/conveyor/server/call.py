@@ -4,48 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import Any
 
 from conveyor.protocol import errors
-
-if TYPE_CHECKING:
-    from conveyor.server.state import ServerState
+from conveyor.server.auth import Identity
+from conveyor.server.codec import INT64_MAX
+from conveyor.server.state import ServerState
+from conveyor.server.store import Store
 
 _MISSING = object()
-INT64_MAX = 2**63 - 1
-
-
-def now() -> float:
-    import time
-
-    return time.time()
-
-
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds → the ISO-8601 form ClearML answers with."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
-
-
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def loads(text: str | bytes | None) -> Any:
-    return orjson.loads(text) if text else None
-
-
-@dataclass
-class Identity:
-    user: str
-    user_name: str
-    company: str
-    access_key: str
-    role: str = "user"  # "admin" or "user" (see ownership.py)
 
 
 @dataclass
@@ -53,7 +20,7 @@ class Call:
     endpoint: str
     version: str
     body: dict[str, Any]
-    state: "ServerState"
+    state: ServerState
     identity: Identity | None = None
     headers: dict[str, str] = field(default_factory=dict)
     client_ip: str = ""
@@ -61,7 +28,7 @@ class Call:
     name_pattern: str | None = None  # the `name` regex of a get_all, set by query.name_filter for query.fetch
 
     @property
-    def store(self):  # noqa: ANN201 - Store; kept untyped to avoid an import cycle
+    def store(self) -> Store:
         return self.state.store
 
     @property

@@ -3,21 +3,61 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import regex
-from sqlalchemy import Boolean, Column, Select, and_, not_, or_, text
+from sqlalchemy import Boolean, Column, ColumnElement, Select, Table, and_, not_, or_, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from conveyor.protocol import errors
-from conveyor.server.call import INT64_MAX, Call
+from conveyor.server.call import Call
+from conveyor.server.codec import INT64_MAX
 from conveyor.server.store import patterns
 
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement ended by statement_timeout
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the `get_all` of one table filters and orders on: its `id`, `name` and `system_tags` columns always,
+    the tag columns named here, and the order fields (API name → column name)."""
+
+    table: Table
+    order: dict[str, str]
+    default_order: tuple[str, ...]
+    tag_columns: tuple[str, ...] = ()
+
+    def order_columns(self) -> dict[str, ColumnElement[Any]]:
+        return {field: self.table.c[name] for field, name in self.order.items()}
+
+
+def listing(call: Call, query: Select[Any], spec: Listing) -> tuple[Select[Any], dict[str, Any]]:
+    """A `get_all` query with what every listing shares: `id`, `name` (a regex) and tag filters, hidden documents
+    left out unless asked for by id or with `search_hidden`, ordering and paging. Returns it with the answer's extra
+    fields (a scroll id). Run it with `fetch`."""
+    c = spec.table.c
+    ids = call.str_list("id")
+    if ids is not None:
+        query = query.where(c.id.in_(ids))
+    name = call.str("name")
+    if name:
+        query = query.where(name_filter(call, c.name, name))
+    for field in spec.tag_columns:
+        values = call.str_list(field)
+        clause = tags_filter(c[field], values) if values else None
+        if clause is not None:
+            query = query.where(clause)
+    if ids is None:
+        hidden = hidden_filter(call, c.system_tags)
+        if hidden is not None:
+            query = query.where(hidden)
+    query = apply_order(call, query, spec.order_columns(), list(spec.default_order))
+    return apply_paging(call, query)
 
 
 def name_filter(call: Call, column: Column, pattern: str) -> Any:

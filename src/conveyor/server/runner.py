@@ -14,6 +14,7 @@ from sqlalchemy import select, text
 from conveyor.config import Config, write_api_section
 from conveyor.server.auth import Authenticator, create_credentials, ensure_user, signing_key
 from conveyor.server.data_dir import secure
+from conveyor.server.model.queues import ensure_default_queue
 from conveyor.server.state import ServerSettings, ServerState
 from conveyor.server.store import Store, StoreError
 from conveyor.server.store import schema as s
@@ -67,8 +68,6 @@ FIRST_START_CREDENTIALS = "first-start-credentials"  # where the secret goes whe
 
 def bootstrap(store: Store, opts: ServerOptions, out=sys.stdout) -> None:  # noqa: ANN001
     """Migrate; on the very first start create a user, credentials and the default queue."""
-    from conveyor.server.services.queues import ensure_default_queue
-
     store.migrate()
     created: tuple[str, str] | None = None
     with store.write() as conn:

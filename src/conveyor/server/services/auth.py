@@ -11,9 +11,10 @@ from sqlalchemy import select, update
 
 from conveyor.protocol import errors
 from conveyor.server.auth import create_credentials, find_user
-from conveyor.server.call import Call, iso, now
+from conveyor.server.call import Call
+from conveyor.server.codec import iso, now
 from conveyor.server.ownership import require_admin
-from conveyor.server.services import endpoint
+from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
 
 

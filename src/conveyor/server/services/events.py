@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 
 from conveyor.protocol import errors
-from conveyor.server.call import INT64_MAX, Call, dumps, iso, loads
+from conveyor.server.call import Call
+from conveyor.server.codec import INT64_MAX, dumps, iso, loads
 from conveyor.server.ownership import require_task_owner
-from conveyor.server.services import endpoint
+from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store.documents import get_task, save_task
 

@@ -9,13 +9,14 @@ from sqlalchemy import delete, func, select, update
 from conveyor.protocol import errors
 from conveyor.protocol.ids import new_id
 from conveyor.server import query as q
-from conveyor.server.call import Call, dumps, iso, loads, now
+from conveyor.server.call import Call
+from conveyor.server.codec import dumps, iso, loads, now
 from conveyor.server.ownership import require_owner
-from conveyor.server.services import endpoint
+from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
 
-ORDER_COLUMNS = {"id": s.projects.c.id, "name": s.projects.c.name, "created": s.projects.c.created,
-                 "last_update": s.projects.c.last_update}
+LISTING = q.Listing(s.projects, default_order=("name",),
+                    order={"id": "id", "name": "name", "created": "created", "last_update": "last_update"})
 
 
 def _load(conn: Any, project_id: str | None) -> dict[str, Any]:
@@ -57,20 +58,7 @@ def get_by_id(call: Call) -> dict[str, Any]:
 
 @endpoint("projects.get_all", aliases=("projects.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
-    c = s.projects.c
-    query = select(c.doc)
-    ids = call.str_list("id")
-    if ids is not None:
-        query = query.where(c.id.in_(ids))
-    name = call.str("name")
-    if name:
-        query = query.where(q.name_filter(call, c.name, name))
-    if ids is None:
-        hidden = q.hidden_filter(call, c.system_tags)
-        if hidden is not None:
-            query = query.where(hidden)
-    query = q.apply_order(call, query, ORDER_COLUMNS, ["name"])
-    query, extra = q.apply_paging(call, query)
+    query, extra = q.listing(call, select(s.projects.c.doc), LISTING)
     only = call.str_list("only_fields")
     with call.store.read_apart() as conn:
         rows = q.fetch(call, conn, query)

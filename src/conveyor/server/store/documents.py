@@ -8,21 +8,9 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from conveyor.server.call import dumps, loads
+from conveyor.server.codec import dumps, iso, loads, to_epoch
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
-
-
-def to_epoch(value: Any) -> float | None:
-    """Task documents hold ISO strings; columns hold epoch seconds."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def task_columns(doc: dict[str, Any]) -> dict[str, Any]:
@@ -108,8 +96,6 @@ def return_delivery(conn: Connection, task_id: str, queue_id: str) -> None:
 
 def entries_of(conn: Connection, queue_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """The entries of several queues in queue order, as ClearML lists them in `queue.entries`."""
-    from conveyor.server.call import iso
-
     result: dict[str, list[dict[str, Any]]] = {qid: [] for qid in queue_ids}
     if not queue_ids:
         return result
