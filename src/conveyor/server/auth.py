@@ -53,7 +53,7 @@ def new_credentials() -> tuple[str, str]:
     return access_key, secret_key
 
 
-def signing_key(store: "Store") -> str:
+def signing_key(store: Store) -> str:
     """The JWT signing key, shared through the database so that every server process accepts every token."""
     with store.write() as conn:
         row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "jwt_secret")).first()
@@ -108,7 +108,8 @@ def create_credentials(conn: Any, user_id: str, label: str = "") -> tuple[str, s
     access_key, secret_key = new_credentials()
     conn.execute(
         s.credentials.insert().values(
-            access_key=access_key, secret_hash=hash_secret(secret_key), user_id=user_id, label=label, created=time.time()
+            access_key=access_key, secret_hash=hash_secret(secret_key), user_id=user_id, label=label,
+            created=time.time(),
         )
     )
     return access_key, secret_key
@@ -127,7 +128,7 @@ def _active_credentials(conn: Any, access_key: str | None = None) -> dict[str, I
 class Authenticator:
     """Issues and checks tokens. Revocations and role changes reach other server processes within `refresh_sec`."""
 
-    def __init__(self, store: "Store", key: str, token_ttl_sec: int, refresh_sec: float = 2.0):
+    def __init__(self, store: Store, key: str, token_ttl_sec: int, refresh_sec: float = 2.0):
         self.store = store
         self.key = key
         self.token_ttl_sec = token_ttl_sec
@@ -140,7 +141,8 @@ class Authenticator:
     # --- login -------------------------------------------------------------------------------------------
     def login(self, authorization: str | None, expiration_sec: int | None) -> str:
         if not authorization:
-            raise errors.unauthorized("Missing credentials: send Authorization: Basic base64(access_key:secret_key)", 20)
+            raise errors.unauthorized(
+                "Missing credentials: send Authorization: Basic base64(access_key:secret_key)", 20)
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer":  # refresh with a still-valid token
             identity = self.verify(authorization)
@@ -149,7 +151,7 @@ class Authenticator:
             raise errors.unauthorized("Unsupported authorization scheme: use Basic or Bearer", 21)
         try:
             access_key, _, secret_key = base64.b64decode(value, validate=True).decode().partition(":")
-        except Exception:
+        except ValueError:  # not base64, or not UTF-8 once decoded
             raise errors.unauthorized("Malformed Basic authorization header", 21) from None
         with self.store.read() as conn:
             row = conn.execute(
@@ -191,7 +193,8 @@ class Authenticator:
     # --- every call ----------------------------------------------------------------------------------------
     def verify(self, authorization: str | None) -> Identity:
         if not authorization:
-            raise errors.unauthorized("Missing credentials: log in with auth.login and send Authorization: Bearer <token>", 20)
+            raise errors.unauthorized(
+                "Missing credentials: log in with auth.login and send Authorization: Bearer <token>", 20)
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise errors.unauthorized("Missing token: send Authorization: Bearer <token> (get one from auth.login)", 20)

@@ -51,7 +51,8 @@ class Call:
                 raise errors.missing_field(name)
             return None if default is _MISSING else default
         if not isinstance(value, str):
-            raise errors.validation_error(f"Validation error: field '{name}' must be a string, got {type(value).__name__}")
+            raise errors.validation_error(
+                f"Validation error: field '{name}' must be a string, got {type(value).__name__}")
         if required and not value:
             raise errors.missing_field(name)
         return value

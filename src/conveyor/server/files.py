@@ -20,9 +20,10 @@ from typing import Any
 import orjson
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 
+from conveyor.errors import UserError
 from conveyor.protocol import errors
 from conveyor.server.state import ServerState
 
@@ -31,7 +32,9 @@ log = logging.getLogger("conveyor.server.files")
 PREFIX = "/files"
 
 
-class _Refused(Exception):
+class _Refused(UserError):
+    """An upload or download refused with an HTTP status (the client's request was at fault)."""
+
     def __init__(self, status: int, msg: str):
         super().__init__(msg)
         self.status = status
@@ -192,7 +195,7 @@ class FilesApp:
             await run_in_threadpool(parser.finalize)
         except (_Refused, OSError):
             raise
-        except Exception as exc:  # python-multipart's parse errors, a client that went away
+        except (ValueError, ClientDisconnect) as exc:  # python-multipart's parse errors, a client that went away
             raise _Refused(400, f"Malformed multipart body: {exc}") from None
         finally:
             await run_in_threadpool(upload.abort)

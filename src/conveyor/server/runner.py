@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import select, text
 
@@ -114,6 +114,12 @@ def build_state(cfg: Config, opts: ServerOptions) -> ServerState:
     return ServerState(store, auth, settings)
 
 
+def _say(line: str, stream: TextIO) -> None:
+    """The command's own output (what `conveyor server` tells its user), as opposed to the server's log."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def serve(cfg: Config, opts: ServerOptions) -> int:
     import uvicorn
 
@@ -124,10 +130,10 @@ def serve(cfg: Config, opts: ServerOptions) -> int:
     try:
         state = build_state(cfg, opts)
     except StoreError as exc:
-        print(f"conveyor server: {exc}", file=sys.stderr)
+        _say(f"conveyor server: {exc}", sys.stderr)
         return 2
     app = create_app(state, files_dir=opts.files_dir)
-    print(f"Conveyor server on http://{opts.host}:{opts.port} (database: {state.store.safe_url})", flush=True)
+    _say(f"Conveyor server on http://{opts.host}:{opts.port} (database: {state.store.safe_url})", sys.stdout)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             timeout_keep_alive=75, backlog=2048)
     class Server(uvicorn.Server):
@@ -139,7 +145,7 @@ def serve(cfg: Config, opts: ServerOptions) -> int:
     try:
         server.run()
     except OSError as exc:
-        print(f"conveyor server: cannot listen on {opts.host}:{opts.port}: {exc.strerror}", file=sys.stderr)
+        _say(f"conveyor server: cannot listen on {opts.host}:{opts.port}: {exc.strerror}", sys.stderr)
         return 2
     finally:
         state.store.dispose()

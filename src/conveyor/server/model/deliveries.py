@@ -66,7 +66,8 @@ def requeue(conn: Connection, task_id: str, delivered: float) -> str | None:
 
     The delivery row is claimed by deleting it: of several server processes sweeping, one puts the task back."""
     d = s.deliveries.c
-    row = conn.execute(delete(s.deliveries).where(d.task == task_id, d.delivered == delivered).returning(d.queue)).first()
+    claim = delete(s.deliveries).where(d.task == task_id, d.delivered == delivered).returning(d.queue)
+    row = conn.execute(claim).first()
     if row is None:
         return None
     doc = get_task(conn, task_id, lock=True)

@@ -200,7 +200,8 @@ def _page(call: Call, event_type: str | None, default_desc: bool) -> dict[str, A
     with call.store.read() as conn:
         if get_task(conn, task_id) is None:
             raise errors.invalid_task_id(task_id)
-        rows = conn.execute(select(s.events).where(*where).order_by(e.seq.desc() if desc else e.seq.asc()).limit(batch)).all()
+        order = e.seq.desc() if desc else e.seq.asc()
+        rows = conn.execute(select(s.events).where(*where).order_by(order).limit(batch)).all()
         total_where = [e.task == task_id] + ([e.type == event_type] if event_type else [])
         total = conn.execute(select(func.count()).where(*total_where)).scalar() or 0
     events = [_event_out(r) for r in rows]

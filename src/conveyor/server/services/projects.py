@@ -29,7 +29,8 @@ def _load(conn: Any, project_id: str | None) -> dict[str, Any]:
 
 
 def _name_taken(conn: Any, name: str) -> bool:
-    return conn.execute(select(s.projects.c.id).where(func.lower(s.projects.c.name) == name.lower())).first() is not None
+    c = s.projects.c
+    return conn.execute(select(c.id).where(func.lower(c.name) == name.lower())).first() is not None
 
 
 @endpoint("projects.create")
@@ -38,9 +39,11 @@ def create(call: Call) -> dict[str, Any]:
     if not name or "//" in name or name.endswith("/"):
         raise errors.validation_error(f"Invalid project name {name!r}: use non-empty names separated by single '/'")
     ts = now()
-    doc = {"id": new_id(), "name": name, "basename": name.rsplit("/", 1)[-1], "description": call.str("description") or "",
+    doc = {"id": new_id(), "name": name, "basename": name.rsplit("/", 1)[-1],
+           "description": call.str("description") or "",
            "user": call.user, "company": call.identity.company if call.identity else "", "created": iso(ts),
-           "last_update": iso(ts), "tags": call.str_list("tags") or [], "system_tags": call.str_list("system_tags") or [],
+           "last_update": iso(ts), "tags": call.str_list("tags") or [],
+           "system_tags": call.str_list("system_tags") or [],
            "default_output_destination": call.str("default_output_destination")}
     with call.store.write() as conn:
         if _name_taken(conn, name):
@@ -97,7 +100,8 @@ def delete_project(call: Call) -> dict[str, Any]:
         require_owner(call, conn, _load(conn, project_id), "project", "delete it")
         count = conn.execute(select(func.count()).where(s.tasks.c.project == project_id)).scalar() or 0
         if count and not call.bool("force"):
-            raise errors.bad_request(f"Project {project_id} still has {count} task(s): delete them or use force=true", 403)
+            raise errors.bad_request(
+                f"Project {project_id} still has {count} task(s): delete them or use force=true", 403)
         conn.execute(update(s.tasks).where(s.tasks.c.project == project_id).values(project=None))
         conn.execute(delete(s.projects).where(s.projects.c.id == project_id))
     return {"deleted": 1, "disassociated_tasks": count}

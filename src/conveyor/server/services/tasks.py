@@ -149,8 +149,8 @@ def clone(call: Call) -> dict[str, Any]:
         src = tasks.load(conn, source_id)
         doc = tasks.new_task(call.str("new_task_name") or src.get("name") or "clone",
                              src.get("type") or DEFAULT_TASK_TYPE.value, user=call.user, company=_company(call))
-        for field in ("comment", "tags", "system_tags", "script", "hyperparams", "configuration", "container", "project",
-                      "models"):
+        for field in ("comment", "tags", "system_tags", "script", "hyperparams", "configuration", "container",
+                      "project", "models"):
             if field in src:
                 doc[field] = copy.deepcopy(src[field])
         execution = copy.deepcopy(src.get("execution") or {})
@@ -306,7 +306,8 @@ def _param_items(call: Call) -> list[dict[str, Any]]:
             raise errors.validation_error("Validation error: each hyper-parameter needs at least a string 'name'")
         for key in ("section", "type", "description"):
             if not isinstance(item.get(key), (str, type(None))):
-                raise errors.validation_error(f"Validation error: hyper-parameter {item['name']!r}: '{key}' must be a string")
+                raise errors.validation_error(
+                    f"Validation error: hyper-parameter {item['name']!r}: '{key}' must be a string")
     return items
 
 
@@ -323,7 +324,8 @@ def edit_hyper_params(call: Call) -> dict[str, Any]:
                 params[section] = {}
         for item in items:
             section = item.get("section") or "General"
-            entry = {"section": section, "name": item["name"], "value": "" if item.get("value") is None else str(item["value"]),
+            value = "" if item.get("value") is None else str(item["value"])
+            entry = {"section": section, "name": item["name"], "value": value,
                      "type": item.get("type") or "", "description": item.get("description") or ""}
             params.setdefault(section, {})[item["name"]] = entry
         doc["hyperparams"] = params
@@ -337,7 +339,8 @@ def delete_hyper_params(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     items = call.list("hyperparams") or []
     for item in items:
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), (str, type(None))) for k in ("section", "name")):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), (str, type(None)))
+                                                 for k in ("section", "name")):
             raise errors.validation_error("Validation error: each hyper-parameter to delete is an object with a string "
                                           "'section' and an optional string 'name' (no name: the whole section)")
     with call.store.write() as conn:
@@ -403,11 +406,13 @@ def add_or_update_artifacts(call: Call) -> dict[str, Any]:
     artifacts = call.list("artifacts") or []
     with call.store.write() as conn:
         doc = _owned(call, conn, task_id, "edit it")
-        current = {(a.get("key"), a.get("mode", "output")): a for a in (doc.get("execution") or {}).get("artifacts", [])}
+        known = (doc.get("execution") or {}).get("artifacts", [])
+        current = {(a.get("key"), a.get("mode", "output")): a for a in known}
         for art in artifacts:
             if not isinstance(art, dict) or not art.get("key") or not isinstance(art["key"], str) \
                     or not isinstance(art.get("mode", "output"), str):
-                raise errors.validation_error("Validation error: each artifact needs a string 'key' (and 'mode', if given)")
+                raise errors.validation_error(
+                    "Validation error: each artifact needs a string 'key' (and 'mode', if given)")
             current[(art["key"], art.get("mode", "output"))] = art
         doc.setdefault("execution", {})["artifacts"] = list(current.values())
         save_task(conn, doc)

@@ -92,8 +92,10 @@ def get_all(call: Call) -> dict[str, Any]:
     tags = set(call.str_list("tags") or [])
     with call.store.read() as conn:
         rows = workers.alive(conn, last_seen)
-        queue_ids = {qid for r in rows for qid in (loads(r.doc).get("queues") or [])} | {r.queue for r in rows if r.queue}
-        queue_names = dict(conn.execute(select(s.queues.c.id, s.queues.c.name).where(s.queues.c.id.in_(queue_ids))).all())
+        queue_ids = ({qid for r in rows for qid in (loads(r.doc).get("queues") or [])}
+                     | {r.queue for r in rows if r.queue})
+        queue_names = dict(conn.execute(
+            select(s.queues.c.id, s.queues.c.name).where(s.queues.c.id.in_(queue_ids))).all())
         counts = dict(conn.execute(select(s.queue_entries.c.queue, func.count()).where(
             s.queue_entries.c.queue.in_(queue_ids)).group_by(s.queue_entries.c.queue)).all())
         task_ids = [r.task for r in rows if r.task]
@@ -146,7 +148,8 @@ def set_runtime_properties(call: Call) -> dict[str, Any]:
             expiry = prop.get("expiry")
             if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, (int, float))):
                 raise errors.validation_error(
-                    f"Validation error: runtime property {prop['key']!r} has expiry {expiry!r}: give seconds as a number")
+                    f"Validation error: runtime property {prop['key']!r} has expiry {expiry!r}: "
+                    "give seconds as a number")
             values = {"value": "" if prop.get("value") is None else str(prop["value"]),
                       "expires": ts + float(expiry) if expiry else None}
             upsert = workers.upsert_insert(conn, s.runtime_properties).values(worker=worker, key=prop["key"], **values)
@@ -230,6 +233,7 @@ def get_stats(call: Call) -> dict[str, Any]:
             dates = sorted(buckets)
             categories = sorted({i.get("category", "avg") for i in items if i.get("key") == key} & set(agg))
             out.append({"metric": key, "dates": dates,
-                        "stats": [{"aggregation": c, "values": [agg[c](buckets[d]) for d in dates]} for c in categories]})
+                        "stats": [{"aggregation": c, "values": [agg[c](buckets[d]) for d in dates]}
+                                  for c in categories]})
         listed.append({"worker": worker, "metrics": out})
     return {"workers": listed}

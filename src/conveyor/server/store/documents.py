@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
+from conveyor.protocol.status import TaskStatus
+from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server.codec import dumps, iso, loads, to_epoch
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
@@ -17,8 +19,8 @@ def task_columns(doc: dict[str, Any]) -> dict[str, Any]:
     execution = doc.get("execution") or {}
     return {
         "name": doc.get("name") or "",
-        "status": doc.get("status") or "created",
-        "type": doc.get("type") or "training",
+        "status": doc.get("status") or TaskStatus.created.value,
+        "type": doc.get("type") or DEFAULT_TASK_TYPE.value,
         "project": doc.get("project"),
         "parent": doc.get("parent"),
         "user_id": doc.get("user"),

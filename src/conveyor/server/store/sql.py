@@ -26,7 +26,8 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "sqlite": "SELECT doc FROM tasks WHERE id = :id",  # BEGIN IMMEDIATE already locks the database
     },
     "save_task": f"UPDATE tasks SET {', '.join(f'{c} = :{c}' for c in _TASK_COLUMNS)} WHERE id = :id",
-    "insert_task": f"INSERT INTO tasks (id, {', '.join(_TASK_COLUMNS)}) VALUES (:id, {', '.join(':' + c for c in _TASK_COLUMNS)})",
+    "insert_task": f"INSERT INTO tasks (id, {', '.join(_TASK_COLUMNS)}) "
+                   f"VALUES (:id, {', '.join(':' + c for c in _TASK_COLUMNS)})",
     "set_runner": "UPDATE tasks SET runner = :runner WHERE id = :id",
     "get_runner": "SELECT runner FROM tasks WHERE id = :id",
     "queue_exists": "SELECT id FROM queues WHERE id = :id",
