@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from conveyor import __version__
@@ -67,7 +68,7 @@ def signing_key(store: Store) -> str:
 ROLES = ("admin", "user")
 
 
-def ensure_user(conn: Any, name: str = "Conveyor Admin") -> str:
+def ensure_user(conn: Connection, name: str = "Conveyor Admin") -> str:
     """The first user; created (as an admin) on the first start."""
     row = conn.execute(select(s.users.c.id).order_by(s.users.c.created).limit(1)).first()
     if row:
@@ -75,7 +76,7 @@ def ensure_user(conn: Any, name: str = "Conveyor Admin") -> str:
     return create_user(conn, name, "admin")
 
 
-def create_user(conn: Any, name: str, role: str) -> str:
+def create_user(conn: Connection, name: str, role: str) -> str:
     if role not in ROLES:
         raise errors.validation_error(f"Invalid role {role!r}: use one of {', '.join(ROLES)}")
     if not name.strip():
@@ -90,7 +91,7 @@ def create_user(conn: Any, name: str, role: str) -> str:
     return user_id
 
 
-def find_user(conn: Any, name_or_id: str) -> Any:
+def find_user(conn: Connection, name_or_id: str) -> Row[Any] | None:
     """The users row with this id, else with this name (case-insensitive); None when there is none."""
     u = s.users.c
     row = conn.execute(select(s.users).where(u.id == name_or_id)).first()
@@ -99,12 +100,12 @@ def find_user(conn: Any, name_or_id: str) -> Any:
     return row
 
 
-def user_name(conn: Any, user_id: str | None) -> str:
+def user_name(conn: Connection, user_id: str | None) -> str:
     row = conn.execute(select(s.users.c.name).where(s.users.c.id == user_id)).first() if user_id else None
     return row[0] if row else f"an unknown user ({user_id or 'none'})"
 
 
-def create_credentials(conn: Any, user_id: str, label: str = "") -> tuple[str, str]:
+def create_credentials(conn: Connection, user_id: str, label: str = "") -> tuple[str, str]:
     access_key, secret_key = new_credentials()
     conn.execute(
         s.credentials.insert().values(
@@ -115,7 +116,7 @@ def create_credentials(conn: Any, user_id: str, label: str = "") -> tuple[str, s
     return access_key, secret_key
 
 
-def _active_credentials(conn: Any, access_key: str | None = None) -> dict[str, Identity]:
+def _active_credentials(conn: Connection, access_key: str | None = None) -> dict[str, Identity]:
     """Valid credentials → who they act as. A credential whose user is gone acts as nobody."""
     c, u = s.credentials.c, s.users.c
     query = (select(c.access_key, c.user_id, u.name, u.role).select_from(s.credentials.join(s.users, u.id == c.user_id))
@@ -145,8 +146,7 @@ class Authenticator:
                 "Missing credentials: send Authorization: Basic base64(access_key:secret_key)", 20)
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer":  # refresh with a still-valid token
-            identity = self.verify(authorization)
-            return self.issue(identity, expiration_sec)
+            return self.issue(self.verify(authorization), expiration_sec)
         if scheme.lower() != "basic":
             raise errors.unauthorized("Unsupported authorization scheme: use Basic or Bearer", 21)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,14 +38,14 @@ class Call:
 
     @property
     def is_admin(self) -> bool:
-        return bool(self.identity) and self.identity.role == "admin"
+        return self.identity is not None and self.identity.role == "admin"
 
     # Typed accessors: a wrong type or a missing required field is a 400 that names the field.
     def get(self, name: str, default: Any = None) -> Any:
         value = self.body.get(name, default)
         return default if value is None else value
 
-    def str(self, name: str, default: Any = _MISSING, *, required: bool = False) -> Any:
+    def str(self, name: builtins.str, default: Any = _MISSING, *, required: builtins.bool = False) -> Any:
         value = self.body.get(name)
         if value is None:
             if required:
@@ -57,7 +58,7 @@ class Call:
             raise errors.missing_field(name)
         return value
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
         value = self.body.get(name)
         if value is None:
             return default
@@ -67,8 +68,8 @@ class Call:
             return value.lower() in ("true", "1")
         raise errors.validation_error(f"Validation error: field '{name}' must be a boolean")
 
-    def int(self, name: str, default: int | None = None, *, minimum: int | None = None,
-            maximum: int = INT64_MAX) -> int | None:
+    def int(self, name: builtins.str, default: builtins.int | None = None, *, minimum: builtins.int | None = None,
+            maximum: builtins.int = INT64_MAX) -> builtins.int | None:
         value = self.body.get(name)
         if value is None:
             return default
@@ -84,7 +85,7 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be at most {maximum}")
         return number
 
-    def float(self, name: str, default: float | None = None) -> float | None:
+    def float(self, name: builtins.str, default: builtins.float | None = None) -> builtins.float | None:
         value = self.body.get(name)
         if value is None:
             return default
@@ -98,7 +99,7 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be a finite number")
         return number
 
-    def str_list(self, name: str) -> list[str] | None:
+    def str_list(self, name: builtins.str) -> builtins.list[builtins.str] | None:
         """A list of strings; a single string is accepted as a list of one, as the reference server does."""
         value = self.body.get(name)
         if value is None:
@@ -109,7 +110,7 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be a list of strings")
         return value
 
-    def dict(self, name: str) -> dict[str, Any] | None:
+    def dict(self, name: builtins.str) -> builtins.dict[builtins.str, Any] | None:
         value = self.body.get(name)
         if value is None:
             return None
@@ -117,7 +118,7 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be an object")
         return value
 
-    def list(self, name: str) -> list[Any] | None:
+    def list(self, name: builtins.str) -> builtins.list[Any] | None:
         value = self.body.get(name)
         if value is None:
             return None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import regex
 from sqlalchemy import Boolean, Column, ColumnElement, Select, Table, and_, not_, or_, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -72,7 +73,7 @@ def name_filter(call: Call, column: Column, pattern: str) -> Any:
     return column.regexp_match(f"(?i){pattern}")
 
 
-def fetch(call: Call, conn: Connection, query: Select) -> list[Any]:
+def fetch(call: Call, conn: Connection, query: Select[Any]) -> Sequence[Row[Any]]:
     """The rows of a `get_all` query. With a name pattern, its evaluation is bounded by
     `conveyor.server.name_filter_timeout_sec`, and a pattern that runs past it is a 400."""
     pattern = getattr(call, "name_pattern", None)
@@ -162,7 +163,8 @@ def hidden_filter(call: Call, column: Column) -> Any:
     return not_(has_tag(column, "hidden"))
 
 
-def apply_order(call: Call, query: Select, columns: dict[str, Column], default: list[str]) -> Select:
+def apply_order(call: Call, query: Select[Any], columns: Mapping[str, ColumnElement[Any]],
+                default: list[str]) -> Select[Any]:
     order_by = call.str_list("order_by") or default
     for field in order_by:
         if not field:
@@ -249,7 +251,7 @@ def _copy_path(src: dict[str, Any], dst: dict[str, Any], parts: list[str]) -> No
         _copy_path(src[key], child, parts[1:])
 
 
-def _drop_path(obj: dict[str, Any], parts: list[str]) -> None:
+def _drop_path(obj: Any, parts: list[str]) -> None:
     for key in parts[:-1]:
         obj = obj.get(key) if isinstance(obj, dict) else None
         if obj is None:

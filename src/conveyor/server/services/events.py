@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
 from conveyor.server.call import Call
@@ -143,7 +144,7 @@ def add_batch(call: Call) -> dict[str, Any]:
     return {"added": len(accepted), "errors": len(events) - len(accepted), "errors_info": errors_info}
 
 
-def _not_seen(conn: Any, task_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _not_seen(conn: Connection, task_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Drop events whose client id this task already has (a batch retried after a lost answer)."""
     ids = [r["client_id"] for r in rows if r["client_id"]]
     if not ids:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
 from conveyor.protocol.ids import new_id
@@ -19,7 +20,7 @@ LISTING = q.Listing(s.projects, default_order=("name",),
                     order={"id": "id", "name": "name", "created": "created", "last_update": "last_update"})
 
 
-def _load(conn: Any, project_id: str | None) -> dict[str, Any]:
+def _load(conn: Connection, project_id: str | None) -> dict[str, Any]:
     if not project_id:
         raise errors.missing_field("project")
     row = conn.execute(select(s.projects.c.doc).where(s.projects.c.id == project_id)).first()
@@ -28,7 +29,7 @@ def _load(conn: Any, project_id: str | None) -> dict[str, Any]:
     return loads(row[0])
 
 
-def _name_taken(conn: Any, name: str) -> bool:
+def _name_taken(conn: Connection, name: str) -> bool:
     c = s.projects.c
     return conn.execute(select(c.id).where(func.lower(c.name) == name.lower())).first() is not None
 

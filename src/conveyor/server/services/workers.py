@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -96,7 +97,7 @@ def get_all(call: Call) -> dict[str, Any]:
                      | {r.queue for r in rows if r.queue})
         queue_names = dict(conn.execute(
             select(s.queues.c.id, s.queues.c.name).where(s.queues.c.id.in_(queue_ids))).all())
-        counts = dict(conn.execute(select(s.queue_entries.c.queue, func.count()).where(
+        counts: dict[str, int] = dict(conn.execute(select(s.queue_entries.c.queue, func.count()).where(
             s.queue_entries.c.queue.in_(queue_ids)).group_by(s.queue_entries.c.queue)).all())
         task_ids = [r.task for r in rows if r.task]
         tasks = {r.id: r for r in conn.execute(select(s.tasks.c.id, s.tasks.c.name, s.tasks.c.last_iteration,
@@ -225,7 +226,7 @@ def get_stats(call: Call) -> dict[str, Any]:
                 value = sum(value) / len(value) if value else None
             if isinstance(value, (int, float)):
                 series.setdefault(r.worker, {}).setdefault(item["key"], {}).setdefault(bucket, []).append(float(value))
-    agg = {"avg": lambda v: sum(v) / len(v), "min": min, "max": max}
+    agg: dict[str, Callable[[list[float]], float]] = {"avg": lambda v: sum(v) / len(v), "min": min, "max": max}
     listed = []
     for worker, metrics in series.items():
         out = []

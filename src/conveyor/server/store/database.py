@@ -43,7 +43,10 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.connection.dbapi_connection.execute(begin)  # straight to sqlite3: this runs on every transaction
+        raw = conn.connection.dbapi_connection
+        if raw is None:  # a connection being invalidated starts no transaction
+            raise StoreError("the database connection was closed")
+        raw.execute(begin)  # straight to sqlite3: this runs on every transaction
 
     return engine
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from conveyor.server.store.database import StoreError
 from conveyor.server.store.schema import tasks
 
 _TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner")]  # runner: see set_runner
@@ -85,7 +86,10 @@ def run(conn: Connection, name: str, params: dict[str, Any]) -> Any:
     sql = statement(name, dialect)
     if not sql:
         return None
-    cursor = conn.connection.dbapi_connection.cursor()
+    raw = conn.connection.dbapi_connection
+    if raw is None:  # only after the connection was invalidated, which ends its transaction first
+        raise StoreError("the database connection was closed")
+    cursor = raw.cursor()
     dbapi = conn.dialect.loaded_dbapi
     try:
         cursor.execute(sql, params)
