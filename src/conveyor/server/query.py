@@ -17,7 +17,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from conveyor.protocol import errors
 from conveyor.server.call import Call
-from conveyor.server.codec import INT64_MAX
+from conveyor.server.codec import INT64_MAX, Document, loads
 from conveyor.server.store import patterns
 
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement ended by statement_timeout
@@ -59,6 +59,14 @@ def listing(call: Call, query: Select[Any], spec: Listing) -> tuple[Select[Any],
             query = query.where(hidden)
     query = apply_order(call, query, spec.order_columns(), list(spec.default_order))
     return apply_paging(call, query)
+
+
+def documents(call: Call, query: Select[Any]) -> list[Document]:
+    """Run a `listing` query whose one column is the JSON document, keeping the `only_fields` asked for."""
+    only = call.str_list("only_fields")
+    with call.store.read_apart() as conn:
+        rows = fetch(call, conn, query)
+    return [project(loads(r[0]), only) for r in rows]
 
 
 def name_filter(call: Call, column: Column, pattern: str) -> Any:

@@ -63,10 +63,7 @@ def get_by_id(call: Call) -> dict[str, Any]:
 @endpoint("projects.get_all", aliases=("projects.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
     query, extra = q.listing(call, select(s.projects.c.doc), LISTING)
-    only = call.str_list("only_fields")
-    with call.store.read_apart() as conn:
-        rows = q.fetch(call, conn, query)
-    return {"projects": [q.project(loads(r[0]), only) for r in rows], **extra}
+    return {"projects": q.documents(call, query), **extra}
 
 
 @endpoint("projects.update")

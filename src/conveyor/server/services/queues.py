@@ -6,12 +6,13 @@ import asyncio
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.protocol import errors
 from conveyor.server import query as q
 from conveyor.server.call import Call
-from conveyor.server.codec import iso, loads
+from conveyor.server.codec import Document, iso, loads
 from conveyor.server.model import deliveries, queues
 from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services.registry import endpoint
@@ -20,6 +21,16 @@ from conveyor.server.store.documents import add_entry, entries_of, get_queue, ge
 
 LISTING = q.Listing(s.queues, default_order=("name",), tag_columns=("tags", "system_tags"),
                     order={"id": "id", "name": "name", "created": "created", "last_update": "last_update"})
+
+
+def _queue_and_task(call: Call, conn: Connection, queue_id: str, task_id: str, doing: str, *,
+                    as_runner: bool = False) -> Document | None:
+    """Check that the queue exists and that the caller may change the task, if it exists; returns the task."""
+    queues.load(conn, queue_id)
+    doc = get_task(conn, task_id)
+    if doc is not None:
+        require_task_owner(call, conn, doc, doing, as_runner=as_runner)
+    return doc
 
 
 @endpoint("queues.create")
@@ -83,12 +94,9 @@ def add_task(call: Call) -> dict[str, Any]:
     queue_id = call.str("queue", required=True)
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
-        queues.load(conn, queue_id)
-        doc = get_task(conn, task_id)
-        if doc is None:
-            raise errors.invalid_task_id(task_id)
         # A worker hands back what it pulled while stopping: the runner may.
-        require_task_owner(call, conn, doc, "enqueue it", as_runner=True)
+        if _queue_and_task(call, conn, queue_id, task_id, "enqueue it", as_runner=True) is None:
+            raise errors.invalid_task_id(task_id)
         add_entry(conn, queue_id, task_id)
     call.state.wake([queue_id])
     return {"added": 1}
@@ -99,10 +107,7 @@ def remove_task(call: Call) -> dict[str, Any]:
     queue_id = call.str("queue", required=True)
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
-        queues.load(conn, queue_id)
-        doc = get_task(conn, task_id)
-        if doc is not None:
-            require_task_owner(call, conn, doc, "dequeue it")
+        _queue_and_task(call, conn, queue_id, task_id, "dequeue it")
         removed = queues.remove_task(conn, queue_id, task_id, user=call.user,
                                      update_status=call.bool("update_task_status", True))
     return {"removed": removed}
@@ -139,10 +144,7 @@ def _move(call: Call, where: str) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     steps = call.int("count", 1, minimum=1) or 1
     with call.store.write() as conn:
-        queues.load(conn, queue_id)
-        doc = get_task(conn, task_id)
-        if doc is not None:
-            require_task_owner(call, conn, doc, "move it in its queue", as_runner=True)
+        _queue_and_task(call, conn, queue_id, task_id, "move it in its queue", as_runner=True)
         return {"position": queues.move(conn, queue_id, task_id, where, steps)}
 
 

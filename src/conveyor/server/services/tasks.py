@@ -13,7 +13,7 @@ from conveyor.protocol.status import TaskStatus
 from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server import query as q
 from conveyor.server.call import Call
-from conveyor.server.codec import Document, iso, loads, now
+from conveyor.server.codec import Document, iso, now
 from conveyor.server.model import queues, tasks
 from conveyor.server.ownership import require_task_owner
 from conveyor.server.services.registry import endpoint
@@ -77,6 +77,12 @@ def _editable(call: Call, conn: Connection, task_id: str, refusal: str) -> Docum
     return doc
 
 
+def _tasks_named(call: Call) -> list[Document]:
+    """The tasks of the call's `tasks` list, in its order (an unknown id is a 400)."""
+    with call.store.read() as conn:
+        return [tasks.load(conn, task_id) for task_id in call.str_list("tasks") or []]
+
+
 def _status_call(call: Call, new_status: str, *, by_runner: bool = True, **extra: Any) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
@@ -125,10 +131,7 @@ def get_all(call: Call) -> dict[str, Any]:
             query = query.where(column.not_in(excluded))
     # Asking by id finds hidden tasks too (the agent's stop check relies on it).
     query, extra = q.listing(call, query, LISTING)
-    only = call.str_list("only_fields")
-    with call.store.read_apart() as conn:
-        rows = q.fetch(call, conn, query)
-    return {"tasks": [q.project(loads(r[0]), only) for r in rows], **extra}
+    return {"tasks": q.documents(call, query), **extra}
 
 
 @endpoint("tasks.edit")
@@ -360,16 +363,12 @@ def delete_hyper_params(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.get_hyper_params")
 def get_hyper_params(call: Call) -> dict[str, Any]:
-    ids = call.str_list("tasks")
-    if not ids:
+    if not call.str_list("tasks"):
         raise errors.missing_field("tasks")
-    result = []
-    with call.store.read() as conn:
-        for task_id in ids:
-            doc = tasks.load(conn, task_id)
-            params = [p for section in (doc.get("hyperparams") or {}).values() for p in section.values()]
-            result.append({"task": task_id, "hyperparams": params})
-    return {"params": result}
+    return {"params": [
+        {"task": doc["id"], "hyperparams": [p for section in (doc.get("hyperparams") or {}).values()
+                                            for p in section.values()]}
+        for doc in _tasks_named(call)]}
 
 
 @endpoint("tasks.edit_configuration")
@@ -390,14 +389,11 @@ def edit_configuration(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.get_configurations")
 def get_configurations(call: Call) -> dict[str, Any]:
-    ids = call.str_list("tasks") or []
     names = call.str_list("names")
-    result = []
-    with call.store.read() as conn:
-        for task_id in ids:
-            config = tasks.load(conn, task_id).get("configuration") or {}
-            result.append({"task": task_id, "configuration": [v for k, v in config.items() if not names or k in names]})
-    return {"configurations": result}
+    return {"configurations": [
+        {"task": doc["id"], "configuration": [v for k, v in (doc.get("configuration") or {}).items()
+                                              if not names or k in names]}
+        for doc in _tasks_named(call)]}
 
 
 @endpoint("tasks.add_or_update_artifacts")
