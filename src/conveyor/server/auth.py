@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from conveyor import __version__
+from conveyor.errors import map_exceptions
 from conveyor.protocol import errors
 from conveyor.protocol.envelope import API_VERSION, SERVER_VERSION
 from conveyor.protocol.ids import new_id
@@ -81,13 +82,15 @@ def create_user(conn: Connection, name: str, role: str) -> str:
         raise errors.validation_error(f"Invalid role {role!r}: use one of {', '.join(ROLES)}")
     if not name.strip():
         raise errors.validation_error("Validation error: a user name cannot be empty")
+    def taken(_: BaseException | None = None) -> errors.ApiError:
+        return errors.bad_request(f"A user named {name!r} already exists")
+
     if find_user(conn, name) is not None:
-        raise errors.bad_request(f"A user named {name!r} already exists")
+        raise taken()
     user_id = new_id()
-    try:
+    # IntegrityError: the same name made at the same moment by another call (ux_users_name)
+    with map_exceptions({IntegrityError: taken}):
         conn.execute(s.users.insert().values(id=user_id, name=name, role=role, created=time.time()))
-    except IntegrityError:  # the same name made at the same moment by another call (ux_users_name)
-        raise errors.bad_request(f"A user named {name!r} already exists") from None
     return user_id
 
 
