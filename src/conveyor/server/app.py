@@ -131,7 +131,9 @@ def _check_depth(value: Any, limit: int) -> None:
 
 
 def _first_line(exc: DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__
+    """What the database said, in one line (its messages run on with details and hints)."""
+    lines = str(exc.orig).strip().splitlines() if exc.orig else []
+    return lines[0] if lines else exc.__class__.__name__
 
 
 def _database_errors(name: str) -> dict[type[BaseException], ErrorFactory]:

@@ -27,12 +27,18 @@ def resolve_queue(conn: Connection, queue: str) -> str:
     raise errors.invalid_queue_id(queue)
 
 
-def default_queue_id(conn: Connection) -> str:
+def _tagged_default(conn: Connection) -> str | None:
     row = conn.execute(select(s.queues.c.id).where(s.queues.c.system_tags.like(f'%"{DEFAULT}"%'))
                        .order_by(s.queues.c.created)).first()
-    if row:
-        return str(row[0])
-    raise errors.no_default_queue()
+    return str(row[0]) if row else None
+
+
+def default_queue_id(conn: Connection) -> str:
+    """The oldest queue tagged `default`: where an enqueue naming no queue goes (400/705 when there is none)."""
+    queue_id = _tagged_default(conn)
+    if queue_id is None:
+        raise errors.no_default_queue()
+    return queue_id
 
 
 def _name_taken(conn: Connection, name: str) -> bool:
@@ -55,10 +61,9 @@ def create(conn: Connection, name: str, *, user: str, company: str, tags: list[s
 
 def ensure_default_queue(conn: Connection, user: str = "") -> str:
     """The reference server keeps a queue named `default` with the system tag `default`; so do we."""
-    try:
-        return default_queue_id(conn)
-    except errors.ApiError:
-        pass
+    tagged = _tagged_default(conn)
+    if tagged is not None:
+        return tagged
     row = conn.execute(select(s.queues.c.id, s.queues.c.doc).where(func.lower(s.queues.c.name) == DEFAULT)).first()
     if row:
         doc = loads(row.doc)
