@@ -15,11 +15,11 @@ from sqlalchemy.engine import Connection
 from conveyor.protocol.errors import ApiError
 from conveyor.protocol.status import STOPPING, TaskStatus
 from conveyor.server.codec import Document
-from conveyor.server.model import deliveries, queues, tasks, workers
+from conveyor.server.model import deliveries, projects, queues, tasks, workers
 from conveyor.server.store import Store
 from conveyor.server.store import schema as s
 from conveyor.server.store.database import sqlite_url
-from conveyor.server.store.documents import entries_of, get_task, insert_task, save_task
+from conveyor.server.store.documents import entries_of, get_task, insert_task
 
 S = TaskStatus
 
@@ -74,14 +74,12 @@ def enqueued(conn: Connection, queue_id: str, name: str = "t") -> Document:
     return doc
 
 
-def report(conn: Connection, worker: str, task_id: str | None, *, timeout: int = 60) -> None:
-    """A worker's status report naming the task it runs, as workers.status_report records it."""
+def report(conn: Connection, worker: str, task_id: str | None, *, timeout: int = 60, claims: bool = True) -> None:
+    """A worker's status report naming the task it runs (`claims`: the worker may report on that task)."""
     doc = workers.touch(conn, worker, user="u1", ip="", timeout=timeout, default_timeout=60, register=False)
-    workers.save(conn, worker, doc, task=task_id, current=True)
-    if task_id:
-        task = stored(conn, task_id)
-        task["last_worker"] = worker
-        save_task(conn, task)
+    task = get_task(conn, task_id, lock=True) if task_id and claims else None
+    workers.report(conn, worker, doc, task_id=task_id, queue_id=None, stats={"cpu_usage": [1.0], "secret": 1},
+                   is_daemon=True, task=task)
 
 
 # --- the status machine ---------------------------------------------------------------------------------------------
@@ -331,3 +329,60 @@ def test_stats_history_keeps_the_newest_reports(conn: Connection) -> None:
     workers.trim_stats(conn, 2)
     kept = conn.execute(select(s.worker_stats.c.timestamp).order_by(s.worker_stats.c.timestamp)).scalars().all()
     assert kept == [3.0, 4.0]
+
+
+def test_a_report_on_a_task_the_worker_may_not_change_does_not_make_it_the_tasks_worker(conn: Connection) -> None:
+    doc = make_task(conn)
+    tasks.set_status(conn, doc, S.in_progress, force=False)
+    report(conn, "mine", doc["id"])
+    report(conn, "intruder", doc["id"], claims=False)
+    assert stored(conn, doc["id"])["last_worker"] == "mine"
+    [intruder] = [w for w in workers.alive(conn) if w.id == "intruder"]
+    assert intruder.task == doc["id"]  # what it says it runs is still recorded, for workers.get_all
+
+
+def test_only_known_machine_stats_are_kept(conn: Connection) -> None:
+    report(conn, "w", None)
+    [row] = conn.execute(select(s.worker_stats.c.stats)).all()
+    assert row.stats == '{"cpu_usage":[1.0]}'
+
+
+# --- projects -------------------------------------------------------------------------------------------------------
+def new_project(name: str) -> Document:
+    return projects.new_project(projects.check_name(name), user="u1", company="c", description="", tags=[],
+                                system_tags=[], default_output_destination=None)
+
+
+def test_project_names_are_paths_unique_regardless_of_case(conn: Connection) -> None:
+    project_id = projects.create(conn, new_project("team/vision"))
+    assert projects.load(conn, project_id)["basename"] == "vision"
+    with pytest.raises(ApiError) as taken:
+        projects.create(conn, new_project("Team/Vision"))
+    assert taken.value.subcode == 402
+    for bad in ("", "a//b", "a/"):
+        with pytest.raises(ApiError, match="Invalid project name"):
+            new_project(bad)
+
+
+def test_renaming_a_project_updates_its_basename_and_refuses_a_taken_name(conn: Connection) -> None:
+    first = projects.create(conn, new_project("a"))
+    projects.create(conn, new_project("b"))
+    with pytest.raises(ApiError):
+        projects.update_project(conn, projects.load(conn, first), {"name": "b"})
+    changed = projects.update_project(conn, projects.load(conn, first), {"name": "x/y", "description": "d"})
+    assert changed == {"name": "x/y", "basename": "y", "description": "d"}
+    assert projects.load(conn, first)["basename"] == "y"
+
+
+def test_a_project_with_tasks_is_deleted_only_with_force_and_its_tasks_stay(conn: Connection) -> None:
+    project_id = projects.create(conn, new_project("p"))
+    doc = tasks.new_task("t", "training", user="u1", company="c")
+    doc["project"] = project_id
+    tasks.create(conn, doc)
+    with pytest.raises(ApiError, match="still has 1 task"):
+        projects.delete_project(conn, project_id, force=False)
+    assert projects.delete_project(conn, project_id, force=True) == 1
+    assert conn.execute(select(s.tasks.c.project).where(s.tasks.c.id == doc["id"])).scalar() is None
+    with pytest.raises(ApiError) as gone:
+        tasks.create(conn, tasks.new_task("u", "training", user="u1", company="c") | {"project": project_id})
+    assert gone.value.subcode == 401

@@ -10,9 +10,12 @@ from conveyor.protocol.status import TaskStatus
 from conveyor.server.codec import Document, dumps, iso, loads, now
 from conveyor.server.model.tasks import set_status
 from conveyor.server.store import schema as s
-from conveyor.server.store.documents import get_task
+from conveyor.server.store.documents import get_task, save_task
 
 WORKER_LOST = "worker lost"  # the status reason of a task whose worker stopped reporting
+STATS_KEYS = ("cpu_usage", "cpu_temperature", "memory_used", "memory_free", "disk_free_home", "disk_read", "disk_write",
+              "network_rx", "network_tx", "gpu_usage", "gpu_memory_used", "gpu_memory_free", "gpu_temperature",
+              "gpu_fraction")
 
 
 def upsert_insert(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -53,6 +56,32 @@ def save(conn: Connection, worker: str, doc: Document, *, task: str | None = Non
     if current:
         values.update(task=task, queue=queue)
     conn.execute(update(s.workers).where(s.workers.c.id == worker).values(**values))
+
+
+def report(conn: Connection, worker: str, doc: Document, *, task_id: str | None, queue_id: str | None,
+           stats: Document | None, is_daemon: bool, task: Document | None) -> None:
+    """Record a status report: machine stats (kept as history) and what the worker runs now. `task` is the task
+    document when the worker may report on it: only then does the worker mark it as its own (tasks.stop trusts
+    `last_worker`)."""
+    ts = now()
+    doc["last_report_time"] = iso(ts)
+    doc["is_daemon"] = is_daemon
+    if stats is not None:
+        doc["machine_stats"] = {k: v for k, v in stats.items() if k in STATS_KEYS}
+        conn.execute(s.worker_stats.insert().values(worker=worker, timestamp=ts, task=task_id,
+                                                    stats=dumps(doc["machine_stats"])))
+    if task_id:
+        if task is not None:
+            if doc.get("task") != task_id:
+                doc["task_started"] = iso(ts)
+            task["last_worker"] = worker
+            task["last_worker_report"] = task["last_update"] = iso(ts)
+            save_task(conn, task)
+    elif "task_started" in doc:
+        del doc["task_started"]
+    doc["task"] = task_id
+    doc["queue"] = queue_id
+    save(conn, worker, doc, task=task_id, queue=queue_id, current=True)
 
 
 def forget(conn: Connection, worker: str) -> None:

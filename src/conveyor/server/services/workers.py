@@ -10,16 +10,13 @@ from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
 from conveyor.server.call import Call
-from conveyor.server.codec import Document, dumps, iso, loads, now, to_epoch
+from conveyor.server.codec import Document, iso, loads, now, to_epoch
 from conveyor.server.model import workers
 from conveyor.server.ownership import may_change_task
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
-from conveyor.server.store.documents import get_task, save_task
+from conveyor.server.store.documents import get_task
 
-STATS_KEYS = ("cpu_usage", "cpu_temperature", "memory_used", "memory_free", "disk_free_home", "disk_read", "disk_write",
-              "network_rx", "network_tx", "gpu_usage", "gpu_memory_used", "gpu_memory_free", "gpu_temperature",
-              "gpu_fraction")
 MAX_TIMEOUT_SEC = 2**31 - 1  # the workers.timeout column is a 32-bit integer
 
 
@@ -60,30 +57,14 @@ def status_report(call: Call) -> dict[str, Any]:
     task_id = call.str("task")
     queue_id = call.str("queue")
     stats = call.dict("machine_stats")
-    ts = now()
     with call.store.write() as conn:
         doc = _touch(call, conn, worker, None, register=False)
         _lists(call, doc)
-        doc["last_report_time"] = iso(ts)
-        doc["is_daemon"] = call.bool("is_daemon", True)
-        if stats is not None:
-            doc["machine_stats"] = {k: v for k, v in stats.items() if k in STATS_KEYS}
-            conn.execute(s.worker_stats.insert().values(worker=worker, timestamp=ts, task=task_id,
-                                                        stats=dumps(doc["machine_stats"])))
-        if task_id:
-            task = get_task(conn, task_id, lock=True)
-            # Only a worker that may report on the task marks it as its own (tasks.stop trusts last_worker).
-            if task is not None and may_change_task(call, conn, task, as_runner=True):
-                if doc.get("task") != task_id:
-                    doc["task_started"] = iso(ts)
-                task["last_worker"] = worker
-                task["last_worker_report"] = task["last_update"] = iso(ts)
-                save_task(conn, task)
-        elif "task_started" in doc:
-            del doc["task_started"]
-        doc["task"] = task_id
-        doc["queue"] = queue_id
-        workers.save(conn, worker, doc, task=task_id, queue=queue_id, current=True)
+        task = get_task(conn, task_id, lock=True) if task_id else None
+        if task is not None and not may_change_task(call, conn, task, as_runner=True):
+            task = None  # it reports on a task it may not change: recorded, but the task is not marked as its own
+        workers.report(conn, worker, doc, task_id=task_id, queue_id=queue_id, stats=stats,
+                       is_daemon=call.bool("is_daemon", True), task=task)
     return {}
 
 
