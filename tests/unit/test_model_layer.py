@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from conveyor.protocol.errors import ApiError
 from conveyor.protocol.status import STOPPING, TaskStatus
 from conveyor.server.codec import Document
-from conveyor.server.model import deliveries, projects, queues, tasks, workers
+from conveyor.server.model import deliveries, events, projects, queues, tasks, workers
 from conveyor.server.store import Store
 from conveyor.server.store import schema as s
 from conveyor.server.store.database import sqlite_url
@@ -386,3 +386,45 @@ def test_a_project_with_tasks_is_deleted_only_with_force_and_its_tasks_stay(conn
     with pytest.raises(ApiError) as gone:
         tasks.create(conn, tasks.new_task("u", "training", user="u1", company="c") | {"project": project_id})
     assert gone.value.subcode == 401
+
+
+# --- events ---------------------------------------------------------------------------------------------------------
+def scalar(task_id: str, value: float, it: int, client_id: str | None = None) -> dict[str, object]:
+    return events.event_row({"task": task_id, "type": events.SCALAR, "metric": "loss", "variant": "train",
+                             "value": value, "iter": it, "conveyor_id": client_id})
+
+
+def test_a_retried_batch_is_stored_once(conn: Connection) -> None:
+    doc = make_task(conn)
+    batch = [scalar(doc["id"], 1.0, 1, "a"), scalar(doc["id"], 0.5, 2, "b")]
+    events.add(conn, doc, list(batch))
+    events.add(conn, stored(conn, doc["id"]), list(batch))
+    page, total, _ = events.page(conn, doc["id"], events.SCALAR, desc=False, limit=10, from_timestamp=None,
+                                 after_seq=None)
+    assert total == 2 and [e["value"] for e in page] == [1.0, 0.5]
+
+
+def test_scalars_keep_the_tasks_last_metrics_and_iteration(conn: Connection) -> None:
+    doc = make_task(conn)
+    events.add(conn, doc, [scalar(doc["id"], 3.0, 1), scalar(doc["id"], 1.0, 5), scalar(doc["id"], 2.0, 7)])
+    saved = stored(conn, doc["id"])
+    assert saved["last_iteration"] == 7
+    [[entry]] = [list(variants.values()) for variants in saved["last_metrics"].values()]
+    assert (entry["value"], entry["min_value"], entry["min_value_iteration"], entry["max_value"]) == (2.0, 1.0, 5, 3.0)
+
+
+def test_a_log_line_with_a_nul_is_kept_with_the_nul_escaped(conn: Connection) -> None:
+    doc = make_task(conn)
+    events.add(conn, doc, [events.event_row({"task": doc["id"], "type": "log", "msg": "a\x00b", "level": "LOUD"})])
+    [line], _, _ = events.page(conn, doc["id"], events.LOG, desc=True, limit=10, from_timestamp=None, after_seq=None)
+    assert line["msg"] == "a\\x00b" and line["level"] == "info"
+
+
+@pytest.mark.parametrize(("event", "says"), [
+    ([], "JSON object"), ({"type": "log"}, "missing 'task'"),
+    ({"task": "t", "type": events.SCALAR, "value": "x"}, "numeric 'value'"),
+    ({"task": "t", "timestamp": -1}, "epoch milliseconds"),
+])
+def test_an_invalid_event_is_refused_with_a_reason(event: object, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        events.event_row(event)
