@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from conveyor.protocol.errors import ApiError
 from conveyor.protocol.status import STOPPING, TaskStatus
 from conveyor.server.codec import Document
-from conveyor.server.model import deliveries, events, projects, queues, tasks, workers
+from conveyor.server.model import deliveries, events, projects, queues, tasks, users, workers
 from conveyor.server.store import Store
 from conveyor.server.store import schema as s
 from conveyor.server.store.database import sqlite_url
@@ -428,3 +428,21 @@ def test_a_log_line_with_a_nul_is_kept_with_the_nul_escaped(conn: Connection) ->
 def test_an_invalid_event_is_refused_with_a_reason(event: object, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         events.event_row(event)
+
+
+# --- users ----------------------------------------------------------------------------------------------------------
+def test_the_first_user_is_an_admin_made_once(conn: Connection) -> None:
+    first = users.ensure_user(conn)
+    assert users.ensure_user(conn) == first
+    row = users.find_user(conn, "conveyor admin")  # by name, in any case
+    assert row is not None and row.id == first and row.role == "admin"
+
+
+def test_user_names_are_unique_regardless_of_case_and_roles_are_known(conn: Connection) -> None:
+    alice = users.create_user(conn, "Alice", "user")
+    with pytest.raises(ApiError, match="already exists"):
+        users.create_user(conn, "alice", "user")
+    with pytest.raises(ApiError, match="Invalid role"):
+        users.create_user(conn, "bob", "root")
+    assert users.user_name(conn, alice) == "Alice"
+    assert users.user_name(conn, "gone") == "an unknown user (gone)"

@@ -9,9 +9,9 @@ from __future__ import annotations
 from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
-from conveyor.server.auth import user_name
 from conveyor.server.call import Call
 from conveyor.server.codec import Document
+from conveyor.server.model.users import user_name
 from conveyor.server.store import sql
 
 

@@ -12,9 +12,10 @@ from typing import Any, TextIO
 from sqlalchemy import select, text
 
 from conveyor.config import Config, write_api_section
-from conveyor.server.auth import Authenticator, create_credentials, ensure_user, signing_key
+from conveyor.server.auth import Authenticator, signing_key
 from conveyor.server.data_dir import secure
 from conveyor.server.model.queues import ensure_default_queue
+from conveyor.server.model.users import create_credentials, ensure_user
 from conveyor.server.state import ServerSettings, ServerState
 from conveyor.server.store import Store, StoreError
 from conveyor.server.store import schema as s

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import select, update
 
 from conveyor.protocol import errors
-from conveyor.server.auth import create_credentials, find_user
 from conveyor.server.call import Call
 from conveyor.server.codec import iso, now
+from conveyor.server.model.users import create_credentials, find_user
 from conveyor.server.ownership import require_admin
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s

@@ -7,9 +7,10 @@ from typing import Any
 from sqlalchemy import select
 
 from conveyor.protocol import errors
-from conveyor.server.auth import COMPANY_ID, COMPANY_NAME, create_user
+from conveyor.server.auth import COMPANY_ID, COMPANY_NAME
 from conveyor.server.call import Call
 from conveyor.server.codec import iso
+from conveyor.server.model.users import create_user
 from conveyor.server.ownership import require_admin
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
