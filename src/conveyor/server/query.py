@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import regex
-from sqlalchemy import Boolean, Column, ColumnElement, Select, Table, and_, not_, or_, text
+from sqlalchemy import Boolean, ColumnElement, Select, Table, and_, not_, or_, text
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.compiler import compiles
@@ -69,7 +69,7 @@ def documents(call: Call, query: Select[Any]) -> list[Document]:
     return [project(loads(r[0]), only) for r in rows]
 
 
-def name_filter(call: Call, column: Column, pattern: str) -> Any:
+def name_filter(call: Call, column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
     """`name` is a case-insensitive regex, unanchored (agent) or anchored (SDK). Run the query with `fetch`, which
     bounds the pattern's evaluation."""
     try:
@@ -112,7 +112,7 @@ def _too_expensive(pattern: str, limit: float) -> errors.ApiError:
         "conveyor.server.name_filter_timeout_sec on the server.")
 
 
-def tags_filter(column: Column, tags: list[str]) -> Any:
+def tags_filter(column: ColumnElement[Any], tags: list[str]) -> ColumnElement[bool] | None:
     """ClearML tag filters: plain tags match any of them; `-tag` or `__$not tag` excludes; `__$all` requires all."""
     include: list[str] = []
     exclude: list[str] = []
@@ -160,12 +160,12 @@ def _contains_text_sqlite(element: contains_text, compiler: Any, **kw: Any) -> s
     return f"(instr({compiler.process(element.clauses, **kw)}) > 0)"
 
 
-def has_tag(column: Column, tag: str) -> Any:
+def has_tag(column: ColumnElement[Any], tag: str) -> ColumnElement[bool]:
     """Whether the JSON list of strings in `column` holds `tag`."""
     return contains_text(column, orjson.dumps(tag).decode())
 
 
-def hidden_filter(call: Call, column: Column) -> Any:
+def hidden_filter(call: Call, column: ColumnElement[Any]) -> ColumnElement[bool] | None:
     if call.bool("search_hidden", False):
         return None
     return not_(has_tag(column, "hidden"))
