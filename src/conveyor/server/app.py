@@ -11,14 +11,18 @@ from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.errors import ErrorFactory, map_exceptions
 from conveyor.protocol import errors
 from conveyor.protocol.envelope import API_VERSION, envelope
 from conveyor.server.call import Call
+from conveyor.server.files import FilesApp
+from conveyor.server.lifecycle import Background
 from conveyor.server.services import load_all
 from conveyor.server.state import ServerState
+from conveyor.server.web import routes as web_routes
 
 log = logging.getLogger("conveyor.server")
 
@@ -245,8 +249,6 @@ class ApiApp:
         return 200, orjson.dumps(envelope(name, version, data))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        from conveyor.server.lifecycle import Background
-
         background = Background(self.state)
         while True:
             message = await receive()
@@ -268,14 +270,8 @@ class ApiApp:
 def create_app(state: ServerState, *, web: bool = True, files_dir: Path | None = None) -> ApiApp:
     files_app = None
     if files_dir is not None:
-        from conveyor.server.files import FilesApp
-
         files_app = FilesApp(state, files_dir)
     web_app = None
     if web:
-        from starlette.applications import Starlette
-
-        from conveyor.server.web import routes as web_routes
-
         web_app = Starlette(routes=web_routes())
     return ApiApp(state, web_app, files_app)

@@ -10,7 +10,6 @@ import string
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import jwt
 from sqlalchemy import select, update
@@ -20,10 +19,8 @@ from conveyor import __version__
 from conveyor.protocol import errors
 from conveyor.protocol.envelope import API_VERSION, SERVER_VERSION
 from conveyor.protocol.ids import new_id
+from conveyor.server.store import Store
 from conveyor.server.store import schema as s
-
-if TYPE_CHECKING:
-    from conveyor.server.store import Store
 
 COMPANY_ID = "d1bd92a3b039400cbafc60a7a5b1e52b"
 COMPANY_NAME = "conveyor"
