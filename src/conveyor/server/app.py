@@ -11,13 +11,18 @@ from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 
+from conveyor.errors import ErrorFactory, map_exceptions
 from conveyor.protocol import errors
 from conveyor.protocol.envelope import API_VERSION, envelope
 from conveyor.server.call import Call
+from conveyor.server.files import FilesApp
+from conveyor.server.lifecycle import Background
 from conveyor.server.services import load_all
 from conveyor.server.state import ServerState
+from conveyor.server.web import routes as web_routes
 
 log = logging.getLogger("conveyor.server")
 
@@ -129,6 +134,31 @@ def _check_depth(value: Any, limit: int) -> None:
                 stack.append((child, depth + 1))
 
 
+def _first_line(exc: DBAPIError) -> str:
+    """What the database said, in one line (its messages run on with details and hints)."""
+    lines = str(exc.orig).strip().splitlines() if exc.orig else []
+    return lines[0] if lines else exc.__class__.__name__
+
+
+def _database_errors(name: str) -> dict[type[BaseException], ErrorFactory]:
+    """How the database's errors reach the caller of `name`: the one translation at the API's boundary."""
+
+    def unavailable(exc: BaseException) -> errors.ApiError:  # restarting or unreachable: clients retry 503s
+        log.warning("%s: database unavailable: %s", name, _first_line(exc) if isinstance(exc, DBAPIError) else exc)
+        return errors.ApiError(503, 0, "Database unavailable, retry later")
+
+    def invalid_value(exc: BaseException) -> errors.ApiError:  # a value the database cannot hold or use (PostgreSQL)
+        reason = _first_line(exc) if isinstance(exc, DBAPIError) else exc.__class__.__name__
+        return errors.bad_request(f"Invalid value in the request: {reason} (names hold at most 512 characters; "
+                                  "regular expressions must also be valid PostgreSQL ones)")
+
+    def failed(exc: BaseException) -> errors.ApiError:
+        log.error("%s: database error", name, exc_info=exc)
+        return errors.ApiError(500, 0, f"Database error: {exc.__class__.__name__}")
+
+    return {OperationalError: unavailable, DataError: invalid_value, DBAPIError: failed}
+
+
 def _answered(handler: Any, call: Call, name: str, version: str) -> bytes:
     """Handler and serialisation together, so that a thread does both (a large answer never stalls the loop)."""
     return orjson.dumps(envelope(name, version, handler(call)))
@@ -163,7 +193,8 @@ class ApiApp:
         else:
             status, payload = await self.handle(scope, raw, receive)
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
         if len(payload) > _TRIM_AFTER:
             del payload
@@ -181,43 +212,34 @@ class ApiApp:
         if ep is None:
             return _error(name, version, errors.endpoint_not_found(name, version))
         if scope["method"] not in ("GET", "POST", "PUT"):
-            return _error(name, version, errors.ApiError(405, 0, f"Method {scope['method']} not allowed: use GET, POST or PUT"))
+            return _error(name, version, errors.ApiError(
+                405, 0, f"Method {scope['method']} not allowed: use GET, POST or PUT"))
         state = self.state
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         watcher: asyncio.Future[Any] | None = None
         try:
-            args = (raw, headers.get("content-type", ""), name, state.settings.max_json_depth)
-            body = parse_body(*args) if len(raw) < _PARSE_INLINE_MAX else await run_in_threadpool(parse_body, *args)
-            query = scope.get("query_string")
-            if query:
-                for key, value in parse_qsl(query.decode("latin-1")):
-                    body.setdefault(key, _coerce(value))
-            client = scope.get("client")
-            call = Call(name, version, body, state, headers=headers, client_ip=client[0] if client else "")
-            if ep.authorize:
-                call.identity = state.auth.verify(headers.get("authorization"))
-            if ep.is_async:
-                # After the body, the only message left to receive is the client's disconnect.
-                watcher = asyncio.ensure_future(receive())
-                call.disconnected = watcher
-                data = await ep.handler(call)
-            elif state.store.inline and not ep.offload:
-                data = ep.handler(call)
-            else:
-                return 200, await run_in_threadpool(_answered, ep.handler, call, name, version)
+            with map_exceptions(_database_errors(name)):
+                args = (raw, headers.get("content-type", ""), name, state.settings.max_json_depth)
+                body = parse_body(*args) if len(raw) < _PARSE_INLINE_MAX else await run_in_threadpool(parse_body, *args)
+                query = scope.get("query_string")
+                if query:
+                    for key, value in parse_qsl(query.decode("latin-1")):
+                        body.setdefault(key, _coerce(value))
+                client = scope.get("client")
+                call = Call(name, version, body, state, headers=headers, client_ip=client[0] if client else "")
+                if ep.authorize:
+                    call.identity = state.auth.verify(headers.get("authorization"))
+                if ep.is_async:
+                    # After the body, the only message left to receive is the client's disconnect.
+                    watcher = asyncio.ensure_future(receive())
+                    call.disconnected = watcher
+                    data = await ep.handler(call)
+                elif state.store.inline and not ep.offload:
+                    data = ep.handler(call)
+                else:
+                    return 200, await run_in_threadpool(_answered, ep.handler, call, name, version)
         except errors.ApiError as err:
             return _error(name, version, err)
-        except OperationalError as exc:  # database restarting or unreachable: clients retry 503s
-            log.warning("%s: database unavailable: %s", name, str(exc.orig).splitlines()[0] if exc.orig else exc)
-            return _error(name, version, errors.ApiError(503, 0, "Database unavailable, retry later"))
-        except DataError as exc:  # a value the database cannot hold or use (PostgreSQL): the caller's mistake
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__
-            return _error(name, version, errors.bad_request(
-                f"Invalid value in the request: {reason} (names hold at most 512 characters; regular expressions "
-                "must also be valid PostgreSQL ones)"))
-        except DBAPIError as exc:
-            log.exception("%s: database error", name)
-            return _error(name, version, errors.ApiError(500, 0, f"Database error: {exc.__class__.__name__}"))
         except Exception as exc:
             log.exception("%s: internal error", name)
             return _error(name, version, errors.ApiError(500, 0, f"Internal server error: {exc.__class__.__name__}"))
@@ -227,8 +249,6 @@ class ApiApp:
         return 200, orjson.dumps(envelope(name, version, data))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        from conveyor.server.lifecycle import Background
-
         background = Background(self.state)
         while True:
             message = await receive()
@@ -237,6 +257,7 @@ class ApiApp:
                     self.state.signals.bind(asyncio.get_running_loop())
                     await background.start()
                 except Exception as exc:
+                    log.exception("server startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -249,14 +270,8 @@ class ApiApp:
 def create_app(state: ServerState, *, web: bool = True, files_dir: Path | None = None) -> ApiApp:
     files_app = None
     if files_dir is not None:
-        from conveyor.server.files import FilesApp
-
         files_app = FilesApp(state, files_dir)
     web_app = None
     if web:
-        from starlette.applications import Starlette
-
-        from conveyor.server.web import routes as web_routes
-
         web_app = Starlette(routes=web_routes())
     return ApiApp(state, web_app, files_app)

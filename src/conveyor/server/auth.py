@@ -9,26 +9,34 @@ import secrets
 import string
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 import jwt
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 
 from conveyor import __version__
 from conveyor.protocol import errors
 from conveyor.protocol.envelope import API_VERSION, SERVER_VERSION
 from conveyor.protocol.ids import new_id
-from conveyor.server.call import Identity
+from conveyor.server.store import Store
 from conveyor.server.store import schema as s
-
-if TYPE_CHECKING:
-    from conveyor.server.store import Store
 
 COMPANY_ID = "d1bd92a3b039400cbafc60a7a5b1e52b"
 COMPANY_NAME = "conveyor"
 FEATURES = ["long_poll"]  # what our agent may use beyond ClearML's protocol (ARCHITECTURE decision 2)
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
+
+
+@dataclass
+class Identity:
+    """Who a call acts as: the user behind its credential, and that credential."""
+
+    user: str
+    user_name: str
+    company: str
+    access_key: str
+    role: str = "user"  # "admin" or "user" (see ownership.py)
 
 
 def hash_secret(secret: str) -> str:
@@ -42,7 +50,7 @@ def new_credentials() -> tuple[str, str]:
     return access_key, secret_key
 
 
-def signing_key(store: "Store") -> str:
+def signing_key(store: Store) -> str:
     """The JWT signing key, shared through the database so that every server process accepts every token."""
     with store.write() as conn:
         row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "jwt_secret")).first()
@@ -53,57 +61,7 @@ def signing_key(store: "Store") -> str:
         return key
 
 
-ROLES = ("admin", "user")
-
-
-def ensure_user(conn: Any, name: str = "Conveyor Admin") -> str:
-    """The first user; created (as an admin) on the first start."""
-    row = conn.execute(select(s.users.c.id).order_by(s.users.c.created).limit(1)).first()
-    if row:
-        return row[0]
-    return create_user(conn, name, "admin")
-
-
-def create_user(conn: Any, name: str, role: str) -> str:
-    if role not in ROLES:
-        raise errors.validation_error(f"Invalid role {role!r}: use one of {', '.join(ROLES)}")
-    if not name.strip():
-        raise errors.validation_error("Validation error: a user name cannot be empty")
-    if find_user(conn, name) is not None:
-        raise errors.bad_request(f"A user named {name!r} already exists")
-    user_id = new_id()
-    try:
-        conn.execute(s.users.insert().values(id=user_id, name=name, role=role, created=time.time()))
-    except IntegrityError:  # the same name made at the same moment by another call (ux_users_name)
-        raise errors.bad_request(f"A user named {name!r} already exists") from None
-    return user_id
-
-
-def find_user(conn: Any, name_or_id: str) -> Any:
-    """The users row with this id, else with this name (case-insensitive); None when there is none."""
-    u = s.users.c
-    row = conn.execute(select(s.users).where(u.id == name_or_id)).first()
-    if row is None:
-        row = conn.execute(select(s.users).where(func.lower(u.name) == name_or_id.lower())).first()
-    return row
-
-
-def user_name(conn: Any, user_id: str | None) -> str:
-    row = conn.execute(select(s.users.c.name).where(s.users.c.id == user_id)).first() if user_id else None
-    return row[0] if row else f"an unknown user ({user_id or 'none'})"
-
-
-def create_credentials(conn: Any, user_id: str, label: str = "") -> tuple[str, str]:
-    access_key, secret_key = new_credentials()
-    conn.execute(
-        s.credentials.insert().values(
-            access_key=access_key, secret_hash=hash_secret(secret_key), user_id=user_id, label=label, created=time.time()
-        )
-    )
-    return access_key, secret_key
-
-
-def _active_credentials(conn: Any, access_key: str | None = None) -> dict[str, Identity]:
+def _active_credentials(conn: Connection, access_key: str | None = None) -> dict[str, Identity]:
     """Valid credentials → who they act as. A credential whose user is gone acts as nobody."""
     c, u = s.credentials.c, s.users.c
     query = (select(c.access_key, c.user_id, u.name, u.role).select_from(s.credentials.join(s.users, u.id == c.user_id))
@@ -116,7 +74,7 @@ def _active_credentials(conn: Any, access_key: str | None = None) -> dict[str, I
 class Authenticator:
     """Issues and checks tokens. Revocations and role changes reach other server processes within `refresh_sec`."""
 
-    def __init__(self, store: "Store", key: str, token_ttl_sec: int, refresh_sec: float = 2.0):
+    def __init__(self, store: Store, key: str, token_ttl_sec: int, refresh_sec: float = 2.0):
         self.store = store
         self.key = key
         self.token_ttl_sec = token_ttl_sec
@@ -129,16 +87,16 @@ class Authenticator:
     # --- login -------------------------------------------------------------------------------------------
     def login(self, authorization: str | None, expiration_sec: int | None) -> str:
         if not authorization:
-            raise errors.unauthorized("Missing credentials: send Authorization: Basic base64(access_key:secret_key)", 20)
+            raise errors.unauthorized(
+                "Missing credentials: send Authorization: Basic base64(access_key:secret_key)", 20)
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer":  # refresh with a still-valid token
-            identity = self.verify(authorization)
-            return self.issue(identity, expiration_sec)
+            return self.issue(self.verify(authorization), expiration_sec)
         if scheme.lower() != "basic":
             raise errors.unauthorized("Unsupported authorization scheme: use Basic or Bearer", 21)
         try:
             access_key, _, secret_key = base64.b64decode(value, validate=True).decode().partition(":")
-        except Exception:
+        except ValueError:  # not base64, or not UTF-8 once decoded
             raise errors.unauthorized("Malformed Basic authorization header", 21) from None
         with self.store.read() as conn:
             row = conn.execute(
@@ -180,7 +138,8 @@ class Authenticator:
     # --- every call ----------------------------------------------------------------------------------------
     def verify(self, authorization: str | None) -> Identity:
         if not authorization:
-            raise errors.unauthorized("Missing credentials: log in with auth.login and send Authorization: Bearer <token>", 20)
+            raise errors.unauthorized(
+                "Missing credentials: log in with auth.login and send Authorization: Bearer <token>", 20)
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise errors.unauthorized("Missing token: send Authorization: Bearer <token> (get one from auth.login)", 20)

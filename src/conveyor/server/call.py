@@ -2,50 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import Any
 
 from conveyor.protocol import errors
-
-if TYPE_CHECKING:
-    from conveyor.server.state import ServerState
+from conveyor.server.auth import Identity
+from conveyor.server.codec import INT64_MAX
+from conveyor.server.state import ServerState
+from conveyor.server.store import Store
 
 _MISSING = object()
-INT64_MAX = 2**63 - 1
-
-
-def now() -> float:
-    import time
-
-    return time.time()
-
-
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds → the ISO-8601 form ClearML answers with."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
-
-
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def loads(text: str | bytes | None) -> Any:
-    return orjson.loads(text) if text else None
-
-
-@dataclass
-class Identity:
-    user: str
-    user_name: str
-    company: str
-    access_key: str
-    role: str = "user"  # "admin" or "user" (see ownership.py)
 
 
 @dataclass
@@ -53,7 +21,7 @@ class Call:
     endpoint: str
     version: str
     body: dict[str, Any]
-    state: "ServerState"
+    state: ServerState
     identity: Identity | None = None
     headers: dict[str, str] = field(default_factory=dict)
     client_ip: str = ""
@@ -61,7 +29,7 @@ class Call:
     name_pattern: str | None = None  # the `name` regex of a get_all, set by query.name_filter for query.fetch
 
     @property
-    def store(self):  # noqa: ANN201 - Store; kept untyped to avoid an import cycle
+    def store(self) -> Store:
         return self.state.store
 
     @property
@@ -70,26 +38,27 @@ class Call:
 
     @property
     def is_admin(self) -> bool:
-        return bool(self.identity) and self.identity.role == "admin"
+        return self.identity is not None and self.identity.role == "admin"
 
     # Typed accessors: a wrong type or a missing required field is a 400 that names the field.
     def get(self, name: str, default: Any = None) -> Any:
         value = self.body.get(name, default)
         return default if value is None else value
 
-    def str(self, name: str, default: Any = _MISSING, *, required: bool = False) -> Any:
+    def str(self, name: builtins.str, default: Any = _MISSING, *, required: builtins.bool = False) -> Any:
         value = self.body.get(name)
         if value is None:
             if required:
                 raise errors.missing_field(name)
             return None if default is _MISSING else default
         if not isinstance(value, str):
-            raise errors.validation_error(f"Validation error: field '{name}' must be a string, got {type(value).__name__}")
+            raise errors.validation_error(
+                f"Validation error: field '{name}' must be a string, got {type(value).__name__}")
         if required and not value:
             raise errors.missing_field(name)
         return value
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
         value = self.body.get(name)
         if value is None:
             return default
@@ -99,8 +68,8 @@ class Call:
             return value.lower() in ("true", "1")
         raise errors.validation_error(f"Validation error: field '{name}' must be a boolean")
 
-    def int(self, name: str, default: int | None = None, *, minimum: int | None = None,
-            maximum: int = INT64_MAX) -> int | None:
+    def int(self, name: builtins.str, default: builtins.int | None = None, *, minimum: builtins.int | None = None,
+            maximum: builtins.int = INT64_MAX) -> builtins.int | None:
         value = self.body.get(name)
         if value is None:
             return default
@@ -116,7 +85,7 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be at most {maximum}")
         return number
 
-    def float(self, name: str, default: float | None = None) -> float | None:
+    def float(self, name: builtins.str, default: builtins.float | None = None) -> builtins.float | None:
         value = self.body.get(name)
         if value is None:
             return default
@@ -130,7 +99,7 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be a finite number")
         return number
 
-    def str_list(self, name: str) -> list[str] | None:
+    def str_list(self, name: builtins.str) -> builtins.list[builtins.str] | None:
         """A list of strings; a single string is accepted as a list of one, as the reference server does."""
         value = self.body.get(name)
         if value is None:
@@ -141,7 +110,7 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be a list of strings")
         return value
 
-    def dict(self, name: str) -> dict[str, Any] | None:
+    def dict(self, name: builtins.str) -> builtins.dict[builtins.str, Any] | None:
         value = self.body.get(name)
         if value is None:
             return None
@@ -149,7 +118,7 @@ class Call:
             raise errors.validation_error(f"Validation error: field '{name}' must be an object")
         return value
 
-    def list(self, name: str) -> list[Any] | None:
+    def list(self, name: builtins.str) -> builtins.list[Any] | None:
         value = self.body.get(name)
         if value is None:
             return None

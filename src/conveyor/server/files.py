@@ -15,23 +15,29 @@ import mimetypes
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 
+from conveyor.errors import UserError
 from conveyor.protocol import errors
 from conveyor.server.state import ServerState
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 log = logging.getLogger("conveyor.server.files")
 
 PREFIX = "/files"
 
 
-class _Refused(Exception):
+class _Refused(UserError):
+    """An upload or download refused with an HTTP status (the client's request was at fault)."""
+
     def __init__(self, status: int, msg: str):
         super().__init__(msg)
         self.status = status
@@ -72,7 +78,7 @@ class _Upload:
         self._target: Path | None = None
         self._rel = ""
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> MultipartCallbacks:
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
                 "on_header_value": self._header_value, "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
@@ -112,7 +118,7 @@ class _Upload:
             self._file.write(data[start:end])
 
     def _part_end(self) -> None:
-        if self._file is None:
+        if self._file is None or self._tmp is None or self._target is None:
             return
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -192,7 +198,7 @@ class FilesApp:
             await run_in_threadpool(parser.finalize)
         except (_Refused, OSError):
             raise
-        except Exception as exc:  # python-multipart's parse errors, a client that went away
+        except (ValueError, ClientDisconnect) as exc:  # python-multipart's parse errors, a client that went away
             raise _Refused(400, f"Malformed multipart body: {exc}") from None
         finally:
             await run_in_threadpool(upload.abort)

@@ -6,11 +6,12 @@ else of other people's."""
 
 from __future__ import annotations
 
-from typing import Any
+from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
-from conveyor.server.auth import user_name
 from conveyor.server.call import Call
+from conveyor.server.codec import Document
+from conveyor.server.model.users import user_name
 from conveyor.server.store import sql
 
 
@@ -19,7 +20,7 @@ def require_admin(call: Call, doing: str) -> None:
         raise errors.forbidden(f"only an admin can {doing}; you are {_who(call)}")
 
 
-def may_change_task(call: Call, conn: Any, doc: dict[str, Any], *, as_runner: bool = False) -> bool:
+def may_change_task(call: Call, conn: Connection, doc: Document, *, as_runner: bool = False) -> bool:
     if call.is_admin or (call.user and doc.get("user") == call.user):
         return True
     if as_runner and call.identity is not None:
@@ -28,7 +29,7 @@ def may_change_task(call: Call, conn: Any, doc: dict[str, Any], *, as_runner: bo
     return False
 
 
-def require_task_owner(call: Call, conn: Any, doc: dict[str, Any], doing: str, *, as_runner: bool = False) -> None:
+def require_task_owner(call: Call, conn: Connection, doc: Document, doing: str, *, as_runner: bool = False) -> None:
     """403 unless the caller owns the task, is an admin, or (with `as_runner`) pulled it off a queue."""
     if may_change_task(call, conn, doc, as_runner=as_runner):
         return
@@ -36,7 +37,7 @@ def require_task_owner(call: Call, conn: Any, doc: dict[str, Any], doing: str, *
     raise errors.forbidden(f"task {doc['id']} belongs to {owner}; only its owner or an admin can {doing}")
 
 
-def require_owner(call: Call, conn: Any, doc: dict[str, Any], kind: str, doing: str) -> None:
+def require_owner(call: Call, conn: Connection, doc: Document, kind: str, doing: str) -> None:
     """The same rule for other owned documents (projects)."""
     if call.is_admin or (call.user and doc.get("user") == call.user):
         return

@@ -3,24 +3,73 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import regex
-from sqlalchemy import Boolean, Column, Select, and_, not_, or_, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import Boolean, ColumnElement, Select, Table, and_, not_, or_, text
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from conveyor.protocol import errors
-from conveyor.server.call import INT64_MAX, Call
+from conveyor.server.call import Call
+from conveyor.server.codec import INT64_MAX, Document, loads
 from conveyor.server.store import patterns
 
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement ended by statement_timeout
 
 
-def name_filter(call: Call, column: Column, pattern: str) -> Any:
+@dataclass(frozen=True)
+class Listing:
+    """What the `get_all` of one table filters and orders on: its `id`, `name` and `system_tags` columns always,
+    the tag columns named here, and the order fields (API name → column name)."""
+
+    table: Table
+    order: dict[str, str]
+    default_order: tuple[str, ...]
+    tag_columns: tuple[str, ...] = ()
+
+    def order_columns(self) -> dict[str, ColumnElement[Any]]:
+        return {field: self.table.c[name] for field, name in self.order.items()}
+
+
+def listing(call: Call, query: Select[Any], spec: Listing) -> tuple[Select[Any], dict[str, Any]]:
+    """A `get_all` query with what every listing shares: `id`, `name` (a regex) and tag filters, hidden documents
+    left out unless asked for by id or with `search_hidden`, ordering and paging. Returns it with the answer's extra
+    fields (a scroll id). Run it with `fetch`."""
+    c = spec.table.c
+    ids = call.str_list("id")
+    if ids is not None:
+        query = query.where(c.id.in_(ids))
+    name = call.str("name")
+    if name:
+        query = query.where(name_filter(call, c.name, name))
+    for field in spec.tag_columns:
+        values = call.str_list(field)
+        clause = tags_filter(c[field], values) if values else None
+        if clause is not None:
+            query = query.where(clause)
+    if ids is None:
+        hidden = hidden_filter(call, c.system_tags)
+        if hidden is not None:
+            query = query.where(hidden)
+    query = apply_order(call, query, spec.order_columns(), list(spec.default_order))
+    return apply_paging(call, query)
+
+
+def documents(call: Call, query: Select[Any]) -> list[Document]:
+    """Run a `listing` query whose one column is the JSON document, keeping the `only_fields` asked for."""
+    only = call.str_list("only_fields")
+    with call.store.read_apart() as conn:
+        rows = fetch(call, conn, query)
+    return [project(loads(r[0]), only) for r in rows]
+
+
+def name_filter(call: Call, column: ColumnElement[Any], pattern: str) -> ColumnElement[bool]:
     """`name` is a case-insensitive regex, unanchored (agent) or anchored (SDK). Run the query with `fetch`, which
     bounds the pattern's evaluation."""
     try:
@@ -32,7 +81,7 @@ def name_filter(call: Call, column: Column, pattern: str) -> Any:
     return column.regexp_match(f"(?i){pattern}")
 
 
-def fetch(call: Call, conn: Connection, query: Select) -> list[Any]:
+def fetch(call: Call, conn: Connection, query: Select[Any]) -> Sequence[Row[Any]]:
     """The rows of a `get_all` query. With a name pattern, its evaluation is bounded by
     `conveyor.server.name_filter_timeout_sec`, and a pattern that runs past it is a 400."""
     pattern = getattr(call, "name_pattern", None)
@@ -63,7 +112,7 @@ def _too_expensive(pattern: str, limit: float) -> errors.ApiError:
         "conveyor.server.name_filter_timeout_sec on the server.")
 
 
-def tags_filter(column: Column, tags: list[str]) -> Any:
+def tags_filter(column: ColumnElement[Any], tags: list[str]) -> ColumnElement[bool] | None:
     """ClearML tag filters: plain tags match any of them; `-tag` or `__$not tag` excludes; `__$all` requires all."""
     include: list[str] = []
     exclude: list[str] = []
@@ -111,18 +160,19 @@ def _contains_text_sqlite(element: contains_text, compiler: Any, **kw: Any) -> s
     return f"(instr({compiler.process(element.clauses, **kw)}) > 0)"
 
 
-def has_tag(column: Column, tag: str) -> Any:
+def has_tag(column: ColumnElement[Any], tag: str) -> ColumnElement[bool]:
     """Whether the JSON list of strings in `column` holds `tag`."""
     return contains_text(column, orjson.dumps(tag).decode())
 
 
-def hidden_filter(call: Call, column: Column) -> Any:
+def hidden_filter(call: Call, column: ColumnElement[Any]) -> ColumnElement[bool] | None:
     if call.bool("search_hidden", False):
         return None
     return not_(has_tag(column, "hidden"))
 
 
-def apply_order(call: Call, query: Select, columns: dict[str, Column], default: list[str]) -> Select:
+def apply_order(call: Call, query: Select[Any], columns: Mapping[str, ColumnElement[Any]],
+                default: list[str]) -> Select[Any]:
     order_by = call.str_list("order_by") or default
     for field in order_by:
         if not field:
@@ -209,7 +259,7 @@ def _copy_path(src: dict[str, Any], dst: dict[str, Any], parts: list[str]) -> No
         _copy_path(src[key], child, parts[1:])
 
 
-def _drop_path(obj: dict[str, Any], parts: list[str]) -> None:
+def _drop_path(obj: Any, parts: list[str]) -> None:
     for key in parts[:-1]:
         obj = obj.get(key) if isinstance(obj, dict) else None
         if obj is None:

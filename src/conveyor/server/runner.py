@@ -7,13 +7,15 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy import select, text
 
 from conveyor.config import Config, write_api_section
-from conveyor.server.auth import Authenticator, create_credentials, ensure_user, signing_key
+from conveyor.server.auth import Authenticator, signing_key
 from conveyor.server.data_dir import secure
+from conveyor.server.model.queues import ensure_default_queue
+from conveyor.server.model.users import create_credentials, ensure_user
 from conveyor.server.state import ServerSettings, ServerState
 from conveyor.server.store import Store, StoreError
 from conveyor.server.store import schema as s
@@ -67,8 +69,6 @@ FIRST_START_CREDENTIALS = "first-start-credentials"  # where the secret goes whe
 
 def bootstrap(store: Store, opts: ServerOptions, out=sys.stdout) -> None:  # noqa: ANN001
     """Migrate; on the very first start create a user, credentials and the default queue."""
-    from conveyor.server.services.queues import ensure_default_queue
-
     store.migrate()
     created: tuple[str, str] | None = None
     with store.write() as conn:
@@ -115,6 +115,12 @@ def build_state(cfg: Config, opts: ServerOptions) -> ServerState:
     return ServerState(store, auth, settings)
 
 
+def _say(line: str, stream: TextIO) -> None:
+    """The command's own output (what `conveyor server` tells its user), as opposed to the server's log."""
+    stream.write(line + "\n")
+    stream.flush()
+
+
 def serve(cfg: Config, opts: ServerOptions) -> int:
     import uvicorn
 
@@ -125,10 +131,10 @@ def serve(cfg: Config, opts: ServerOptions) -> int:
     try:
         state = build_state(cfg, opts)
     except StoreError as exc:
-        print(f"conveyor server: {exc}", file=sys.stderr)
+        _say(f"conveyor server: {exc}", sys.stderr)
         return 2
     app = create_app(state, files_dir=opts.files_dir)
-    print(f"Conveyor server on http://{opts.host}:{opts.port} (database: {state.store.safe_url})", flush=True)
+    _say(f"Conveyor server on http://{opts.host}:{opts.port} (database: {state.store.safe_url})", sys.stdout)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning", access_log=False,
                             timeout_keep_alive=75, backlog=2048)
     class Server(uvicorn.Server):
@@ -140,7 +146,7 @@ def serve(cfg: Config, opts: ServerOptions) -> int:
     try:
         server.run()
     except OSError as exc:
-        print(f"conveyor server: cannot listen on {opts.host}:{opts.port}: {exc.strerror}", file=sys.stderr)
+        _say(f"conveyor server: cannot listen on {opts.host}:{opts.port}: {exc.strerror}", sys.stderr)
         return 2
     finally:
         state.store.dispose()

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 
 from conveyor.protocol import errors
-from conveyor.server.auth import create_credentials, find_user
-from conveyor.server.call import Call, iso, now
+from conveyor.server.call import Call
+from conveyor.server.codec import iso, now
+from conveyor.server.model.users import create_credentials, find_user
 from conveyor.server.ownership import require_admin
-from conveyor.server.services import endpoint
+from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
 
 
@@ -40,7 +41,7 @@ def create(call: Call) -> dict[str, Any]:
     return {"credentials": {"access_key": access_key, "secret_key": secret_key, "label": label}}
 
 
-def _mine(call: Call) -> Any:
+def _mine(call: Call) -> ColumnElement[bool] | None:
     """The credentials this caller may see and change: all of them for an admin."""
     return None if call.is_admin else (s.credentials.c.user_id == call.user)
 
@@ -50,8 +51,9 @@ def get(call: Call) -> dict[str, Any]:
     c, u = s.credentials.c, s.users.c
     query = (select(c.access_key, c.label, c.created, c.last_used, c.revoked, c.user_id, u.name)
              .select_from(s.credentials.outerjoin(s.users, u.id == c.user_id)).order_by(c.created))
-    if _mine(call) is not None:
-        query = query.where(_mine(call))
+    mine = _mine(call)
+    if mine is not None:
+        query = query.where(mine)
     with call.store.read() as conn:
         rows = conn.execute(query).all()
     include_revoked = call.bool("include_revoked")
@@ -67,8 +69,9 @@ def revoke(call: Call) -> dict[str, Any]:
     access_key = call.str("access_key", required=True)
     c = s.credentials.c
     query = update(s.credentials).where(c.access_key == access_key, c.revoked.is_(None))
-    if _mine(call) is not None:
-        query = query.where(_mine(call))
+    mine = _mine(call)
+    if mine is not None:
+        query = query.where(mine)
     with call.store.write() as conn:
         result = conn.execute(query.values(revoked=now()))
     if not result.rowcount:
@@ -82,8 +85,9 @@ def revoke(call: Call) -> dict[str, Any]:
 def edit(call: Call) -> dict[str, Any]:
     access_key = call.str("access_key", required=True)
     query = update(s.credentials).where(s.credentials.c.access_key == access_key)
-    if _mine(call) is not None:
-        query = query.where(_mine(call))
+    mine = _mine(call)
+    if mine is not None:
+        query = query.where(mine)
     with call.store.write() as conn:
         result = conn.execute(query.values(label=call.str("label") or ""))
     return {"updated": result.rowcount}

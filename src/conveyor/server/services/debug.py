@@ -8,7 +8,7 @@ from conveyor import __version__
 from conveyor.protocol.envelope import API_VERSION, SERVER_VERSION
 from conveyor.server.auth import FEATURES
 from conveyor.server.call import Call
-from conveyor.server.services import endpoint
+from conveyor.server.services.registry import endpoint
 
 
 def _info(call: Call) -> dict[str, Any]:

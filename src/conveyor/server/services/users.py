@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 
 from conveyor.protocol import errors
-from conveyor.server.auth import COMPANY_ID, COMPANY_NAME, create_user
-from conveyor.server.call import Call, iso
+from conveyor.server.auth import COMPANY_ID, COMPANY_NAME
+from conveyor.server.call import Call
+from conveyor.server.codec import iso
+from conveyor.server.model.users import create_user
 from conveyor.server.ownership import require_admin
-from conveyor.server.services import endpoint
+from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
 
 
-def _user(row: Any) -> dict[str, Any]:
+def _user(row: Row[Any]) -> dict[str, Any]:
     first, _, last = row.name.partition(" ")
     return {"id": row.id, "name": row.name, "given_name": first, "family_name": last, "role": row.role,
             "company": {"id": COMPANY_ID, "name": COMPANY_NAME}, "created": iso(row.created), "avatar": None,

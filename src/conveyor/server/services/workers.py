@@ -2,56 +2,34 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
-from conveyor.server.call import Call, dumps, iso, loads, now
+from conveyor.server.call import Call
+from conveyor.server.codec import Document, iso, loads, now, to_epoch
+from conveyor.server.model import workers
 from conveyor.server.ownership import may_change_task
-from conveyor.server.services import endpoint
+from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
-from conveyor.server.store.documents import get_task, save_task
+from conveyor.server.store.documents import get_task
 
-STATS_KEYS = ("cpu_usage", "cpu_temperature", "memory_used", "memory_free", "disk_free_home", "disk_read", "disk_write",
-              "network_rx", "network_tx", "gpu_usage", "gpu_memory_used", "gpu_memory_free", "gpu_temperature",
-              "gpu_fraction")
 MAX_TIMEOUT_SEC = 2**31 - 1  # the workers.timeout column is a 32-bit integer
 
 
-def _upsert(conn: Any, call: Call, worker: str, *, timeout: int | None, register: bool) -> dict[str, Any]:
-    ts = now()
-    row = conn.execute(select(s.workers.c.doc, s.workers.c.timeout).where(s.workers.c.id == worker)).first()
-    timeout = timeout or (row.timeout if row else call.state.settings.worker_timeout_sec)
-    if row:
-        doc = loads(row.doc)
-        if register:
-            doc["register_time"] = iso(ts)
-        doc["last_activity_time"] = iso(ts)
-        conn.execute(update(s.workers).where(s.workers.c.id == worker).values(last_seen=ts, timeout=timeout))
-    else:
-        doc = {"id": worker, "register_time": iso(ts), "last_activity_time": iso(ts), "queues": [], "tags": [],
-               "system_tags": []}
-        inserted = conn.execute(_dialect_insert(conn, s.workers).values(
-            id=worker, user_id=call.user, ip=call.client_ip, register_time=ts, last_seen=ts, timeout=timeout,
-            doc=dumps(doc)).on_conflict_do_nothing()).rowcount
-        if not inserted:  # a concurrent first report of this worker inserted it: update that row instead
-            return _upsert(conn, call, worker, timeout=timeout, register=register)
-    return doc
+def _touch(call: Call, conn: Connection, worker: str, timeout: int | None, *, register: bool) -> Document:
+    return workers.touch(conn, worker, user=call.user, ip=call.client_ip, timeout=timeout,
+                         default_timeout=call.state.settings.worker_timeout_sec, register=register)
 
 
-def _dialect_insert(conn: Any, table: Any) -> Any:
-    """INSERT with ON CONFLICT support (SQLite and PostgreSQL spell it alike)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
-
-
-def _save(conn: Any, worker: str, doc: dict[str, Any], **columns: Any) -> None:
-    conn.execute(update(s.workers).where(s.workers.c.id == worker).values(doc=dumps(doc), **columns))
+def _lists(call: Call, doc: Document) -> None:
+    """The queues a worker serves and its tags, as far as the call names them."""
+    for key in ("queues", "tags", "system_tags"):
+        if call.body.get(key) is not None:
+            doc[key] = call.str_list(key)
 
 
 @endpoint("workers.register")
@@ -59,11 +37,9 @@ def register(call: Call) -> dict[str, Any]:
     worker = call.str("worker", required=True)
     timeout = call.int("timeout", minimum=1, maximum=MAX_TIMEOUT_SEC)
     with call.store.write() as conn:
-        doc = _upsert(conn, call, worker, timeout=timeout, register=True)
-        for key in ("queues", "tags", "system_tags"):
-            if call.body.get(key) is not None:
-                doc[key] = call.str_list(key)
-        _save(conn, worker, doc)
+        doc = _touch(call, conn, worker, timeout, register=True)
+        _lists(call, doc)
+        workers.save(conn, worker, doc)
     return {}
 
 
@@ -71,8 +47,7 @@ def register(call: Call) -> dict[str, Any]:
 def unregister(call: Call) -> dict[str, Any]:
     worker = call.str("worker", required=True)
     with call.store.write() as conn:
-        conn.execute(delete(s.workers).where(s.workers.c.id == worker))
-        conn.execute(delete(s.runtime_properties).where(s.runtime_properties.c.worker == worker))
+        workers.forget(conn, worker)
     return {}
 
 
@@ -82,41 +57,15 @@ def status_report(call: Call) -> dict[str, Any]:
     task_id = call.str("task")
     queue_id = call.str("queue")
     stats = call.dict("machine_stats")
-    ts = now()
     with call.store.write() as conn:
-        doc = _upsert(conn, call, worker, timeout=None, register=False)
-        for key in ("queues", "tags", "system_tags"):
-            if call.body.get(key) is not None:
-                doc[key] = call.str_list(key)
-        doc["last_report_time"] = iso(ts)
-        doc["is_daemon"] = call.bool("is_daemon", True)
-        if stats is not None:
-            doc["machine_stats"] = {k: v for k, v in stats.items() if k in STATS_KEYS}
-            conn.execute(s.worker_stats.insert().values(worker=worker, timestamp=ts, task=task_id,
-                                                        stats=dumps(doc["machine_stats"])))
-        if task_id:
-            task = get_task(conn, task_id, lock=True)
-            # Only a worker that may report on the task marks it as its own (tasks.stop trusts last_worker).
-            if task is not None and may_change_task(call, conn, task, as_runner=True):
-                if doc.get("task") != task_id:
-                    doc["task_started"] = iso(ts)
-                task["last_worker"] = worker
-                task["last_worker_report"] = task["last_update"] = iso(ts)
-                save_task(conn, task)
-        elif "task_started" in doc:
-            del doc["task_started"]
-        doc["task"] = task_id
-        doc["queue"] = queue_id
-        _save(conn, worker, doc, task=task_id, queue=queue_id)
+        doc = _touch(call, conn, worker, None, register=False)
+        _lists(call, doc)
+        task = get_task(conn, task_id, lock=True) if task_id else None
+        if task is not None and not may_change_task(call, conn, task, as_runner=True):
+            task = None  # it reports on a task it may not change: recorded, but the task is not marked as its own
+        workers.report(conn, worker, doc, task_id=task_id, queue_id=queue_id, stats=stats,
+                       is_daemon=call.bool("is_daemon", True), task=task)
     return {}
-
-
-def _alive(conn: Any, last_seen: int | None = None) -> list[Any]:
-    ts = now()
-    query = select(s.workers).where(s.workers.c.last_seen + s.workers.c.timeout >= ts)
-    if last_seen:
-        query = query.where(s.workers.c.last_seen >= ts - last_seen)
-    return conn.execute(query.order_by(s.workers.c.id)).all()
 
 
 @endpoint("workers.get_all")
@@ -124,16 +73,18 @@ def get_all(call: Call) -> dict[str, Any]:
     last_seen = call.int("last_seen", minimum=0)
     tags = set(call.str_list("tags") or [])
     with call.store.read() as conn:
-        rows = _alive(conn, last_seen)
-        queue_ids = {qid for r in rows for qid in (loads(r.doc).get("queues") or [])} | {r.queue for r in rows if r.queue}
-        queue_names = dict(conn.execute(select(s.queues.c.id, s.queues.c.name).where(s.queues.c.id.in_(queue_ids))).all())
-        counts = dict(conn.execute(select(s.queue_entries.c.queue, func.count()).where(
+        rows = workers.alive(conn, last_seen)
+        queue_ids = ({qid for r in rows for qid in (loads(r.doc).get("queues") or [])}
+                     | {r.queue for r in rows if r.queue})
+        queue_names = dict(conn.execute(
+            select(s.queues.c.id, s.queues.c.name).where(s.queues.c.id.in_(queue_ids))).all())
+        counts: dict[str, int] = dict(conn.execute(select(s.queue_entries.c.queue, func.count()).where(
             s.queue_entries.c.queue.in_(queue_ids)).group_by(s.queue_entries.c.queue)).all())
         task_ids = [r.task for r in rows if r.task]
         tasks = {r.id: r for r in conn.execute(select(s.tasks.c.id, s.tasks.c.name, s.tasks.c.last_iteration,
                                                       s.tasks.c.project).where(s.tasks.c.id.in_(task_ids))).all()}
         users = dict(conn.execute(select(s.users.c.id, s.users.c.name)).all())
-    workers = []
+    listed = []
     for r in rows:
         doc = loads(r.doc)
         if tags and not tags & set(doc.get("tags") or []):
@@ -151,22 +102,20 @@ def get_all(call: Call) -> dict[str, Any]:
         task = tasks.get(r.task) if r.task else None
         if task is not None:
             started = doc.get("task_started")
-            from conveyor.server.store.documents import to_epoch
-
             entry["task"] = {"id": task.id, "name": task.name, "last_iteration": task.last_iteration,
                              "running_time": int((now() - (to_epoch(started) or now())) * 1000)}
             if task.project:
                 entry["project"] = {"id": task.project}
         if doc.get("machine_stats"):
             entry["machine_stats"] = doc["machine_stats"]
-        workers.append(entry)
-    return {"workers": workers}
+        listed.append(entry)
+    return {"workers": listed}
 
 
 @endpoint("workers.get_count")
 def get_count(call: Call) -> dict[str, Any]:
     with call.store.read() as conn:
-        return {"count": len(_alive(conn, call.int("last_seen", minimum=0)))}
+        return {"count": len(workers.alive(conn, call.int("last_seen", minimum=0)))}
 
 
 @endpoint("workers.set_runtime_properties")
@@ -181,10 +130,11 @@ def set_runtime_properties(call: Call) -> dict[str, Any]:
             expiry = prop.get("expiry")
             if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, (int, float))):
                 raise errors.validation_error(
-                    f"Validation error: runtime property {prop['key']!r} has expiry {expiry!r}: give seconds as a number")
+                    f"Validation error: runtime property {prop['key']!r} has expiry {expiry!r}: "
+                    "give seconds as a number")
             values = {"value": "" if prop.get("value") is None else str(prop["value"]),
                       "expires": ts + float(expiry) if expiry else None}
-            upsert = _dialect_insert(conn, s.runtime_properties).values(worker=worker, key=prop["key"], **values)
+            upsert = workers.upsert_insert(conn, s.runtime_properties).values(worker=worker, key=prop["key"], **values)
             conn.execute(upsert.on_conflict_do_update(index_elements=["worker", "key"], set_=values))
     return {}
 
@@ -257,42 +207,15 @@ def get_stats(call: Call) -> dict[str, Any]:
                 value = sum(value) / len(value) if value else None
             if isinstance(value, (int, float)):
                 series.setdefault(r.worker, {}).setdefault(item["key"], {}).setdefault(bucket, []).append(float(value))
-    agg = {"avg": lambda v: sum(v) / len(v), "min": min, "max": max}
-    workers = []
+    agg: dict[str, Callable[[list[float]], float]] = {"avg": lambda v: sum(v) / len(v), "min": min, "max": max}
+    listed = []
     for worker, metrics in series.items():
         out = []
         for key, buckets in metrics.items():
             dates = sorted(buckets)
             categories = sorted({i.get("category", "avg") for i in items if i.get("key") == key} & set(agg))
             out.append({"metric": key, "dates": dates,
-                        "stats": [{"aggregation": c, "values": [agg[c](buckets[d]) for d in dates]} for c in categories]})
-        workers.append({"worker": worker, "metrics": out})
-    return {"workers": workers}
-
-
-def reap(state: Any) -> list[str]:
-    """Forget workers that missed their timeout; fail what they were running (`worker lost`). Bound stats history."""
-    from conveyor.server.services.tasks import set_status
-
-    ts = time.time()
-    lost: list[str] = []
-    with state.store.write() as conn:
-        expired = conn.execute(select(s.workers.c.id, s.workers.c.task).where(
-            s.workers.c.last_seen + s.workers.c.timeout < ts)).all()
-        for worker, task_id in expired:
-            if task_id:
-                task = get_task(conn, task_id, lock=True)
-                if task and task.get("status") == "in_progress" and task.get("last_worker") == worker:
-                    set_status(conn, task, "failed", force=True, reason="worker lost",
-                               message=f"worker {worker} stopped reporting")
-                    lost.append(task_id)
-            conn.execute(delete(s.workers).where(s.workers.c.id == worker))
-            conn.execute(delete(s.runtime_properties).where(s.runtime_properties.c.worker == worker))
-    keep = state.settings.worker_stats_history
-    with state.store.write() as conn:
-        w = s.worker_stats.c
-        for (worker,) in conn.execute(select(w.worker).group_by(w.worker).having(func.count() > keep)).all():
-            cutoff = conn.execute(select(w.seq).where(w.worker == worker).order_by(w.seq.desc()).offset(keep).limit(1)).scalar()
-            if cutoff is not None:
-                conn.execute(delete(s.worker_stats).where(w.worker == worker, w.seq <= cutoff))
-    return lost
+                        "stats": [{"aggregation": c, "values": [agg[c](buckets[d]) for d in dates]}
+                                  for c in categories]})
+        listed.append({"worker": worker, "metrics": out})
+    return {"workers": listed}

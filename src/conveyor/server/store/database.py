@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
+from conveyor.errors import InternalError, map_exceptions
 from conveyor.server.store.patterns import sqlite_regexp
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class StoreError(Exception):
+class StoreError(InternalError):
     """A database that cannot be opened or migrated; the message says which and what to do."""
 
 
@@ -42,7 +43,10 @@ def _sqlite_engine(url: str, begin: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.connection.dbapi_connection.execute(begin)  # straight to sqlite3: this runs on every transaction
+        raw = conn.connection.dbapi_connection
+        if raw is None:  # a connection being invalidated starts no transaction
+            raise StoreError("the database connection was closed")
+        raw.execute(begin)  # straight to sqlite3: this runs on every transaction
 
     return engine
 
@@ -80,11 +84,9 @@ class Store:
     @property
     def safe_url(self) -> str:
         """The URL without its password, for messages."""
-        from sqlalchemy.engine import make_url
-
         try:
             return make_url(self.url).render_as_string(hide_password=True)
-        except Exception:
+        except (ArgumentError, ValueError):
             return "<database url>"
 
     @property
@@ -95,8 +97,6 @@ class Store:
     @property
     def pg_dsn(self) -> str:
         """A libpq connection string for the LISTEN connection."""
-        from sqlalchemy.engine import make_url
-
         return make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
 
     @contextmanager
@@ -141,22 +141,23 @@ class Store:
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        try:
-            with self._writer.connect() as conn:
+        with map_exceptions({OperationalError: self._cannot_open}), self._writer.connect() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_lock(7405120)"))
+                conn.commit()
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+            finally:
                 if self.dialect == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_lock(7405120)"))
+                    conn.execute(text("SELECT pg_advisory_unlock(7405120)"))
                     conn.commit()
-                try:
-                    cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
-                    conn.commit()
-                finally:
-                    if self.dialect == "postgresql":
-                        conn.execute(text("SELECT pg_advisory_unlock(7405120)"))
-                        conn.commit()
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise StoreError(f"Cannot open the database {self.safe_url}: {reason}") from None
+
+    def _cannot_open(self, exc: BaseException) -> StoreError:
+        orig = getattr(exc, "orig", None)
+        reason = str(orig).strip().splitlines()[0] if orig else str(exc)
+        return StoreError(f"Cannot open the database {self.safe_url}: {reason}")
 
     def dispose(self) -> None:
         for conn in (getattr(self, "_write_conn", None), getattr(self, "_read_conn", None)):

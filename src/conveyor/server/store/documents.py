@@ -8,29 +8,19 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from conveyor.server.call import dumps, loads
+from conveyor.protocol.status import TaskStatus
+from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
+from conveyor.server.codec import dumps, iso, loads, to_epoch
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
-
-
-def to_epoch(value: Any) -> float | None:
-    """Task documents hold ISO strings; columns hold epoch seconds."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def task_columns(doc: dict[str, Any]) -> dict[str, Any]:
     execution = doc.get("execution") or {}
     return {
         "name": doc.get("name") or "",
-        "status": doc.get("status") or "created",
-        "type": doc.get("type") or "training",
+        "status": doc.get("status") or TaskStatus.created.value,
+        "type": doc.get("type") or DEFAULT_TASK_TYPE.value,
         "project": doc.get("project"),
         "parent": doc.get("parent"),
         "user_id": doc.get("user"),
@@ -108,8 +98,6 @@ def return_delivery(conn: Connection, task_id: str, queue_id: str) -> None:
 
 def entries_of(conn: Connection, queue_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """The entries of several queues in queue order, as ClearML lists them in `queue.entries`."""
-    from conveyor.server.call import iso
-
     result: dict[str, list[dict[str, Any]]] = {qid: [] for qid in queue_ids}
     if not queue_ids:
         return result

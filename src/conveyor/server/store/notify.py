@@ -103,7 +103,7 @@ class PgListener:
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
                             self.signals.notify(note.payload)
-            except Exception as exc:  # the database restarted or the network dropped: reconnect
+            except Exception as exc:  # noqa: BLE001 - logged; whatever broke the connection, the loop reconnects
                 log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc.__class__.__name__)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -19,11 +19,14 @@ from functools import lru_cache
 
 import regex
 
+from conveyor.errors import UserError
+
 _budget = threading.local()  # per thread: the deadline of the query running there, and whether it was passed
 
 
-class PatternTooExpensive(Exception):
-    """A name pattern ran past its deadline."""
+class PatternTooExpensive(UserError):
+    """A name pattern ran past its deadline: the user's pattern backtracks too much (raised inside SQLite's REGEXP,
+    it aborts the statement; `query.fetch` answers it as a 400)."""
 
 
 @lru_cache(maxsize=256)
@@ -59,4 +62,5 @@ def sqlite_regexp(pattern: str, value: str | None) -> bool | None:
         return compile_pattern(pattern).search(value, timeout=timeout) is not None
     except TimeoutError:
         _budget.exceeded = True
-        raise PatternTooExpensive(pattern) from None
+        raise PatternTooExpensive(f"The name pattern {pattern!r} is too expensive",
+                                  hint="use a simpler pattern") from None

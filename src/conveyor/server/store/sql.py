@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from conveyor.server.store.database import StoreError
 from conveyor.server.store.schema import tasks
 
 _TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner")]  # runner: see set_runner
@@ -26,7 +27,8 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "sqlite": "SELECT doc FROM tasks WHERE id = :id",  # BEGIN IMMEDIATE already locks the database
     },
     "save_task": f"UPDATE tasks SET {', '.join(f'{c} = :{c}' for c in _TASK_COLUMNS)} WHERE id = :id",
-    "insert_task": f"INSERT INTO tasks (id, {', '.join(_TASK_COLUMNS)}) VALUES (:id, {', '.join(':' + c for c in _TASK_COLUMNS)})",
+    "insert_task": f"INSERT INTO tasks (id, {', '.join(_TASK_COLUMNS)}) "
+                   f"VALUES (:id, {', '.join(':' + c for c in _TASK_COLUMNS)})",
     "set_runner": "UPDATE tasks SET runner = :runner WHERE id = :id",
     "get_runner": "SELECT runner FROM tasks WHERE id = :id",
     "queue_exists": "SELECT id FROM queues WHERE id = :id",
@@ -84,7 +86,10 @@ def run(conn: Connection, name: str, params: dict[str, Any]) -> Any:
     sql = statement(name, dialect)
     if not sql:
         return None
-    cursor = conn.connection.dbapi_connection.cursor()
+    raw = conn.connection.dbapi_connection
+    if raw is None:  # only after the connection was invalidated, which ends its transaction first
+        raise StoreError("the database connection was closed")
+    cursor = raw.cursor()
     dbapi = conn.dialect.loaded_dbapi
     try:
         cursor.execute(sql, params)

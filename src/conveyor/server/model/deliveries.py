@@ -1,0 +1,82 @@
+"""Deliveries: popping a queue's head entry for a client, and putting back what never reached one.
+
+A pop is recorded as a delivery in its own transaction; the delivery lasts until the task leaves `queued` (its
+runner starts it). A delivery nobody acknowledged within `unstarted_requeue_sec` puts the task back at the front."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.engine import Connection
+
+from conveyor.protocol.status import TaskStatus
+from conveyor.server.model.tasks import back_to_before_enqueue
+from conveyor.server.store import schema as s
+from conveyor.server.store import sql
+from conveyor.server.store.documents import add_entry, get_queue, get_task, record_delivery, return_delivery
+
+
+@dataclass(frozen=True)
+class Popped:
+    task: str
+    queue: str
+    added: float  # when the entry was added (epoch seconds)
+
+
+def pop(conn: Connection, queue_ids: list[str], *, runner: str | None) -> Popped | None:
+    """Take the head entry of the first non-empty queue (in the given order), atomically, and record its delivery.
+
+    The task itself is not read: every status change that takes a task out of `queued` (stop, dequeue, reset,
+    delete) removes its entries in the same transaction, so a popped entry always names a queued task. `runner`
+    (the popping access key) may then report on the task."""
+    for queue_id in queue_ids:
+        if conn.dialect.name == "postgresql":  # one statement, one round trip
+            row = sql.run(conn, "pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": runner}).fetchone()
+            if row is None:
+                continue
+            task_id, added = row
+        else:  # SQLite has no data-modifying CTEs; under BEGIN IMMEDIATE three local statements cost little
+            row = sql.run(conn, "pop", {"q": queue_id}).fetchone()
+            if row is None:
+                continue
+            task_id, added = row
+            if runner is not None:
+                sql.run(conn, "set_runner", {"id": task_id, "runner": runner})
+            record_delivery(conn, task_id, queue_id, added)
+        return Popped(task_id, queue_id, added)
+    return None
+
+
+def give_back(conn: Connection, task_id: str, queue_id: str) -> None:
+    """A pop whose answer could not be handed over: the task goes back to the front of its queue."""
+    return_delivery(conn, task_id, queue_id)
+
+
+def stale(conn: Connection, older_than: float) -> list[tuple[str, float]]:
+    """(task, delivered) of the deliveries made before `older_than` (epoch seconds) and not yet acknowledged."""
+    d = s.deliveries.c
+    return [(r.task, r.delivered) for r in conn.execute(select(d.task, d.delivered).where(d.delivered < older_than))]
+
+
+def requeue(conn: Connection, task_id: str, delivered: float) -> str | None:
+    """Put back at the front of its queue a task whose delivery (made at `delivered`) was never acknowledged, if it
+    is still `queued` and in no queue; returns that queue, or None when there was nothing to put back.
+
+    The delivery row is claimed by deleting it: of several server processes sweeping, one puts the task back."""
+    d = s.deliveries.c
+    claim = delete(s.deliveries).where(d.task == task_id, d.delivered == delivered).returning(d.queue)
+    row = conn.execute(claim).first()
+    if row is None:
+        return None
+    doc = get_task(conn, task_id, lock=True)
+    if not doc or doc.get("status") != TaskStatus.queued:
+        return None
+    if conn.execute(select(s.queue_entries.c.seq).where(s.queue_entries.c.task == task_id)).first():
+        return None  # its client put it back itself (the agent does when it pops while draining)
+    if get_queue(conn, row.queue) is None:  # its queue is gone
+        back_to_before_enqueue(conn, task_id, "")
+        return None
+    add_entry(conn, row.queue, task_id, front=True)
+    return str(row.queue)

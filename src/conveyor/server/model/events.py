@@ -1,0 +1,176 @@
+"""Events of a task: its log lines and metrics. Storing a batch keeps the task's `last_iteration` and
+`last_metrics` current, and drops events a retried batch already stored (by their client id)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from sqlalchemy import Row, delete, func, select
+from sqlalchemy.engine import Connection
+
+from conveyor.server.codec import INT64_MAX, Document, dumps, iso, loads
+from conveyor.server.store import schema as s
+from conveyor.server.store.documents import save_task
+
+LOG = "log"
+SCALAR = "training_stats_scalar"
+LEVELS = {"notset", "debug", "verbose", "info", "warn", "warning", "error", "fatal", "critical"}
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - ClearML keys last_metrics by md5 of the names
+
+
+def storable(text: str) -> str:
+    """Text as both databases keep it: PostgreSQL's text cannot hold NUL, so a process that prints one gets the
+    visible escape `\\x00` on either database, never a refused batch (and a lost log)."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+def event_row(event: object) -> dict[str, Any]:
+    """Validate one event; raises ValueError with a message for `errors_info`."""
+    if not isinstance(event, dict):
+        raise ValueError("an event must be a JSON object")
+    task = event.get("task")
+    if not isinstance(task, str) or not task:
+        raise ValueError("missing 'task'")
+    etype = event.get("type") or LOG
+    if not isinstance(etype, str):
+        raise ValueError("'type' must be a string")
+    ts = event.get("timestamp")
+    if ts is None:
+        ts = int(time.time() * 1000)
+    elif not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 <= ts <= INT64_MAX:
+        raise ValueError("'timestamp' must be epoch milliseconds")
+    client_id = event.get("conveyor_id")
+    row: dict[str, Any] = {"task": task, "type": etype, "timestamp": int(ts), "iter": None, "metric": None,
+                           "variant": None, "value": None, "level": None, "worker": None, "msg": None, "doc": None,
+                           "client_id": client_id if isinstance(client_id, str) and client_id else None}
+    worker = event.get("worker")
+    row["worker"] = storable(worker) if isinstance(worker, str) else None
+    if etype == LOG:
+        msg = event.get("msg", "")
+        row["msg"] = storable(msg if isinstance(msg, str) else str(msg))
+        level = str(event.get("level") or "info").lower()
+        row["level"] = level if level in LEVELS else "info"
+        return row
+    it = event.get("iter")
+    if it is not None:
+        if not isinstance(it, (int, float)) or isinstance(it, bool) or not -INT64_MAX <= it <= INT64_MAX:
+            raise ValueError("'iter' must be an integer")
+        row["iter"] = int(it)
+    for key in ("metric", "variant"):
+        value = event.get(key)
+        row[key] = storable(value if isinstance(value, str) else ("" if value is None else str(value)))
+    if etype == SCALAR:
+        value = event.get("value")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError("a scalar event needs a numeric 'value'")
+        row["value"] = float(value)
+    else:
+        rest = {k: v for k, v in event.items() if k not in ("task", "type", "timestamp", "iter", "metric", "variant",
+                                                             "worker", "method", "conveyor_id")}
+        row["doc"] = dumps(rest)
+    return row
+
+
+def _update_task(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    iters = [r["iter"] for r in rows if r["iter"] is not None]
+    if iters:
+        doc["last_iteration"] = max(int(doc.get("last_iteration") or 0), max(iters))
+    metrics = doc.setdefault("last_metrics", {})
+    for r in rows:
+        if r["type"] != SCALAR:
+            continue
+        entry = metrics.setdefault(_md5(r["metric"]), {}).setdefault(_md5(r["variant"]), {
+            "metric": r["metric"], "variant": r["variant"], "min_value": r["value"], "max_value": r["value"],
+            "min_value_iteration": r["iter"], "max_value_iteration": r["iter"], "first_value": r["value"],
+            "first_value_iteration": r["iter"], "count": 0})
+        entry["value"] = r["value"]
+        entry["iter"] = r["iter"]
+        entry["timestamp"] = r["timestamp"]
+        entry["count"] = entry.get("count", 0) + 1
+        if r["value"] < entry["min_value"]:
+            entry["min_value"], entry["min_value_iteration"] = r["value"], r["iter"]
+        if r["value"] > entry["max_value"]:
+            entry["max_value"], entry["max_value_iteration"] = r["value"], r["iter"]
+    doc["last_update"] = iso(time.time())
+
+
+def _not_seen(conn: Connection, task_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop events whose client id this task already has (a batch retried after a lost answer)."""
+    ids = [r["client_id"] for r in rows if r["client_id"]]
+    if not ids:
+        return rows
+    seen = {r[0] for r in conn.execute(select(s.events.c.client_id).where(
+        s.events.c.task == task_id, s.events.c.client_id.in_(ids))).all()}
+    unique: dict[str, dict[str, Any]] = {}
+    out = []
+    for row in rows:
+        cid = row["client_id"]
+        if cid is None:
+            out.append(row)
+        elif cid not in seen and cid not in unique:
+            unique[cid] = row
+            out.append(row)
+    return out
+
+
+def add(conn: Connection, doc: Document, rows: list[dict[str, Any]]) -> None:
+    """Store a task's validated events (`event_row`) but those already stored, and bring the task up to date."""
+    rows = _not_seen(conn, doc["id"], rows)
+    if not rows:
+        return
+    _update_task(doc, rows)
+    save_task(conn, doc)
+    conn.execute(s.events.insert(), rows)
+
+
+def event_out(r: Row[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"task": r.task, "type": r.type, "timestamp": r.timestamp, "seq": r.seq}
+    if r.type == LOG:
+        out.update(level=r.level, msg=r.msg, worker=r.worker)
+        return out
+    out.update(iter=r.iter, metric=r.metric, variant=r.variant)
+    if r.value is not None:
+        out["value"] = r.value
+    if r.doc:
+        out.update(loads(r.doc))
+    return out
+
+
+def page(conn: Connection, task_id: str, event_type: str | None, *, desc: bool, limit: int,
+         from_timestamp: int | None, after_seq: int | None) -> tuple[list[Document], int, int | None]:
+    """A page of a task's events (of one type, if given) in order of arrival, newest first with `desc`, starting
+    past `from_timestamp` (epoch ms) and past the event `after_seq`. Returns it with the count of all the task's
+    events of that type and the `seq` of the page's last event (where the next page starts)."""
+    e = s.events.c
+    same_kind = [e.task == task_id] + ([e.type == event_type] if event_type else [])
+    where = list(same_kind)
+    if from_timestamp is not None:
+        where.append(e.timestamp < from_timestamp if desc else e.timestamp > from_timestamp)
+    if after_seq is not None:
+        where.append(e.seq < after_seq if desc else e.seq > after_seq)
+    order = e.seq.desc() if desc else e.seq.asc()
+    rows = conn.execute(select(s.events).where(*where).order_by(order).limit(limit)).all()
+    total = conn.execute(select(func.count()).where(*same_kind)).scalar() or 0
+    return [event_out(r) for r in rows], int(total), rows[-1].seq if rows else None
+
+
+def scalar_names(conn: Connection, task_id: str) -> list[tuple[str, str]]:
+    e = s.events.c
+    query = select(e.metric, e.variant).where(e.task == task_id, e.type == SCALAR).distinct()
+    return [(r.metric, r.variant) for r in conn.execute(query)]
+
+
+def scalars(conn: Connection, task_id: str) -> list[tuple[str, str, int | None, float]]:
+    """(metric, variant, iteration, value) of a task's scalars, in order of arrival."""
+    e = s.events.c
+    query = select(e.metric, e.variant, e.iter, e.value).where(e.task == task_id, e.type == SCALAR).order_by(e.seq)
+    return [(r.metric, r.variant, r.iter, r.value) for r in conn.execute(query)]
+
+
+def delete_all(conn: Connection, task_id: str) -> int:
+    return int(conn.execute(delete(s.events).where(s.events.c.task == task_id)).rowcount or 0)

@@ -1,0 +1,74 @@
+"""Projects: named folders of tasks (`a/b/c`), unique by name regardless of case."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.engine import Connection
+
+from conveyor.protocol import errors
+from conveyor.protocol.ids import new_id
+from conveyor.server.codec import Document, dumps, iso, loads, now, to_epoch
+from conveyor.server.store import schema as s
+
+
+def load(conn: Connection, project_id: str | None) -> Document:
+    if not project_id:
+        raise errors.missing_field("project")
+    row = conn.execute(select(s.projects.c.doc).where(s.projects.c.id == project_id)).first()
+    if row is None:
+        raise errors.invalid_project_id(project_id)
+    doc: Document = loads(row[0])
+    return doc
+
+
+def _name_taken(conn: Connection, name: str) -> bool:
+    c = s.projects.c
+    return conn.execute(select(c.id).where(func.lower(c.name) == name.lower())).first() is not None
+
+
+def check_name(name: str) -> str:
+    if not name or "//" in name or name.endswith("/"):
+        raise errors.validation_error(f"Invalid project name {name!r}: use non-empty names separated by single '/'")
+    return name
+
+
+def new_project(name: str, *, user: str, company: str, description: str, tags: list[str], system_tags: list[str],
+                default_output_destination: str | None) -> Document:
+    stamp = iso(now())
+    return {"id": new_id(), "name": name, "basename": name.rsplit("/", 1)[-1], "description": description,
+            "user": user, "company": company, "created": stamp, "last_update": stamp, "tags": tags,
+            "system_tags": system_tags, "default_output_destination": default_output_destination}
+
+
+def _columns(doc: Document) -> dict[str, object]:
+    return {"name": doc["name"], "last_update": to_epoch(doc["last_update"]),
+            "system_tags": dumps(doc.get("system_tags") or []), "doc": dumps(doc)}
+
+
+def create(conn: Connection, doc: Document) -> str:
+    if _name_taken(conn, doc["name"]):
+        raise errors.project_exists(doc["name"])
+    conn.execute(s.projects.insert().values(id=doc["id"], created=to_epoch(doc["created"]), **_columns(doc)))
+    return str(doc["id"])
+
+
+def update_project(conn: Connection, doc: Document, fields: Document) -> Document:
+    """Apply the changed fields (a new `name` renames, if no other project has it); returns them."""
+    name = fields.pop("name", None)
+    if name and name != doc["name"]:
+        if _name_taken(conn, name):
+            raise errors.project_exists(name)
+        fields = {"name": name, "basename": name.rsplit("/", 1)[-1], **fields}
+    doc.update(fields, last_update=iso(now()))
+    conn.execute(update(s.projects).where(s.projects.c.id == doc["id"]).values(**_columns(doc)))
+    return fields
+
+
+def delete_project(conn: Connection, project_id: str, *, force: bool) -> int:
+    """Delete a project; its tasks (only with force, if it has any) stay, in no project. Returns how many."""
+    count = int(conn.execute(select(func.count()).where(s.tasks.c.project == project_id)).scalar() or 0)
+    if count and not force:
+        raise errors.bad_request(f"Project {project_id} still has {count} task(s): delete them or use force=true", 403)
+    conn.execute(update(s.tasks).where(s.tasks.c.project == project_id).values(project=None))
+    conn.execute(delete(s.projects).where(s.projects.c.id == project_id))
+    return count
