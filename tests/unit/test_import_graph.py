@@ -95,3 +95,41 @@ def test_src_has_no_import_cycle() -> None:
     graph = import_graph()
     assert len(graph) > 50, "the checker read too few modules to mean anything"
     assert cycles(graph) == []
+
+
+# What each package may import besides itself (README, "Layout"): imports point down, so that the server never
+# imports the agent and a runtime never reaches the client. `conveyor`, `conveyor.errors` and `conveyor.progress`
+# are the floor everything stands on.
+MAY_IMPORT: dict[str, set[str]] = {
+    "protocol": set(),
+    "config": {"protocol"},
+    "client": {"protocol", "config"},
+    "env": {"protocol", "config"},
+    "runtimes": {"protocol", "config", "env"},
+    "server": {"protocol", "config"},
+    "agent": {"protocol", "config", "client", "env", "runtimes"},
+    "cli": {"protocol", "config", "client", "env", "runtimes", "server", "agent"},
+}
+FLOOR = {"conveyor", "conveyor.errors", "conveyor.progress", "conveyor.__main__"}
+# The first code run inside a container hands over to the command line as `conveyor execute` would.
+ALLOWED_EXCEPTIONS = {("conveyor.agent.container_start", "conveyor.cli.main")}
+
+
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and module not in FLOOR) else None
+
+
+def test_imports_point_down_the_layers() -> None:
+    wrong = []
+    for module, targets in import_graph().items():
+        source = package_of(module)
+        if source is None or module in FLOOR:
+            continue
+        for target in targets:
+            dest = package_of(target)
+            if target in FLOOR or dest is None or dest == source or (module, target) in ALLOWED_EXCEPTIONS:
+                continue
+            if dest not in MAY_IMPORT.get(source, set()):
+                wrong.append(f"{module} -> {target}")
+    assert sorted(wrong) == []
