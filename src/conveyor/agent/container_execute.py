@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from conveyor.config import Config
+from conveyor.runtimes.base import TaskRun
 from conveyor.runtimes.container import ContainerRuntime, LaunchError
 
 
@@ -36,7 +37,7 @@ def execute_in_container(client: Any, cfg: Config, task_id: str, docker: Sequenc
         env["CLEARML_AGENT_GIT_PASS"] = git_pass
     settle = "--clone" not in execute_args  # with --clone the task itself is only copied, never run
     try:
-        proc = runtime.launch(task_id, env)
+        proc = runtime.launch(TaskRun(task_id), env)
     except LaunchError as exc:
         _fail(client, task_id, str(exc), settle)
         return 1

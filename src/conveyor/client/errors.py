@@ -5,9 +5,7 @@ Messages are meant for the user as they are, and never hold a secret, a token or
 
 from __future__ import annotations
 
-
-class ConveyorError(Exception):
-    """Base of every error the client raises."""
+from conveyor.errors import ConveyorError
 
 
 class ApiCallError(ConveyorError):
