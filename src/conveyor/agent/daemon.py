@@ -18,6 +18,7 @@ from typing import Any
 
 from conveyor.agent.gpus import GpuInventory
 from conveyor.agent.identity import Slot, describe, running_daemons, started_with, take_slot, worker_id
+from conveyor.agent.logs import send_line
 from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.policy import QueuePolicy
 from conveyor.agent.process import become_subreaper, end_orphans
@@ -480,9 +481,7 @@ class Daemon:
     def _task_log(self, task_id: str, msg: str, level: str = "info") -> None:
         """One line in the task's log, as the worker."""
         try:
-            self.client.call_lines("events.add_batch", [{
-                "type": "log", "task": task_id, "level": level, "worker": self.worker,
-                "timestamp": int(time.time() * 1000), "msg": msg}])
+            send_line(self.client, task_id, self.worker, msg, level)
         except ConveyorError as exc:
             log.debug("task %s: could not add to its log: %s", task_id, exc)
 

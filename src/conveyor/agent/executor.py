@@ -8,6 +8,7 @@ task's status watched for an abort, a ping now and then. At the end: the final s
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from conveyor.agent import abort_callbacks
 from conveyor.agent.entry_point import entry_argv, entry_dir, entry_file, task_python_version, with_python
@@ -421,12 +422,12 @@ class Executor:
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         """Copy the process's output to the log shipper (and our stdout) until the pipe closes: whole lines, and
         a line longer than an event in pieces, so that no output can grow our memory without bound."""
-        assert proc.stdout is not None
+        stdout = cast(io.BufferedReader, proc.stdout)  # a pipe: Popen's default buffering
         out = sys.stdout
         pending = b""
         try:
             while True:
-                chunk = proc.stdout.read1(PUMP_CHUNK_BYTES)
+                chunk = stdout.read1(PUMP_CHUNK_BYTES)
                 if not chunk:
                     break
                 pending += chunk

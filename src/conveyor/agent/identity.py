@@ -69,7 +69,7 @@ def worker_id(cfg_worker_id: str | None, cfg_worker_name: str | None, slot: int,
 
 def running_daemons() -> list[dict[str, Any]]:
     """Daemons of this user on this machine: the slot files whose lock is held."""
-    found = []
+    found: list[dict[str, Any]] = []
     folder = slots_dir()
     if not folder.is_dir():
         return found

@@ -416,7 +416,7 @@ class ContainerRuntime:
         return target
 
 
-class ContainerProcess(subprocess.Popen):  # type: ignore[type-arg]
+class ContainerProcess(subprocess.Popen[bytes]):
     """`<engine> run` of one task, as the daemon handles any executor process: SIGTERM (terminate) stops the
     container with the grace; the engine's messages are passed on and kept, so that a container that did not start
     explains why (`start_failure`); the run's files are removed when it ends."""
