@@ -23,9 +23,9 @@ from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.policy import QueuePolicy
 from conveyor.agent.process import become_subreaper, end_orphans
 from conveyor.client.caller import ApiCaller
-from conveyor.client.errors import ApiCallError, ConveyorError
+from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
-from conveyor.errors import TaskFailure, UserError
+from conveyor.errors import ConveyorError, TaskFailure, UserError
 from conveyor.protocol.ids import looks_like_id
 from conveyor.protocol.status import TaskStatus
 from conveyor.runtimes.base import RunHandle, Runtime, TaskRun
@@ -215,7 +215,7 @@ class Daemon:
         self._tolerant_call("workers.register", {
             "worker": self.worker, "queues": self.policy.queue_ids,
             "timeout": int(self.cfg.get("agent.worker_timeout_sec")),
-            "tags": self.opts.child_report_tags or None}, level=logging.WARNING)
+            "tags": self.opts.child_report_tags or None})
 
     # --- pulling --------------------------------------------------------------------------------------------------
     def _capacity(self) -> int:
@@ -470,7 +470,7 @@ class Daemon:
             run.handle.stop(self._kill_grace())  # the executor stops its task and marks it stopped
 
     # --- talking to the server ------------------------------------------------------------------------------------
-    def _tolerant_call(self, endpoint: str, body: dict[str, Any], level: int = logging.DEBUG) -> None:
+    def _tolerant_call(self, endpoint: str, body: dict[str, Any], level: int = logging.WARNING) -> None:
         """A call whose failure must not stop the daemon (the next report, the executor, or the server's own
         timeout makes up for it): a failure is logged with the call, then work goes on."""
         try:
@@ -501,9 +501,9 @@ class Daemon:
                     machine_stats=self.monitor.sample() if stats else None)
         if self.opts.services_mode is None and runs:
             body.update(task=runs[0].task_id, queue=runs[0].queue_id)
-        self._tolerant_call("workers.status_report", body)
+        self._tolerant_call("workers.status_report", body, logging.DEBUG)  # the next report comes soon
         for run in runs:
             if run.sub_worker:
                 self._tolerant_call("workers.status_report", dict(base, worker=run.sub_worker, queues=[run.queue_id],
                                                                   task=run.task_id, queue=run.queue_id,
-                                                                  machine_stats=None))
+                                                                  machine_stats=None), logging.DEBUG)

@@ -187,20 +187,16 @@ class LogShipper:
 
     def _send(self, events: list[dict[str, Any]]) -> None:
         """Send one batch; one refused for good goes again as plain ASCII, then is dropped with a notice."""
-        try:
-            self._check(self.sink.call_lines("events.add_batch", events), events)
-            return
-        except ConveyorError as exc:
-            if not _refused_for_good(exc):
-                raise
-            first = exc
-        plain_events = [{**e, "msg": plain(e["msg"])} for e in events]
-        try:
-            self._check(self.sink.call_lines("events.add_batch", plain_events), events)
-            return
-        except ConveyorError as exc:
-            if not _refused_for_good(exc):
-                raise
+        first: ConveyorError | None = None
+        for as_plain in (False, True):  # the plain copy only after a refusal: most batches go through at once
+            attempt = [{**e, "msg": plain(e["msg"])} for e in events] if as_plain else events
+            try:
+                self._check(self.sink.call_lines("events.add_batch", attempt), events)
+                return
+            except ConveyorError as exc:
+                if not _refused_for_good(exc):
+                    raise
+                first = first or exc
         self.dropped_events += len(events)
         log.warning("the server refused %d log events for good (%s); they were dropped", len(events), first)
         notice = {**events[-1], "level": "error", "conveyor_id": f"{events[-1]['conveyor_id']}-dropped",
