@@ -17,7 +17,7 @@ from conveyor.agent.folders import venvs_dir
 from conveyor.client.caller import ApiCaller
 from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
-from conveyor.errors import TaskFailure, UserError
+from conveyor.errors import TaskFailure, UserError, map_exceptions
 from conveyor.progress import Log
 
 MARKER = ".conveyor-build.json"  # in a folder made by build: it may be rebuilt in place
@@ -61,10 +61,8 @@ def get_task(client: ApiCaller, task_id: str) -> dict[str, Any]:
 
 
 def default_folder(cfg: Config, task_id: str) -> Path:
-    try:
+    with map_exceptions({TaskFailure: BuildError}):
         return venvs_dir(cfg) / f"build-{task_id}"
-    except TaskFailure as exc:
-        raise BuildError(str(exc)) from None
 
 
 def build_folder(client: ApiCaller, cfg: Config, opts: BuildOptions, log: Log = print) -> BuiltEnvironment:
@@ -93,7 +91,8 @@ def build_folder(client: ApiCaller, cfg: Config, opts: BuildOptions, log: Log = 
                 raise BuildError(f"task {opts.task_id} has neither a repository nor a script (diff) to build")
             code_dir.mkdir(parents=True, exist_ok=True)
             entry = (script.get("entry_point") or "").strip()
-            vcs.write_standalone_script(code_dir, _entry_file(script) if entry else "", script["diff"])
+            with map_exceptions({TaskFailure: BuildError}):
+                vcs.write_standalone_script(code_dir, entry_file(script) if entry else "", script["diff"])
     except vcs.VcsError as exc:
         raise BuildError(f"preparing the code failed: {exc}") from None
 
@@ -131,17 +130,8 @@ def summary(built: BuiltEnvironment) -> str:
 
 def entry_command(cfg: Config, task: dict[str, Any], working_dir: Path, python: Path) -> list[str]:
     """The entry point as `execute` runs it, with this environment's python."""
-    try:
+    with map_exceptions({TaskFailure: BuildError}):
         return with_python(entry_argv(task, cfg, working_dir, lambda _line: None), python)
-    except TaskFailure as exc:
-        raise BuildError(str(exc)) from None
-
-
-def _entry_file(script: dict[str, Any]) -> str:
-    try:
-        return entry_file(script)
-    except TaskFailure as exc:
-        raise BuildError(str(exc)) from None
 
 
 def _claim_folder(target: Path) -> None:
