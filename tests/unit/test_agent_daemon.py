@@ -15,12 +15,11 @@ import pytest
 from conveyor.agent import daemon as daemon_module
 from conveyor.agent.daemon import Daemon, DaemonOptions
 from conveyor.agent.policy import QueuePolicy
-from conveyor.client.caller import ApiCaller
 from conveyor.client.errors import ServerUnreachable
 from conveyor.config import Config, load_config
 from conveyor.errors import TaskFailure
 from conveyor.protocol.tags import QUEUE_PAUSED
-from conveyor.runtimes.base import Leftover, RunHandle, Runtime, TaskRun
+from conveyor.runtimes.base import Leftover, RunHandle, TaskRun
 
 
 class FakeApi:
@@ -182,10 +181,8 @@ def no_process_reaping(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def make_daemon(tmp_path: Path, api: FakeApi, runtime: FakeRuntime, *, fairness: bool = False,
                 services_mode: int | None = None) -> Daemon:
-    _typed_api: ApiCaller = api  # the fake is an ApiCaller, the runtime a Runtime
-    _typed_runtime: Runtime = runtime
-    daemon = Daemon(_typed_api, config(tmp_path, kill_grace_sec=7), DaemonOptions(
-        polling_interval=0.001, services_mode=services_mode, order_fairness=fairness), runtime=_typed_runtime)
+    daemon = Daemon(api, config(tmp_path, kill_grace_sec=7), DaemonOptions(
+        polling_interval=0.001, services_mode=services_mode, order_fairness=fairness), runtime=runtime)
     daemon.worker = "host:0"
     daemon.queue_names = {q: q for q in api.queues}
     daemon.policy = QueuePolicy(list(api.queues), fairness=fairness)
