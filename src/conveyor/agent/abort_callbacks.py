@@ -10,18 +10,26 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.agent.process import kill_tree
+from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
+from conveyor.errors import ConveyorError
 
-Log = Callable[..., None]
+log = logging.getLogger(__name__)
+
+
+class Notice(Protocol):
+    """A line for the task's log with its level (Executor.notice): a warning here reads as one in the log."""
+
+    def __call__(self, msg: str, level: str = "info") -> None: ...
 
 CMD_ENV = "CLEARML_AGENT_ABORT_CALLBACK_CMD"
 CMD_TIMEOUT_ENV = "CLEARML_AGENT_ABORT_CALLBACK_TIMEOUT"
@@ -33,7 +41,7 @@ _CHECK_EVERY_SEC = 0.5
 
 
 def run_abort_command(env: dict[str, str], cwd: Path | None, proc: subprocess.Popen[bytes], cfg: Config,
-                      log: Log) -> None:
+                      notice: Notice) -> None:
     """Run CLEARML_AGENT_ABORT_CALLBACK_CMD (the agent's environment, else the task's) with its output in the log."""
     command = os.environ.get(CMD_ENV) or env.get(CMD_ENV) or ""
     if not command.strip():
@@ -43,31 +51,33 @@ def run_abort_command(env: dict[str, str], cwd: Path | None, proc: subprocess.Po
     try:
         timeout = float(raw_timeout)
     except (TypeError, ValueError):
-        log(f"conveyor: {CMD_TIMEOUT_ENV}={raw_timeout!r} is not a number of seconds; using 180", "warning")
+        notice(f"conveyor: {CMD_TIMEOUT_ENV}={raw_timeout!r} is not a number of seconds; using 180", "warning")
         timeout = 180.0
-    log(f"conveyor: running the abort callback command ({CMD_ENV}, up to {timeout:g} s)")
+    notice(f"conveyor: running the abort callback command ({CMD_ENV}, up to {timeout:g} s)")
     started = time.monotonic()
     child = subprocess.Popen(["bash", "-c", command], cwd=cwd, env={**env, "CLEARML_TASK_PID": str(proc.pid)},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
-    reader = threading.Thread(target=_copy_lines, args=(child, log), daemon=True)
+    reader = threading.Thread(target=_copy_lines, args=(child, notice), daemon=True)
     reader.start()
     try:
         code = child.wait(timeout)
-        log(f"conveyor: the abort callback command ended with exit code {code} in {time.monotonic() - started:.1f} s")
+        took = time.monotonic() - started
+        notice(f"conveyor: the abort callback command ended with exit code {code} in {took:.1f} s")
     except subprocess.TimeoutExpired:
         kill_tree(child.pid, 1.0)
-        log(f"conveyor: the abort callback command did not end within {timeout:g} s; it was stopped", "warning")
+        notice(f"conveyor: the abort callback command did not end within {timeout:g} s; it was stopped", "warning")
     reader.join(2)
 
 
-def _copy_lines(child: subprocess.Popen[bytes], log: Log) -> None:
+def _copy_lines(child: subprocess.Popen[bytes], notice: Notice) -> None:
     assert child.stdout is not None
     for raw in iter(child.stdout.readline, b""):
-        log(raw.decode("utf-8", "replace").rstrip("\n"))
+        notice(raw.decode("utf-8", "replace").rstrip("\n"))
 
 
-def wait_for_sdk_callback(client: Any, task_id: str, proc: subprocess.Popen[bytes], cfg: Config, log: Log) -> None:
+def wait_for_sdk_callback(client: ApiCaller, task_id: str, proc: subprocess.Popen[bytes], cfg: Config,
+                          notice: Notice) -> None:
     """When the task registered an abort callback, wait until it completed (or the task ended by itself), at most
     its timeout plus the SDK's poll period, capped by agent.abort_callback_max_timeout."""
     runtime = _runtime(client, task_id)
@@ -77,28 +87,29 @@ def wait_for_sdk_callback(client: Any, task_id: str, proc: subprocess.Popen[byte
     if timeout <= 0:
         return
     wait = min(timeout + _seconds(runtime.get(POLL_FREQ)), float(cfg.get("agent.abort_callback_max_timeout")))
-    log(f"conveyor: the task registered an abort callback; waiting up to {wait:g} s for it before ending the task")
+    notice(f"conveyor: the task registered an abort callback; waiting up to {wait:g} s for it before ending the task")
     started = time.monotonic()
     deadline = started + wait
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            log(f"conveyor: the task ended by itself {time.monotonic() - started:.1f} s after the abort")
+            notice(f"conveyor: the task ended by itself {time.monotonic() - started:.1f} s after the abort")
             return
         runtime = _runtime(client, task_id) or {}
         if runtime.get(CALLBACK_COMPLETED) not in (None, "", 0, "0", False):
-            log(f"conveyor: the task's abort callback completed in {time.monotonic() - started:.1f} s")
+            notice(f"conveyor: the task's abort callback completed in {time.monotonic() - started:.1f} s")
             with contextlib.suppress(subprocess.TimeoutExpired):  # the SDK exits on its own right after
                 proc.wait(float(cfg.get("agent.kill_grace_sec")))
             return
         time.sleep(_CHECK_EVERY_SEC)
-    log(f"conveyor: the task's abort callback did not complete within {wait:g} s", "warning")
+    notice(f"conveyor: the task's abort callback did not complete within {wait:g} s", "warning")
 
 
-def _runtime(client: Any, task_id: str) -> dict[str, Any] | None:
+def _runtime(client: ApiCaller, task_id: str) -> dict[str, Any] | None:
     try:
         found = client.call("tasks.get_all", {"id": [task_id], "only_fields": ["runtime"],
                                               "search_hidden": True})["tasks"]
-    except Exception:  # the server is unreachable for now: end the task as if no callback was registered
+    except ConveyorError as exc:  # the server is unreachable for now: end the task as if no callback was registered
+        log.debug("task %s: could not read its runtime: %s", task_id, exc)
         return None
     return (found[0].get("runtime") or {}) if found else None
 

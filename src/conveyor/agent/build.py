@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conveyor.agent.executor import args_on_command_line, task_args
+from conveyor.agent.entry_point import entry_argv, entry_file, task_python_version, with_python
+from conveyor.agent.folders import venvs_dir
+from conveyor.client.caller import ApiCaller
 from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
-from conveyor.env import notebook
-from conveyor.errors import ConveyorError
+from conveyor.errors import TaskFailure, UserError, map_exceptions
+from conveyor.progress import Log
 
-Log = Callable[[str], None]
 MARKER = ".conveyor-build.json"  # in a folder made by build: it may be rebuilt in place
 
 
-class BuildError(ConveyorError):
+class BuildError(UserError):
     """A build step failed; the message says which and why, on one line, without secrets."""
 
 
@@ -53,7 +53,7 @@ class BuiltEnvironment:
     command: list[str]  # the entry point, as `execute` would run it
 
 
-def get_task(client: Any, task_id: str) -> dict[str, Any]:
+def get_task(client: ApiCaller, task_id: str) -> dict[str, Any]:
     try:
         return client.call("tasks.get_by_id", {"task": task_id})["task"]
     except ApiCallError as exc:
@@ -61,11 +61,11 @@ def get_task(client: Any, task_id: str) -> dict[str, Any]:
 
 
 def default_folder(cfg: Config, task_id: str) -> Path:
-    base = cfg.get_path("agent.venvs_dir") or Path.home() / ".clearml" / "venvs-builds"
-    return base / f"build-{task_id}"
+    with map_exceptions({TaskFailure: BuildError}):
+        return venvs_dir(cfg) / f"build-{task_id}"
 
 
-def build_folder(client: Any, cfg: Config, opts: BuildOptions, log: Log = print) -> BuiltEnvironment:
+def build_folder(client: ApiCaller, cfg: Config, opts: BuildOptions, log: Log = print) -> BuiltEnvironment:
     """Clone (through the clone cache), apply the diff, build the venv, into `opts.target`."""
     from conveyor.env import python as pyenv
     from conveyor.env import vcs
@@ -91,7 +91,8 @@ def build_folder(client: Any, cfg: Config, opts: BuildOptions, log: Log = print)
                 raise BuildError(f"task {opts.task_id} has neither a repository nor a script (diff) to build")
             code_dir.mkdir(parents=True, exist_ok=True)
             entry = (script.get("entry_point") or "").strip()
-            vcs.write_standalone_script(code_dir, shlex.split(entry)[0] if entry else "", script["diff"])
+            with map_exceptions({TaskFailure: BuildError}):
+                vcs.write_standalone_script(code_dir, entry_file(script) if entry else "", script["diff"])
     except vcs.VcsError as exc:
         raise BuildError(f"preparing the code failed: {exc}") from None
 
@@ -101,13 +102,13 @@ def build_folder(client: Any, cfg: Config, opts: BuildOptions, log: Log = print)
     try:
         reqs = pyenv.resolve_requirements(script.get("requirements"), code_dir, cfg=cfg)
         env = pyenv.build_environment_at(reqs, None if opts.install_globally else venv, cfg=cfg,
-                                         python_version=opts.python_version or _task_python(cfg, script),
+                                         python_version=opts.python_version or task_python_version(cfg, script),
                                          work_dir=code_dir, log=log)
     except pyenv.EnvBuildError as exc:
         raise BuildError(f"building the python environment failed: {exc}") from None
     built = BuiltEnvironment(task_id=opts.task_id, target=target, code_dir=code_dir, working_dir=working_dir,
                              python=env.python, venv=None if opts.install_globally else env.path,
-                             command=entry_command(cfg, task, script, working_dir, env.python))
+                             command=entry_command(cfg, task, working_dir, env.python))
     (target / MARKER).write_text(json.dumps({"task": opts.task_id, "python": str(env.python),
                                              "code": str(code_dir), "working_dir": str(working_dir),
                                              "command": built.command}, indent=1) + "\n")
@@ -127,37 +128,10 @@ def summary(built: BuiltEnvironment) -> str:
     ])
 
 
-def entry_command(cfg: Config, task: dict[str, Any], script: dict[str, Any], working_dir: Path,
-                  python: Path) -> list[str]:
-    """The entry point as `execute` runs it (executor._entry_argv), with this environment's python."""
-    entry = (script.get("entry_point") or "").strip()
-    if not entry:
-        raise BuildError("the task has no entry point: set script.entry_point (e.g. train.py)")
-    parts = shlex.split(entry)
-    binary = (script.get("binary") or "python").strip()
-    if parts[0] == "-m":
-        head = [str(python), "-u", *parts]
-    elif binary in ("bash", "sh") or parts[0].endswith(".sh"):
-        head = [binary if binary in ("bash", "sh") else "bash", *parts]
-    else:
-        if not (working_dir / parts[0]).is_file():
-            raise BuildError(f"entry point {parts[0]!r} not found in {script.get('working_dir') or '.'} of the "
-                             "repository")
-        if notebook.is_notebook(parts[0]):  # the notebook's code as a script, as `execute` runs it
-            try:
-                converted = notebook.convert(working_dir / parts[0], lambda _line: None)
-            except notebook.NotebookError as exc:
-                raise BuildError(str(exc)) from None
-            parts = [str(Path(parts[0]).with_name(converted.name)), *parts[1:]]
-        head = [str(python), "-u", *parts]
-    return head + (task_args(task) if args_on_command_line(task, cfg) else [])
-
-
-def _task_python(cfg: Config, script: dict[str, Any]) -> str | None:
-    if cfg.get("agent.ignore_requested_python_version"):
-        return None
-    version = (script.get("binary") or "").strip().removeprefix("python")
-    return version if version and version[0].isdigit() else None
+def entry_command(cfg: Config, task: dict[str, Any], working_dir: Path, python: Path) -> list[str]:
+    """The entry point as `execute` runs it, with this environment's python."""
+    with map_exceptions({TaskFailure: BuildError}):
+        return with_python(entry_argv(task, cfg, working_dir, lambda _line: None), python)
 
 
 def _claim_folder(target: Path) -> None:

@@ -7,19 +7,23 @@ not start at all (nothing inside could say why).
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Sequence
 from typing import Any
 
+from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
+from conveyor.errors import ConveyorError
+from conveyor.runtimes.base import TaskRun
 from conveyor.runtimes.container import ContainerRuntime, LaunchError
 
+log = logging.getLogger(__name__)
 
-def execute_in_container(client: Any, cfg: Config, task_id: str, docker: Sequence[str], *, podman: bool = False,
+
+def execute_in_container(client: ApiCaller, cfg: Config, task_id: str, docker: Sequence[str], *, podman: bool = False,
                          gpus: str | None = None, git_user: str | None = None, git_pass: str | None = None,
                          execute_args: Sequence[str] = ()) -> int:
     """Run the task in its container; `execute_args` are more flags for the `conveyor execute` inside."""
@@ -36,14 +40,13 @@ def execute_in_container(client: Any, cfg: Config, task_id: str, docker: Sequenc
         env["CLEARML_AGENT_GIT_PASS"] = git_pass
     settle = "--clone" not in execute_args  # with --clone the task itself is only copied, never run
     try:
-        proc = runtime.launch(task_id, env)
+        proc = runtime.launch(TaskRun(task_id), env)
     except LaunchError as exc:
         _fail(client, task_id, str(exc), settle)
         return 1
 
     def on_signal(signum: int, _frame: Any) -> None:
-        print(f"conveyor: {signal.Signals(signum).name}: stopping container {proc.command.name}", file=sys.stderr,
-              flush=True)
+        log.warning("%s: stopping container %s", signal.Signals(signum).name, proc.command.name)
         proc.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -55,11 +58,15 @@ def execute_in_container(client: Any, cfg: Config, task_id: str, docker: Sequenc
     return 0 if code == 0 else 1
 
 
-def _fail(client: Any, task_id: str, reason: str, settle: bool) -> None:
-    print(f"conveyor: task {task_id}: {reason}", file=sys.stderr, flush=True)
+def _fail(client: ApiCaller, task_id: str, reason: str, settle: bool) -> None:
+    log.error("task %s: %s", task_id, reason)
     if not settle:
         return
-    with contextlib.suppress(Exception):
+    try:
         client.call("tasks.dequeue", {"task": task_id})
-    with contextlib.suppress(Exception):
+    except ConveyorError as exc:  # not queued: nothing to take it out of
+        log.debug("tasks.dequeue (%s): %s", task_id, exc)
+    try:
         client.call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason})
+    except ConveyorError as exc:
+        log.warning("task %s: could not mark it failed: %s", task_id, exc)

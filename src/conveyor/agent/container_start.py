@@ -18,15 +18,18 @@ import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import conveyor
 from conveyor.agent import image_packages
-from conveyor.agent.image_packages import Output, PackageError
+from conveyor.agent.image_packages import ImageEnvError
+from conveyor.agent.logs import send_line
 from conveyor.config import Config, ConfigError, load_config
 from conveyor.env.python import TASK_PYTHON_ENV, TASK_PYTHON_VERSION_ENV
+from conveyor.errors import ConveyorError
+from conveyor.progress import Log
+from conveyor.protocol.status import STOPPING, TaskStatus
 
 log = logging.getLogger("conveyor.agent.container_start")
 
@@ -41,7 +44,7 @@ def main(argv: Sequence[str]) -> int:
         cfg = load_config()
         with _abort_watch(cfg, argv):
             python = prepare_image(cfg, image_path, argv)
-    except (PackageError, ConfigError) as exc:
+    except (ImageEnvError, ConfigError) as exc:
         return _fail(cfg, argv, f"container set-up failed: {exc}")
     os.environ[TASK_PYTHON_ENV] = python.path
     os.environ[TASK_PYTHON_VERSION_ENV] = python.version
@@ -51,7 +54,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def prepare_image(cfg: Config, image_path: str, argv: Sequence[str]) -> image_packages.ImagePython:
-    """The image's Python for the task, after installing what the image lacks. Raises PackageError."""
+    """The image's Python for the task, after installing what the image lacks. Raises ImageEnvError."""
     plan = image_packages.plan(image_path, opencv=bool(cfg.get("agent.docker_install_opencv_libs")),
                                pip=cfg.get("agent.package_manager.type") == "pip")
     if plan.packages and plan.manager:
@@ -61,16 +64,14 @@ def prepare_image(cfg: Config, image_path: str, argv: Sequence[str]) -> image_pa
             out(f"conveyor: installing {' '.join(plan.packages)} in the image with {plan.manager} ({why})")
             image_packages.install(plan.manager, plan.packages, out)
             if plan.python is None:
-                plan.python = image_packages.find_python(image_path)
-                extra = image_packages.DISTUTILS.get(plan.manager, []) if plan.python and \
-                    plan.python.lacks_distutils else []
-                if extra:
-                    out(f"conveyor: installing {' '.join(extra)} (uv needs distutils for Python "
-                        f"{plan.python.version})")
+                found = plan.python = image_packages.find_python(image_path)
+                extra = image_packages.DISTUTILS.get(plan.manager, []) if found and found.lacks_distutils else []
+                if found and extra:
+                    out(f"conveyor: installing {' '.join(extra)} (uv needs distutils for Python {found.version})")
                     image_packages.install(plan.manager, extra, out, update=False)
                     plan.python = image_packages.find_python(image_path)
     if plan.python is None:
-        raise PackageError(f"no Python 3.8 or newer in the image after installing {' '.join(plan.packages)}")
+        raise ImageEnvError(f"no Python 3.8 or newer in the image after installing {' '.join(plan.packages)}")
     return plan.python
 
 
@@ -88,7 +89,7 @@ def _task_id(argv: Sequence[str]) -> str | None:
 
 
 @contextlib.contextmanager
-def _output(cfg: Config, argv: Sequence[str]) -> Iterator[Output]:
+def _output(cfg: Config, argv: Sequence[str]) -> Iterator[Log]:
     """Lines to stdout and, for `execute`, to the task's log."""
     task = _task_id(argv)
     shipper = None
@@ -101,7 +102,7 @@ def _output(cfg: Config, argv: Sequence[str]) -> Iterator[Output]:
                              max_bytes=int(cfg.get("agent.log_buffer_max_bytes")))
 
     def out(line: str) -> None:
-        print(line, flush=True)
+        _say(line)
         if shipper is not None:
             shipper.write(line + "\n")
 
@@ -131,22 +132,23 @@ def _abort_watch(cfg: Config, argv: Sequence[str]) -> Iterator[None]:
             try:
                 found = client.call("tasks.get_all", {"id": [task], "only_fields": ["status", "status_message"],
                                                       "search_hidden": True})["tasks"]
-            except Exception:  # the server is out of reach for now: the set-up goes on
+            except ConveyorError as exc:  # the server is out of reach for now: the set-up goes on
+                log.debug("task %s: could not read its status: %s", task, exc)
                 continue
             status = found[0].get("status") if found else None
-            if found and status == "in_progress" and "stopping" not in (found[0].get("status_message") or ""):
+            if found and status == TaskStatus.in_progress and STOPPING not in (found[0].get("status_message") or ""):
                 continue
-            reason = "task was stopped by tasks.stop" if status == "in_progress" else \
+            reason = "task was stopped by tasks.stop" if status == TaskStatus.in_progress else \
                 f"the task's status changed to {status or 'deleted'} elsewhere"
-            print(f"conveyor: stopping the container set-up: {reason}", flush=True)
+            _say(f"conveyor: stopping the container set-up: {reason}")
             end_orphans(float(cfg.get("agent.kill_grace_sec")))
-            if status == "in_progress":
-                with contextlib.suppress(Exception):
-                    client.call_lines("events.add_batch", [{
-                        "type": "log", "task": task, "level": "error", "timestamp": int(time.time() * 1000),
-                        "worker": os.environ.get("CLEARML_WORKER_ID", ""),
-                        "msg": f"conveyor: stopped during the container set-up: {reason}\n"}])
+            if status == TaskStatus.in_progress:
+                try:
+                    send_line(client, task, os.environ.get("CLEARML_WORKER_ID", ""),
+                              f"conveyor: stopped during the container set-up: {reason}\n", "error")
                     client.call("tasks.stopped", {"task": task, "force": True, "status_reason": reason})
+                except ConveyorError as exc:
+                    log.warning("task %s: could not mark it stopped: %s", task, exc)
             os._exit(1)
 
     threading.Thread(target=watch, name="abort-watch", daemon=True).start()
@@ -157,22 +159,31 @@ def _abort_watch(cfg: Config, argv: Sequence[str]) -> Iterator[None]:
 
 
 def _fail(cfg: Config | None, argv: Sequence[str], reason: str) -> int:
-    print(f"conveyor: {reason}", flush=True)
+    _say(f"conveyor: {reason}")
     task = _task_id(argv)
     if task and cfg is not None:
         from conveyor.agent.session import agent_client
 
         client = agent_client(cfg)
-        with contextlib.suppress(Exception):
-            client.call_lines("events.add_batch", [{"type": "log", "task": task, "level": "error",
-                                                    "worker": os.environ.get("CLEARML_WORKER_ID", ""),
-                                                    "timestamp": int(time.time() * 1000),
-                                                    "msg": f"conveyor: {reason}\n"}])
-        with contextlib.suppress(Exception):
+        try:
+            send_line(client, task, os.environ.get("CLEARML_WORKER_ID", ""), f"conveyor: {reason}\n", "error")
+        except ConveyorError as exc:
+            log.warning("task %s: could not add to its log: %s", task, exc)
+        try:
             client.call("tasks.dequeue", {"task": task})
-        with contextlib.suppress(Exception):
+        except ConveyorError as exc:  # not queued: started by the daemon, as it should be
+            log.debug("tasks.dequeue (%s): %s", task, exc)
+        try:
             client.call("tasks.failed", {"task": task, "force": True, "status_reason": reason[:1000]})
+        except ConveyorError as exc:
+            log.warning("task %s: could not mark it failed: %s", task, exc)
     return 1
+
+
+def _say(line: str) -> None:
+    """The set-up's own lines on the container's output, which the agent's terminal shows."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

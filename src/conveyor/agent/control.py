@@ -11,7 +11,8 @@ from typing import Any
 
 import psutil
 
-from conveyor.agent.identity import running_daemons, slots_dir
+from conveyor.agent.identity import running_daemons
+from conveyor.runtimes.run_records import agent_dir
 
 
 def mask_argv(argv: list[str]) -> list[str]:
@@ -28,7 +29,7 @@ def mask_argv(argv: list[str]) -> list[str]:
 def detach(argv: list[str]) -> int:
     """Start `conveyor <argv>` without --detached in a new session, its output in a log file."""
     args = [a for a in argv if a not in ("--detached", "-d")]
-    log_dir = slots_dir().parent / "logs"
+    log_dir = agent_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"daemon-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     with open(log_file, "ab") as out:
@@ -39,24 +40,24 @@ def detach(argv: list[str]) -> int:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
-            print("conveyor: the daemon exited at once:\n  " + "\n  ".join(tail), file=sys.stderr)
+            _complain("conveyor: the daemon exited at once:\n  " + "\n  ".join(tail))
             return 2
         if "serving" in log_file.read_text(errors="replace"):
             break
         time.sleep(0.1)
-    print(f"conveyor agent started in the background (pid {proc.pid}); log: {log_file}")
-    print("stop it with: " + " ".join(mask_argv(["conveyor", *args, "--stop"])))
+    _say(f"conveyor agent started in the background (pid {proc.pid}); log: {log_file}")
+    _say("stop it with: " + " ".join(mask_argv(["conveyor", *args, "--stop"])))
     return 0
 
 
 def print_status() -> int:
     daemons = running_daemons()
     if not daemons:
-        print("no conveyor daemon is running on this machine")
+        _say("no conveyor daemon is running on this machine")
         return 0
     for d in daemons:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.get("started", 0)))
-        print(f"{d.get('worker_id', '?')}  pid {d.get('pid')}  queues {', '.join(d.get('queues') or [])}  "
+        _say(f"{d.get('worker_id', '?')}  pid {d.get('pid')}  queues {', '.join(d.get('queues') or [])}  "
               f"since {started}" + (f"  log {d['log_file']}" if d.get("log_file") else ""))
     return 0
 
@@ -108,7 +109,7 @@ def stop(worker_ids: list[str], wanted: dict[str, Any]) -> int:
     First SIGTERM (drain); after 10 s a second one (stop the tasks, marked stopped); then SIGKILL."""
     daemons = running_daemons()
     if not daemons:
-        print("conveyor: no conveyor daemon is running on this machine", file=sys.stderr)
+        _complain("conveyor: no conveyor daemon is running on this machine")
         return 2
     if worker_ids:
         chosen = [d for d in daemons if d.get("worker_id") in worker_ids]
@@ -119,9 +120,8 @@ def stop(worker_ids: list[str], wanted: dict[str, Any]) -> int:
         running = "; ".join(f"{d.get('worker_id')} ({_command_line(d)})" for d in daemons)
         what = f"no daemon with worker id {', '.join(unknown)}" if worker_ids else \
             "no daemon started with these arguments"
-        print(f"conveyor: {what} runs on this machine — running: {running}; stop one with "
-              "`conveyor daemon --stop WORKER_ID` or with the arguments it was started with plus --stop",
-              file=sys.stderr)
+        _complain(f"conveyor: {what} runs on this machine — running: {running}; stop one with "
+                  "`conveyor daemon --stop WORKER_ID` or with the arguments it was started with plus --stop")
         return 2
     procs = []
     for d in chosen:
@@ -137,11 +137,22 @@ def stop(worker_ids: list[str], wanted: dict[str, Any]) -> int:
     for proc in _wait_gone(alive, timeout=20):
         proc.kill()
     for d, _ in procs:
-        print(f"stopped {d.get('worker_id')} (pid {d.get('pid')})")
+        _say(f"stopped {d.get('worker_id')} (pid {d.get('pid')})")
     if unknown:
-        print(f"conveyor: no daemon with worker id {', '.join(unknown)} runs on this machine", file=sys.stderr)
+        _complain(f"conveyor: no daemon with worker id {', '.join(unknown)} runs on this machine")
         return 2
     return 0
+
+
+def _say(text: str) -> None:
+    """The command's own output (`conveyor daemon --status / --stop / --detached`), on its terminal."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _complain(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 __all__ = ["detach", "mask_argv", "print_status", "stop"]

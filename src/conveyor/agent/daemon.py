@@ -6,39 +6,37 @@ task's status itself. The daemon reports the worker (and, in services mode, one 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
-from conveyor.agent.identity import Slot, describe, running_daemons, started_with, take_slot, worker_id
-from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.gpus import GpuInventory
+from conveyor.agent.identity import Slot, describe, running_daemons, started_with, take_slot, worker_id
+from conveyor.agent.logs import send_line
+from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.policy import QueuePolicy
 from conveyor.agent.process import become_subreaper, end_orphans
-from conveyor.agent.runs import AdoptedExecutor, RunRecord, records_of
-from conveyor.agent.runs import forget as forget_run
+from conveyor.client.caller import ApiCaller
 from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, TaskFailure, UserError
 from conveyor.protocol.ids import looks_like_id
-from conveyor.runtimes.container import ContainerRuntime, LaunchError
-from conveyor.runtimes.local import LocalRuntime
+from conveyor.protocol.status import TaskStatus
+from conveyor.runtimes.base import RunHandle, Runtime, TaskRun
+from conveyor.runtimes.choice import runtime_for
 
 log = logging.getLogger("conveyor.agent")
 
 STOP_MARGIN_SEC = 5.0  # after a second stop signal the daemon is gone within agent.kill_grace_sec + this
 
 
-class DaemonError(ConveyorError):
+class DaemonError(UserError):
     """A start-up problem the user can fix (unknown queue, slot taken); printed as one line."""
 
 
@@ -70,21 +68,18 @@ class DaemonOptions:
 class Running:
     task_id: str
     queue_id: str
-    proc: subprocess.Popen[bytes] | AdoptedExecutor
+    handle: RunHandle
     sub_worker: str | None = None
 
 
 class Daemon:
-    def __init__(self, client: Any, cfg: Config, opts: DaemonOptions,
-                 runtime: LocalRuntime | ContainerRuntime | None = None):
+    def __init__(self, client: ApiCaller, cfg: Config, opts: DaemonOptions, runtime: Runtime | None = None):
         self.client = client
         self.cfg = cfg
         self.opts = opts
-        if runtime is None and opts.docker is not None:
-            runtime = ContainerRuntime.from_cli(
-                cfg, opts.docker, podman=opts.podman, gpus="none" if opts.cpu_only else opts.gpus,
-                fetch_task=lambda task_id: client.call("tasks.get_by_id", {"task": task_id})["task"])
-        self.runtime = runtime or LocalRuntime(str(cfg.path) if cfg.path else None)
+        self.runtime = runtime or runtime_for(
+            cfg, opts.docker, podman=opts.podman, gpus="none" if opts.cpu_only else opts.gpus,
+            fetch_task=lambda task_id: client.call("tasks.get_by_id", {"task": task_id})["task"])
         self.running: dict[str, Running] = {}
         self.draining = threading.Event()
         self.stopping = threading.Event()
@@ -105,21 +100,16 @@ class Daemon:
         try:
             self.worker = worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None),
                                     self.slot.index, self.opts.gpus, self.opts.cpu_only)
-            for other in running_daemons():  # our own slot may still describe a daemon killed before us
-                if other.get("worker_id") == self.worker and other.get("pid") != os.getpid() \
-                        and other.get("slot") != self.slot.index:
-                    raise DaemonError(f"A daemon with worker id {self.worker} already runs here (pid {other.get('pid')})"
-                                      ": give this one other --gpus, or set agent.worker_id / CLEARML_WORKER_ID")
-            self._remove_leftover_containers()
+            self._check_worker_id_free(self.slot)
+            self._take_over_leftovers()
             become_subreaper()  # what a crashed executor leaves running is reparented to us, and ended
             queue_ids = self._resolve_queues()
-            self._adopt_leftover_executors()
             self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness)
-            describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv, self.opts.log_file,
-                     self.opts.started_with())
+            describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv,
+                     self.opts.log_file, self.opts.started_with())
             self._install_signal_handlers()
             self._register()
-            self._print_banner(queue_ids)
+            self._log_banner(queue_ids)
             reporter = threading.Thread(target=self._report_forever, name="status-report", daemon=True)
             reporter.start()
             try:
@@ -130,25 +120,31 @@ class Daemon:
             self.slot.release()
         return 0
 
-    def _print_banner(self, queue_ids: list[str]) -> None:
+    def _check_worker_id_free(self, slot: Slot) -> None:
+        for other in running_daemons():  # our own slot may still describe a daemon killed before us
+            if other.get("worker_id") == self.worker and other.get("pid") != os.getpid() \
+                    and other.get("slot") != slot.index:
+                raise DaemonError(f"A daemon with worker id {self.worker} already runs here (pid {other.get('pid')})",
+                                  hint="Give this one other --gpus, or set agent.worker_id / CLEARML_WORKER_ID")
+
+    def _log_banner(self, queue_ids: list[str]) -> None:
         mode = "long-poll" if self._long_poll() else f"polling every {self._poll_interval():g} s"
         names = ", ".join(f"{self.queue_names[q]} ({q})" for q in queue_ids)
         services = "" if self.opts.services_mode is None else f", services mode (at most {self._capacity() or 'any'})"
-        engine = getattr(self.runtime, "engine", None)
-        containers = f", tasks in {engine} containers" if engine else ""
-        print(f"conveyor agent {self.worker} serving {names}; {mode}{services}{containers}", flush=True)
+        how = self.runtime.describe()
+        log.info("conveyor agent %s serving %s; %s%s%s", self.worker, names, mode, services, f", {how}" if how else "")
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:
             if not self.draining.is_set():
                 self.draining.set()
-                print(f"conveyor agent: {signal.Signals(signum).name}: no new tasks; waiting for the running ones "
-                      "to finish (send it again to stop them)", flush=True)
+                log.info("%s: no new tasks; waiting for the running ones to finish (send it again to stop them)",
+                         signal.Signals(signum).name)
             else:
                 if not self.stopping.is_set():
-                    self._stop_deadline = time.monotonic() + float(self.cfg.get("agent.kill_grace_sec")) + STOP_MARGIN_SEC
+                    self._stop_deadline = time.monotonic() + self._kill_grace() + STOP_MARGIN_SEC
                 self.stopping.set()
-                print("conveyor agent: stopping the running tasks", flush=True)
+                log.info("stopping the running tasks")
                 self._stop_children()
             self._wake.set()
 
@@ -165,23 +161,20 @@ class Daemon:
                 self._kill_children()
                 continue
             if self.running:
-                self._wake.wait(0.2)
-                self._wake.clear()
+                self._nap(0.2)
 
         def farewell() -> None:
             self._report()
             for queues in ([], list(self.policy.queue_ids)):
-                with contextlib.suppress(Exception):
-                    self.client.call("workers.unregister", {"worker": self.worker, "queues": queues})
+                self._tolerant_call("workers.unregister", {"worker": self.worker, "queues": queues})
 
         if self.stopping.is_set():  # best effort: a server that is gone must not keep us
             if not self._best_effort(farewell, max(0.5, self._stop_deadline - time.monotonic())):
-                print(f"conveyor agent {self.worker}: the server did not answer; exiting without unregistering",
-                      flush=True)
+                log.warning("conveyor agent %s: the server did not answer; exiting without unregistering", self.worker)
                 return
         else:
             farewell()
-        print(f"conveyor agent {self.worker}: unregistered, exiting", flush=True)
+        log.info("conveyor agent %s: unregistered, exiting", self.worker)
 
     # --- queues ---------------------------------------------------------------------------------------------------
     def _resolve_queues(self) -> list[str]:
@@ -191,38 +184,38 @@ class Daemon:
                 default = self.client.call("queues.get_default", {})
                 self.queue_names[default["id"]] = default.get("name") or "default"
                 return [default["id"]]
-            except ApiCallError:
+            except ApiCallError as exc:
+                log.debug("queues.get_default: %s; using the queue named default", exc)
                 names = ["default"]
-        ids = []
-        for name in names:
-            if looks_like_id(name):
-                found = self.client.call("queues.get_all", {"id": [name], "only_fields": ["id", "name"]})["queues"]
-                if not found:
-                    raise DaemonError(f"Could not find queue with id {name}")
-                self.queue_names[name] = found[0].get("name", name)
-                ids.append(name)
-                continue
-            found = [q for q in self.client.call("queues.get_all", {"name": re.escape(name),
-                                                                    "only_fields": ["id", "name"]})["queues"]
-                     if (q.get("name") or "").lower() == name.lower()]
-            if not found and self.opts.create_queue:
-                created = self.client.call("queues.create", {"name": name})
-                found = [{"id": created["id"], "name": name}]
+        return [self._resolve_queue(name) for name in names]
+
+    def _resolve_queue(self, name: str) -> str:
+        if looks_like_id(name):
+            found = self.client.call("queues.get_all", {"id": [name], "only_fields": ["id", "name"]})["queues"]
             if not found:
-                raise DaemonError(f'Could not find queue "{name}": create it with `conveyor queue create {name}` '
-                                  "or start the daemon with --create-queue")
-            if len(found) > 1:
-                raise DaemonError(f'Found several queues named "{name}": pass the queue id instead')
-            self.queue_names[found[0]["id"]] = found[0]["name"]
-            ids.append(found[0]["id"])
-        return ids
+                raise DaemonError(f"Could not find queue with id {name}")
+            self.queue_names[name] = found[0].get("name", name)
+            return name
+        found = [q for q in self.client.call("queues.get_all", {"name": re.escape(name),
+                                                                "only_fields": ["id", "name"]})["queues"]
+                 if (q.get("name") or "").lower() == name.lower()]
+        if not found and self.opts.create_queue:
+            created = self.client.call("queues.create", {"name": name})
+            found = [{"id": created["id"], "name": name}]
+        if not found:
+            raise DaemonError(f'Could not find queue "{name}"',
+                              hint=f"Create it with `conveyor queue create {name}` or start the daemon with "
+                                   "--create-queue")
+        if len(found) > 1:
+            raise DaemonError(f'Found several queues named "{name}"', hint="Pass the queue id instead")
+        self.queue_names[found[0]["id"]] = found[0]["name"]
+        return str(found[0]["id"])
 
     def _register(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.call("workers.register", {
-                "worker": self.worker, "queues": self.policy.queue_ids,
-                "timeout": int(self.cfg.get("agent.worker_timeout_sec")),
-                "tags": self.opts.child_report_tags or None})
+        self._tolerant_call("workers.register", {
+            "worker": self.worker, "queues": self.policy.queue_ids,
+            "timeout": int(self.cfg.get("agent.worker_timeout_sec")),
+            "tags": self.opts.child_report_tags or None})
 
     # --- pulling --------------------------------------------------------------------------------------------------
     def _capacity(self) -> int:
@@ -241,30 +234,24 @@ class Daemon:
     def _poll_interval(self) -> float:
         return float(self.opts.polling_interval or self.cfg.get("agent.polling_interval"))
 
+    def _kill_grace(self) -> float:
+        return float(self.cfg.get("agent.kill_grace_sec"))
+
+    def _nap(self, seconds: float) -> None:
+        """Wait until woken (a signal, a pulled answer) or `seconds` have passed."""
+        self._wake.wait(seconds)
+        self._wake.clear()
+
     def _loop(self) -> None:
+        """Until draining: reap what ended, wait for room, pull the next task by the queue policy, launch it."""
         long_poll = self._long_poll()
         while not self.draining.is_set():
             self._reap_children()
             if not self._has_room():
-                self._wake.wait(0.5)
-                self._wake.clear()
+                self._nap(0.5)
                 continue
-            order = self.policy.order()
-            if not order:
-                self._wake.wait(self._poll_interval())
-                self._refresh_queue_tags()
-                continue
-            try:
-                entry = self._next_task_long(order) if long_poll else self._next_task_polling(order)
-            except ConveyorError as exc:
-                print(f"conveyor agent: could not get a task: {exc}", flush=True)
-                self._wake.wait(min(self._poll_interval(), 5.0))
-                continue
+            entry = self._pull(long_poll)
             if entry is None:
-                if not long_poll:
-                    self._wake.wait(self._poll_interval())
-                    self._wake.clear()
-                    self._refresh_queue_tags()
                 continue
             task_id, queue_id = entry
             if self.draining.is_set():
@@ -275,9 +262,28 @@ class Daemon:
             if self.opts.services_mode is None:
                 self._wait_for(task_id)
 
+    def _pull(self, long_poll: bool) -> tuple[str, str] | None:
+        """The next (task, queue) by the policy, or None after waiting as the mode wants (an empty poll, every
+        queue paused, a server error)."""
+        order = self.policy.order()
+        if not order:  # every queue paused: look again later whether one was resumed
+            self._wake.wait(self._poll_interval())
+            self._refresh_queue_tags()
+            return None
+        try:
+            entry = self._next_task_long(order) if long_poll else self._next_task_polling(order)
+        except ConveyorError as exc:
+            log.warning("could not get a task: %s", exc)
+            self._wake.wait(min(self._poll_interval(), 5.0))
+            return None
+        if entry is None and not long_poll:
+            self._nap(self._poll_interval())
+            self._refresh_queue_tags()
+        return entry
+
     def _next_task_long(self, order: list[str]) -> tuple[str, str] | None:
         wait = float(self.cfg.get("agent.long_poll_sec"))
-        result: list[Any] = []
+        result: list[dict[str, Any] | ConveyorError] = []
 
         def pull() -> None:
             try:
@@ -288,8 +294,11 @@ class Daemon:
                     self._give_back(entry["task"], answer.get("queue") or order[0])
                     answer = {}
                 result.append(answer)
-            except Exception as exc:  # handed to the loop below
+            except ConveyorError as exc:  # handed to the loop below
                 result.append(exc)
+            except Exception as exc:  # anything else too: the loop must not wait for an answer that never comes
+                log.exception("queues.get_next_task")
+                result.append(ConveyorError(str(exc)))
             self._wake.set()
 
         # The pull runs in a thread so that a signal is answered at once. If we exit while it waits, the
@@ -298,16 +307,13 @@ class Daemon:
         puller = threading.Thread(target=pull, name="pull", daemon=True)
         puller.start()
         while not result and not self.draining.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
+            self._nap(0.5)
             self._reap_children()
         if not result:
             return None
         answer = result[0]
-        if isinstance(answer, Exception):
-            if isinstance(answer, ConveyorError):
-                raise answer
-            raise ConveyorError(str(answer))
+        if isinstance(answer, ConveyorError):
+            raise answer
         entry = answer.get("entry")
         if not entry:
             return None
@@ -321,23 +327,48 @@ class Daemon:
         return None
 
     def _refresh_queue_tags(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             queues = self.client.call("queues.get_all", {"id": self.policy.queue_ids, "only_fields": ["id", "tags"]})
-            self.policy.update_tags({q["id"]: q.get("tags") or [] for q in queues["queues"]})
+        except ConveyorError as exc:
+            log.debug("queues.get_all (tags): %s", exc)
+            return
+        self.policy.update_tags({q["id"]: q.get("tags") or [] for q in queues["queues"]})
 
     def _give_back(self, task_id: str, queue_id: str) -> None:
         """A task popped while draining goes back to the front of its queue (it is still `queued`)."""
-        with contextlib.suppress(Exception):
+        try:
             self.client.call("queues.add_task", {"queue": queue_id, "task": task_id})
             self.client.call("queues.move_task_to_front", {"queue": queue_id, "task": task_id})
+        except ConveyorError as exc:
+            log.warning("task %s: could not give it back to queue %s: %s", task_id, queue_id, exc)
 
     # --- running --------------------------------------------------------------------------------------------------
     def _launch(self, task_id: str, queue_id: str) -> None:
-        call = self.client.call
         queue_name = self.queue_names.get(queue_id, queue_id)
-        with contextlib.suppress(ApiCallError):
-            call("tasks.started", {"task": task_id, "force": True, "status_message": "pulled by agent"})
+        try:
+            self.client.call("tasks.started", {"task": task_id, "force": True, "status_message": "pulled by agent"})
+        except ApiCallError as exc:  # e.g. already started elsewhere: the executor decides
+            log.debug("tasks.started (%s): %s", task_id, exc)
         sub_worker = f"{self.worker}:service:{task_id}" if self.opts.services_mode is not None else None
+        self._task_log(task_id, f"task {task_id} pulled from {queue_id} ({queue_name}) by worker {self.worker}\n")
+        try:
+            handle = self.runtime.launch(TaskRun(task_id, queue_id, self.worker, sub_worker),
+                                         self._executor_env(sub_worker))
+        except TaskFailure as exc:
+            log.error("task %s: %s", task_id, exc)
+            self._task_log(task_id, f"conveyor: {exc}\n", "error")
+            self._tolerant_call("tasks.failed", {"task": task_id, "force": True, "status_reason": str(exc)})
+            return
+        with self._lock:
+            self.running[task_id] = Running(task_id, queue_id, handle, sub_worker)
+        log.info("running task %s from %s (%s)", task_id, queue_name, handle.describe())
+        if sub_worker:
+            self._tolerant_call("workers.register", {"worker": sub_worker, "queues": [queue_id],
+                                                     "timeout": int(self.cfg.get("agent.worker_timeout_sec"))})
+        self._report()
+
+    def _executor_env(self, sub_worker: str | None) -> dict[str, str]:
+        """What the daemon adds to the executor's environment: who it works for, which GPUs, git credentials."""
         env = {"CLEARML_WORKER_ID": sub_worker or self.worker, "CONVEYOR_UNDER_DAEMON": "1"}
         if self.visible_devices is not None:
             env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] = self.visible_devices
@@ -347,45 +378,17 @@ class Daemon:
             env["CLEARML_AGENT_GIT_PASS"] = self.opts.git_pass
         if self.opts.child_report_tags:
             env["CLEARML_WORKER_TAGS"] = " ".join(self.opts.child_report_tags)
-        with contextlib.suppress(Exception):
-            self.client.call_lines("events.add_batch", [{
-                "type": "log", "task": task_id, "level": "info", "worker": self.worker,
-                "timestamp": int(time.time() * 1000),
-                "msg": f"task {task_id} pulled from {queue_id} ({queue_name}) by worker {self.worker}\n"}])
-        try:
-            proc = self.runtime.launch(task_id, env)
-        except (OSError, LaunchError) as exc:
-            reason = str(exc) if isinstance(exc, LaunchError) else f"the agent could not start the task: {exc.strerror}"
-            print(f"conveyor agent: task {task_id}: {reason}", flush=True)
-            self._task_log(task_id, f"conveyor: {reason}\n", "error")
-            with contextlib.suppress(Exception):
-                call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason})
-            return
-        with self._lock:
-            self.running[task_id] = Running(task_id, queue_id, proc, sub_worker)
-        if isinstance(self.runtime, LocalRuntime):  # a restarted daemon adopts it (containers: by their labels)
-            with contextlib.suppress(OSError, psutil.Error):
-                RunRecord(task_id, queue_id, self.worker, sub_worker, proc.pid,
-                          psutil.Process(proc.pid).create_time()).save()
-        where = f"in container {proc.command.name}, image {proc.command.image}" if hasattr(proc, "command") else \
-            f"pid {proc.pid}"
-        print(f"conveyor agent: running task {task_id} from {queue_name} ({where})", flush=True)
-        if sub_worker:
-            with contextlib.suppress(Exception):
-                call("workers.register", {"worker": sub_worker, "queues": [queue_id],
-                                          "timeout": int(self.cfg.get("agent.worker_timeout_sec"))})
-        self._report()
+        return env
 
     def _wait_for(self, task_id: str) -> None:
         while task_id in self.running and not self.stopping.is_set():  # a second signal: _wind_down takes over
             self._reap_children()
             if task_id in self.running:
-                self._wake.wait(0.2)
-                self._wake.clear()
+                self._nap(0.2)
 
     def _reap_children(self) -> None:
         for run in list(self.running.values()):
-            code = run.proc.poll()
+            code = run.handle.poll()
             if code is None:
                 continue
             with self._lock:
@@ -395,22 +398,19 @@ class Daemon:
     def _after_exit(self, run: Running, code: int) -> None:
         """The executor sets the final status; if it died before it could, the task must not stay running, and
         whatever of the task it left behind (reparented to us, the subreaper) is ended."""
-        with contextlib.suppress(OSError):
-            forget_run(run.task_id)
         if code != 0:
-            live = frozenset(pid for r in self.running.values() if (pid := getattr(r.proc, "pid", None)))
-            left = end_orphans(float(self.cfg.get("agent.kill_grace_sec")), keep=live)
+            live = frozenset(pid for r in self.running.values() if (pid := r.handle.pid))
+            left = end_orphans(self._kill_grace(), keep=live)
             if left:
-                print(f"conveyor agent: task {run.task_id}: ended {left} process(es) its executor left running",
-                      flush=True)
+                log.warning("task %s: ended %d process(es) its executor left running", run.task_id, left)
         if self.stopping.is_set():  # stopping for good: the server gets a short try, not the retries
             self._best_effort(lambda: self._settle(run, code), 1.0)
         else:
             self._settle(run, code)
-        print(f"conveyor agent: task {run.task_id} ended (executor exit code {code})", flush=True)
+        log.info("task %s ended (executor exit code %s)", run.task_id, code)
 
     @staticmethod
-    def _best_effort(work: Any, timeout: float) -> bool:
+    def _best_effort(work: Callable[[], None], timeout: float) -> bool:
         """Run `work` (server calls) for at most `timeout` seconds; True when it finished."""
         thread = threading.Thread(target=work, name="best-effort", daemon=True)
         thread.start()
@@ -419,69 +419,44 @@ class Daemon:
 
     def _settle(self, run: Running, code: int) -> None:
         """The server's side of an ended executor: a task it left in_progress fails; its sub-worker goes."""
-        try:
-            found = self.client.call("tasks.get_all", {"id": [run.task_id], "only_fields": ["status", "last_worker"],
-                                                       "search_hidden": True})["tasks"]
-            if found and found[0].get("status") == "in_progress":
-                reason = getattr(run.proc, "start_failure", None)  # a container that did not start says why
-                if reason:
-                    self._task_log(run.task_id, f"conveyor: {reason}\n", "error")
-                self.client.call("tasks.failed", {"task": run.task_id, "force": True, "status_reason": reason or
-                                                  f"the task's executor exited with code {code} "
-                                                  "without reporting a final status"})
-        except Exception:
-            pass
+        if self._still_in_progress(run.task_id):
+            reason = run.handle.start_failure  # a run that never started its executor says why
+            if reason:
+                self._task_log(run.task_id, f"conveyor: {reason}\n", "error")
+            self._tolerant_call("tasks.failed", {"task": run.task_id, "force": True, "status_reason": reason or
+                                                 f"the task's executor exited with code {code} "
+                                                 "without reporting a final status"})
         if run.sub_worker:
-            with contextlib.suppress(Exception):
-                self.client.call("workers.unregister", {"worker": run.sub_worker, "queues": []})
+            self._tolerant_call("workers.unregister", {"worker": run.sub_worker, "queues": []})
         self._report()
 
-    def _remove_leftover_containers(self) -> None:
-        """Containers that a killed daemon with this worker id left are removed; their tasks, if still running,
-        fail (nobody watches them any more)."""
-        if not isinstance(self.runtime, ContainerRuntime):
-            return
+    def _still_in_progress(self, task_id: str) -> bool:
         try:
-            tasks = self.runtime.attach_worker(self.worker)
-        except LaunchError as exc:
-            raise DaemonError(f"container engine: {exc}") from None
-        for task_id in tasks:
-            print(f"conveyor agent: removed the leftover container of task {task_id}", flush=True)
-            with contextlib.suppress(Exception):
-                found = self.client.call("tasks.get_all", {"id": [task_id], "only_fields": ["status"],
-                                                           "search_hidden": True})["tasks"]
-                if found and found[0].get("status") == "in_progress":
-                    self.client.call("tasks.failed", {"task": task_id, "force": True, "status_reason":
-                                                      "its container was removed: the agent running it was killed"})
+            found = self.client.call("tasks.get_all", {"id": [task_id], "only_fields": ["status"],
+                                                       "search_hidden": True})["tasks"]
+        except ConveyorError as exc:
+            log.warning("task %s: could not read its status: %s", task_id, exc)
+            return False
+        return bool(found) and found[0].get("status") == TaskStatus.in_progress
 
-    def _adopt_leftover_executors(self) -> None:
-        """Executors a killed daemon with this worker id started: one still running is adopted (watched, reported,
-        counted against the capacity); for one gone, a task left in_progress fails with the reason."""
-        if not isinstance(self.runtime, LocalRuntime):
-            return
-        for record in records_of(self.worker):
-            proc = record.process()
-            if proc is not None:
+    def _take_over_leftovers(self) -> None:
+        """What a killed daemon with this worker id left: a run still going is adopted (watched, reported, counted
+        against the capacity); for one gone, a task left in_progress fails with the runtime's reason."""
+        for left in self.runtime.adopt(self.worker):
+            if left.handle is not None:
                 with self._lock:
-                    self.running[record.task_id] = Running(record.task_id, record.queue_id, AdoptedExecutor(proc),
-                                                           record.sub_worker)
-                print(f"conveyor agent: adopted task {record.task_id} (executor pid {record.pid}), left running "
-                      "by a previous daemon with this worker id", flush=True)
-                self._task_log(record.task_id, f"conveyor: the agent {self.worker} restarted and adopted this task\n")
-                continue
-            record.remove()
-            with contextlib.suppress(Exception):
-                found = self.client.call("tasks.get_all", {"id": [record.task_id], "only_fields": ["status"],
-                                                           "search_hidden": True})["tasks"]
-                if found and found[0].get("status") == "in_progress":
-                    self.client.call("tasks.failed", {"task": record.task_id, "force": True, "status_reason":
-                                                      "its executor was gone when the agent restarted"})
+                    self.running[left.task_id] = Running(left.task_id, left.queue_id, left.handle, left.sub_worker)
+                log.info("adopted task %s (executor %s), left running by a previous daemon with this worker id",
+                         left.task_id, left.handle.describe())
+                self._task_log(left.task_id, f"conveyor: the agent {self.worker} restarted and adopted this task\n")
+            elif self._still_in_progress(left.task_id):
+                self._tolerant_call("tasks.failed", {"task": left.task_id, "force": True,
+                                                     "status_reason": left.reason})
 
     def _kill_children(self) -> None:
         """The stop deadline has come: kill the executors that are left and everything under them."""
         for run in list(self.running.values()):
-            with contextlib.suppress(ProcessLookupError, OSError):
-                run.proc.kill()
+            run.handle.kill()
         end_orphans(0.5)
         deadline = time.monotonic() + 2
         while self.running and time.monotonic() < deadline:
@@ -490,16 +465,25 @@ class Daemon:
         with self._lock:
             self.running.clear()
 
-    def _task_log(self, task_id: str, msg: str, level: str = "info") -> None:
-        with contextlib.suppress(Exception):
-            self.client.call_lines("events.add_batch", [{
-                "type": "log", "task": task_id, "level": level, "worker": self.worker,
-                "timestamp": int(time.time() * 1000), "msg": msg}])
-
     def _stop_children(self) -> None:
         for run in list(self.running.values()):
-            with contextlib.suppress(ProcessLookupError):
-                run.proc.send_signal(signal.SIGTERM)  # the executor stops its task and marks it stopped
+            run.handle.stop(self._kill_grace())  # the executor stops its task and marks it stopped
+
+    # --- talking to the server ------------------------------------------------------------------------------------
+    def _tolerant_call(self, endpoint: str, body: dict[str, Any], level: int = logging.WARNING) -> None:
+        """A call whose failure must not stop the daemon (the next report, the executor, or the server's own
+        timeout makes up for it): a failure is logged with the call, then work goes on."""
+        try:
+            self.client.call(endpoint, body)
+        except ConveyorError as exc:
+            log.log(level, "%s (%s): %s", endpoint, body.get("task") or body.get("worker") or "", exc)
+
+    def _task_log(self, task_id: str, msg: str, level: str = "info") -> None:
+        """One line in the task's log, as the worker."""
+        try:
+            send_line(self.client, task_id, self.worker, msg, level)
+        except ConveyorError as exc:
+            log.debug("task %s: could not add to its log: %s", task_id, exc)
 
     # --- reporting ------------------------------------------------------------------------------------------------
     def _report_forever(self) -> None:
@@ -517,12 +501,9 @@ class Daemon:
                     machine_stats=self.monitor.sample() if stats else None)
         if self.opts.services_mode is None and runs:
             body.update(task=runs[0].task_id, queue=runs[0].queue_id)
-        with contextlib.suppress(Exception):
-            self.client.call("workers.status_report", body)
+        self._tolerant_call("workers.status_report", body, logging.DEBUG)  # the next report comes soon
         for run in runs:
             if run.sub_worker:
-                with contextlib.suppress(Exception):
-                    self.client.call("workers.status_report", dict(base, worker=run.sub_worker, queues=[run.queue_id],
-                                                                   task=run.task_id, queue=run.queue_id,
-                                                                   machine_stats=None))
-
+                self._tolerant_call("workers.status_report", dict(base, worker=run.sub_worker, queues=[run.queue_id],
+                                                                  task=run.task_id, queue=run.queue_id,
+                                                                  machine_stats=None), logging.DEBUG)

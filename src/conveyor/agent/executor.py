@@ -8,7 +8,9 @@ task's status watched for an abort, a ping now and then. At the end: the final s
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -21,17 +23,26 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from conveyor.agent import abort_callbacks
+from conveyor.agent.entry_point import entry_argv, entry_dir, entry_file, task_python_version, with_python
+from conveyor.agent.folders import venvs_dir
 from conveyor.agent.logs import MAX_EVENT_BYTES, LogShipper, decode_output
 from conveyor.agent.process import become_subreaper, die_with_parent, end_orphans, kill_tree
+from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
-from conveyor.env import notebook
 from conveyor.env.managers.base import scrub
-from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
+from conveyor.errors import ConveyorError, TaskFailure
+from conveyor.protocol.status import FINAL_VALUES, STOPPING, TaskStatus, changed_by
 
-FINAL_ELSEWHERE = {"stopped", "failed", "closed", "published", "queued", "completed"}
+if TYPE_CHECKING:
+    from conveyor.env.python import PythonEnv
+
+log = logging.getLogger(__name__)
+
+# statuses someone else set while the task ran (a final one, or queued again): the task is no longer ours to end
+SET_ELSEWHERE = FINAL_VALUES | {TaskStatus.queued.value}
 # Set in images made by `conveyor build --docker`: the task's code and python are baked in, nothing is cloned or
 # installed when the task runs.
 PREBUILT_CODE_ENV = "CONVEYOR_PREBUILT_CODE"
@@ -42,10 +53,6 @@ AGENT_SECRETS = frozenset({"CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "
                            "TRAINS_API_SECRET_KEY", "CLEARML_AGENT_GIT_PASS", "TRAINS_AGENT_GIT_PASS"})
 PUMP_CHUNK_BYTES = 64 * 1024
 PUMP_DRAIN_SEC = 2.0  # reading what is left in the pipe after the task's tree has ended
-
-
-class TaskFailure(Exception):
-    """A phase failed: the task is marked failed with this reason (one line, no secrets)."""
 
 
 @dataclass
@@ -64,18 +71,26 @@ class ExecuteOptions:
 
 @dataclass
 class Outcome:
-    status: str  # completed | failed | stopped | "" (someone else changed it: no status call)
+    status: TaskStatus | None  # completed | failed | stopped | None (someone else changed it: no status call)
     reason: str
     exit_code: int | None = None
 
 
+# how a final status reads at the end of the task's log, and the call that sets it
+END_LINES = {TaskStatus.completed: "Process completed successfully", TaskStatus.failed: "Process failed: {}",
+             TaskStatus.stopped: "Process aborted: {}"}
+END_CALLS = {TaskStatus.completed: "tasks.completed", TaskStatus.failed: "tasks.failed",
+             TaskStatus.stopped: "tasks.stopped"}
+
+
 class Executor:
-    def __init__(self, client: Any, cfg: Config, opts: ExecuteOptions):
+    def __init__(self, client: ApiCaller, cfg: Config, opts: ExecuteOptions):
         self.client = client
         self.cfg = cfg
         self.opts = opts
         self.worker = opts.worker_id or f"{cfg.get('agent.worker_name') or socket.gethostname()}:{os.getpid()}"
         self.task_id = opts.task_id
+        self.status_message = changed_by(f"conveyor {self.worker}")  # on every status this executor sets
         self.logs: LogShipper | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._abort: Outcome | None = None
@@ -94,24 +109,26 @@ class Executor:
         task = self._start()
         if task is None:
             return 1
-        outcome = Outcome("failed", "internal error")
+        outcome = Outcome(TaskStatus.failed, "internal error")
         try:
             outcome = self._execute(task)
         except TaskFailure as exc:
-            outcome = Outcome("failed", str(exc))
+            outcome = Outcome(TaskStatus.failed, str(exc))
             self.notice(f"conveyor: {exc}", "error")
         except Exception as exc:  # a bug of ours must still end the task with a status and a reason
-            outcome = Outcome("failed", f"agent error: {exc.__class__.__name__}: {exc}")
+            log.exception("task %s", self.task_id)
+            outcome = Outcome(TaskStatus.failed, f"agent error: {exc.__class__.__name__}: {exc}")
             self.notice(f"conveyor: agent error: {exc.__class__.__name__}: {exc}", "error")
         finally:
             self._finish(outcome)
-        return 0 if outcome.status == "completed" else 1
+        return 0 if outcome.status == TaskStatus.completed else 1
 
     def notice(self, msg: str, level: str = "info") -> None:
         if self.logs is not None:
             self.logs.notice(msg, level)
-        if self.opts.echo:
-            print(msg, flush=True)
+        if self.opts.echo:  # the task's log, followed on the terminal too
+            sys.stdout.write(msg + "\n")
+            sys.stdout.flush()
 
     # --- start ----------------------------------------------------------------------------------------------------
     def _start(self) -> dict[str, Any] | None:
@@ -127,9 +144,8 @@ class Executor:
                                suppress_carriage_return=bool(self.cfg.get("agent.suppress_carriage_return")))
         if self.opts.clone:
             self.notice(f"conveyor: running task {self.task_id} (a clone of {self.opts.task_id})")
-        message = f"Changed by conveyor {self.worker}"
         if not self.opts.clone:
-            dequeued = call("tasks.dequeue", {"task": self.task_id, "new_status": "in_progress"})
+            dequeued = call("tasks.dequeue", {"task": self.task_id, "new_status": TaskStatus.in_progress.value})
             if int(dequeued.get("updated") or 0) >= 1:
                 call("tasks.started", {"task": self.task_id, "force": True, "status_reason": "starting execution soon",
                                        "status_message": ""})
@@ -139,12 +155,12 @@ class Executor:
                 self._close_logs()
                 return None
         call("tasks.started", {"task": self.task_id, "force": True, "status_reason": "worker started execution",
-                               "status_message": message})
+                               "status_message": self.status_message})
         if not self.opts.under_daemon:
             self._report(task_running=True)
         if not task.get("script"):
             self.notice("conveyor: the task has no script section (repository, entry point): nothing to run", "error")
-            self._finish(Outcome("failed", "can not run task without script information"))
+            self._finish(Outcome(TaskStatus.failed, "can not run task without script information"))
             return None
         return task
 
@@ -163,12 +179,9 @@ class Executor:
             raise _Aborted()
 
     def _execute(self, task: dict[str, Any]) -> Outcome:
-        from conveyor.env import python as pyenv
-        from conveyor.env import vcs
-
+        """The phases, in order; an abort seen at a phase boundary ends it with the abort's outcome."""
         script: dict[str, Any] = task.get("script") or {}
-        base = Path(self.cfg.get_path("agent.venvs_dir") or Path.home() / ".clearml" / "venvs-builds")
-        self.work_dir = base / "tasks" / self.task_id
+        self.work_dir = venvs_dir(self.cfg) / "tasks" / self.task_id
         shutil.rmtree(self.work_dir, ignore_errors=True)
         self.work_dir.mkdir(parents=True)
         code_dir = self.work_dir / "code"
@@ -182,64 +195,72 @@ class Executor:
             if setup:
                 with self.phase("setup shell script"):
                     self._run_setup_script(setup)
-
-            repository = (script.get("repository") or "").strip()
-            commit = script.get("version_num") or None
-            if repository:
-                with self.phase(f"git checkout of {scrub(repository)}"):
-                    try:
-                        checkout = vcs.prepare_repository(
-                            repository, code_dir, branch=script.get("branch") or None, tag=script.get("tag") or None,
-                            commit=commit, auth=vcs.GitAuth.from_config(self.cfg, self.opts.git_user, self.opts.git_pass),
-                            cfg=self.cfg, log=self.notice)
-                    except vcs.VcsError as exc:
-                        raise TaskFailure(f"failed cloning repository: {exc}") from None
-                diff = script.get("diff") or ""
-                if diff.strip():
-                    with self.phase("apply uncommitted diff"):
-                        try:
-                            vcs.apply_diff(code_dir, diff, log=self.notice)
-                        except vcs.VcsError as exc:
-                            raise TaskFailure(f"failed applying the uncommitted diff: {exc}") from None
-                if not commit:
-                    self.client.call("tasks.edit", {"task": self.task_id, "force": True,
-                                                    "script": {"version_num": checkout.commit}})
-            else:
-                if not (script.get("diff") or "").strip():
-                    raise TaskFailure("the task has neither a repository nor a script (diff) to run")
-                code_dir.mkdir(parents=True, exist_ok=True)
-                vcs.write_standalone_script(code_dir, self._entry_file(script), script["diff"])
-
+            self._prepare_code(script, code_dir)
             working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
             if not working_dir.is_dir() or code_dir.resolve() not in (working_dir, *working_dir.parents):
                 raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the repository")
-            argv_head = self._entry_argv(task, script, working_dir)
-
-            with self.phase("python environment"):
-                try:
-                    reqs = pyenv.resolve_requirements(script.get("requirements"), code_dir, cfg=self.cfg,
-                                                      entry_dir=self._entry_dir(script, working_dir), log=self.notice)
-                    env = pyenv.build_environment(reqs, cfg=self.cfg,
-                                                  python_version=self._python_version(script) or reqs.python,
-                                                  work_dir=code_dir, log=self.notice)
-                except pyenv.EnvBuildError as exc:
-                    raise TaskFailure(f"failed building the python environment: {exc}") from None
+            argv = entry_argv(task, self.cfg, working_dir, self.notice)  # before the install: a wrong one fails fast
+            env = self._build_environment(script, code_dir, working_dir)
             try:
-                self._report_requirements(script, env, pyenv)
-                self.client.call("tasks.started", {"task": self.task_id, "force": True,
-                                                   "status_reason": "worker starting task execution",
-                                                   "status_message": f"Changed by conveyor {self.worker}"})
-                python = str(env.python)
-                argv = [python if part == "{python}" else part for part in argv_head]
-                return self._run_task(argv, working_dir, code_dir, task)
+                self._report_requirements(script, env)
+                self._mark_running_entry_point()
+                return self._run_task(with_python(argv, env.python), working_dir, code_dir, task)
             finally:
-                release = getattr(env, "release", None)
-                if callable(release):
-                    release()
+                env.release()
         except _Aborted:
-            return self._abort or Outcome("stopped", "aborted")
+            return self._abort or Outcome(TaskStatus.stopped, "aborted")
         finally:
             self._done.set()
+
+    def _prepare_code(self, script: dict[str, Any], code_dir: Path) -> None:
+        """The task's code in `code_dir`: its repository checked out (the commit recorded on the task when it named
+        none) with the uncommitted diff applied, or the script stored in the task itself."""
+        from conveyor.env import vcs
+
+        repository = (script.get("repository") or "").strip()
+        if not repository:
+            if not (script.get("diff") or "").strip():
+                raise TaskFailure("the task has neither a repository nor a script (diff) to run")
+            code_dir.mkdir(parents=True, exist_ok=True)
+            vcs.write_standalone_script(code_dir, entry_file(script), script["diff"])
+            return
+        commit = script.get("version_num") or None
+        with self.phase(f"git checkout of {scrub(repository)}"):
+            try:
+                checkout = vcs.prepare_repository(
+                    repository, code_dir, branch=script.get("branch") or None, tag=script.get("tag") or None,
+                    commit=commit, auth=vcs.GitAuth.from_config(self.cfg, self.opts.git_user, self.opts.git_pass),
+                    cfg=self.cfg, log=self.notice)
+            except vcs.VcsError as exc:
+                raise TaskFailure(f"failed cloning repository: {exc}") from None
+        diff = script.get("diff") or ""
+        if diff.strip():
+            with self.phase("apply uncommitted diff"):
+                try:
+                    vcs.apply_diff(code_dir, diff, log=self.notice)
+                except vcs.VcsError as exc:
+                    raise TaskFailure(f"failed applying the uncommitted diff: {exc}") from None
+        if not commit:
+            self.client.call("tasks.edit", {"task": self.task_id, "force": True,
+                                            "script": {"version_num": checkout.commit}})
+
+    def _build_environment(self, script: dict[str, Any], code_dir: Path, working_dir: Path) -> PythonEnv:
+        from conveyor.env import python as pyenv
+
+        with self.phase("python environment"):
+            try:
+                reqs = pyenv.resolve_requirements(script.get("requirements"), code_dir, cfg=self.cfg,
+                                                  entry_dir=entry_dir(script, working_dir), log=self.notice)
+                return pyenv.build_environment(reqs, cfg=self.cfg,
+                                               python_version=task_python_version(self.cfg, script) or reqs.python,
+                                               work_dir=code_dir, log=self.notice)
+            except pyenv.EnvBuildError as exc:
+                raise TaskFailure(f"failed building the python environment: {exc}") from None
+
+    def _mark_running_entry_point(self) -> None:
+        self.client.call("tasks.started", {"task": self.task_id, "force": True,
+                                           "status_reason": "worker starting task execution",
+                                           "status_message": self.status_message})
 
     def _run_prebuilt(self, task: dict[str, Any], script: dict[str, Any], code_dir: Path, python: Path) -> Outcome:
         """Run the entry point with the code and python that `conveyor build` baked into this image."""
@@ -250,10 +271,8 @@ class Executor:
         working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
         if not working_dir.is_dir():
             raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the prebuilt code")
-        argv = [str(python) if part == "{python}" else part for part in self._entry_argv(task, script, working_dir)]
-        self.client.call("tasks.started", {"task": self.task_id, "force": True,
-                                           "status_reason": "worker starting task execution",
-                                           "status_message": f"Changed by conveyor {self.worker}"})
+        argv = with_python(entry_argv(task, self.cfg, working_dir, self.notice), python)
+        self._mark_running_entry_point()
         return self._run_task(argv, working_dir, code_dir, task)
 
     def _run_setup_script(self, text: str) -> None:
@@ -292,61 +311,14 @@ class Executor:
             self.notice(f"conveyor: the setup script set {', '.join(changed) or 'nothing'}"
                         + (f" and unset {', '.join(removed)}" if removed else "") + " for the task")
 
-    # --- the entry point ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _entry_file(script: dict[str, Any]) -> str:
-        entry = (script.get("entry_point") or "").strip()
-        if not entry:
-            raise TaskFailure("the task has no entry point: set script.entry_point (e.g. train.py)")
-        return shlex.split(entry)[0] if not entry.startswith("-m ") else entry
+    def _report_requirements(self, script: dict[str, Any], env: PythonEnv) -> None:
+        """What the environment holds, on the task (as the reference reports it): a clone installs the same."""
+        from conveyor.env import python as pyenv
 
-    @staticmethod
-    def _entry_dir(script: dict[str, Any], working_dir: Path) -> Path:
-        """The folder of the entry point's file (the working dir for `-m module`)."""
-        entry = (script.get("entry_point") or "").strip()
-        parts = shlex.split(entry) if entry else []
-        if not parts or parts[0] == "-m":
-            return working_dir
-        return (working_dir / parts[0]).parent
-
-    def _python_version(self, script: dict[str, Any]) -> str | None:
-        if self.cfg.get("agent.ignore_requested_python_version"):
-            return None
-        binary = (script.get("binary") or "").strip()
-        version = binary.removeprefix("python")
-        return version if version and version[0].isdigit() else None
-
-    def _entry_argv(self, task: dict[str, Any], script: dict[str, Any], working_dir: Path) -> list[str]:
-        entry = (script.get("entry_point") or "").strip()
-        if not entry:
-            raise TaskFailure("the task has no entry point: set script.entry_point (e.g. train.py)")
-        parts = shlex.split(entry)
-        binary = (script.get("binary") or "python").strip()
-        if parts[0] == "-m":
-            if len(parts) < 2:
-                raise TaskFailure("the entry point '-m' names no module")
-            head = ["{python}", "-u", "-m", *parts[1:]]
-        else:
-            target = working_dir / parts[0]
-            if not target.is_file():
-                raise TaskFailure(f"entry point {parts[0]!r} not found in {script.get('working_dir') or '.'} of the "
-                                  "repository")
-            if binary in ("bash", "sh") or parts[0].endswith(".sh"):
-                head = [binary if binary in ("bash", "sh") else "bash", *parts]
-            elif notebook.is_notebook(parts[0]):
-                try:
-                    script = notebook.convert(target, self.notice)
-                except notebook.NotebookError as exc:
-                    raise TaskFailure(str(exc)) from None
-                head = ["{python}", "-u", str(Path(parts[0]).with_name(script.name)), *parts[1:]]
-            else:
-                head = ["{python}", "-u", *parts]
-        return head + (task_args(task) if args_on_command_line(task, self.cfg) else [])
-
-    def _report_requirements(self, script: dict[str, Any], env: Any, pyenv: Any) -> None:
         try:
             frozen = pyenv.freeze(env)
-        except Exception:
+        except pyenv.EnvBuildError as exc:  # the task can run all the same
+            log.warning("task %s: not reporting its requirements: %s", self.task_id, exc)
             return
         requirements = dict(script.get("requirements") or {})
         # The user's own list moves to org_pip on the first run only: a clone's re-run installs the frozen list,
@@ -390,8 +362,9 @@ class Executor:
 
     def _task_token(self) -> str:
         try:
-            return str(self.client.auth_token())
-        except Exception:  # a client without sessions (tests' fakes): the SDK then has no credentials
+            return self.client.auth_token()
+        except ConveyorError as exc:  # the SDK then has no credentials; the agent's next calls will say why
+            log.warning("task %s: no session token for the task: %s", self.task_id, exc)
             return ""
 
     def _task_config(self) -> Path | None:
@@ -424,11 +397,11 @@ class Executor:
         if self._abort is not None:
             return self._abort
         if code == 0:
-            return Outcome("completed", "worker execution done", 0)
+            return Outcome(TaskStatus.completed, "worker execution done", 0)
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-            return Outcome("failed", f"worker execution killed by signal {name}", code)
-        return Outcome("failed", f"worker execution exit code {code}", code)
+            return Outcome(TaskStatus.failed, f"worker execution killed by signal {name}", code)
+        return Outcome(TaskStatus.failed, f"worker execution exit code {code}", code)
 
     def _follow(self, proc: subprocess.Popen[bytes]) -> int:
         """Ship the process's output until its main process ends, then end what it left running; its exit code."""
@@ -449,12 +422,12 @@ class Executor:
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         """Copy the process's output to the log shipper (and our stdout) until the pipe closes: whole lines, and
         a line longer than an event in pieces, so that no output can grow our memory without bound."""
-        assert proc.stdout is not None
+        stdout = cast(io.BufferedReader, proc.stdout)  # a pipe: Popen's default buffering
         out = sys.stdout
         pending = b""
         try:
             while True:
-                chunk = proc.stdout.read1(PUMP_CHUNK_BYTES)
+                chunk = stdout.read1(PUMP_CHUNK_BYTES)
                 if not chunk:
                     break
                 pending += chunk
@@ -470,7 +443,7 @@ class Executor:
         if pending:
             self._emit(decode_output(pending), out)
 
-    def _emit(self, text: str, out: Any) -> None:
+    def _emit(self, text: str, out: TextIO) -> None:
         if self.logs is not None:
             self.logs.write(text)
         if self.opts.echo:
@@ -487,33 +460,33 @@ class Executor:
         created_seen = 0
         while not self._done.wait(interval):
             if self._shutdown.is_set():
-                self._trigger(Outcome("stopped", "agent shut down: the worker was stopped while the task ran"))
+                self._trigger(Outcome(TaskStatus.stopped, "agent shut down: the worker was stopped while the task ran"))
                 return
             try:
                 found = self.client.call("tasks.get_all", {"id": [self.task_id], "search_hidden": True,
                                                            "only_fields": ["status", "status_message"]})["tasks"]
-            except Exception:
-                continue  # server unreachable for now: the task goes on
+            except ConveyorError as exc:  # server unreachable for now: the task goes on
+                log.debug("task %s: could not read its status: %s", self.task_id, exc)
+                continue
             if not found:
-                self._trigger(Outcome("", "the task was deleted"))
+                self._trigger(Outcome(None, "the task was deleted"))
                 return
             status = found[0].get("status")
             message = found[0].get("status_message") or ""
-            if status == "in_progress" and "stopping" in message:
-                self._trigger(Outcome("stopped", "task was stopped by tasks.stop"), let_task_react=True)
+            if status == TaskStatus.in_progress and STOPPING in message:
+                self._trigger(Outcome(TaskStatus.stopped, "task was stopped by tasks.stop"), let_task_react=True)
                 return
-            if status in FINAL_ELSEWHERE:
-                self._trigger(Outcome("", f"the task's status changed to {status} elsewhere"))
+            if status in SET_ELSEWHERE:
+                self._trigger(Outcome(None, f"the task's status changed to {status} elsewhere"))
                 return
-            created_seen = created_seen + 1 if status == "created" else 0
+            created_seen = created_seen + 1 if status == TaskStatus.created else 0
             if created_seen >= 2:
-                self._trigger(Outcome("", "the task was reset"))
+                self._trigger(Outcome(None, "the task was reset"))
                 return
             now = time.monotonic()
             if now - last_ping >= ping_every:
                 last_ping = now
-                with contextlib.suppress(Exception):
-                    self.client.call("tasks.ping", {"task": self.task_id})
+                self._tolerant_call("tasks.ping", {"task": self.task_id})
             if not self.opts.under_daemon and now - last_report >= report_every:
                 last_report = now
                 self._report(task_running=True)
@@ -542,8 +515,9 @@ class Executor:
         def on_signal(signum: int, _frame: Any) -> None:
             self._shutdown.set()
             if self._abort is None:
-                threading.Thread(target=self._trigger, daemon=True, args=(
-                    Outcome("stopped", f"agent shut down ({signal.Signals(signum).name}) while the task ran"),)).start()
+                reason = f"agent shut down ({signal.Signals(signum).name}) while the task ran"
+                threading.Thread(target=self._trigger, daemon=True,
+                                 args=(Outcome(TaskStatus.stopped, reason),)).start()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -551,38 +525,40 @@ class Executor:
     # --- end ------------------------------------------------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
         self._done.set()
-        end_line = {"completed": "Process completed successfully", "failed": f"Process failed: {outcome.reason}",
-                    "stopped": f"Process aborted: {outcome.reason}"}.get(outcome.status, f"Process ended: {outcome.reason}")
-        self.notice(f"conveyor: {end_line}", "info" if outcome.status == "completed" else "error")
+        end_line = END_LINES.get(outcome.status, "Process ended: {}") if outcome.status else "Process ended: {}"
+        self.notice(f"conveyor: {end_line.format(outcome.reason)}",
+                    "info" if outcome.status == TaskStatus.completed else "error")
         self._close_logs()
         if outcome.status:
-            endpoint = {"completed": "tasks.completed", "failed": "tasks.failed", "stopped": "tasks.stopped"}[outcome.status]
-            body = {"task": self.task_id, "force": outcome.status != "completed", "status_reason": outcome.reason,
-                    "status_message": f"Changed by conveyor {self.worker}"}
+            body = {"task": self.task_id, "force": outcome.status != TaskStatus.completed,
+                    "status_reason": outcome.reason, "status_message": self.status_message}
             try:
-                self.client.call(endpoint, body)
-            except Exception as exc:
-                # e.g. the task was reset or deleted meanwhile: nothing left to mark
-                print(f"conveyor: could not set the final status ({exc})", file=sys.stderr)
+                self.client.call(END_CALLS[outcome.status], body)
+            except ConveyorError as exc:  # e.g. the task was reset or deleted meanwhile: nothing left to mark
+                log.warning("task %s: could not set the final status (%s)", self.task_id, exc)
         if not self.opts.under_daemon:
             self._report(task_running=False)
-            with contextlib.suppress(Exception):
-                self.client.call("workers.unregister", {"worker": self.worker, "queues": []})
+            self._tolerant_call("workers.unregister", {"worker": self.worker, "queues": []})
         if self.work_dir is not None and not self.cfg.get("agent.keep_work_dirs"):
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _close_logs(self) -> None:
-        if self.logs is not None:
-            if not self.logs.close(timeout=60):
-                print("conveyor: some log lines could not be sent to the server", file=sys.stderr)
+        if self.logs is not None and not self.logs.close(timeout=60):
+            log.warning("task %s: some log lines could not be sent to the server", self.task_id)
 
     def _report(self, task_running: bool) -> None:
         body: dict[str, Any] = {"worker": self.worker, "timestamp": int(time.time()) * 1000, "is_daemon": False,
                                 "machine_stats": None}
         if task_running:
             body["task"] = self.task_id
-        with contextlib.suppress(Exception):
-            self.client.call("workers.status_report", body)
+        self._tolerant_call("workers.status_report", body)
+
+    def _tolerant_call(self, endpoint: str, body: dict[str, Any]) -> None:
+        """A call whose failure must not end the task (a ping, a worker report): logged, then work goes on."""
+        try:
+            self.client.call(endpoint, body)
+        except ConveyorError as exc:
+            log.debug("%s: %s", endpoint, exc)
 
 
 class _Aborted(Exception):
@@ -597,31 +573,3 @@ def prebuilt_environment(task_id: str) -> tuple[Path, Path] | None:
         return None
     return Path(code), Path(python)
 
-
-def args_on_command_line(task: dict[str, Any], cfg: Config) -> bool:
-    """Whether the task's `Args` go on the entry point's command line. Decided by what the task records, never by
-    its values: a script recorded by the clearml SDK binds argparse itself (the SDK applies the edited `Args` inside
-    the process, and rewriting argv would break `nargs`, `store_true` or positional arguments); a task made with
-    `conveyor task create --args` is tagged for the command line. agent.args_to_argv always/never overrides."""
-    mode = str(cfg.get("agent.args_to_argv") or "auto").strip().lower()
-    if mode in ("always", "true", "yes", "1"):
-        return True
-    if mode in ("never", "false", "no", "0"):
-        return False
-    return ARGS_ON_COMMAND_LINE in (task.get("system_tags") or [])
-
-
-def task_args(task: dict[str, Any]) -> list[str]:
-    """The `Args` hyper-parameters as argv: `--name value`; a name with its own dashes is kept; a bool flag alone."""
-    argv: list[str] = []
-    for name, param in ((task.get("hyperparams") or {}).get("Args") or {}).items():
-        value = "" if param.get("value") is None else str(param.get("value"))
-        flag = name if name.startswith("-") else f"--{name}"
-        if (param.get("type") or "").lower() == "bool":  # a store_true flag: present or absent
-            if value.lower() in ("true", "1", "yes"):
-                argv.append(flag)
-            continue
-        argv.append(flag)
-        if value != "":
-            argv.append(value)
-    return argv

@@ -8,9 +8,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,7 +43,7 @@ class GpuInventory:
 
     def __init__(self, visible: str | None = None):
         self.visible = visible  # NVIDIA_VISIBLE_DEVICES-style: "0,1", "all", "none", or None for all
-        self._nvml = None
+        self._nvml: Any = None  # the pynvml module, once loaded
         self._failures = 0
 
     def _nvml_readings(self) -> list[GpuReading]:
@@ -65,8 +69,9 @@ class GpuInventory:
                                       mem.total / 2**20, mem.used / 2**20, util,
                                       float(nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))))
             return out
-        except Exception:
+        except Exception:  # no driver, no library, a device that vanished: NVML's errors are of many kinds
             self._failures += 1
+            log.debug("GPU readings failed (%d of 3 tries)", self._failures, exc_info=True)
             return []
 
     def readings(self) -> list[GpuReading]:

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from conveyor.runtimes.run_records import agent_dir
+
 MAX_SLOTS = 256
 
 
 def slots_dir() -> Path:
-    return Path(os.environ.get("CONVEYOR_AGENT_DIR", Path.home() / ".conveyor" / "agent")) / "slots"
+    return agent_dir() / "slots"
 
 
 @dataclass
@@ -69,7 +71,7 @@ def worker_id(cfg_worker_id: str | None, cfg_worker_name: str | None, slot: int,
 
 def running_daemons() -> list[dict[str, Any]]:
     """Daemons of this user on this machine: the slot files whose lock is held."""
-    found = []
+    found: list[dict[str, Any]] = []
     folder = slots_dir()
     if not folder.is_dir():
         return found

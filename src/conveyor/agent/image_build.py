@@ -28,10 +28,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from conveyor.agent.build import BuildError, BuildOptions, Log, get_task
+from conveyor.agent.build import BuildError, BuildOptions, get_task
 from conveyor.agent.executor import PREBUILT_CODE_ENV, PREBUILT_PYTHON_ENV, PREBUILT_TASK_ENV
+from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
 from conveyor.env.git_auth import is_local
+from conveyor.progress import Log
 from conveyor.runtimes import container_args as cargs
 from conveyor.runtimes.bundle import Bundle
 from conveyor.runtimes.container import START_MODULE, ContainerRuntime, LaunchError
@@ -46,7 +48,7 @@ _TAIL = 20  # lines of the build's output kept to explain a failure
 _PYTHON_LINE = "  python:      "  # the folder build's summary line naming the environment's python
 
 
-def build_image(client: Any, cfg: Config, opts: BuildOptions, log: Log = print) -> tuple[str, str]:
+def build_image(client: ApiCaller, cfg: Config, opts: BuildOptions, log: Log = print) -> tuple[str, str]:
     """Build the image; returns its name and the engine (docker | podman). Raises BuildError (one line) when a step
     fails."""
     task = get_task(client, opts.task_id)

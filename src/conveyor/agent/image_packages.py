@@ -13,9 +13,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from conveyor.errors import TaskFailure
+from conveyor.progress import Log
 
 MIN_PYTHON = (3, 8)  # the oldest Python uv builds environments for
 MANAGERS = ("apt-get", "apk", "dnf", "microdnf", "yum")  # in this order of preference
@@ -30,11 +33,9 @@ OPENCV = {"apt-get": ["libsm6", "libxext6", "libxrender-dev", "libglib2.0-0"],
           "dnf": _RPM_OPENCV, "microdnf": _RPM_OPENCV, "yum": _RPM_OPENCV}
 _VERSIONED = re.compile(r"^python(3\.\d+)$")
 
-Output = Callable[[str], None]
-
-
-class PackageError(Exception):
-    """The image lacks something that could not be installed; one line, for the task's status reason."""
+class ImageEnvError(TaskFailure):
+    """The image's Python environment could not be made: it lacks something that could not be installed. One line,
+    for the task's status reason."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def plan(search_path: str, *, opencv: bool, pip: bool) -> Plan:
     packages: list[str] = []
     if manager is None:
         if python is None:
-            raise PackageError("the image has no Python 3.8 or newer (python3) and no package manager to install one "
+            raise ImageEnvError("the image has no Python 3.8 or newer (python3) and no package manager to install one "
                                f"({', '.join(MANAGERS)}): use an image with python3")
         return Plan(None, [], python)  # nothing can be installed: the opencv libraries are left as they are
     if python is None:
@@ -158,13 +159,13 @@ def _apk_installed(db: Path) -> Iterator[str]:
             yield line[2:]
 
 
-def install(manager: str, packages: Sequence[str], out: Output, *, update: bool = True) -> None:
+def install(manager: str, packages: Sequence[str], out: Log, *, update: bool = True) -> None:
     """Install `packages` with `manager` (after refreshing its index: `update`), its output line by line to `out`.
-    Raises PackageError."""
+    Raises ImageEnvError."""
     sudo: list[str] = []
     if os.geteuid() != 0:
         if not shutil.which("sudo"):
-            raise PackageError(f"the image runs as a non-root user and lacks {' '.join(packages)}: install them in "
+            raise ImageEnvError(f"the image runs as a non-root user and lacks {' '.join(packages)}: install them in "
                                "the image, or run it as root")
         sudo = ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -181,7 +182,7 @@ def install(manager: str, packages: Sequence[str], out: Output, *, update: bool 
             proc = subprocess.Popen([*sudo, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     errors="replace", env=env, stdin=subprocess.DEVNULL)
         except OSError as exc:
-            raise PackageError(f"could not run {argv[0]}: {exc.strerror}") from None
+            raise ImageEnvError(f"could not run {argv[0]}: {exc.strerror}") from None
         last = ""
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -189,4 +190,4 @@ def install(manager: str, packages: Sequence[str], out: Output, *, update: bool 
             last = line.strip() or last
         if proc.wait() != 0:
             what = " ".join(argv[:2]) + ("" if argv[1] == "update" else " " + " ".join(packages))
-            raise PackageError(f"`{what}` failed with exit code {proc.returncode}: {last or 'no output'}")
+            raise ImageEnvError(f"`{what}` failed with exit code {proc.returncode}: {last or 'no output'}")

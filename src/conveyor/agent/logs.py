@@ -7,7 +7,6 @@ holds up the lines after it."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import secrets
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from conveyor.client.errors import ApiCallError
+from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.agent")
 
@@ -39,6 +39,13 @@ class _Event:
     in_flight: bool = False  # being sent: later lines start a new event
 
 
+def send_line(sink: EventSink, task_id: str, worker: str, msg: str, level: str = "info") -> None:
+    """One line in a task's log at once, outside any LogShipper (the daemon's and the container set-up's own
+    lines). `msg` ends with a newline. Raises what the client raises."""
+    sink.call_lines("events.add_batch", [{"type": "log", "task": task_id, "level": level, "worker": worker,
+                                          "timestamp": int(time.time() * 1000), "msg": msg}])
+
+
 def decode_output(raw: bytes) -> str:
     """A process's bytes as log text that keeps every byte: invalid UTF-8 as `\\xff`, NUL as `\\x00` (neither
     travels or stores safely as text)."""
@@ -54,11 +61,11 @@ def plain(text: str) -> str:
     return _NOT_PLAIN.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
-class _PartlyAdded(Exception):
+class _PartlyAdded(ConveyorError):
     """The server answered, but added fewer events than sent: it found some invalid."""
 
 
-def _refused_for_good(exc: Exception) -> bool:
+def _refused_for_good(exc: ConveyorError) -> bool:
     """A 4xx answer other than auth and rate limits, or events the server found invalid: the same next time."""
     if isinstance(exc, _PartlyAdded):
         return True
@@ -160,10 +167,11 @@ class LogShipper:
                        "msg": e.msg, "timestamp": e.timestamp, "conveyor_id": e.client_id} for e in batch]
             try:
                 self._send(events)
-            except Exception as exc:  # unreachable or refusing: keep the lines, retry with backoff
+            except Exception as exc:  # unreachable, refusing, or a fault: keep the lines, retry with backoff
                 self.failures += 1
                 if self.failures in (1, 10) or self.failures % 100 == 0:
-                    log.warning("sending task log failed (%s); retrying", exc.__class__.__name__)
+                    log.warning("sending task log failed (%s: %s); retrying", exc.__class__.__name__, exc,
+                                exc_info=not isinstance(exc, ConveyorError))
                 with self._cond:
                     self._cond.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -179,26 +187,24 @@ class LogShipper:
 
     def _send(self, events: list[dict[str, Any]]) -> None:
         """Send one batch; one refused for good goes again as plain ASCII, then is dropped with a notice."""
-        try:
-            self._check(self.sink.call_lines("events.add_batch", events), events)
-            return
-        except Exception as exc:
-            if not _refused_for_good(exc):
-                raise
-            first = exc
-        plain_events = [{**e, "msg": plain(e["msg"])} for e in events]
-        try:
-            self._check(self.sink.call_lines("events.add_batch", plain_events), events)
-            return
-        except Exception as exc:
-            if not _refused_for_good(exc):
-                raise
+        first: ConveyorError | None = None
+        for as_plain in (False, True):  # the plain copy only after a refusal: most batches go through at once
+            attempt = [{**e, "msg": plain(e["msg"])} for e in events] if as_plain else events
+            try:
+                self._check(self.sink.call_lines("events.add_batch", attempt), events)
+                return
+            except ConveyorError as exc:
+                if not _refused_for_good(exc):
+                    raise
+                first = first or exc
         self.dropped_events += len(events)
         log.warning("the server refused %d log events for good (%s); they were dropped", len(events), first)
         notice = {**events[-1], "level": "error", "conveyor_id": f"{events[-1]['conveyor_id']}-dropped",
                   "msg": f"conveyor: the server refused {len(events)} log events and they were dropped: {first}\n"}
-        with contextlib.suppress(Exception):
+        try:
             self.sink.call_lines("events.add_batch", [notice])
+        except ConveyorError as exc:
+            log.warning("could not add the notice of dropped log events: %s", exc)
 
     @staticmethod
     def _check(answer: dict[str, Any], events: list[dict[str, Any]]) -> None:

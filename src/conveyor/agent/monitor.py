@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import psutil
 
 from conveyor.agent.gpus import GpuInventory
+
+log = logging.getLogger(__name__)
 
 
 class MachineMonitor:
@@ -25,6 +28,7 @@ class MachineMonitor:
         try:
             disk = psutil.disk_io_counters()
         except Exception:  # containers without /proc/diskstats
+            log.debug("no disk counters", exc_info=True)
             disk = None
         return time.monotonic(), disk, psutil.net_io_counters()
 
@@ -46,7 +50,8 @@ class MachineMonitor:
         }
         try:
             temps = psutil.sensors_temperatures()
-        except Exception:
+        except Exception:  # no sensors readable here
+            log.debug("no temperature sensors", exc_info=True)
             temps = {}
         core = [t.current for t in temps.get("coretemp", []) if t.current]
         if core:

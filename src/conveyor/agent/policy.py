@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from conveyor.protocol.tags import QUEUE_PAUSED
+
 
 @dataclass
 class QueuePolicy:
     queue_ids: list[str]
     fairness: bool = False
-    paused: set[str] = field(default_factory=set)  # queues tagged force_workers:off
+    paused: set[str] = field(default_factory=set)  # queues tagged QUEUE_PAUSED
 
     def order(self) -> list[str]:
         """Queues to try now, best first."""
@@ -22,4 +24,4 @@ class QueuePolicy:
             self.queue_ids.append(queue_id)
 
     def update_tags(self, tags_by_queue: dict[str, list[str]]) -> None:
-        self.paused = {q for q, tags in tags_by_queue.items() if "force_workers:off" in (tags or [])}
+        self.paused = {q for q, tags in tags_by_queue.items() if QUEUE_PAUSED in (tags or [])}

@@ -14,13 +14,13 @@ from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 from conveyor.config import display_path, write_api_section
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, UserError
 
 DEFAULT_API_HOST = "http://127.0.0.1:8008"
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
-class InitError(ConveyorError):
+class InitError(UserError):
     """An answer `init` cannot use; the message says what to do (and never holds a secret)."""
 
 
@@ -91,10 +91,12 @@ def parse_credentials_block(text: str) -> dict[str, str]:
     (a ClearML server's "Create new credentials" dialog), of a bare `credentials { … }`, or of `access_key: …` and
     `secret_key: …` lines (`conveyor credentials create`, a Conveyor server's first start)."""
     from pyhocon import ConfigFactory, ConfigTree
+    from pyhocon.exceptions import ConfigException
+    from pyparsing import ParseBaseException
 
     try:
         tree = ConfigFactory.parse_string(text)
-    except Exception:
+    except (ParseBaseException, ConfigException):
         raise InitError("The pasted text is not a credentials block — paste the whole `api { … }` block from the "
                         "server's credentials page, or answer the first question with an empty line and type "
                         "the keys") from None
@@ -140,7 +142,7 @@ def _login(api: str, key: str, secret: str) -> dict:
     try:
         with ApiClient(api, key, secret, max_retries=1) as client:
             return client.login()
-    except ConveyorError as exc:
+    except ConveyorError as exc:  # the server refused the keys, or is not there
         raise InitError(f"{exc} — nothing was written; check the answers, or pass --no-verify to write them "
                         "anyway") from None
 

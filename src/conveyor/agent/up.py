@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -9,6 +10,8 @@ import time
 import httpx
 
 from conveyor.config import load_config
+
+log = logging.getLogger(__name__)
 
 
 def _serving(url: str) -> bool:
@@ -23,12 +26,15 @@ def up(config_file: str | None, port: int | None, data_dir: str | None, db: str 
     from conveyor.agent.daemon import Daemon, DaemonOptions
     from conveyor.agent.session import agent_client
 
+    # `up` has no --log-level: the daemon's lines (serving, running, ended) at INFO, as `conveyor daemon` shows them
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg = load_config(config_file)
     port = port or int(cfg.get("conveyor.server.port"))
     url = f"http://127.0.0.1:{port}"
     server = None
     if _serving(url):
-        print(f"conveyor up: using the server already running at {url}", flush=True)
+        log.info("conveyor up: using the server already running at %s", url)
     else:
         cmd = [sys.executable, "-m", "conveyor"] + (["--config-file", config_file] if config_file else [])
         cmd += ["server", "--port", str(port)] + (["--data-dir", data_dir] if data_dir else []) + (
@@ -38,13 +44,13 @@ def up(config_file: str | None, port: int | None, data_dir: str | None, db: str 
         deadline = time.monotonic() + 30
         while not _serving(url):
             if server.poll() is not None or time.monotonic() > deadline:
-                print("conveyor up: the server did not start (see its message above)", file=sys.stderr)
+                log.error("conveyor up: the server did not start (see its message above)")
                 return 2
             time.sleep(0.1)
     try:
         cfg = load_config(config_file)  # the server's first start may just have written the credentials
         if cfg.api_host.rstrip("/") != url:
-            print(f"conveyor up: note: the agent talks to {cfg.api_host} (api.api_server), not to {url}", flush=True)
+            log.warning("conveyor up: the agent talks to %s (api.api_server), not to %s", cfg.api_host, url)
         opts = DaemonOptions(queues=queues, create_queue=True, services_mode=services_mode,
                              argv=["conveyor", "up", *sys.argv[2:]], launched_by="up")
         return Daemon(agent_client(cfg), cfg, opts).run()

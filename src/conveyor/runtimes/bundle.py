@@ -25,6 +25,7 @@ import glob
 import hashlib
 import importlib.metadata as metadata
 import json
+import logging
 import os
 import platform
 import re
@@ -39,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import conveyor
+from conveyor.errors import TaskFailure
+from conveyor.progress import Log
 
 CONTAINER_DIR = "/opt/conveyor"  # where the bundle is mounted in containers
 READY = "READY"
@@ -54,7 +57,7 @@ _STDLIB_SKIPPED = {"test", "site-packages", "dist-packages", "idlelib", "tkinter
 _LDD_LINE = re.compile(r"^\s*(?:\S+\s+=>\s+)?(/\S+)\s+\(0x[0-9a-f]+\)")
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 _LAUNCHER = '''\
 """Conveyor's bundle launcher: `python -I start.py MODULE ARGS...` runs MODULE with the bundle's site/ on sys.path."""
@@ -73,8 +76,9 @@ r="${{0%/*}}/{up}"
 '''
 
 
-class BundleError(Exception):
-    """The bundle could not be made; the message says why (one line) and what to do."""
+class BundleError(TaskFailure):
+    """The bundle could not be made, so the task's container cannot start; the message says why (one line) and what
+    to do."""
 
 
 @dataclass(frozen=True)
@@ -145,15 +149,15 @@ def agent_distributions() -> dict[str, str]:
 def _declared_requirements() -> list[str]:
     # A source checkout's pyproject.toml is the truth (an editable install's metadata may be older than it).
     pyproject = Path(conveyor.__file__).resolve().parents[2] / "pyproject.toml"
-    if pyproject.is_file():
-        try:
-            import tomllib
+    if pyproject.is_file() and sys.version_info >= (3, 11):  # Python 3.10 has no TOML reader: the metadata then
+        import tomllib
 
+        try:
             project = tomllib.loads(pyproject.read_text())["project"]
             if project.get("name") == "conveyor":
                 return list(project.get("dependencies") or [])
-        except (ImportError, KeyError, ValueError):
-            pass
+        except (KeyError, ValueError) as exc:
+            log.debug("%s: no usable [project] table (%s); using the installed metadata", pyproject, exc)
     return [r for r in metadata.requires("conveyor") or [] if "extra ==" not in r]
 
 

@@ -2,8 +2,8 @@
 
     runtime = ContainerRuntime(cfg, engine="docker", image=None, arguments=["--ipc=host"], gpus="none",
                                fetch_task=lambda t: client.call("tasks.get_by_id", {"task": t})["task"])
-    runtime.attach_worker("host:0")          # labels; removes what a killed daemon of this id left
-    proc = runtime.launch(task_id, env)      # a subprocess.Popen of `<engine> run ...`
+    runtime.adopt("host:0")                  # labels; removes what a killed daemon of this id left
+    proc = runtime.launch(TaskRun(task_id), env)  # a RunHandle: the subprocess.Popen of `<engine> run ...`
 
 Inside runs the same `conveyor execute` as on bare metal, from Conveyor's own bundle (runtimes/bundle.py: the host's
 Python, git and uv with their libraries and loader, made once per host and Conveyor build) mounted read-only, so that
@@ -33,9 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conveyor.config import Config
-from conveyor.config import hocon
+from conveyor.config import Config, hocon
+from conveyor.errors import TaskFailure, UserError
+from conveyor.progress import Log
 from conveyor.runtimes import container_args as cargs
+from conveyor.runtimes.base import Leftover, TaskRun
 from conveyor.runtimes.bundle import Bundle, BundleError, prepare
 
 START_FAILURES = {125, 126, 127}  # the engine's own exit codes: the container did not start (or its command)
@@ -52,11 +54,10 @@ _SECRET_ENV = re.compile(r"(?i)pass|secret|token|key|auth|credential")
 _GIT_ENV = {"CLEARML_AGENT_GIT_USER": "git_user", "CLEARML_AGENT_GIT_PASS": "git_pass"}
 _NOT_PASSED = {"NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"}  # the engine's GPU flags decide what is visible
 
-Log = Callable[[str], None]
 log = logging.getLogger("conveyor.runtimes.container")
 
 
-class LaunchError(Exception):
+class LaunchError(TaskFailure):
     """The container could not be started; one line, no secret. From launch() it is the task's status reason
     ("container failed to start: ...")."""
 
@@ -117,15 +118,33 @@ class ContainerRuntime:
                  if not _daemon_alive(pid)}
         if found:
             self._engine(["rm", "-f", *found])
+        for task in found.values():
+            log.info("removed the leftover container of task %s", task or "(unknown)")
         return [task for task in found.values() if task]
 
-    def launch(self, task_id: str, env: Mapping[str, str]) -> ContainerProcess:
+    def describe(self) -> str:
+        return f"tasks in {self.engine} containers"
+
+    def adopt(self, worker: str) -> list[Leftover]:
+        """Nothing is adopted: the containers a killed daemon of this worker id left are removed (attach_worker), and
+        their tasks, if still in progress, fail."""
+        try:
+            removed = self.attach_worker(worker)
+        except LaunchError as exc:
+            raise UserError(f"container engine: {exc}") from None
+        return [Leftover(task_id, reason="its container was removed: the agent running it was killed")
+                for task_id in removed]
+
+    def launch(self, run: TaskRun, env: Mapping[str, str]) -> ContainerProcess:
         """Start the task's container (what LocalRuntime.launch is for a local process). Raises LaunchError."""
+        task_id = run.task_id
         task = self.fetch_task(task_id) if self.fetch_task else {}
         try:
             command = self.command(task_id, task=task, env=env)
         except LaunchError as exc:
             raise LaunchError(f"container failed to start: {exc}") from None
+        except OSError as exc:  # the run's files could not be written
+            raise LaunchError(f"the agent could not start the task: {exc.strerror}") from None
         log.debug("task %s: %s", task_id, command)  # masked
         try:
             return ContainerProcess(command, self)
@@ -397,7 +416,7 @@ class ContainerRuntime:
         return target
 
 
-class ContainerProcess(subprocess.Popen):  # type: ignore[type-arg]
+class ContainerProcess(subprocess.Popen[bytes]):
     """`<engine> run` of one task, as the daemon handles any executor process: SIGTERM (terminate) stops the
     container with the grace; the engine's messages are passed on and kept, so that a container that did not start
     explains why (`start_failure`); the run's files are removed when it ends."""
@@ -437,11 +456,15 @@ class ContainerProcess(subprocess.Popen):  # type: ignore[type-arg]
         self.runtime._engine(["kill", self.command.name], check=False)
         super().kill()
 
-    def stop(self) -> None:
-        """Stop the container (in the background: a signal handler calls this)."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop the container (in the background: a signal handler calls this); `grace` defaults to
+        agent.kill_grace_sec."""
         if self._stopper is None:
-            self._stopper = threading.Thread(target=self.runtime.stop, args=(self.command.name,), daemon=True)
+            self._stopper = threading.Thread(target=self.runtime.stop, args=(self.command.name, grace), daemon=True)
             self._stopper.start()
+
+    def describe(self) -> str:
+        return f"in container {self.command.name}, image {self.command.image}"
 
     def poll(self) -> int | None:
         code = super().poll()

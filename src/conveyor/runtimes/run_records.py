@@ -11,11 +11,14 @@ from pathlib import Path
 
 import psutil
 
-from conveyor.agent.identity import slots_dir
+
+def agent_dir() -> Path:
+    """The agent's own folder on this machine (slots, run records, daemon logs)."""
+    return Path(os.environ.get("CONVEYOR_AGENT_DIR", Path.home() / ".conveyor" / "agent"))
 
 
 def runs_dir() -> Path:
-    return slots_dir().parent / "runs"
+    return agent_dir() / "runs"
 
 
 @dataclass

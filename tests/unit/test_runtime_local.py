@@ -1,0 +1,67 @@
+"""The local runtime: a run is recorded so that a restarted daemon can adopt it, the record goes once the run has
+been reaped, and a run that cannot start fails its task with the reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conveyor.errors import TaskFailure
+from conveyor.runtimes.base import Runtime, TaskRun
+from conveyor.runtimes.local import LocalRuntime
+from conveyor.runtimes.run_records import RunRecord, runs_dir
+
+
+class QuickRuntime(LocalRuntime):
+    """Runs a tiny python command instead of `conveyor execute`."""
+
+    def __init__(self, argv: list[str]):
+        super().__init__()
+        self.argv = argv
+
+    def command(self, task_id: str) -> list[str]:
+        return self.argv
+
+
+@pytest.fixture(autouse=True)
+def agent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CONVEYOR_AGENT_DIR", str(tmp_path / "agent"))
+    return tmp_path / "agent"
+
+
+def test_a_run_is_recorded_until_it_has_been_reaped() -> None:
+    runtime: Runtime = QuickRuntime([sys.executable, "-c", "import sys; sys.exit(3)"])
+    handle = runtime.launch(TaskRun("t1", "q", "host:0", None), {})
+    record = json.loads((runs_dir() / "t1.json").read_text())
+    assert (record["task_id"], record["queue_id"], record["worker"], record["pid"]) == ("t1", "q", "host:0", handle.pid)
+    deadline = time.monotonic() + 10
+    while (code := handle.poll()) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert code == 3 and handle.start_failure is None
+    assert not (runs_dir() / "t1.json").exists()
+
+
+def test_a_command_that_cannot_start_fails_the_task() -> None:
+    with pytest.raises(TaskFailure, match="the agent could not start the task: No such file or directory"):
+        QuickRuntime(["/nonexistent/conveyor"]).launch(TaskRun("t1", "q", "host:0"), {})
+    assert not (runs_dir() / "t1.json").exists()
+
+
+def test_a_restarted_daemon_adopts_what_still_runs_and_reports_what_is_gone() -> None:
+    me = psutil.Process()
+    RunRecord("alive", "q", "host:0", "host:0:service:alive", me.pid, me.create_time()).save()
+    RunRecord("gone", "q", "host:0", None, me.pid, me.create_time() - 1000).save()  # the pid was reused
+    RunRecord("other", "q", "host:1", None, me.pid, me.create_time()).save()  # another daemon's
+    leftovers = {left.task_id: left for left in LocalRuntime().adopt("host:0")}
+    assert set(leftovers) == {"alive", "gone"}
+    alive, gone = leftovers["alive"], leftovers["gone"]
+    assert alive.handle is not None and alive.handle.pid == os.getpid() and alive.handle.poll() is None
+    assert (alive.queue_id, alive.sub_worker) == ("q", "host:0:service:alive")
+    assert gone.handle is None and gone.reason == "its executor was gone when the agent restarted"
+    assert not (runs_dir() / "gone.json").exists() and (runs_dir() / "other.json").exists()
