@@ -65,7 +65,7 @@ def default_folder(cfg: Config, task_id: str) -> Path:
         return venvs_dir(cfg) / f"build-{task_id}"
 
 
-def build_folder(client: ApiCaller, cfg: Config, opts: BuildOptions, log: Log = print) -> BuiltEnvironment:
+def build_folder(client: ApiCaller, cfg: Config, opts: BuildOptions, log: Log) -> BuiltEnvironment:
     """Clone (through the clone cache), apply the diff, build the venv, into `opts.target`."""
     from conveyor.env import python as pyenv
     from conveyor.env import vcs

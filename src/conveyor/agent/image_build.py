@@ -48,7 +48,7 @@ _TAIL = 20  # lines of the build's output kept to explain a failure
 _PYTHON_LINE = "  python:      "  # the folder build's summary line naming the environment's python
 
 
-def build_image(client: ApiCaller, cfg: Config, opts: BuildOptions, log: Log = print) -> tuple[str, str]:
+def build_image(client: ApiCaller, cfg: Config, opts: BuildOptions, log: Log) -> tuple[str, str]:
     """Build the image; returns its name and the engine (docker | podman). Raises BuildError (one line) when a step
     fails."""
     task = get_task(client, opts.task_id)

@@ -51,11 +51,11 @@ def run_build(args: argparse.Namespace) -> int:
         if args.entry_point:
             print("conveyor: --entry-point makes an image: add --docker", file=sys.stderr)
             return 2
-        built = build.build_folder(client, cfg, opts)
+        built = build.build_folder(client, cfg, opts, log=print)
         print(build.summary(built), flush=True)
         return 0
     from conveyor.agent import image_build
 
-    image, engine = image_build.build_image(client, cfg, opts)
+    image, engine = image_build.build_image(client, cfg, opts, log=print)
     print(image_build.image_summary(image, opts, engine), flush=True)
     return 0

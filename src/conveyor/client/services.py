@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, overload
+from typing import Any, overload
+
+from conveyor.client.caller import ApiCaller
 
 # The services a client may address as attributes; anything else goes through ApiClient.call.
 SERVICES = ("auth", "debug", "users", "projects", "tasks", "queues", "workers", "events")
 
 
-class Calls(Protocol):
-    """What a Service needs of its client (ApiClient has it); named here so this module need not import api.py."""
-
-    def call(self, endpoint: str, body: dict[str, Any] | None = None) -> dict[str, Any]: ...
-
-
 class Service:
     """Actions of one service as methods: keyword arguments make the JSON body."""
 
-    def __init__(self, client: Calls, name: str):
+    def __init__(self, client: ApiCaller, name: str):
         self._client = client
         self._name = name
 
@@ -49,6 +45,6 @@ class ServiceAttribute:
     @overload
     def __get__(self, client: None, owner: type | None = None) -> ServiceAttribute: ...
     @overload
-    def __get__(self, client: Calls, owner: type | None = None) -> Service: ...
-    def __get__(self, client: Calls | None, owner: type | None = None) -> ServiceAttribute | Service:
+    def __get__(self, client: ApiCaller, owner: type | None = None) -> Service: ...
+    def __get__(self, client: ApiCaller | None, owner: type | None = None) -> ServiceAttribute | Service:
         return self if client is None else Service(client, self._name)

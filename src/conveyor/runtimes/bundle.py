@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import conveyor
+from conveyor.env.managers.base import find_uv
 from conveyor.errors import TaskFailure
 from conveyor.progress import Log
 
@@ -182,7 +183,7 @@ class HostTools:
         stdlib = Path(sysconfig.get_path("stdlib", vars={"installed_base": sys.base_prefix,
                                                          "base": sys.base_prefix})).resolve()
         git = shutil.which("git")
-        uv = _find_uv()
+        uv = find_uv()
         if uv is None:
             raise BundleError("uv is not installed on the agent (pip install uv): containers use the agent's uv")
         return cls(python, stdlib, Path(git).resolve() if git else None, Path(uv).resolve())
@@ -199,15 +200,6 @@ class HostTools:
 def _identity(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
-
-
-def _find_uv() -> str | None:
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        return shutil.which("uv")
 
 
 # -- making it ------------------------------------------------------------------------------------------------

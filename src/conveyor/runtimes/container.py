@@ -87,7 +87,7 @@ class ContainerRuntime:
     def __init__(self, cfg: Config, *, engine: str | None = None, image: str | None = None,
                  arguments: Sequence[str] = (), gpus: str | None = None,
                  fetch_task: Callable[[str], dict[str, Any]] | None = None, execute_args: Sequence[str] = (),
-                 log: Log = print):
+                 log: Log | None = None):
         self.cfg = cfg
         self.engine_argv = shlex.split(engine or str(cfg.get("agent.docker_command") or "docker"))
         self.engine = "podman" if "podman" in Path(self.engine_argv[0]).name else "docker"
@@ -96,7 +96,7 @@ class ContainerRuntime:
         self.gpus = gpus if gpus is not None else ("all" if Path("/dev/nvidiactl").exists() else "none")
         self.fetch_task = fetch_task
         self.execute_args = list(execute_args)  # more flags of the inner `conveyor execute` (--clone, ...)
-        self.log = log
+        self.log: Log = log or logging.getLogger("conveyor.runtimes.container").info  # the daemon's log
         self.worker = ""  # the daemon's worker id: the parent-worker label
 
     @classmethod
