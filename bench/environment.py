@@ -121,7 +121,7 @@ def main() -> None:
     try:
         bare_uv(work, "prime", reqs_file, uv_env)  # downloads every wheel once: later runs measure no network
         rows = [one_run(run, work, reqs_file, uv_env, uv_cache, args.manager) for run in range(args.runs)]
-        ref, cold, first_freeze, warm, warm_freeze = (list(column) for column in zip(*rows))
+        ref, cold, first_freeze, warm, warm_freeze = (list(column) for column in zip(*rows, strict=True))
         ref_med = statistics.median(ref)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"10 packages ({', '.join(PACKAGES)}), manager {args.manager}, {args.runs} runs, "

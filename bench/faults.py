@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from agentkit import (  # noqa: E402

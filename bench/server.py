@@ -28,10 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import ServerProcess, pg_database  # noqa: E402  (the same server launcher the tests use)
-
 import httpx  # noqa: E402
 import orjson  # noqa: E402
+
+from conftest import ServerProcess, pg_database  # noqa: E402  (the same server launcher the tests use)
 
 
 class LeanClient:

@@ -52,7 +52,7 @@ class ServerProcess:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 30) -> "ServerProcess":
+    def start(self, timeout: float = 30) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "conveyor", "server", "--port", str(self.port),
                "--data-dir", str(self.home / ".conveyor"), "--client-config", str(self.config_file)]

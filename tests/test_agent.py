@@ -271,7 +271,8 @@ def test_drain_on_sigterm_then_stop_on_second(sqlite_server: ServerProcess, tmp_
 
     daemon = DaemonProcess(sqlite_server, tmp_path, "--queue", "default")
     long_task = create_task(client, name="long", repository=f"file://{bare}", entry_point="long.py")
-    client.call("queues.clear_queue", {"queue": client.call("queues.get_all", {"name": "^default$"})["queues"][0]["id"]})
+    default = client.call("queues.get_all", {"name": "^default$"})["queues"][0]["id"]
+    client.call("queues.clear_queue", {"queue": default})
     enqueue(client, long_task)
     wait_status(client, long_task, "in_progress")
     time.sleep(0.5)
@@ -319,5 +320,6 @@ def test_real_clearml_agent_executes_a_conveyor_task(sqlite_server: ServerProces
     for task_id, expected in ((task_ok, "completed"), (task, "failed")):
         subprocess.run([str(agent), "execute", "--id", task_id], env=env, capture_output=True, timeout=600)
         doc = client.call("tasks.get_by_id", {"task": task_id})["task"]
-        assert doc["status"] == expected, f"{doc['status']}: {doc.get('status_reason')}\n{log_text(client, task_id)[-2000:]}"
+        assert doc["status"] == expected, \
+            f"{doc['status']}: {doc.get('status_reason')}\n{log_text(client, task_id)[-2000:]}"
     assert "line 4" in log_text(client, task_ok)

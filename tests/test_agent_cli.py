@@ -13,11 +13,12 @@ import httpx
 import pytest
 
 from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final, wait_status
-from conveyor.config import load_config
 from conftest import ServerProcess, free_port
+from conveyor.config import load_config
 
 
-def conveyor(*args: str, env: dict[str, str], timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess:
+def conveyor(*args: str, env: dict[str, str], timeout: float = 60,
+             stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "conveyor", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, input=stdin)
 
@@ -162,7 +163,8 @@ def test_gpu_daemon_identity_visibility_and_stats(sqlite_server: ServerProcess, 
     fake.write_text('[{"index": 0, "uuid": "GPU-aaa", "memory_total_mb": 81920, "memory_used_mb": 1024, '
                     '"utilization": 42, "temperature": 55}, {"index": 1, "uuid": "GPU-bbb", "memory_total_mb": 81920, '
                     '"memory_used_mb": 0, "utilization": 7, "temperature": 40}]')
-    _, bare = make_repo(tmp_path / "repos", {"train.py": "import os\nprint('visible', os.environ['CUDA_VISIBLE_DEVICES'])\n"})
+    script = "import os\nprint('visible', os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    _, bare = make_repo(tmp_path / "repos", {"train.py": script})
     client = sqlite_server.client()
     env = agent_env(sqlite_server, tmp_path, CONVEYOR_FAKE_GPUS=str(fake),
                     CLEARML_AGENT__AGENT__STATUS_REPORT_INTERVAL_SEC="1")

@@ -14,8 +14,15 @@ import pytest
 
 from agentkit import agent_env, create_task, git, log_text, make_repo, wait_final
 from conftest import ServerProcess
-from containerkit import (base_image, container_agent_env, containers_labelled, docker_engine, engine,  # noqa: F401
-                          ensure_base_image, remove_image)
+from containerkit import (  # noqa: F401
+    base_image,
+    container_agent_env,
+    containers_labelled,
+    docker_engine,
+    engine,
+    ensure_base_image,
+    remove_image,
+)
 
 TRAIN = """\
 import sys

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _api import module_server
 from conftest import ServerProcess, free_port
-
 from conveyor.client import ApiClient, AuthError
 from conveyor.protocol.tags import ARGS_ON_COMMAND_LINE
 
@@ -438,7 +438,8 @@ def test_users_roles_and_their_credentials(cli_server: ServerProcess, api: ApiCl
     assert error == [f"conveyor: task {theirs} belongs to {admin_name}; only its owner or an admin can abort it"]
     assert get_task(api, theirs)["status"] == "created"
     for args, message in ((["user", "create", unique("mallory")], "only an admin can create users"),
-                          (["credentials", "create", "--user", "Conveyor Admin"], "only an admin can create credentials"),
+                          (["credentials", "create", "--user", "Conveyor Admin"],
+                           "only an admin can create credentials"),
                           (["user", "create", name], "only an admin")):
         lines = conveyor(cli_server, *args, env=as_alice, expect=2).stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, lines)

@@ -17,10 +17,10 @@ from conveyor.config import (
     ConfigError,
     ConfigKeyError,
     defaults,
+    hocon,
     load_config,
     write_api_section,
 )
-from conveyor.config import hocon
 
 
 @pytest.fixture

@@ -22,8 +22,16 @@ import pytest
 
 from agentkit import DaemonProcess, agent_env, create_task, enqueue, log_text, make_repo, wait_final, wait_status
 from conftest import ServerProcess
-from containerkit import (BASE_IMAGE, BOOKWORM_BARE_IMAGE, BULLSEYE_IMAGE, IMAGE_ENVS, _ready,  # noqa: F401
-                          docker_engine, engine, stock_image)
+from containerkit import (  # noqa: F401
+    BASE_IMAGE,
+    BOOKWORM_BARE_IMAGE,
+    BULLSEYE_IMAGE,
+    IMAGE_ENVS,
+    _ready,
+    docker_engine,
+    engine,
+    stock_image,
+)
 from conveyor.runtimes import container_args as cargs
 
 SECOND_IMAGE = "conveyor-test/second:1"

@@ -85,7 +85,8 @@ def test_raw_refusals(sqlite_server: ServerProcess, bearer: dict[str, str]) -> N
     files = f"{sqlite_server.url}/files"
     upload = {"/p/x.json": ("/p/x.json", b"{}", "application/json")}
     assert httpx.post(f"{files}/", files=upload, timeout=10).status_code == 401
-    assert httpx.post(f"{files}/", files=upload, headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 401
+    refused = httpx.post(f"{files}/", files=upload, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert refused.status_code == 401
     assert httpx.delete(f"{files}/p/x.json", timeout=10).status_code == 401
     for bad in ("../escape.txt", "/p/../../escape.txt", "/.."):
         res = httpx.post(f"{files}/", files={bad: (bad, b"x", "text/plain")}, headers=bearer, timeout=10)

@@ -374,7 +374,8 @@ def test_server_still_healthy_after_bad_input(srv: ServerProcess, raw: Raw) -> N
 
 
 # --- a sweep: any field of any call, given a value of the wrong type, is answered below 500 -------------------------
-_KEY = re.compile(r"""(?:call\.(?:str|bool|int|float|str_list|dict|list|get)\(|body\.get\(|body\[)\s*["']([a-z_]+)["']""")
+_KEY = re.compile(
+    r"""(?:call\.(?:str|bool|int|float|str_list|dict|list|get)\(|body\.get\(|body\[)\s*["']([a-z_]+)["']""")
 _COMMON_KEYS = ["only_fields", "order_by", "page", "page_size", "size", "scroll_id", "search_hidden", "tags",
                 "system_tags", "id", "name", "status", "type", "project", "parent", "user"]
 _INNER = {  # list fields whose items are objects: the keys of an item
@@ -460,7 +461,7 @@ def test_no_500_for_wrong_types(srv: ServerProcess, raw: Raw, service: str) -> N
                 body["wait"] = 0  # keep long-polls short
         with ThreadPoolExecutor(8) as pool:
             responses = pool.map(lambda b: raw.request(endpoint, b[2]), bodies)
-            for (where, value, _), response in zip(bodies, responses):
+            for (where, value, _), response in zip(bodies, responses, strict=True):
                 if response.status_code >= 500:
                     failures.append(f"{endpoint} {where}={str(value)[:20]}: {response.json()['meta']['result_msg']}")
     if service == "events":  # the events of a batch, one field wrong at a time

@@ -164,7 +164,8 @@ def test_requirements_nearest_the_entry_point(tmp_path: Path) -> None:
 
 def test_line_normalization() -> None:
     assert normalize_line("Six == 1.16.0") == normalize_line("six==1.16.0") == "six==1.16.0"
-    assert normalize_line("Foo_Bar[B, a] >=1 , <2 ;python_version  >= '3.8'") == "foo-bar[a,b]<2,>=1; python_version >= '3.8'"
+    assert (normalize_line("Foo_Bar[B, a] >=1 , <2 ;python_version  >= '3.8'")
+            == "foo-bar[a,b]<2,>=1; python_version >= '3.8'")
 
 
 def test_failure_reason_and_scrub() -> None:
@@ -443,7 +444,8 @@ def test_conda_missing_is_a_clear_error(tmp_path: Path, uv_cache: Path, monkeypa
     cfg = make_cfg(tmp_path, uv_cache, manager="conda")
     with pytest.raises(EnvBuildError) as info:
         build_environment(reqs("six"), cfg=cfg, log=Logs())
-    assert str(info.value) == "conda is not installed on this worker: install it or set agent.package_manager.type to uv"
+    assert str(info.value) == ("conda is not installed on this worker: install it or set "
+                               "agent.package_manager.type to uv")
     assert not (tmp_path / "venvs-cache").exists(), "nothing is created"
 
 
@@ -462,7 +464,8 @@ def test_missing_python_version_falls_back_to_the_agents(tmp_path: Path, uv_cach
 
 
 def test_requested_python_version_is_used_when_installed(tmp_path: Path, uv_cache: Path) -> None:
-    other = next((v for v in ("3.12", "3.10", "3.13", "3.11") if not OWN_VERSION.startswith(v + ".") and find_python(v)),
+    candidates = ("3.12", "3.10", "3.13", "3.11")
+    other = next((v for v in candidates if not OWN_VERSION.startswith(v + ".") and find_python(v)),
                  None)
     if other is None:
         pytest.skip("no second Python version on this machine")

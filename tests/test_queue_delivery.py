@@ -178,7 +178,8 @@ def test_sigkill_loses_no_acknowledged_enqueue(tmp_path: Path, backend: str, req
     after = server.client()
     entries = [e["task"] for e in after.call("queues.get_by_id", {"queue": queue})["queue"]["entries"]]
     assert entries[: len(acknowledged)] == acknowledged
-    statuses = {t["id"]: t["status"] for t in after.call("tasks.get_all", {"id": acknowledged, "only_fields": ["status"]})["tasks"]}
+    found = after.call("tasks.get_all", {"id": acknowledged, "only_fields": ["status"]})["tasks"]
+    statuses = {t["id"]: t["status"] for t in found}
     assert set(statuses.values()) == {"queued"}
     server.stop()
 

@@ -21,7 +21,6 @@ from conveyor.client import ApiClient
 from test_services import FULL
 
 
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with module_server(request.param, tmp_path_factory.mktemp(f"sdk-{request.param}")) as proc:

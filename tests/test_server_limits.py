@@ -60,7 +60,7 @@ def limited(tmp_path: Path, db_url: str | None) -> Iterator[ServerProcess]:
     proc.stop()
 
 
-# --- name filters ----------------------------------------------------------------------------------------------------
+# --- name filters -----------------------------------------------------------------------------------------------------
 def test_catastrophic_name_pattern_is_refused_without_stalling_the_server(limited: ServerProcess) -> None:
     raw = Raw(limited)
     pid = raw.ok("projects.create", {"name": CATASTROPHIC_NAME})["id"]
@@ -94,7 +94,7 @@ def test_catastrophic_name_pattern_is_refused_without_stalling_the_server(limite
     assert raw.error("tasks.get_all", {"name": "(unclosed"})[0] == 400
 
 
-# --- request bodies ----------------------------------------------------------------------------------------------------
+# --- request bodies ---------------------------------------------------------------------------------------------------
 def test_oversized_body_is_refused_while_it_streams(limited: ServerProcess) -> None:
     raw = Raw(limited)
     process = psutil.Process(limited.proc.pid)
@@ -138,7 +138,7 @@ def test_deeply_nested_body_is_a_clear_400(limited: ServerProcess) -> None:
     assert raw.error("events.add_batch", content=events.encode(), content_type="application/json-lines")[0] == 400
 
 
-# --- answer sizes ------------------------------------------------------------------------------------------------------
+# --- answer sizes -----------------------------------------------------------------------------------------------------
 def test_get_all_pages_by_default_and_caps_page_size(limited: ServerProcess) -> None:
     raw = Raw(limited)
     pid = raw.ok("projects.create", {"name": "paged"})["id"]

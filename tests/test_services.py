@@ -1,4 +1,4 @@
-"""Every service's calls with the reference server's semantics, on SQLite and on PostgreSQL (one server per database)."""
+"""Every service's calls with the reference server's semantics, on SQLite and on PostgreSQL (a server per database)."""
 
 from __future__ import annotations
 
@@ -285,7 +285,8 @@ def test_enqueue_and_dequeue(api: ApiClient) -> None:
     assert entries(api, qid) == []
     assert api.call("tasks.dequeue", {"task": tid})["updated"] == 0
     # By queue name, and with no queue at all: the default queue.
-    api.call("tasks.enqueue", {"task": tid, "queue_name": api.call("queues.get_by_id", {"queue": qid})["queue"]["name"]})
+    queue_name = api.call("queues.get_by_id", {"queue": qid})["queue"]["name"]
+    api.call("tasks.enqueue", {"task": tid, "queue_name": queue_name})
     assert entries(api, qid) == [tid]
     api.call("tasks.dequeue", {"task": tid})
     default = api.call("queues.get_default")["id"]

@@ -156,7 +156,7 @@ def test_worker_reports_on_the_task_it_pulled(srv: ServerProcess, admin: ApiClie
         assert "last_worker" not in task_of(alice, other)
 
 
-# --- credentials --------------------------------------------------------------------------------------------------
+# --- credentials ------------------------------------------------------------------------------------------------------
 def test_credentials_belong_to_users(srv: ServerProcess, admin: ApiClient) -> None:
     admin_key, _ = srv.credentials()
     name, user_id, alice = new_user(srv, admin)
@@ -200,7 +200,7 @@ def test_forged_token_cannot_make_hidden_credentials(srv: ServerProcess, admin: 
     admin.call("auth.revoke_credentials", {"access_key": made})
 
 
-# --- existing installs ----------------------------------------------------------------------------------------------
+# --- existing installs ------------------------------------------------------------------------------------------------
 def _database_at_0002(url: str) -> None:
     from alembic import command
     from alembic.config import Config as AlembicConfig
@@ -263,7 +263,7 @@ class _nothing:
         return None
 
 
-# --- the data dir ------------------------------------------------------------------------------------------------------
+# --- the data dir -----------------------------------------------------------------------------------------------------
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

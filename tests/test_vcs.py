@@ -18,8 +18,16 @@ import pytest
 
 from conveyor.config import Config, load_config
 from conveyor.env.git_auth import ASKPASS_USER_VAR, askpass_environment, split_credentials
-from conveyor.env.vcs import (Checkout, GitAuth, VcsError, apply_diff, looks_like_patch, prepare_repository,
-                              rewrite_url, write_standalone_script)
+from conveyor.env.vcs import (
+    Checkout,
+    GitAuth,
+    VcsError,
+    apply_diff,
+    looks_like_patch,
+    prepare_repository,
+    rewrite_url,
+    write_standalone_script,
+)
 
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "t",
                 "GIT_COMMITTER_EMAIL": "a@b"}
@@ -606,7 +614,8 @@ def test_credentials_from_config_reach_git_only_through_askpass(http_origin, rec
     askpass = {line.split()[1] for line in calls.splitlines() if line.startswith("ASKPASS ") and "USERVAR set" in line}
     assert askpass and not any(Path(p).exists() for p in askpass)  # used, then deleted
     lines = calls.splitlines()
-    local = [env for argv, env in zip(lines[::2], lines[1::2]) if " checkout " in argv or " rev-parse " in argv]
+    pairs = zip(lines[::2], lines[1::2], strict=False)
+    local = [env for argv, env in pairs if " checkout " in argv or " rev-parse " in argv]
     assert local and all("USERVAR set" not in env for env in local)  # only commands that talk to the server
     assert SECRET not in "\n".join(log)
     assert not (Path(os.environ["HOME"]) / ".git-credentials").exists()

@@ -64,7 +64,8 @@ def test_index_serves_the_app(sqlite_server: Any) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-@pytest.mark.parametrize("suffix,content_type", [(".js", "javascript"), (".css", "text/css"), (".svg", "image/svg+xml")])
+@pytest.mark.parametrize("suffix,content_type",
+                         [(".js", "javascript"), (".css", "text/css"), (".svg", "image/svg+xml")])
 def test_assets_are_served_with_their_content_type(sqlite_server: Any, suffix: str, content_type: str) -> None:
     refs = [r for r in _refs().refs if r.endswith(suffix)]
     assert refs, f"index.html references no {suffix} file"
@@ -233,7 +234,8 @@ def test_answers_have_the_shapes_the_ui_reads(sqlite_server: Any) -> None:
     assert [e["msg"] for e in page["events"]] == ["hello"] and page["scroll_id"]
     assert api.call("events.get_task_log", **{**body, "scroll_id": page["scroll_id"]})["events"] == []
     api.call("events.add_batch", requests=[{"task": task, "type": "log", "msg": "more"}])
-    assert [e["msg"] for e in api.call("events.get_task_log", **{**body, "scroll_id": page["scroll_id"]})["events"]] == ["more"]
+    more = api.call("events.get_task_log", **{**body, "scroll_id": page["scroll_id"]})["events"]
+    assert [e["msg"] for e in more] == ["more"]
     # Scalars come as {metric: {variant: {x, y}}}.
     histogram = api.call("events.scalar_metrics_iter_histogram", task=task)
     assert histogram["loss"]["train"]["x"] == [1] and histogram["loss"]["train"]["y"] == [0.5]
