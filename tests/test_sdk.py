@@ -72,6 +72,30 @@ def test_api_client_lists_default_queue(srv: ServerProcess, api: ApiClient, tmp_
     assert {"id": default["id"], "name": "default"} in answer["queues"]
 
 
+def test_api_client_forces_a_queue_on_and_wakes_a_waiting_daemon(srv: ServerProcess, api: ApiClient,
+                                                                   tmp_path: Path) -> None:
+    """The docs' snippet for forcing workers: a daemon long-polling the queue is told to look again."""
+    import threading
+
+    qid = api.call("queues.create", {"name": f"forced-{uuid.uuid4().hex[:6]}"})["id"]
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(api.call(
+        "queues.get_next_task", {"queue": qid, "wait": 20, "worker": "w-forced"}, timeout=40)))
+    waiting.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    run_sdk(srv, tmp_path, f"""
+        import json
+        from clearml.backend_api.session.client import APIClient
+        APIClient().queues.update(queue={qid!r}, tags=["force_workers:on"])
+        print(json.dumps({{}}))
+    """)
+    waiting.join(30)
+    assert answers == [{}] and time.monotonic() - started < 15  # ended by the change, long before its 20 s
+    assert api.call("queues.get_by_id", {"queue": qid})["queue"]["tags"] == ["force_workers:on"]
+    api.call("queues.delete", {"queue": qid, "force": True})
+
+
 def test_task_create_enqueue_then_pop(srv: ServerProcess, api: ApiClient, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -228,7 +228,6 @@ def test_a_paused_queue_is_not_served_until_resumed(tmp_path: Path) -> None:
     api.queue_tags["a"] = [QUEUE_PAUSED]
     runtime = FakeRuntime(api)
     daemon = make_daemon(tmp_path, api, runtime)
-    daemon._refresh_queue_tags()
     serve_until(daemon, lambda: len(runtime.launched) == 1)
     time.sleep(0.02)  # several more polls
     assert launched(runtime) == ["b1"] and api.queues["a"] == ["a1"]
@@ -236,6 +235,22 @@ def test_a_paused_queue_is_not_served_until_resumed(tmp_path: Path) -> None:
     daemon.draining.clear()
     serve_until(daemon, lambda: len(runtime.launched) == 2)
     assert launched(runtime) == ["b1", "a1"]
+
+
+def test_a_worker_forced_off_pulls_nothing_and_reports_why(tmp_path: Path) -> None:
+    api = FakeApi({"q": ["t1"]})
+    props = [{"key": "force", "value": "off"}]
+    api.workers_get_runtime_properties = lambda body: {"runtime_properties": props}  # type: ignore[attr-defined]
+    runtime = FakeRuntime(api)
+    daemon = make_daemon(tmp_path, api, runtime)
+    serve_until(daemon, lambda: len(api.called("workers.get_runtime_properties")) > 5)
+    assert launched(runtime) == [] and api.queues["q"] == ["t1"]
+    assert {k: api.called("workers.status_report")[-1][k] for k in ("state", "state_reason")} == {
+        "state": "forced_off", "state_reason": "forced off"}
+    props.clear()
+    daemon.draining.clear()
+    serve_until(daemon, lambda: len(runtime.launched) == 1)
+    assert api.called("workers.status_report")[-1]["state"] == "active"
 
 
 def test_the_run_gets_the_worker_ids_and_what_the_executor_needs(tmp_path: Path) -> None:

@@ -59,6 +59,12 @@ def print_status() -> int:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.get("started", 0)))
         _say(f"{d.get('worker_id', '?')}  pid {d.get('pid')}  queues {', '.join(d.get('queues') or [])}  "
               f"since {started}" + (f"  log {d['log_file']}" if d.get("log_file") else ""))
+        if d.get("schedule"):  # written by the daemon as it goes (working_hours.publish)
+            state = (d.get("state") or "active").replace("_", " ")
+            _say(f"  schedule: {d['schedule']};  state: {state}" + (f" ({d['state_reason']})"
+                                                                   if d.get("state_reason") else ""))
+            tags = "; ".join(f"{q}: {', '.join(t) or '-'}" for q, t in (d.get("queue_tags") or {}).items())
+            _say(f"  queue tags: {tags or '-'}")
     return 0
 
 

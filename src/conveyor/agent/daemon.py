@@ -22,12 +22,15 @@ from conveyor.agent.logs import send_line
 from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.policy import QueuePolicy
 from conveyor.agent.process import become_subreaper, end_orphans
+from conveyor.agent.schedule import Schedule
+from conveyor.agent.working_hours import PolicyWatch, publish
 from conveyor.client.caller import ApiCaller
 from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
 from conveyor.errors import ConveyorError, TaskFailure, UserError
 from conveyor.protocol.ids import looks_like_id
 from conveyor.protocol.status import TaskStatus
+from conveyor.protocol.worker_state import STATE_FIELD, STATE_REASON_FIELD, WorkerState
 from conveyor.runtimes.base import RunHandle, Runtime, TaskRun
 from conveyor.runtimes.choice import runtime_for
 
@@ -57,6 +60,8 @@ class DaemonOptions:
     docker: list[str] | None = None  # None: tasks run as local processes; else [IMAGE [ENGINE ARGS...]] (maybe [])
     podman: bool = False
     launched_by: str = "daemon"  # or "up": `conveyor daemon --stop` leaves `conveyor up` alone unless it is named
+    uptime: list[str] | None = None  # else agent.uptime
+    downtime: list[str] | None = None  # else agent.downtime
 
     def started_with(self) -> dict[str, Any]:
         engine = None if self.docker is None else "podman" if self.podman else "docker"
@@ -90,6 +95,9 @@ class Daemon:
         self.worker = ""
         self.queue_names: dict[str, str] = {}
         self.policy = QueuePolicy([])
+        self.watch = PolicyWatch(client)
+        self.state: tuple[WorkerState, str] = (WorkerState.active, "")  # reported with every status report
+        self._shown: dict[str, Any] = {}
         self.visible_devices = "none" if opts.cpu_only else opts.gpus
         self.monitor = MachineMonitor(GpuInventory(self.visible_devices),
                                       cfg.get("agent.resource_monitoring.disk_use_path", None))
@@ -98,13 +106,15 @@ class Daemon:
     def run(self) -> int:
         self.slot = take_slot()
         try:
+            schedule = Schedule.parse(self.opts.uptime or self.cfg.get("agent.uptime", None),
+                                      self.opts.downtime or self.cfg.get("agent.downtime", None))
             self.worker = worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None),
                                     self.slot.index, self.opts.gpus, self.opts.cpu_only)
             self._check_worker_id_free(self.slot)
             self._take_over_leftovers()
             become_subreaper()  # what a crashed executor leaves running is reparented to us, and ended
             queue_ids = self._resolve_queues()
-            self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness)
+            self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness, schedule=schedule)
             describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv,
                      self.opts.log_file, self.opts.started_with())
             self._install_signal_handlers()
@@ -265,29 +275,32 @@ class Daemon:
     def _pull(self, long_poll: bool) -> tuple[str, str] | None:
         """The next (task, queue) by the policy, or None after waiting as the mode wants (an empty poll, every
         queue paused, a server error)."""
-        order = self.policy.order()
-        if not order:  # every queue paused: look again later whether one was resumed
-            self._wake.wait(self._poll_interval())
-            self._refresh_queue_tags()
+        decision = self.watch.decide(self.policy, self.worker)
+        self.set_state(decision.state, decision.reason)
+        order = decision.queues
+        if not order:  # forced off or idle by schedule: look again soon whether that changed
+            self._nap(self.watch.recheck_in(decision, self._poll_interval(), long_poll))
             return None
         try:
-            entry = self._next_task_long(order) if long_poll else self._next_task_polling(order)
+            entry = (self._next_task_long(order, self.watch.wait_cap(decision)) if long_poll
+                     else self._next_task_polling(order))
         except ConveyorError as exc:
             log.warning("could not get a task: %s", exc)
             self._wake.wait(min(self._poll_interval(), 5.0))
             return None
         if entry is None and not long_poll:
             self._nap(self._poll_interval())
-            self._refresh_queue_tags()
         return entry
 
-    def _next_task_long(self, order: list[str]) -> tuple[str, str] | None:
-        wait = float(self.cfg.get("agent.long_poll_sec"))
+    def _next_task_long(self, order: list[str], cap: float | None) -> tuple[str, str] | None:
+        # `worker` (a Conveyor addition) lets the server end the wait when this worker's runtime properties change
+        wait = min(float(self.cfg.get("agent.long_poll_sec")), cap or float("inf"))
         result: list[dict[str, Any] | ConveyorError] = []
 
         def pull() -> None:
             try:
-                answer = self.client.call("queues.get_next_task", {"queue": order[0], "queues": order, "wait": wait},
+                answer = self.client.call("queues.get_next_task", {"queue": order[0], "queues": order, "wait": wait,
+                                                                  "worker": self.worker},
                                           timeout=wait + 30)
                 entry = answer.get("entry")
                 if entry and self.draining.is_set():  # popped after we stopped taking work: hand it back
@@ -325,14 +338,6 @@ class Daemon:
             if answer.get("entry"):
                 return answer["entry"]["task"], queue_id
         return None
-
-    def _refresh_queue_tags(self) -> None:
-        try:
-            queues = self.client.call("queues.get_all", {"id": self.policy.queue_ids, "only_fields": ["id", "tags"]})
-        except ConveyorError as exc:
-            log.debug("queues.get_all (tags): %s", exc)
-            return
-        self.policy.update_tags({q["id"]: q.get("tags") or [] for q in queues["queues"]})
 
     def _give_back(self, task_id: str, queue_id: str) -> None:
         """A task popped while draining goes back to the front of its queue (it is still `queued`)."""
@@ -494,11 +499,25 @@ class Daemon:
             if self.stopping.wait(interval):
                 return
 
+    def set_state(self, state: WorkerState, reason: str = "") -> None:
+        """What the worker does besides running tasks, shown by `worker list`; a change is reported at once."""
+        if (state, reason) != self.state:
+            self.state = (state, reason)
+            log.info("worker state: %s%s", state.value, f" ({reason})" if reason else "")
+            if self.worker:
+                self._report()
+        shown = {STATE_FIELD: state.value, STATE_REASON_FIELD: reason, "schedule": self.policy.schedule.describe(),
+                 "queue_tags": {self.queue_names.get(q, q): tags for q, tags in self.policy.tags.items()}}
+        if shown != self._shown:  # for `conveyor daemon --status`
+            self._shown = shown
+            publish(self.slot, shown)
+
     def _report(self, stats: bool = False) -> None:
         base = {"timestamp": int(time.time()) * 1000, "is_daemon": True, "tags": self.opts.child_report_tags or None}
         runs = list(self.running.values())
         body = dict(base, worker=self.worker, queues=self.policy.queue_ids,
-                    machine_stats=self.monitor.sample() if stats else None)
+                    machine_stats=self.monitor.sample() if stats else None,
+                    **{STATE_FIELD: self.state[0].value, STATE_REASON_FIELD: self.state[1]})
         if self.opts.services_mode is None and runs:
             body.update(task=runs[0].task_id, queue=runs[0].queue_id)
         self._tolerant_call("workers.status_report", body, logging.DEBUG)  # the next report comes soon

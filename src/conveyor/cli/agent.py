@@ -69,6 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--polling-interval", type=float, help="seconds between polls when the server has no long-poll")
     d.add_argument("--services-mode", nargs="?", type=int, const=0, default=None, metavar="N",
                    help="run tasks side by side, at most N at once (no N: no limit)")
+    # Not exclusive in argparse: with the config's agent.uptime/downtime, the daemon checks both at start.
+    d.add_argument("--uptime", nargs="+", metavar="SPAN",
+                   help='pull tasks only in these hours (local time), e.g. "17-20 SUN-TUE" "13-22 WED" '
+                        "(agent.uptime)")
+    d.add_argument("--downtime", nargs="+", metavar="SPAN",
+                   help='pull no tasks in these hours, e.g. "20-00,00-08 SUN" (agent.downtime)')
     d.add_argument("--child-report-tags", nargs="+", default=[], metavar="TAG", help="tags in the worker's reports")
     d.add_argument("--log-file", help=argparse.SUPPRESS)
     _worker_args(d)
@@ -126,12 +132,15 @@ def run_daemon(args: argparse.Namespace) -> int:
                          polling_interval=args.polling_interval, child_report_tags=args.child_report_tags,
                          git_user=args.git_user, git_pass=args.git_pass, log_file=args.log_file,
                          argv=control.mask_argv(["conveyor", *sys.argv[1:]]), docker=args.docker,
-                         podman=args.podman is True)
+                         podman=args.podman is True, uptime=args.uptime, downtime=args.downtime)
     if args.status:
         return control.print_status()
     if args.stop is not None:
         return control.stop(args.stop, opts.started_with())
     if args.detached:
+        from conveyor.agent.schedule import Schedule
+
+        Schedule.parse(args.uptime, args.downtime)  # a malformed span is told here, not in the detached log
         return control.detach(sys.argv[1:])
     _setup_logging(args.log_level)
     cfg = config_of(args)

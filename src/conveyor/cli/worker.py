@@ -11,7 +11,8 @@ from conveyor.cli._output import age, print_json, print_table
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="list the workers (agents) the server hears from")
     cmds = p.add_subparsers(dest="worker_command", metavar="ACTION", required=True)
-    ls = cmds.add_parser("list", help="list live workers: their queues, current task and last report")
+    ls = cmds.add_parser("list", help="list live workers: their queues, current task, state (forced off, idle by "
+                                      "schedule) and last report")
     ls.add_argument("--json", action="store_true", help="print the server's data as JSON")
     ls.set_defaults(func=list_workers)
 
@@ -21,7 +22,9 @@ def _row(worker: dict[str, Any]) -> tuple[str, ...]:
     task = worker.get("task") or {}
     current = f"{task.get('id', '')} ({task['name']})" if task.get("name") else task.get("id", "")
     last = worker.get("last_report_time") or worker.get("last_activity_time")
-    return worker["id"], queues, current, age(last)
+    state = worker.get("state") or ""
+    shown = "" if state in ("", "active") else worker.get("state_reason") or state.replace("_", " ")
+    return worker["id"], queues, current, shown, age(last)
 
 
 def list_workers(args: argparse.Namespace) -> int:
@@ -31,6 +34,6 @@ def list_workers(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return 0
-    print_table(("WORKER", "QUEUES", "TASK", "LAST REPORT"), [_row(w) for w in data.get("workers") or []],
+    print_table(("WORKER", "QUEUES", "TASK", "STATE", "LAST REPORT"), [_row(w) for w in data.get("workers") or []],
                 empty="No live workers — start one with `conveyor daemon --queue NAME`")
     return 0

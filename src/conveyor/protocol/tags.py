@@ -10,3 +10,6 @@ ARGS_ON_COMMAND_LINE = "conveyor:args-on-command-line"
 
 # A queue tag: daemons serving this queue pull nothing from it until the tag is removed (ClearML's "pause").
 QUEUE_PAUSED = "force_workers:off"
+
+# A queue tag: daemons serving this queue pull from it whatever their schedule or runtime property `force` says.
+QUEUE_FORCED_ON = "force_workers:on"

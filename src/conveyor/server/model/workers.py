@@ -7,6 +7,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from conveyor.protocol.status import TaskStatus
+from conveyor.protocol.worker_state import STATE_FIELD, STATE_REASON_FIELD
 from conveyor.server.codec import Document, dumps, iso, loads, now
 from conveyor.server.model.tasks import set_status
 from conveyor.server.store import schema as s
@@ -59,11 +60,14 @@ def save(conn: Connection, worker: str, doc: Document, *, task: str | None = Non
 
 
 def report(conn: Connection, worker: str, doc: Document, *, task_id: str | None, queue_id: str | None,
-           stats: Document | None, is_daemon: bool, task: Document | None) -> None:
+           stats: Document | None, is_daemon: bool, task: Document | None,
+           state: tuple[str | None, str | None] = (None, None)) -> None:
     """Record a status report: machine stats (kept as history) and what the worker runs now. `task` is the task
     document when the worker may report on it: only then does the worker mark it as its own (tasks.stop trusts
-    `last_worker`)."""
+    `last_worker`). `state` is what a Conveyor daemon says it does besides (WorkerState, and why)."""
     ts = now()
+    if state[0] is not None:
+        doc[STATE_FIELD], doc[STATE_REASON_FIELD] = state[0], state[1] or ""
     doc["last_report_time"] = iso(ts)
     doc["is_daemon"] = is_daemon
     if stats is not None:

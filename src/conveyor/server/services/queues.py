@@ -13,7 +13,7 @@ from conveyor.protocol import errors
 from conveyor.server import query as q
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, loads
-from conveyor.server.model import deliveries, queues
+from conveyor.server.model import deliveries, forcing, queues
 from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -75,6 +75,10 @@ def update_queue(call: Call) -> dict[str, Any]:
         tags = {key: call.str_list(key) if call.body.get(key) is not None else None for key in ("tags", "system_tags")}
         fields = queues.update_queue(conn, doc, name=call.str("name"), tags=tags["tags"],
                                      system_tags=tags["system_tags"], metadata=call.dict("metadata"))
+        if "tags" in fields:  # force_workers:on|off may have changed: waiting daemons look again
+            forcing.announce(conn, forcing.queue_key(queue_id))
+    if "tags" in fields:
+        call.state.wake([forcing.queue_key(queue_id)])
     return {"updated": 1 if fields else 0, "fields": fields}
 
 
@@ -182,10 +186,16 @@ def _known_queues(call: Call, queue_ids: list[str]) -> None:
     known.update(found)
 
 
-def pop(call: Call, queue_ids: list[str]) -> dict[str, Any] | None:
-    """The head entry of the first non-empty queue, as `queues.get_next_task` answers it (see deliveries.pop)."""
+def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str, Any] | None:
+    """The head entry of the first non-empty queue, as `queues.get_next_task` answers it (see deliveries.pop). With
+    `worker` (a long-polling Conveyor daemon), queues that worker is forced off are skipped."""
     runner = call.identity.access_key if call.identity is not None else None  # it may report on what it pulls
     with call.store.write() as conn:
+        if worker:
+            closed = forcing.closed_queues(conn, worker, queue_ids)
+            queue_ids = [qid for qid in queue_ids if qid not in closed]
+            if not queue_ids:
+                return None
         popped = deliveries.pop(conn, queue_ids, runner=runner)
         if popped is None:
             return None
@@ -210,8 +220,9 @@ async def _give_back(call: Call, answer: dict[str, Any]) -> None:
 
 @endpoint("queues.get_next_task")
 async def get_next_task(call: Call) -> dict[str, Any]:
-    """ClearML's pop; our addition: `wait` (seconds) holds the request until an entry arrives, and `queues` (a list,
-    in priority order) pops from the first non-empty one."""
+    """ClearML's pop; our additions: `wait` (seconds) holds the request until an entry arrives, `queues` (a list,
+    in priority order) pops from the first non-empty one, and `worker` names the waiting worker: a change of its
+    runtime properties or of the queues' tags ends the wait with nothing, so that its daemon looks again."""
     queue_ids = call.str_list("queues") or []
     single = call.str("queue")
     if single:
@@ -219,14 +230,16 @@ async def get_next_task(call: Call) -> dict[str, Any]:
     if not queue_ids:
         raise errors.missing_field("queue")
     wait = min(call.float("wait", 0.0) or 0.0, call.state.settings.long_poll_max_sec)
+    worker = call.str("worker")
     inline = call.store.inline
+    keys = [*queue_ids, *map(forcing.queue_key, queue_ids), *([forcing.worker_key(worker)] if worker else [])]
 
     async def attempt() -> dict[str, Any] | None:
         if inline:
             _known_queues(call, queue_ids)
-            return pop(call, queue_ids)
+            return pop(call, queue_ids, worker)
         await run_in_threadpool(_known_queues, call, queue_ids)
-        return await run_in_threadpool(pop, call, queue_ids)
+        return await run_in_threadpool(pop, call, queue_ids, worker)
 
     if wait <= 0:
         return await attempt() or {}
@@ -234,7 +247,7 @@ async def get_next_task(call: Call) -> dict[str, Any]:
     deadline = loop.time() + wait
     gone = call.disconnected  # completes when the waiting client closes its connection
     while True:
-        with call.state.signals.listen(queue_ids) as woken:
+        with call.state.signals.listen(keys) as woken:
             if (gone is not None and gone.done()) or call.state.signals.closing:
                 return {}  # nobody to hand an entry to, or the server is stopping: leave it in the queue
             answer = await attempt()
@@ -252,4 +265,6 @@ async def get_next_task(call: Call) -> dict[str, Any]:
             await asyncio.wait([woken, gone] if gone is not None else [woken], timeout=remaining,
                                return_when=asyncio.FIRST_COMPLETED)
             if (not woken.done() and loop.time() >= deadline) or call.state.signals.closing:
+                return {}
+            if woken.done() and woken.result().startswith(forcing.POLICY_PREFIX):
                 return {}

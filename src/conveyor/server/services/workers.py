@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
+from conveyor.protocol.worker_state import STATE_FIELD, STATE_REASON_FIELD
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, loads, now, to_epoch
-from conveyor.server.model import workers
+from conveyor.server.model import forcing, workers
 from conveyor.server.ownership import may_change_task
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -64,7 +65,8 @@ def status_report(call: Call) -> dict[str, Any]:
         if task is not None and not may_change_task(call, conn, task, as_runner=True):
             task = None  # it reports on a task it may not change: recorded, but the task is not marked as its own
         workers.report(conn, worker, doc, task_id=task_id, queue_id=queue_id, stats=stats,
-                       is_daemon=call.bool("is_daemon", True), task=task)
+                       is_daemon=call.bool("is_daemon", True), task=task,
+                       state=(call.str(STATE_FIELD), call.str(STATE_REASON_FIELD)))
     return {}
 
 
@@ -108,6 +110,9 @@ def get_all(call: Call) -> dict[str, Any]:
                 entry["project"] = {"id": task.project}
         if doc.get("machine_stats"):
             entry["machine_stats"] = doc["machine_stats"]
+        for key in (STATE_FIELD, STATE_REASON_FIELD):  # a Conveyor addition, from the daemon's reports
+            if doc.get(key) is not None:
+                entry[key] = doc[key]
         listed.append(entry)
     return {"workers": listed}
 
@@ -132,10 +137,16 @@ def set_runtime_properties(call: Call) -> dict[str, Any]:
                 raise errors.validation_error(
                     f"Validation error: runtime property {prop['key']!r} has expiry {expiry!r}: "
                     "give seconds as a number")
+            if expiry is not None and expiry <= 0:  # as ClearML's docs have it: expiry 0 deletes the property
+                conn.execute(delete(s.runtime_properties).where(s.runtime_properties.c.worker == worker,
+                                                                s.runtime_properties.c.key == prop["key"]))
+                continue
             values = {"value": "" if prop.get("value") is None else str(prop["value"]),
                       "expires": ts + float(expiry) if expiry else None}
             upsert = workers.upsert_insert(conn, s.runtime_properties).values(worker=worker, key=prop["key"], **values)
             conn.execute(upsert.on_conflict_do_update(index_elements=["worker", "key"], set_=values))
+        forcing.announce(conn, forcing.worker_key(worker))
+    call.state.wake([forcing.worker_key(worker)])  # its daemon's long-poll ends: `force` may have changed
     return {}
 
 

@@ -734,6 +734,12 @@
       tbody.replaceChildren(...workers.map(workerRow));
     }
 
+    // What a Conveyor daemon reports besides its task: "forced off until 14:05", "idle by schedule until 20:00".
+    function stateNote(w) {
+      if (!w.state || w.state === "active") return null;
+      return h("span", { class: "cell-id worker-state", title: w.state }, w.state_reason || w.state.replace(/_/g, " "));
+    }
+
     function workerRow(w) {
       const stats = w.machine_stats || {};
       const cpu = mean(stats.cpu_usage);
@@ -748,7 +754,8 @@
         h("td", null, (w.queues || []).length ? w.queues.map((q) => h("span", { class: "pill", title: q.id }, (q.name || q.id) + " · " + (q.num_tasks || 0)))
           : dash()),
         h("td", { class: "cell-name" }, task ? [link(taskHref(task.id), task.name || task.id),
-          h("span", { class: "cell-id" }, "running ", task.running_time !== undefined ? duration(task.running_time) : "")] : h("span", { class: "faint" }, "idle")),
+          h("span", { class: "cell-id" }, "running ", task.running_time !== undefined ? duration(task.running_time) : "")] : h("span", { class: "faint" }, "idle"),
+          stateNote(w)),
         h("td", null, ago(w.last_report_time || w.last_activity_time)),
         h("td", null, cpu === null ? dash() : meter("CPU usage", cpu / 100, number(cpu, 1) + "%")),
         h("td", null, used === null ? dash() : [meter("Memory used", free !== null ? used / (used + free) : 0, number(used) + " MB used"),
