@@ -77,6 +77,9 @@ def test_a_queue_tagged_off_holds_its_tasks_until_tagged_on(sqlite_server: Serve
         client.call("queues.update", {"queue": queue, "tags": [QUEUE_PAUSED]})
         found = wait_state(client, "forced_off", TAKES_EFFECT_SEC)
         assert found["state_reason"] == f"forced off by queue tag {QUEUE_PAUSED}"
+        listed = subprocess.run([sys.executable, "-m", "conveyor", "worker", "list"], env=daemon.env,
+                                capture_output=True, text=True).stdout
+        assert f"forced off by queue tag {QUEUE_PAUSED}" in listed
         task = new_task(sqlite_server, tmp_path)
         enqueue(client, task)
         stays_queued(client, task)

@@ -3,7 +3,7 @@ and the errors a user sees for a malformed span or for both an uptime and a down
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -12,7 +12,7 @@ from conveyor.agent.schedule import Schedule, ScheduleError, local_now
 from conveyor.errors import UserError
 
 # 2026-11-29 is a Sunday
-SUN, MON, TUE, WED, THU = (datetime(2026, 11, 29 + i) for i in range(5))
+SUN, MON, TUE, WED, THU = (datetime(2026, 11, 29) + timedelta(days=i) for i in range(5))
 
 
 def at(day: datetime, hour: int, minute: int = 0) -> datetime:

@@ -94,6 +94,15 @@ class Authenticator:
             return self.issue(self.verify(authorization), expiration_sec)
         if scheme.lower() != "basic":
             raise errors.unauthorized("Unsupported authorization scheme: use Basic or Bearer", 21)
+        access_key, identity = self._basic(value)
+        with self.store.write() as conn:
+            conn.execute(
+                update(s.credentials).where(s.credentials.c.access_key == access_key).values(last_used=time.time())
+            )
+        return self.issue(identity, expiration_sec)
+
+    def _basic(self, value: str) -> tuple[str, Identity]:
+        """The access key and identity of a Basic authorization's `access_key:secret_key`."""
         try:
             access_key, _, secret_key = base64.b64decode(value, validate=True).decode().partition(":")
         except ValueError:  # not base64, or not UTF-8 once decoded
@@ -105,11 +114,7 @@ class Authenticator:
             identity = _active_credentials(conn, access_key).get(access_key)
         if not row or identity is None or not hmac.compare_digest(row.secret_hash, hash_secret(secret_key)):
             raise errors.unauthorized("Invalid credentials: the access key and secret were refused", 22)
-        with self.store.write() as conn:
-            conn.execute(
-                update(s.credentials).where(s.credentials.c.access_key == access_key).values(last_used=time.time())
-            )
-        return self.issue(identity, expiration_sec)
+        return access_key, identity
 
     def issue(self, identity: Identity, expiration_sec: int | None) -> str:
         now = int(time.time())
@@ -141,6 +146,8 @@ class Authenticator:
             raise errors.unauthorized(
                 "Missing credentials: log in with auth.login and send Authorization: Bearer <token>", 20)
         scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "basic":  # as ClearML's server: any call may carry the key and secret (`curl --user`)
+            return self._basic(token)[1]
         if scheme.lower() != "bearer" or not token:
             raise errors.unauthorized("Missing token: send Authorization: Bearer <token> (get one from auth.login)", 20)
         now = time.time()
