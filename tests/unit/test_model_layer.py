@@ -14,8 +14,9 @@ from sqlalchemy.engine import Connection
 
 from conveyor.protocol.errors import ApiError
 from conveyor.protocol.status import STOPPING, TaskStatus
+from conveyor.protocol.tags import QUEUE_FORCED_ON, QUEUE_PAUSED
 from conveyor.server.codec import Document
-from conveyor.server.model import deliveries, events, projects, queues, tasks, users, workers
+from conveyor.server.model import deliveries, events, forcing, projects, queues, tasks, users, workers
 from conveyor.server.store import Store
 from conveyor.server.store import schema as s
 from conveyor.server.store.database import sqlite_url
@@ -446,3 +447,19 @@ def test_user_names_are_unique_regardless_of_case_and_roles_are_known(conn: Conn
         users.create_user(conn, "bob", "root")
     assert users.user_name(conn, alice) == "Alice"
     assert users.user_name(conn, "gone") == "an unknown user (gone)"
+
+
+# --- forcing: what a long-poll naming its worker may hand out ---------------------------------------------------------
+def test_a_long_poll_skips_queues_its_worker_is_forced_off(conn: Connection) -> None:
+    a, b = make_queue(conn, "a"), make_queue(conn, "b")
+    assert forcing.closed_queues(conn, "w", [a, b]) == set()
+    queues.update_queue(conn, queues.load(conn, a), name=None, tags=[QUEUE_PAUSED], system_tags=None, metadata=None)
+    assert forcing.closed_queues(conn, "w", [a, b]) == {a}  # a queue tag off: for every worker
+    conn.execute(s.runtime_properties.insert().values(worker="w", key="force", value="off", expires=None))
+    assert forcing.closed_queues(conn, "w", [a, b]) == {a, b}  # forced off by its runtime property
+    assert forcing.closed_queues(conn, "other", [a, b]) == {a}
+    queues.update_queue(conn, queues.load(conn, b), name=None, tags=[QUEUE_FORCED_ON], system_tags=None,
+                        metadata=None)
+    assert forcing.closed_queues(conn, "w", [a, b]) == {a}  # a queue tag on beats the runtime property
+    conn.execute(s.runtime_properties.update().values(expires=time.time() - 1))
+    assert not forcing.worker_forced_off(conn, "w")  # expired
