@@ -162,11 +162,16 @@ def test_in_its_uptime_the_daemon_pulls(sqlite_server: ServerProcess, tmp_path: 
         daemon.stop()
 
 
-def test_both_an_uptime_and_a_downtime_stop_the_daemon_at_start(sqlite_server: ServerProcess,
-                                                                tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "conveyor", "daemon", "--uptime", "20-23 SUN", "--downtime",
-                             "00-08 MON"], env=agent_env(sqlite_server, tmp_path), capture_output=True, text=True,
-                            timeout=60)
+@pytest.mark.parametrize("downtime_in", ["flag", "config"])
+def test_both_an_uptime_and_a_downtime_stop_the_daemon_at_start(sqlite_server: ServerProcess, tmp_path: Path,
+                                                                downtime_in: str) -> None:
+    args, env = ["--uptime", "20-23 SUN"], agent_env(sqlite_server, tmp_path)
+    if downtime_in == "flag":
+        args += ["--downtime", "00-08 MON"]
+    else:
+        env["CLEARML_AGENT__AGENT__DOWNTIME"] = "00-08 MON"  # agent.downtime
+    result = subprocess.run([sys.executable, "-m", "conveyor", "daemon", *args], env=env, capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode != 0
     assert "Both an uptime and a downtime are set" in result.stderr and "Traceback" not in result.stderr
 
