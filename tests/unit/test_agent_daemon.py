@@ -241,6 +241,7 @@ def test_a_worker_forced_off_pulls_nothing_and_reports_why(tmp_path: Path) -> No
     api = FakeApi({"q": ["t1"]})
     props = [{"key": "force", "value": "off"}]
     api.workers_get_runtime_properties = lambda body: {"runtime_properties": props}  # type: ignore[attr-defined]
+    api.server_supports = lambda feature: feature == "worker_state"  # type: ignore[method-assign]
     runtime = FakeRuntime(api)
     daemon = make_daemon(tmp_path, api, runtime)
     serve_until(daemon, lambda: len(api.called("workers.get_runtime_properties")) > 5)

@@ -516,8 +516,9 @@ class Daemon:
         base = {"timestamp": int(time.time()) * 1000, "is_daemon": True, "tags": self.opts.child_report_tags or None}
         runs = list(self.running.values())
         body = dict(base, worker=self.worker, queues=self.policy.queue_ids,
-                    machine_stats=self.monitor.sample() if stats else None,
-                    **{STATE_FIELD: self.state[0].value, STATE_REASON_FIELD: self.state[1]})
+                    machine_stats=self.monitor.sample() if stats else None)
+        if self.client.server_supports("worker_state"):  # a ClearML server has no use for it: it is not sent there
+            body.update({STATE_FIELD: self.state[0].value, STATE_REASON_FIELD: self.state[1]})
         if self.opts.services_mode is None and runs:
             body.update(task=runs[0].task_id, queue=runs[0].queue_id)
         self._tolerant_call("workers.status_report", body, logging.DEBUG)  # the next report comes soon
