@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.agent.gpu_allocation import GpuRequest, parse_gpu_ids
+from conveyor.agent.gpu_broker import GpuBroker
 from conveyor.agent.gpus import GpuInventory
 from conveyor.agent.identity import Slot, describe, running_daemons, started_with, take_slot, worker_id
 from conveyor.agent.logs import send_line
@@ -28,6 +30,7 @@ from conveyor.config import Config
 from conveyor.errors import ConveyorError, TaskFailure, UserError
 from conveyor.protocol.ids import looks_like_id
 from conveyor.protocol.status import TaskStatus
+from conveyor.protocol.worker_state import STATE_FIELD, STATE_REASON_FIELD, WorkerState
 from conveyor.runtimes.base import RunHandle, Runtime, TaskRun
 from conveyor.runtimes.choice import runtime_for
 
@@ -56,6 +59,7 @@ class DaemonOptions:
     argv: list[str] = field(default_factory=list)
     docker: list[str] | None = None  # None: tasks run as local processes; else [IMAGE [ENGINE ARGS...]] (maybe [])
     podman: bool = False
+    dynamic_gpus: dict[str, GpuRequest] | None = None  # --dynamic-gpus: queue name -> what its tasks get
     launched_by: str = "daemon"  # or "up": `conveyor daemon --stop` leaves `conveyor up` alone unless it is named
 
     def started_with(self) -> dict[str, Any]:
@@ -91,20 +95,29 @@ class Daemon:
         self.queue_names: dict[str, str] = {}
         self.policy = QueuePolicy([])
         self.visible_devices = "none" if opts.cpu_only else opts.gpus
-        self.monitor = MachineMonitor(GpuInventory(self.visible_devices),
-                                      cfg.get("agent.resource_monitoring.disk_use_path", None))
+        if opts.dynamic_gpus is not None and opts.gpus:
+            self.visible_devices = ",".join(parse_gpu_ids(opts.gpus))
+        inventory = GpuInventory(self.visible_devices)
+        self.monitor = MachineMonitor(inventory, cfg.get("agent.resource_monitoring.disk_use_path", None))
+        self.gpu_broker = None if opts.cpu_only or not opts.gpus else GpuBroker(cfg, inventory, self.visible_devices,
+                                                                                opts.dynamic_gpus)
+        self.state, self.state_reason = WorkerState.active, ""
 
     # --- life cycle -----------------------------------------------------------------------------------------------
     def run(self) -> int:
         self.slot = take_slot()
         try:
             self.worker = worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None),
-                                    self.slot.index, self.opts.gpus, self.opts.cpu_only)
+                                    self.slot.index, self.opts.gpus, self.opts.cpu_only,
+                                    dynamic=self.opts.dynamic_gpus is not None)
             self._check_worker_id_free(self.slot)
             self._take_over_leftovers()
             become_subreaper()  # what a crashed executor leaves running is reparented to us, and ended
             queue_ids = self._resolve_queues()
             self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness)
+            if self.gpu_broker is not None:
+                self.gpu_broker.bind(self.queue_names)
+                self.gpu_broker.prepare()
             describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv,
                      self.opts.log_file, self.opts.started_with())
             self._install_signal_handlers()
@@ -219,6 +232,8 @@ class Daemon:
 
     # --- pulling --------------------------------------------------------------------------------------------------
     def _capacity(self) -> int:
+        if self.opts.dynamic_gpus is not None:
+            return 0  # as many tasks as the GPUs hold
         if self.opts.services_mode is None:
             return 1
         return self.opts.services_mode if self.opts.services_mode > 0 else 0
@@ -247,10 +262,13 @@ class Daemon:
         long_poll = self._long_poll()
         while not self.draining.is_set():
             self._reap_children()
+            self._watch_gpus()
             if not self._has_room():
                 self._nap(0.5)
                 continue
-            entry = self._pull(long_poll)
+            if self._gpus_busy():
+                continue
+            entry = self._pull_for_gpus() if self.opts.dynamic_gpus is not None else self._pull(long_poll)
             if entry is None:
                 continue
             task_id, queue_id = entry
@@ -259,7 +277,7 @@ class Daemon:
                 break
             self.policy.took_from(queue_id)
             self._launch(task_id, queue_id)
-            if self.opts.services_mode is None:
+            if self.opts.services_mode is None and self.opts.dynamic_gpus is None:
                 self._wait_for(task_id)
 
     def _pull(self, long_poll: bool) -> tuple[str, str] | None:
@@ -280,6 +298,67 @@ class Daemon:
             self._nap(self._poll_interval())
             self._refresh_queue_tags()
         return entry
+
+    # --- GPUs (the logic is in gpu_broker.py) -----------------------------------------------------------------------
+    def _task_roots(self) -> dict[str, int]:
+        return {r.task_id: pid for r in list(self.running.values()) if (pid := r.handle.pid)}
+
+    def _gpus_busy(self) -> bool:
+        """--gpus: processes not our tasks' hold memory on our GPUs; wait, and say why."""
+        if self.gpu_broker is None or self.opts.dynamic_gpus is not None:
+            return False
+        reason = self.gpu_broker.wait_reason(self._task_roots())
+        self._set_state(WorkerState.waiting_for_gpu if reason else WorkerState.active, reason or "")
+        if reason:
+            self._nap(self._gpu_poll())
+        return reason is not None
+
+    def _gpu_poll(self) -> float:
+        return float(self.cfg.get("agent.dynamic_gpus_poll_sec"))
+
+    def _pull_for_gpus(self) -> tuple[str, str] | None:
+        """--dynamic-gpus: pull from the queues whose request the free GPUs hold now (polling: what is free changes
+        with every task that starts or ends)."""
+        assert self.gpu_broker is not None
+        order = self.policy.order()
+        try:
+            eligible, reason = self.gpu_broker.queues_now(order, self._has_waiting, self._task_roots(),
+                                                          self.queue_names)
+            self._set_state(WorkerState.waiting_for_gpu if reason else WorkerState.active, reason or "")
+            entry = self._next_task_polling(eligible) if eligible else None
+        except ConveyorError as exc:
+            log.warning("could not get a task: %s", exc)
+            entry = None
+        if entry is None:
+            self._nap(self._gpu_poll())
+            self._refresh_queue_tags()
+        return entry
+
+    def _has_waiting(self, queue_id: str) -> bool:
+        queue = self.client.call("queues.get_by_id", {"queue": queue_id})["queue"]
+        return bool(queue.get("entries"))
+
+    def _watch_gpus(self) -> None:
+        """Fractional tasks past their share of GPU memory: a warning in the task's log, then a stop."""
+        if self.gpu_broker is None:
+            return
+        for verdict in self.gpu_broker.watch(self._task_roots()):
+            if not verdict.stop:
+                self._task_log(verdict.task_id, verdict.message + "\n", "warning")
+                continue
+            log.warning("task %s: %s", verdict.task_id, verdict.message)
+            self._task_log(verdict.task_id, f"conveyor: {verdict.message}\n", "error")
+            # its executor sees the final status and ends the task's processes
+            self._tolerant_call("tasks.stopped", {"task": verdict.task_id, "force": True,
+                                                  "status_reason": verdict.message})
+
+    def _set_state(self, state: WorkerState, reason: str = "") -> None:
+        """What the worker does besides running tasks (protocol/worker_state.py); a change is reported at once."""
+        if (state, reason) == (self.state, self.state_reason):
+            return
+        self.state, self.state_reason = state, reason
+        log.info("worker state: %s%s", state.value, f" ({reason})" if reason else "")
+        self._report()
 
     def _next_task_long(self, order: list[str]) -> tuple[str, str] | None:
         wait = float(self.cfg.get("agent.long_poll_sec"))
@@ -350,11 +429,21 @@ class Daemon:
         except ApiCallError as exc:  # e.g. already started elsewhere: the executor decides
             log.debug("tasks.started (%s): %s", task_id, exc)
         sub_worker = f"{self.worker}:service:{task_id}" if self.opts.services_mode is not None else None
+        gpu_env: dict[str, str] = {}
+        if self.opts.dynamic_gpus is not None and self.gpu_broker is not None:
+            allocation = self.gpu_broker.take(task_id, queue_id, self._task_roots())
+            if allocation is None:  # a GPU became busy since the queues were chosen
+                self._give_back(task_id, queue_id)
+                return
+            sub_worker = f"{self.worker.rsplit(':dgpu', 1)[0]}:{allocation.suffix}"
+            gpu_env = self.gpu_broker.env(allocation)
         self._task_log(task_id, f"task {task_id} pulled from {queue_id} ({queue_name}) by worker {self.worker}\n")
         try:
             handle = self.runtime.launch(TaskRun(task_id, queue_id, self.worker, sub_worker),
-                                         self._executor_env(sub_worker))
+                                         {**self._executor_env(sub_worker), **gpu_env})
         except TaskFailure as exc:
+            if self.gpu_broker is not None:
+                self.gpu_broker.release(task_id)
             log.error("task %s: %s", task_id, exc)
             self._task_log(task_id, f"conveyor: {exc}\n", "error")
             self._tolerant_call("tasks.failed", {"task": task_id, "force": True, "status_reason": str(exc)})
@@ -428,6 +517,8 @@ class Daemon:
                                                  "without reporting a final status"})
         if run.sub_worker:
             self._tolerant_call("workers.unregister", {"worker": run.sub_worker, "queues": []})
+        if self.gpu_broker is not None:
+            self.gpu_broker.release(run.task_id)
         self._report()
 
     def _still_in_progress(self, task_id: str) -> bool:
@@ -446,6 +537,8 @@ class Daemon:
             if left.handle is not None:
                 with self._lock:
                     self.running[left.task_id] = Running(left.task_id, left.queue_id, left.handle, left.sub_worker)
+                if self.gpu_broker is not None:
+                    self.gpu_broker.adopt(left.task_id, left.sub_worker)
                 log.info("adopted task %s (executor %s), left running by a previous daemon with this worker id",
                          left.task_id, left.handle.describe())
                 self._task_log(left.task_id, f"conveyor: the agent {self.worker} restarted and adopted this task\n")
@@ -498,8 +591,9 @@ class Daemon:
         base = {"timestamp": int(time.time()) * 1000, "is_daemon": True, "tags": self.opts.child_report_tags or None}
         runs = list(self.running.values())
         body = dict(base, worker=self.worker, queues=self.policy.queue_ids,
-                    machine_stats=self.monitor.sample() if stats else None)
-        if self.opts.services_mode is None and runs:
+                    machine_stats=self.monitor.sample() if stats else None,
+                    **{STATE_FIELD: self.state.value, STATE_REASON_FIELD: self.state_reason or None})
+        if self.opts.services_mode is None and runs and not runs[0].sub_worker:
             body.update(task=runs[0].task_id, queue=runs[0].queue_id)
         self._tolerant_call("workers.status_report", body, logging.DEBUG)  # the next report comes soon
         for run in runs:

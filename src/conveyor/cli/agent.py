@@ -69,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--polling-interval", type=float, help="seconds between polls when the server has no long-poll")
     d.add_argument("--services-mode", nargs="?", type=int, const=0, default=None, metavar="N",
                    help="run tasks side by side, at most N at once (no N: no limit)")
+    d.add_argument("--dynamic-gpus", action="store_true",
+                   help="share --gpus between tasks: queues as NAME=N, NAME=MIN-MAX or NAME=0.25 (a fraction)")
     d.add_argument("--child-report-tags", nargs="+", default=[], metavar="TAG", help="tags in the worker's reports")
     d.add_argument("--log-file", help=argparse.SUPPRESS)
     _worker_args(d)
@@ -118,15 +120,18 @@ def run_execute(args: argparse.Namespace) -> int:
 def run_daemon(args: argparse.Namespace) -> int:
     from conveyor.agent import control
     from conveyor.agent.daemon import Daemon, DaemonOptions
+    from conveyor.agent.gpu_allocation import dynamic_queues
     from conveyor.agent.session import agent_client
     from conveyor.cli.common import config_of
 
-    opts = DaemonOptions(queues=args.queue, order_fairness=args.order_fairness, create_queue=args.create_queue,
+    queues, dynamic = dynamic_queues(args.queue, args.gpus, args.services_mode) if args.dynamic_gpus else (
+        args.queue, None)
+    opts = DaemonOptions(queues=queues, order_fairness=args.order_fairness, create_queue=args.create_queue,
                          services_mode=args.services_mode, gpus=args.gpus, cpu_only=args.cpu_only,
                          polling_interval=args.polling_interval, child_report_tags=args.child_report_tags,
                          git_user=args.git_user, git_pass=args.git_pass, log_file=args.log_file,
                          argv=control.mask_argv(["conveyor", *sys.argv[1:]]), docker=args.docker,
-                         podman=args.podman is True)
+                         podman=args.podman is True, dynamic_gpus=dynamic)
     if args.status:
         return control.print_status()
     if args.stop is not None:
