@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
 from agentkit import DaemonProcess, agent_env, create_task, enqueue, log_text, wait_final, wait_status
 from conftest import ServerProcess
 
