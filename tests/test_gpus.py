@@ -56,9 +56,16 @@ def test_dynamic_gpus_run_the_documented_example(sqlite_server: ServerProcess, t
     try:
         for queue in queues[:3]:
             wait_status(client, tasks[queue], "in_progress", timeout=60)
-        workers = {w["id"]: (w.get("task") or {}).get("id") for w in client.call("workers.get_all", {})["workers"]}
-        assert {w: t for w, t in workers.items() if t} == {
-            "box:gpu0,1": tasks["dual_gpus"], "box:gpu2.25a": tasks["quarter_gpu"], "box:gpu2.5b": tasks["half_gpu"]}
+        expected = {"box:gpu0,1": tasks["dual_gpus"], "box:gpu2.25a": tasks["quarter_gpu"],
+                    "box:gpu2.5b": tasks["half_gpu"]}
+        deadline = time.time() + 10  # each sub-worker reports its task just after the task is marked started
+        while True:
+            workers = {w["id"]: (w.get("task") or {}).get("id")
+                       for w in client.call("workers.get_all", {})["workers"]}
+            if {w: t for w, t in workers.items() if t} == expected or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert {w: t for w, t in workers.items() if t} == expected
         assert "box:dgpu0-2" in workers
         assert client.call("tasks.get_by_id", {"task": tasks["single_gpu"]})["task"]["status"] == "queued"
         docs = {queue: wait_final(client, task, timeout=180) for queue, task in tasks.items()}
@@ -108,7 +115,7 @@ def test_a_gpu_with_another_process_on_it_is_waited_for(sqlite_server: ServerPro
     client = sqlite_server.client()
     inventory = fake_gpus(tmp_path / "gpus.json", 2, {0: [{"pid": 999999, "used_memory_mb": 3276.8}]})
     env = agent_env(sqlite_server, tmp_path, CONVEYOR_FAKE_GPUS=str(inventory),
-                    CLEARML_AGENT__AGENT__DYNAMIC_GPUS_POLL_SEC="0.2")
+                    CLEARML_AGENT__AGENT__GPU_WAIT_POLL_SEC="0.2")
     daemon = DaemonProcess(sqlite_server, tmp_path, "--queue", "default", "--gpus", "0", env=env)
     task = show_task(client, "waits", 0)
     try:

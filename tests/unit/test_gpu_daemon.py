@@ -31,7 +31,7 @@ def fake_gpus(path: Path, count: int, processes: dict[int, list[dict[str, float]
 
 def gpu_daemon(tmp_path: Path, api: FakeApi, runtime: FakeRuntime, gpus: str,
                dynamic: dict[str, GpuRequest] | None = None) -> Daemon:
-    cfg = config(tmp_path, dynamic_gpus_poll_sec=0.01, gpu_foreign_memory_threshold_mb=1024)
+    cfg = config(tmp_path, gpu_wait_poll_sec=0.01, gpu_foreign_memory_threshold_mb=1024)
     daemon = Daemon(api, cfg, DaemonOptions(queues=list(api.queues), gpus=gpus, polling_interval=0.001,
                                             dynamic_gpus=dynamic), runtime=runtime)
     daemon.worker = "host:dgpu" + gpus if dynamic else "host:gpu" + gpus

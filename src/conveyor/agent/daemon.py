@@ -314,7 +314,7 @@ class Daemon:
         return reason is not None
 
     def _gpu_poll(self) -> float:
-        return float(self.cfg.get("agent.dynamic_gpus_poll_sec"))
+        return float(self.cfg.get("agent.gpu_wait_poll_sec"))
 
     def _pull_for_gpus(self) -> tuple[str, str] | None:
         """--dynamic-gpus: pull from the queues whose request the free GPUs hold now (polling: what is free changes
