@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -170,3 +172,12 @@ def test_the_watchdog_stops_a_fractional_task_past_its_share(sqlite_server: Serv
         assert not psutil.pid_exists(pid), "the task's process outlived its stop"
     finally:
         daemon.stop()
+
+
+def test_a_malformed_dynamic_queue_is_one_clear_line(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    env = agent_env(sqlite_server, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "conveyor", "daemon", "--dynamic-gpus", "--gpus", "0-2", "--queue",
+                           "dual=2", "third=0.3"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "--queue third=0.3: a fraction of a GPU must be a step of 0.125 above 0" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -41,12 +41,17 @@ def _fake() -> list[GpuReading] | None:
     spec = os.environ.get("CONVEYOR_FAKE_GPUS")
     if not spec:
         return None
-    text = spec if spec.lstrip().startswith("[") else Path(spec).read_text()
+    try:
+        text = spec if spec.lstrip().startswith("[") else Path(spec).read_text()
+        devices = json.loads(text)
+    except (OSError, ValueError) as exc:  # a test rewriting the file mid-read: this sample has no readings
+        log.warning("CONVEYOR_FAKE_GPUS could not be read: %s", exc)
+        return []
     return [GpuReading(int(d["index"]), str(d.get("uuid", f"GPU-{d['index']}")), str(d.get("name", "fake")),
                        float(d.get("memory_total_mb", 0)), float(d.get("memory_used_mb", 0)),
                        float(d.get("utilization", 0)), float(d.get("temperature", 0)),
                        [GpuProcess(int(p["pid"]), float(p.get("used_memory_mb", 0))) for p in d.get("processes") or []])
-            for d in json.loads(text)]
+            for d in devices]
 
 
 class GpuInventory:
