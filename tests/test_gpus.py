@@ -69,6 +69,10 @@ def test_dynamic_gpus_run_the_documented_example(sqlite_server: ServerProcess, t
             time.sleep(0.1)
         assert {w: t for w, t in workers.items() if t} == expected
         assert "box:dgpu0-2" in workers
+        listed = subprocess.run([sys.executable, "-m", "conveyor", "worker", "list"], env=env, capture_output=True,
+                                text=True, timeout=60).stdout
+        for worker, task in expected.items():  # `worker list` shows each task with the GPUs it holds
+            assert any(line.startswith(worker + " ") and task in line for line in listed.splitlines()), listed
         assert client.call("tasks.get_by_id", {"task": tasks["single_gpu"]})["task"]["status"] == "queued"
         docs = {queue: wait_final(client, task, timeout=180) for queue, task in tasks.items()}
         assert {q: d["status"] for q, d in docs.items()} == dict.fromkeys(queues, "completed")
