@@ -3,6 +3,11 @@ sub-worker names that carry them, the watchdog's verdicts, foreign processes, an
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
 from conveyor.agent import gpu_mps
@@ -16,7 +21,7 @@ from conveyor.agent.gpu_allocation import (
     parse_gpu_ids,
     parse_queue_spec,
 )
-from conveyor.agent.gpu_processes import busy_gpus
+from conveyor.agent.gpu_processes import busy_gpus, task_of_pid
 from conveyor.agent.gpu_watchdog import GpuWatchdog
 from conveyor.agent.gpus import GpuProcess, GpuReading
 from conveyor.errors import UserError
@@ -164,3 +169,18 @@ def test_mps_enforced_without_its_control_program_is_a_clear_error(monkeypatch: 
     with pytest.raises(UserError, match="nvidia-cuda-mps-control is not on PATH") as caught:
         gpu_mps.ensure_control_daemon(["0"], "/tmp/mps")
     assert caught.value.hint and "enforce: watchdog" in caught.value.hint
+
+
+def test_a_gpu_process_outside_the_executors_tree_is_the_task_its_environment_names() -> None:
+    """In a container the task's processes hang under the engine, not the executor: CLEARML_TASK_ID says whose."""
+    env = {**os.environ, "CLEARML_TASK_ID": "t1"}
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env) as inside:
+        try:
+            time.sleep(0.3)
+            gone = 2**22 + 12345  # an executor pid that is no more: no tree to walk
+            owners = task_of_pid({"t1": gone}, [inside.pid])
+            assert owners == {inside.pid: "t1"}
+            assert task_of_pid({"t2": gone}, [inside.pid]) == {}
+            assert busy_gpus([_reading(0, (inside.pid, 4000))], owners, threshold_mb=1024) == {}
+        finally:
+            inside.kill()

@@ -44,7 +44,8 @@ class GpuBroker:
         return self.inventory.readings()
 
     def _busy(self, roots: Mapping[str, int]) -> dict[str, str]:
-        return busy_gpus(self._readings(), task_of_pid(roots), self.threshold_mb, self.gpus)
+        readings = self._readings()
+        return busy_gpus(readings, _owners(roots, readings), self.threshold_mb, self.gpus)
 
     # --- --gpus: one set of GPUs for every task ------------------------------------------------------------------
     def wait_reason(self, roots: Mapping[str, int]) -> str | None:
@@ -90,4 +91,9 @@ class GpuBroker:
         """Fractional tasks over their share of memory (always on: MPS or not)."""
         if self.dynamic is None or not any(a.share for a in self.dynamic.pool.held.values()):
             return []
-        return self.watchdog.check(self.dynamic.pool.held, task_of_pid(roots), self._readings())
+        readings = self._readings()
+        return self.watchdog.check(self.dynamic.pool.held, _owners(roots, readings), readings)
+
+
+def _owners(roots: Mapping[str, int], readings: list[GpuReading]) -> dict[int, str]:
+    return task_of_pid(roots, (p.pid for r in readings for p in r.processes))

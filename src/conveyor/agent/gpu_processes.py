@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 GIB = 1024.0  # MB per GiB, as NVML counts
 
 
-def task_of_pid(roots: Mapping[str, int]) -> dict[int, str]:
-    """pid -> task id, over each task's executor (`roots`: task id -> executor pid) and all its descendants."""
+def task_of_pid(roots: Mapping[str, int], gpu_pids: Iterable[int] = ()) -> dict[int, str]:
+    """pid -> task id, over each task's executor (`roots`: task id -> executor pid) and all its descendants. A
+    process on a GPU outside those trees (in a container its parent is the engine, not the executor) is the task's
+    when its environment names it (CLEARML_TASK_ID, set for every task's processes)."""
     owners: dict[int, str] = {}
     for task_id, pid in roots.items():
         try:
@@ -26,6 +28,13 @@ def task_of_pid(roots: Mapping[str, int]) -> dict[int, str]:
         except psutil.Error:
             continue  # ended between the poll and now: nothing of it left to count
         owners.update({p.pid: task_id for p in tree})
+    for pid in set(gpu_pids) - set(owners):
+        try:
+            named = psutil.Process(pid).environ().get("CLEARML_TASK_ID")
+        except psutil.Error:  # gone, or another user's: not ours
+            continue
+        if named is not None and named in roots:
+            owners[pid] = named
     return owners
 
 
