@@ -37,3 +37,30 @@ def test_a_task_without_an_image_fails_to_start_with_where_to_set_one(tmp_path: 
 def test_the_banner_names_the_engine(tmp_path: Path) -> None:
     assert runtime(tmp_path).describe() == "tasks in docker containers"
     assert runtime(tmp_path, docker_command="podman --remote").describe() == "tasks in podman containers"
+
+
+class _FakeBundle:
+    def __init__(self, root: Path):
+        self.host_dir = root / "bundle" / "current"
+
+    def mount(self) -> list[str]:
+        return []
+
+    def module_argv(self, *args: str) -> list[str]:
+        return ["conveyor-bundle", *args]
+
+
+def test_a_task_with_its_own_gpus_gets_exactly_those_and_mps_its_pipes(tmp_path: Path) -> None:
+    """--dynamic-gpus hands each launch its GPUs in the environment; the container's --gpus follows them."""
+    engine = ContainerRuntime.from_cli(config(tmp_path), [], gpus="0,1,2",
+                                       fetch_task=lambda _task_id: {"container": {"image": "img"}})
+    engine.ensure_image = lambda image: "sha256:abc"  # type: ignore[method-assign]
+    engine.prepare_bundle = lambda: _FakeBundle(tmp_path)  # type: ignore[method-assign,assignment,return-value]
+    shared = engine.command("t1", task={"container": {"image": "img"}}, env={"NVIDIA_VISIBLE_DEVICES": "2",
+                            "CUDA_MPS_PIPE_DIRECTORY": "/tmp/mps", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "25"})
+    argv = shared.argv
+    assert argv[argv.index("--gpus") + 1] == '"device=2"'
+    assert "/tmp/mps:/tmp/mps" in argv and "--ipc=host" in argv
+    assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25" in argv
+    whole = engine.command("t2", task={"container": {"image": "img"}}, env={})
+    assert whole.argv[whole.argv.index("--gpus") + 1] == '"device=0,1,2"' and "--ipc=host" not in whole.argv

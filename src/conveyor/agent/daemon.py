@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.agent.gpu_allocation import GpuRequest, parse_gpu_ids
+from conveyor.agent.gpu_broker import GpuBroker
 from conveyor.agent.gpus import GpuInventory
 from conveyor.agent.identity import Slot, describe, running_daemons, started_with, take_slot, worker_id
 from conveyor.agent.logs import send_line
@@ -59,6 +61,7 @@ class DaemonOptions:
     argv: list[str] = field(default_factory=list)
     docker: list[str] | None = None  # None: tasks run as local processes; else [IMAGE [ENGINE ARGS...]] (maybe [])
     podman: bool = False
+    dynamic_gpus: dict[str, GpuRequest] | None = None  # --dynamic-gpus: queue name -> what its tasks get
     launched_by: str = "daemon"  # or "up": `conveyor daemon --stop` leaves `conveyor up` alone unless it is named
     uptime: list[str] | None = None  # else agent.uptime
     downtime: list[str] | None = None  # else agent.downtime
@@ -99,8 +102,12 @@ class Daemon:
         self.state: tuple[WorkerState, str] = (WorkerState.active, "")  # reported with every status report
         self._shown: dict[str, Any] = {}
         self.visible_devices = "none" if opts.cpu_only else opts.gpus
-        self.monitor = MachineMonitor(GpuInventory(self.visible_devices),
-                                      cfg.get("agent.resource_monitoring.disk_use_path", None))
+        if opts.dynamic_gpus is not None and opts.gpus:
+            self.visible_devices = ",".join(parse_gpu_ids(opts.gpus))
+        inventory = GpuInventory(self.visible_devices)
+        self.monitor = MachineMonitor(inventory, cfg.get("agent.resource_monitoring.disk_use_path", None))
+        self.gpu_broker = None if opts.cpu_only or not opts.gpus else GpuBroker(cfg, inventory, self.visible_devices,
+                                                                                opts.dynamic_gpus)
 
     # --- life cycle -----------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -109,12 +116,16 @@ class Daemon:
             schedule = Schedule.parse(self.opts.uptime or self.cfg.get("agent.uptime", None),
                                       self.opts.downtime or self.cfg.get("agent.downtime", None))
             self.worker = worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None),
-                                    self.slot.index, self.opts.gpus, self.opts.cpu_only)
+                                    self.slot.index, self.opts.gpus, self.opts.cpu_only,
+                                    dynamic=self.opts.dynamic_gpus is not None)
             self._check_worker_id_free(self.slot)
             self._take_over_leftovers()
             become_subreaper()  # what a crashed executor leaves running is reparented to us, and ended
             queue_ids = self._resolve_queues()
             self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness, schedule=schedule)
+            if self.gpu_broker is not None:
+                self.gpu_broker.bind(self.queue_names)
+                self.gpu_broker.prepare()
             describe(self.slot, self.worker, [self.queue_names[q] for q in queue_ids], self.opts.argv,
                      self.opts.log_file, self.opts.started_with())
             self._install_signal_handlers()
@@ -229,6 +240,8 @@ class Daemon:
 
     # --- pulling --------------------------------------------------------------------------------------------------
     def _capacity(self) -> int:
+        if self.opts.dynamic_gpus is not None:
+            return 0  # as many tasks as the GPUs hold
         if self.opts.services_mode is None:
             return 1
         return self.opts.services_mode if self.opts.services_mode > 0 else 0
@@ -257,10 +270,13 @@ class Daemon:
         long_poll = self._long_poll()
         while not self.draining.is_set():
             self._reap_children()
+            self._watch_gpus()
             if not self._has_room():
                 self._nap(0.5)
                 continue
-            entry = self._pull(long_poll)
+            if self._gpus_busy():
+                continue
+            entry = self._pull_for_gpus() if self.opts.dynamic_gpus is not None else self._pull(long_poll)
             if entry is None:
                 continue
             task_id, queue_id = entry
@@ -269,7 +285,7 @@ class Daemon:
                 break
             self.policy.took_from(queue_id)
             self._launch(task_id, queue_id)
-            if self.opts.services_mode is None:
+            if self.opts.services_mode is None and self.opts.dynamic_gpus is None:
                 self._wait_for(task_id)
 
     def _pull(self, long_poll: bool) -> tuple[str, str] | None:
@@ -291,6 +307,65 @@ class Daemon:
         if entry is None and not long_poll:
             self._nap(self._poll_interval())
         return entry
+
+    # --- GPUs (the logic is in gpu_broker.py) -----------------------------------------------------------------------
+    def _task_roots(self) -> dict[str, int]:
+        return {r.task_id: pid for r in list(self.running.values()) if (pid := r.handle.pid)}
+
+    def _gpus_busy(self) -> bool:
+        """--gpus: processes not our tasks' hold memory on our GPUs; wait, and say why."""
+        if self.gpu_broker is None or self.opts.dynamic_gpus is not None:
+            return False
+        reason = self.gpu_broker.wait_reason(self._task_roots())
+        if reason:  # once the GPUs are free, the next pull reports the policy's state
+            self.set_state(WorkerState.waiting_for_gpu, reason)
+            self._nap(self._gpu_poll())
+        return reason is not None
+
+    def _gpu_poll(self) -> float:
+        return float(self.cfg.get("agent.gpu_wait_poll_sec"))
+
+    def _pull_for_gpus(self) -> tuple[str, str] | None:
+        """--dynamic-gpus: pull from the queues whose request the free GPUs hold now (polling: what is free changes
+        with every task that starts or ends)."""
+        assert self.gpu_broker is not None
+        decision = self.watch.decide(self.policy, self.worker)  # forcing and working hours first
+        if not decision.queues:
+            self.set_state(decision.state, decision.reason)
+            self._nap(self.watch.recheck_in(decision, self._gpu_poll(), long_poll=False))
+            return None
+        try:
+            eligible, reason = self.gpu_broker.queues_now(decision.queues, self._has_waiting, self._task_roots(),
+                                                          self.queue_names)
+            if reason:
+                self.set_state(WorkerState.waiting_for_gpu, reason)
+            else:
+                self.set_state(decision.state, decision.reason)
+            entry = self._next_task_polling(eligible) if eligible else None
+        except ConveyorError as exc:
+            log.warning("could not get a task: %s", exc)
+            entry = None
+        if entry is None:
+            self._nap(self._gpu_poll())
+        return entry
+
+    def _has_waiting(self, queue_id: str) -> bool:
+        queue = self.client.call("queues.get_by_id", {"queue": queue_id})["queue"]
+        return bool(queue.get("entries"))
+
+    def _watch_gpus(self) -> None:
+        """Fractional tasks past their share of GPU memory: a warning in the task's log, then a stop."""
+        if self.gpu_broker is None:
+            return
+        for verdict in self.gpu_broker.watch(self._task_roots()):
+            if not verdict.stop:
+                self._task_log(verdict.task_id, verdict.message + "\n", "warning")
+                continue
+            log.warning("task %s: %s", verdict.task_id, verdict.message)
+            self._task_log(verdict.task_id, f"conveyor: {verdict.message}\n", "error")
+            # its executor sees the final status and ends the task's processes
+            self._tolerant_call("tasks.stopped", {"task": verdict.task_id, "force": True,
+                                                  "status_reason": verdict.message})
 
     def _next_task_long(self, order: list[str], cap: float | None) -> tuple[str, str] | None:
         # `worker` (a Conveyor addition) lets the server end the wait when this worker's runtime properties change
@@ -355,11 +430,21 @@ class Daemon:
         except ApiCallError as exc:  # e.g. already started elsewhere: the executor decides
             log.debug("tasks.started (%s): %s", task_id, exc)
         sub_worker = f"{self.worker}:service:{task_id}" if self.opts.services_mode is not None else None
+        gpu_env: dict[str, str] = {}
+        if self.opts.dynamic_gpus is not None and self.gpu_broker is not None:
+            allocation = self.gpu_broker.take(task_id, queue_id, self._task_roots())
+            if allocation is None:  # a GPU became busy since the queues were chosen
+                self._give_back(task_id, queue_id)
+                return
+            sub_worker = f"{self.worker.rsplit(':dgpu', 1)[0]}:{allocation.suffix}"
+            gpu_env = self.gpu_broker.env(allocation)
         self._task_log(task_id, f"task {task_id} pulled from {queue_id} ({queue_name}) by worker {self.worker}\n")
         try:
             handle = self.runtime.launch(TaskRun(task_id, queue_id, self.worker, sub_worker),
-                                         self._executor_env(sub_worker))
+                                         {**self._executor_env(sub_worker), **gpu_env})
         except TaskFailure as exc:
+            if self.gpu_broker is not None:
+                self.gpu_broker.release(task_id)
             log.error("task %s: %s", task_id, exc)
             self._task_log(task_id, f"conveyor: {exc}\n", "error")
             self._tolerant_call("tasks.failed", {"task": task_id, "force": True, "status_reason": str(exc)})
@@ -433,6 +518,8 @@ class Daemon:
                                                  "without reporting a final status"})
         if run.sub_worker:
             self._tolerant_call("workers.unregister", {"worker": run.sub_worker, "queues": []})
+        if self.gpu_broker is not None:
+            self.gpu_broker.release(run.task_id)
         self._report()
 
     def _still_in_progress(self, task_id: str) -> bool:
@@ -451,6 +538,8 @@ class Daemon:
             if left.handle is not None:
                 with self._lock:
                     self.running[left.task_id] = Running(left.task_id, left.queue_id, left.handle, left.sub_worker)
+                if self.gpu_broker is not None:
+                    self.gpu_broker.adopt(left.task_id, left.sub_worker)
                 log.info("adopted task %s (executor %s), left running by a previous daemon with this worker id",
                          left.task_id, left.handle.describe())
                 self._task_log(left.task_id, f"conveyor: the agent {self.worker} restarted and adopted this task\n")
@@ -519,7 +608,7 @@ class Daemon:
                     machine_stats=self.monitor.sample() if stats else None)
         if self.client.server_supports("worker_state"):  # a ClearML server has no use for it: it is not sent there
             body.update({STATE_FIELD: self.state[0].value, STATE_REASON_FIELD: self.state[1]})
-        if self.opts.services_mode is None and runs:
+        if self.opts.services_mode is None and runs and not runs[0].sub_worker:
             body.update(task=runs[0].task_id, queue=runs[0].queue_id)
         self._tolerant_call("workers.status_report", body, logging.DEBUG)  # the next report comes soon
         for run in runs:

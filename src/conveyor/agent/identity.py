@@ -57,11 +57,14 @@ def take_slot() -> Slot:
 
 
 def worker_id(cfg_worker_id: str | None, cfg_worker_name: str | None, slot: int, gpus: str | None,
-              cpu_only: bool) -> str:
-    """As the reference: an explicit id wins; else <name>:gpu<devices>, <name>:cpu:<slot> or <name>:<slot>."""
+              cpu_only: bool, dynamic: bool = False) -> str:
+    """As the reference: an explicit id wins; else <name>:gpu<devices> (<name>:dgpu<devices> with --dynamic-gpus,
+    whose tasks report as <name>:gpu<theirs>), <name>:cpu:<slot> or <name>:<slot>."""
     if cfg_worker_id:
         return cfg_worker_id
     name = cfg_worker_name or socket.gethostname()
+    if gpus and dynamic:
+        return f"{name}:dgpu{gpus}"
     if gpus and not cpu_only:
         return f"{name}:gpu{gpus}"
     if cpu_only:

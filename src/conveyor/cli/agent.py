@@ -75,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(agent.uptime)")
     d.add_argument("--downtime", nargs="+", metavar="SPAN",
                    help='pull no tasks in these hours, e.g. "20-00,00-08 SUN" (agent.downtime)')
+    d.add_argument("--dynamic-gpus", action="store_true",
+                   help="share --gpus between tasks: queues as NAME=N, NAME=MIN-MAX or NAME=0.25 (a fraction)")
     d.add_argument("--child-report-tags", nargs="+", default=[], metavar="TAG", help="tags in the worker's reports")
     d.add_argument("--log-file", help=argparse.SUPPRESS)
     _worker_args(d)
@@ -124,15 +126,19 @@ def run_execute(args: argparse.Namespace) -> int:
 def run_daemon(args: argparse.Namespace) -> int:
     from conveyor.agent import control
     from conveyor.agent.daemon import Daemon, DaemonOptions
+    from conveyor.agent.gpu_allocation import dynamic_queues
     from conveyor.agent.session import agent_client
     from conveyor.cli.common import config_of
 
-    opts = DaemonOptions(queues=args.queue, order_fairness=args.order_fairness, create_queue=args.create_queue,
+    queues, dynamic = dynamic_queues(args.queue, args.gpus, args.services_mode) if args.dynamic_gpus else (
+        args.queue, None)
+    opts = DaemonOptions(queues=queues, order_fairness=args.order_fairness, create_queue=args.create_queue,
                          services_mode=args.services_mode, gpus=args.gpus, cpu_only=args.cpu_only,
                          polling_interval=args.polling_interval, child_report_tags=args.child_report_tags,
                          git_user=args.git_user, git_pass=args.git_pass, log_file=args.log_file,
                          argv=control.mask_argv(["conveyor", *sys.argv[1:]]), docker=args.docker,
-                         podman=args.podman is True, uptime=args.uptime, downtime=args.downtime)
+                         podman=args.podman is True, uptime=args.uptime, downtime=args.downtime,
+                         dynamic_gpus=dynamic)
     if args.status:
         return control.print_status()
     if args.stop is not None:

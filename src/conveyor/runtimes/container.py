@@ -189,6 +189,8 @@ class ContainerRuntime:
             forbidden=_listed(self.cfg.get("agent.forbidden_docker_args")),
             protected=_listed(self.cfg.get("agent.protected_docker_extra_args")),
             agent_first=bool(self.cfg.get("agent.docker_args_extra_precedes_task")))
+        # the daemon's GPUs, or the ones dynamic allocation gave this task
+        gpus = env.get("NVIDIA_VISIBLE_DEVICES") or self.gpus
         workdir = Path(tempfile.mkdtemp(prefix=f"conveyor-run-{task_id[:12]}-"))
         try:
             self._write_config(workdir / "clearml.conf", env)
@@ -200,13 +202,14 @@ class ContainerRuntime:
                     *(["--label", f"{LABEL_PARENT}={self.worker}", "--label", f"{LABEL_PARENT_PID}={os.getpid()}"]
                       if self.worker else []),
                     *([] if cargs.sets(merged, "network", "net") else ["--network", "host"]),
-                    *cargs.gpu_flags(self.engine, self.gpus),
+                    *cargs.gpu_flags(self.engine, gpus),
+                    *cargs.mps_flags(env, merged),
                     *self._env_flags(task_id, image, env, workdir),
                     *self._mounts(bundle, image_id, workdir),
                     *merged, image]
             if inner is None:
                 inner = bundle.module_argv(START_MODULE, "execute", "--id", task_id, *self.execute_args,
-                                           *(["--cpu-only"] if self.gpus == "none" else []))
+                                           *(["--cpu-only"] if gpus == "none" else []))
             script = self.cfg.get("agent.extra_docker_shell_script")
             if script:  # the agent's own lines first, in the container's shell, then Conveyor
                 lines = script if isinstance(script, str) else "\n".join(map(str, script))
@@ -303,7 +306,7 @@ class ContainerRuntime:
     def _env_flags(self, task_id: str, image: str, env: dict[str, str], workdir: Path) -> list[str]:
         values = {"CLEARML_CONFIG_FILE": CONFIG_IN_CONTAINER, "CLEARML_TASK_ID": task_id,
                   "CLEARML_DOCKER_IMAGE": image}
-        if self.gpus == "none":
+        if (env.get("NVIDIA_VISIBLE_DEVICES") or self.gpus) == "none":
             values["NVIDIA_VISIBLE_DEVICES"] = "none"
         secret: dict[str, str] = {}
         for key, value in env.items():

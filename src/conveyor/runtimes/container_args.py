@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 # docker/podman run flags that take no value: the token after them is a flag of its own, or the image
 _BOOLEAN = {"--rm", "--init", "--privileged", "--read-only", "-i", "-t", "-d", "-it", "-ti", "--interactive", "--tty",
@@ -86,6 +86,15 @@ def gpu_flags(engine: str, gpus: str | None) -> list[str]:
         return ["--gpus", "all"]
     # docker reads --gpus as CSV: the quotes keep "device=0,1" one field
     return ["--gpus", f'"device={",".join(devices)}"']
+
+
+def mps_flags(env: Mapping[str, str], args: Sequence[str]) -> list[str]:
+    """A task that runs as an NVIDIA MPS client (its env names the MPS pipe directory) needs the control daemon's
+    pipes and the host's IPC namespace."""
+    pipes = env.get("CUDA_MPS_PIPE_DIRECTORY")
+    if not pipes:
+        return []
+    return ["-v", f"{pipes}:{pipes}", *([] if sets(args, "ipc") else ["--ipc=host"])]
 
 
 def mask(argv: Sequence[str], extra_keys: Iterable[str] = ()) -> list[str]:
