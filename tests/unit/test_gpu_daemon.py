@@ -15,6 +15,7 @@ from test_agent_daemon import FakeApi, FakeRun, FakeRuntime, config, serve_until
 from conveyor.agent.daemon import Daemon, DaemonOptions
 from conveyor.agent.gpu_allocation import GpuRequest
 from conveyor.agent.policy import QueuePolicy
+from conveyor.protocol.tags import QUEUE_PAUSED
 from conveyor.protocol.worker_state import STATE_FIELD, STATE_REASON_FIELD
 from conveyor.runtimes.base import Leftover
 
@@ -48,6 +49,7 @@ def test_a_gpu_used_by_another_process_is_waited_for_and_the_report_says_why(
     fake_gpus(inventory, 2, {1: [{"pid": 1234, "used_memory_mb": 3276.8}]})
     monkeypatch.setenv("CONVEYOR_FAKE_GPUS", str(inventory))
     api = FakeApi({"q": ["t1"]})
+    api.server_supports = lambda feature: feature == "worker_state"  # type: ignore[method-assign]
     runtime = FakeRuntime(api)
     daemon = gpu_daemon(tmp_path, api, runtime, "1")
     serve_until(daemon, lambda: any(b.get(STATE_FIELD) == "waiting_for_gpu"
@@ -107,3 +109,20 @@ def test_a_restarted_daemon_keeps_the_gpus_of_the_tasks_it_adopts(tmp_path: Path
     daemon._take_over_leftovers()
     serve_until(daemon, lambda: len(runtime.launched) == 1)
     assert runtime.launched[0].sub_worker == "host:gpu1"  # GPU 0 is the adopted task's
+
+
+def test_dynamic_gpus_honour_a_queue_forced_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inventory = tmp_path / "gpus.json"
+    fake_gpus(inventory, 2)
+    monkeypatch.setenv("CONVEYOR_FAKE_GPUS", str(inventory))
+    api = QueueApi({"single": ["s1"], "other": ["o1"]})
+    api.queue_tags["single"] = [QUEUE_PAUSED]
+    runtime = FakeRuntime(api)
+    daemon = gpu_daemon(tmp_path, api, runtime, "0-1", {"single": GpuRequest(1, 1), "other": GpuRequest(1, 1)})
+    serve_until(daemon, lambda: len(runtime.launched) == 1)
+    time.sleep(0.05)  # many more pulls
+    assert [r.task_id for r in runtime.launched] == ["o1"] and api.queues["single"] == ["s1"]
+    api.queue_tags["single"] = []
+    daemon.draining.clear()
+    serve_until(daemon, lambda: len(runtime.launched) == 2)
+    assert runtime.launched[1].task_id == "s1"
