@@ -368,7 +368,7 @@ def test_worker_list(cli_server: ServerProcess, api: ApiClient, repo: Path) -> N
     api.call("workers.status_report", {"worker": worker, "task": task_id, "queue": queue_id,
                                        "timestamp": int(time.time() * 1000)})
     table = conveyor(cli_server, "worker", "list").stdout.splitlines()
-    assert table[0].split() == ["WORKER", "QUEUES", "TASK", "LAST", "REPORT"]
+    assert table[0].split() == ["WORKER", "QUEUES", "TASK", "STATE", "LAST", "REPORT"]
     row = next(line for line in table if line.startswith(worker))
     assert queue in row and task_id in row and "(busy)" in row and "s ago" in row
     data = json.loads(conveyor(cli_server, "worker", "list", "--json").stdout)

@@ -44,8 +44,14 @@ task.close()  # waits for the SDK's repository detection (at a bare exit it give
 
 
 def sdk_env(server: ServerProcess) -> dict[str, str]:
+    conf = server.home / "sdk-clearml.conf"
+    if not conf.exists():
+        # The SDK forks its reporter process while its repository detection starts git: the fork can inherit git's
+        # exec pipe and stall the detection for its whole 300 s (seen on a loaded machine; clearml's race, not the
+        # agent's). Reporting from threads avoids it and changes nothing this file checks.
+        conf.write_text(server.config_file.read_text() + "\nsdk.development.report_use_subprocess: false\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLEARML_", "TRAINS_"))}
-    env.update(HOME=str(server.home), CLEARML_CONFIG_FILE=str(server.config_file), PYTHONUNBUFFERED="1",
+    env.update(HOME=str(server.home), CLEARML_CONFIG_FILE=str(conf), PYTHONUNBUFFERED="1",
                CLEARML_LOG_LEVEL="WARNING")
     return env
 

@@ -295,7 +295,7 @@ class Daemon:
         self.set_state(decision.state, decision.reason)
         order = decision.queues
         if not order:  # forced off or idle by schedule: look again soon whether that changed
-            self._nap(self.watch.recheck_in(decision, self._poll_interval(), long_poll))
+            self._nap(self.watch.recheck_in(decision, self._poll_interval()))
             return None
         try:
             entry = (self._next_task_long(order, self.watch.wait_cap(decision)) if long_poll
@@ -332,7 +332,7 @@ class Daemon:
         decision = self.watch.decide(self.policy, self.worker)  # forcing and working hours first
         if not decision.queues:
             self.set_state(decision.state, decision.reason)
-            self._nap(self.watch.recheck_in(decision, self._gpu_poll(), long_poll=False))
+            self._nap(self.watch.recheck_in(decision, self._gpu_poll()))
             return None
         try:
             eligible, reason = self.gpu_broker.queues_now(decision.queues, self._has_waiting, self._task_roots(),

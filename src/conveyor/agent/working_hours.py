@@ -20,7 +20,7 @@ from conveyor.errors import ConveyorError
 
 log = logging.getLogger("conveyor.agent")
 
-OFF_RECHECK_SEC = 1.0  # while forced off or idle, how often a long-polling daemon looks again
+OFF_RECHECK_SEC = 1.0  # while forced off or idle, how often a daemon looks again (two small calls)
 
 
 class PolicyWatch:
@@ -61,9 +61,10 @@ class PolicyWatch:
             return None
         return max(0.5, (decision.recheck_at - local_now()).total_seconds())
 
-    def recheck_in(self, decision: Decision, poll_interval: float, long_poll: bool) -> float:
-        """How long an idle daemon waits before it looks again: soon in long-poll mode (nothing would wake it)."""
-        wait = OFF_RECHECK_SEC if long_poll else poll_interval
+    def recheck_in(self, decision: Decision, poll_interval: float) -> float:
+        """How long a daemon forced off or idle by schedule waits before it looks again: at most a second in either
+        mode, so that a tag or property change takes effect within 2 s (the reference looks once a poll, 5 s)."""
+        wait = min(OFF_RECHECK_SEC, poll_interval)
         until = self.seconds_until(decision)
         return min(wait, until) if until is not None else wait
 
