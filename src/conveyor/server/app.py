@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from pathlib import Path
@@ -140,6 +141,7 @@ def _first_line(exc: DBAPIError) -> str:
     return lines[0] if lines else exc.__class__.__name__
 
 
+@functools.cache  # once per endpoint (names reach here only once known), not on every call
 def _database_errors(name: str) -> dict[type[BaseException], ErrorFactory]:
     """How the database's errors reach the caller of `name`: the one translation at the API's boundary."""
 
