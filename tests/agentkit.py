@@ -59,12 +59,13 @@ def agent_env(server: ServerProcess, root: Path, **extra: str) -> dict[str, str]
 
 
 class DaemonProcess:
-    def __init__(self, server: ServerProcess, root: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, server: ServerProcess, root: Path, *args: str, env: dict[str, str] | None = None,
+                 command: str = "daemon"):
         root.mkdir(parents=True, exist_ok=True)
-        self.log_path = root / f"daemon-{time.monotonic_ns()}.log"
+        self.log_path = root / f"{command}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")
         self.env = env or agent_env(server, root)
-        self.proc = subprocess.Popen([sys.executable, "-m", "conveyor", "daemon", *args], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "conveyor", command, *args], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while "serving" not in self.output():

@@ -281,7 +281,7 @@ def test_drain_on_sigterm_then_stop_on_second(sqlite_server: ServerProcess, tmp_
     daemon.signal(signal.SIGTERM)
     assert daemon.proc.wait(60) == 0
     doc = wait_final(client, long_task)
-    assert doc["status"] == "stopped"
+    assert doc["status"] == "stopped", doc["status_reason"]
     assert "agent shut down" in doc["status_reason"]
 
 

@@ -115,9 +115,7 @@ class Daemon:
         try:
             schedule = Schedule.parse(self.opts.uptime or self.cfg.get("agent.uptime", None),
                                       self.opts.downtime or self.cfg.get("agent.downtime", None))
-            self.worker = worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None),
-                                    self.slot.index, self.opts.gpus, self.opts.cpu_only,
-                                    dynamic=self.opts.dynamic_gpus is not None)
+            self.worker = self._worker_id(self.slot)
             self._check_worker_id_free(self.slot)
             self._take_over_leftovers()
             become_subreaper()  # what a crashed executor leaves running is reparented to us, and ended
@@ -140,6 +138,10 @@ class Daemon:
         finally:
             self.slot.release()
         return 0
+
+    def _worker_id(self, slot: Slot) -> str:
+        return worker_id(self.cfg.get("agent.worker_id", None), self.cfg.get("agent.worker_name", None), slot.index,
+                         self.opts.gpus, self.opts.cpu_only, dynamic=self.opts.dynamic_gpus is not None)
 
     def _check_worker_id_free(self, slot: Slot) -> None:
         for other in running_daemons():  # our own slot may still describe a daemon killed before us
@@ -293,9 +295,12 @@ class Daemon:
         queue paused, a server error)."""
         decision = self.watch.decide(self.policy, self.worker)
         self.set_state(decision.state, decision.reason)
-        order = decision.queues
-        if not order:  # forced off or idle by schedule: look again soon whether that changed
+        order = self._open_queues(decision.queues)
+        if not decision.queues:  # forced off or idle by schedule: look again soon whether that changed
             self._nap(self.watch.recheck_in(decision, self._poll_interval()))
+            return None
+        if not order:  # every queue is at its limit (the Slurm glue's max_jobs): wait for a run to end
+            self._nap(0.5)
             return None
         try:
             entry = (self._next_task_long(order, self.watch.wait_cap(decision)) if long_poll
@@ -307,6 +312,10 @@ class Daemon:
         if entry is None and not long_poll:
             self._nap(self._poll_interval())
         return entry
+
+    def _open_queues(self, order: list[str]) -> list[str]:
+        """The queues of `order` this agent may pull from now; a glue leaves out those at their job limit."""
+        return order
 
     # --- GPUs (the logic is in gpu_broker.py) -----------------------------------------------------------------------
     def _task_roots(self) -> dict[str, int]:

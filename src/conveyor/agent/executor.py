@@ -65,6 +65,8 @@ class ExecuteOptions:
     git_user: str | None = None
     git_pass: str | None = None
     require_queue: bool = False
+    slurm_glue: bool = False  # run in a Slurm job the glue submitted (CONVEYOR_SLURM_GLUE)
+    rank: int = 0  # a multi-node job's rank (SLURM_PROCID / RANK): only rank 0 changes the task's status
     echo: bool = True  # also print the task's output on our stdout
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +93,9 @@ class Executor:
         self.worker = opts.worker_id or f"{cfg.get('agent.worker_name') or socket.gethostname()}:{os.getpid()}"
         self.task_id = opts.task_id
         self.status_message = changed_by(f"conveyor {self.worker}")  # on every status this executor sets
+        # rank > 0 of a multi-node job: runs the entry point beside rank 0, its output in the log with its rank in
+        # front; it never changes the task's status, reports no worker and only follows an abort
+        self.follower = opts.rank > 0
         self.logs: LogShipper | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._abort: Outcome | None = None
@@ -124,11 +129,17 @@ class Executor:
         return 0 if outcome.status == TaskStatus.completed else 1
 
     def notice(self, msg: str, level: str = "info") -> None:
+        if self.follower:
+            msg = self._ranked(msg)
         if self.logs is not None:
             self.logs.notice(msg, level)
         if self.opts.echo:  # the task's log, followed on the terminal too
             sys.stdout.write(msg + "\n")
             sys.stdout.flush()
+
+    def _ranked(self, text: str) -> str:
+        """Rank > 0: each line with the rank in front, as the reference shows other nodes' output."""
+        return "".join(f"RANK {self.opts.rank}: {line}" for line in text.splitlines(keepends=True))
 
     # --- start ----------------------------------------------------------------------------------------------------
     def _start(self) -> dict[str, Any] | None:
@@ -144,6 +155,8 @@ class Executor:
                                suppress_carriage_return=bool(self.cfg.get("agent.suppress_carriage_return")))
         if self.opts.clone:
             self.notice(f"conveyor: running task {self.task_id} (a clone of {self.opts.task_id})")
+        if self.follower:
+            return self._follow_rank_zero(task)
         if not self.opts.clone:
             dequeued = call("tasks.dequeue", {"task": self.task_id, "new_status": TaskStatus.in_progress.value})
             if int(dequeued.get("updated") or 0) >= 1:
@@ -164,6 +177,25 @@ class Executor:
             return None
         return task
 
+    def _follow_rank_zero(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """Rank > 0: wait until rank 0 has started the task (it dequeues it), then run it too; give up if the task
+        ends or leaves its queue first."""
+        deadline = time.monotonic() + float(self.cfg.get("agent.rank_start_timeout_sec"))
+        while True:
+            found = self.client.call("tasks.get_all", {"id": [self.task_id], "only_fields": ["status"],
+                                                       "search_hidden": True})["tasks"]
+            status = found[0].get("status") if found else None
+            if status == TaskStatus.in_progress:
+                break
+            if status != TaskStatus.queued or time.monotonic() > deadline or self._shutdown.is_set():
+                self.notice(f"conveyor: rank {self.opts.rank}: the task is {status or 'gone'}; not running it",
+                            "warning")
+                self._close_logs()
+                return None
+            time.sleep(0.5)
+        self.notice(f"conveyor: rank {self.opts.rank} of the task starts on {socket.gethostname()}")
+        return task if task.get("script") else None
+
     # --- phases ---------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -181,7 +213,8 @@ class Executor:
     def _execute(self, task: dict[str, Any]) -> Outcome:
         """The phases, in order; an abort seen at a phase boundary ends it with the abort's outcome."""
         script: dict[str, Any] = task.get("script") or {}
-        self.work_dir = venvs_dir(self.cfg) / "tasks" / self.task_id
+        self.work_dir = venvs_dir(self.cfg) / "tasks" / (self.task_id + (f"-rank{self.opts.rank}" if self.follower
+                                                                         else ""))
         shutil.rmtree(self.work_dir, ignore_errors=True)
         self.work_dir.mkdir(parents=True)
         code_dir = self.work_dir / "code"
@@ -202,8 +235,9 @@ class Executor:
             argv = entry_argv(task, self.cfg, working_dir, self.notice)  # before the install: a wrong one fails fast
             env = self._build_environment(script, code_dir, working_dir)
             try:
-                self._report_requirements(script, env)
-                self._mark_running_entry_point()
+                if not self.follower:
+                    self._report_requirements(script, env)
+                    self._mark_running_entry_point()
                 return self._run_task(with_python(argv, env.python), working_dir, code_dir, task)
             finally:
                 env.release()
@@ -444,6 +478,8 @@ class Executor:
             self._emit(decode_output(pending), out)
 
     def _emit(self, text: str, out: TextIO) -> None:
+        if self.follower:
+            text = self._ranked(text)
         if self.logs is not None:
             self.logs.write(text)
         if self.opts.echo:
@@ -484,7 +520,7 @@ class Executor:
                 self._trigger(Outcome(None, "the task was reset"))
                 return
             now = time.monotonic()
-            if now - last_ping >= ping_every:
+            if now - last_ping >= ping_every and not self.follower:
                 last_ping = now
                 self._tolerant_call("tasks.ping", {"task": self.task_id})
             if not self.opts.under_daemon and now - last_report >= report_every:
@@ -515,9 +551,13 @@ class Executor:
         def on_signal(signum: int, _frame: Any) -> None:
             self._shutdown.set()
             if self._abort is None:
-                reason = f"agent shut down ({signal.Signals(signum).name}) while the task ran"
-                threading.Thread(target=self._trigger, daemon=True,
-                                 args=(Outcome(TaskStatus.stopped, reason),)).start()
+                name = signal.Signals(signum).name
+                # in a glue's Slurm job the signal is Slurm's (a time limit, scancel, preemption): the glue reads
+                # which from Slurm and fails the task with it; a status set here would race it
+                outcome = (Outcome(None, f"Slurm ended the job ({name}); the Slurm glue reports why")
+                           if self.opts.slurm_glue else
+                           Outcome(TaskStatus.stopped, f"agent shut down ({name}) while the task ran"))
+                threading.Thread(target=self._trigger, daemon=True, args=(outcome,)).start()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -529,14 +569,14 @@ class Executor:
         self.notice(f"conveyor: {end_line.format(outcome.reason)}",
                     "info" if outcome.status == TaskStatus.completed else "error")
         self._close_logs()
-        if outcome.status:
+        if outcome.status and not self.follower:
             body = {"task": self.task_id, "force": outcome.status != TaskStatus.completed,
                     "status_reason": outcome.reason, "status_message": self.status_message}
             try:
                 self.client.call(END_CALLS[outcome.status], body)
             except ConveyorError as exc:  # e.g. the task was reset or deleted meanwhile: nothing left to mark
                 log.warning("task %s: could not set the final status (%s)", self.task_id, exc)
-        if not self.opts.under_daemon:
+        if not self.opts.under_daemon and not self.follower:
             self._report(task_running=False)
             self._tolerant_call("workers.unregister", {"worker": self.worker, "queues": []})
         if self.work_dir is not None and not self.cfg.get("agent.keep_work_dirs"):

@@ -119,8 +119,18 @@ def run_execute(args: argparse.Namespace) -> int:
                                     gpus=gpus, git_user=args.git_user, git_pass=args.git_pass, execute_args=inner)
     opts = ExecuteOptions(task_id=args.id, clone=args.clone, worker_id=os.environ.get("CLEARML_WORKER_ID", ""),
                           under_daemon=os.environ.get("CONVEYOR_UNDER_DAEMON") == "1", gpus=gpus,
-                          git_user=args.git_user, git_pass=args.git_pass, require_queue=args.require_queue)
+                          git_user=args.git_user, git_pass=args.git_pass, require_queue=args.require_queue,
+                          rank=_rank(), slurm_glue=bool(os.environ.get("CONVEYOR_SLURM_GLUE")))
     return Executor(agent_client(cfg), cfg, opts).run()
+
+
+def _rank() -> int:
+    """This process's rank in a multi-node job, as Slurm (SLURM_PROCID) or a launcher (RANK) sets it; 0 when none."""
+    for name in ("SLURM_PROCID", "RANK"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def run_daemon(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import sys
 from conveyor import __version__
 
 # Each module has `register(subparsers)` that adds its commands with `set_defaults(func=...)`.
-COMMAND_MODULES = ("up", "server", "agent", "setup", "queue", "task", "worker", "credentials", "user", "build")
+COMMAND_MODULES = ("up", "server", "agent", "setup", "queue", "task", "worker", "credentials", "user", "build", "slurm")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ S = TaskStatus
 # such as {"version_num": sha}), the others are replaced whole as the SDK sends them.
 EDITABLE = ("name", "tags", "system_tags", "type", "comment", "parent", "project", "script", "execution",
             "hyperparams", "configuration", "models", "container", "runtime", "output_dest", "input")
+UPDATABLE = ("name", "tags", "system_tags", "comment", "project")  # tasks.update: any status
 LISTING = q.Listing(
     s.tasks, tag_columns=("tags", "system_tags"), default_order=("-created",),
     order={"id": "id", "name": "name", "status": "status", "type": "type", "project": "project", "user": "user_id",
@@ -140,6 +141,22 @@ def edit(call: Call) -> dict[str, Any]:
     with call.store.write() as conn:
         doc = _editable(call, conn, task_id, "only created tasks can be edited (use force=true)")
         changed = _apply_fields(call, doc, call.body)
+        tasks.touch(doc, call.user)
+        save_task(conn, doc)
+    return {"updated": 1 if changed else 0, "fields": {f: doc.get(f) for f in changed}}
+
+
+@endpoint("tasks.update")
+def update(call: Call) -> dict[str, Any]:
+    """What may change whatever the task's status: its name, comment, tags and project, and the status message a
+    glue writes while the task waits in a cluster (`slurm job 12 pending: Resources`), as the reference agent does."""
+    task_id = call.str("task", required=True)
+    with call.store.write() as conn:
+        doc = _owned(call, conn, task_id, "update it")
+        changed = _apply_fields(call, doc, {k: v for k, v in call.body.items() if k in UPDATABLE})
+        if "status_message" in call.body:
+            doc["status_message"] = call.str("status_message") or ""
+            changed.append("status_message")
         tasks.touch(doc, call.user)
         save_task(conn, doc)
     return {"updated": 1 if changed else 0, "fields": {f: doc.get(f) for f in changed}}
