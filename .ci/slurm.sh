@@ -9,22 +9,8 @@ SLURM_CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
 LOGS=/var/log/slurm
 
-# apt-get update at most once, and only when something is missing (as in .ci/run)
-APT_UPDATED=0
-apt_install() {
-  local missing=() pkg
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && { echo "installed already: $*"; return 0; }
-  if [ "$APT_UPDATED" = 0 ]; then
-    echo "apt-get update"
-    apt-get update -qq
-    APT_UPDATED=1
-  fi
-  echo "apt-get install ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-}
+# apt_install: apt-get update at most once, and only when something is missing
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # a daemon runs when its pid file names a live process
 running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }

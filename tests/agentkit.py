@@ -60,14 +60,14 @@ def agent_env(server: ServerProcess, root: Path, **extra: str) -> dict[str, str]
 
 class DaemonProcess:
     def __init__(self, server: ServerProcess, root: Path, *args: str, env: dict[str, str] | None = None,
-                 command: str = "daemon"):
+                 command: str = "daemon", start_timeout: float = 30):
         root.mkdir(parents=True, exist_ok=True)
         self.log_path = root / f"{command}-{time.monotonic_ns()}.log"
         self.log = open(self.log_path, "wb")
         self.env = env or agent_env(server, root)
         self.proc = subprocess.Popen([sys.executable, "-m", "conveyor", command, *args], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
+        deadline = time.time() + start_timeout
         while "serving" not in self.output():
             if self.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"daemon did not start:\n{self.output()}")

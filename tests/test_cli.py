@@ -205,7 +205,7 @@ def test_queue_create_list_delete(cli_server: ServerProcess, api: ApiClient, rep
     assert api.call("queues.get_by_id", {"queue": queue_id})["queue"]["tags"] == ["small", "fast"]
     create_task(cli_server, repo, "--queue", name)
     table = conveyor(cli_server, "queue", "list").stdout.splitlines()
-    assert table[0].split() == ["NAME", "ID", "ENTRIES", "TAGS"]
+    assert table[0].split() == ["NAME", "ID", "ENTRIES", "TAGS", "NOTE"]
     assert [name, queue_id, "1", "small", "fast"] in [line.split() for line in table]
     listed = json.loads(conveyor(cli_server, "queue", "list", "--json").stdout)
     assert len(next(q for q in listed["queues"] if q["id"] == queue_id)["entries"]) == 1

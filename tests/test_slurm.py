@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from agentkit import DaemonProcess, agent_env, create_task, log_text, make_repo, wait_final, wait_for_line
+import gluekit
+from agentkit import DaemonProcess, agent_env, log_text, wait_final, wait_for_line
 from conftest import ServerProcess
+from gluekit import no_glue_left  # noqa: F401 - the fixture
 from slurmkit import slurm  # noqa: F401 - the fixture
 
 # The docs' example template, unchanged (ClearML docs, "Slurm")
@@ -52,20 +51,6 @@ ${CLEARML_POST_SETUP}
 """
 
 
-STARTED: list[DaemonProcess] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_glue_left() -> Iterator[None]:
-    """A test that fails half-way leaves no glue behind (its jobs: the `slurm` fixture cancels them)."""
-    yield
-    while STARTED:
-        glue = STARTED.pop()
-        if glue.proc.poll() is None:
-            glue.proc.kill()
-            glue.proc.wait()
-
-
 def start_glue(server: ServerProcess, tmp_path: Path, templates: dict[str, str], *args: str,
                **env: str) -> DaemonProcess:
     """`conveyor slurm` serving one queue per template (created), templates written under tmp_path. Its worker name
@@ -78,37 +63,17 @@ def start_glue(server: ServerProcess, tmp_path: Path, templates: dict[str, str],
     environ = agent_env(server, tmp_path, CLEARML_AGENT__AGENT__SLURM__WORK_DIR=str(tmp_path / "slurm-work"),
                         CLEARML_AGENT__AGENT__SLURM__PENDING_QUEUE=f"slurm_pending_{tmp_path.name}"[-60:],
                         CLEARML_WORKER_NAME=f"glue{time.monotonic_ns() % 10**9}", **env)
-    glue = DaemonProcess(server, tmp_path, "--template-files", *files, "--queue", *templates, "--create-queue",
-                         *args, env=environ, command="slurm")
-    STARTED.append(glue)
-    return glue
-
-
-def restart(glue: DaemonProcess, server: ServerProcess, tmp_path: Path) -> DaemonProcess:
-    """The same glue (arguments, environment, worker id) started again."""
-    again = DaemonProcess(server, tmp_path, *glue.proc.args[4:], env=glue.env, command="slurm")
-    STARTED.append(again)
-    return again
+    return gluekit.start(server, tmp_path, "slurm", "--template-files", *files, "--queue", *templates,
+                         "--create-queue", *args, env=environ)
 
 
 def task_in(server: ServerProcess, tmp_path: Path, queue: str, code: str = "print('hello from slurm')\n",
             **fields: Any) -> str:
-    _, bare = make_repo(tmp_path / f"repos-{time.monotonic_ns()}", {"train.py": code})
-    client = server.client()
-    task = create_task(client, repository=f"file://{bare}", **fields)
-    queue_id = client.call("queues.get_all", {"name": f"^{queue}$"})["queues"][0]["id"]
-    client.call("tasks.enqueue", {"task": task, "queue": queue_id})
-    return task
+    return gluekit.task_in(server, tmp_path, queue, code, **fields)
 
 
-def job_of(client: Any, task: str, timeout: float = 30) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        props = client.call("tasks.get_by_id", {"task": task})["task"].get("hyperparams", {}).get("properties", {})
-        if "slurm-job-id" in props:
-            return str(props["slurm-job-id"]["value"])
-        time.sleep(0.2)
-    raise AssertionError(f"task {task} never got a Slurm job id")
+def job_of(client: Any, task: str, timeout: float = 60) -> str:
+    return gluekit.job_property(client, task, "slurm-job-id", timeout)
 
 
 def test_the_docs_template_runs_a_task_to_completed_with_its_log(slurm: None, sqlite_server: ServerProcess,
@@ -166,14 +131,8 @@ def final_state(job: str, timeout: float = 30) -> str:
     raise AssertionError(f"job {job} did not end")
 
 
-def wait_message(client: Any, task: str, text: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        doc = client.call("tasks.get_by_id", {"task": task})["task"]
-        if text in (doc.get("status_message") or ""):
-            return dict(doc)
-        time.sleep(0.2)
-    raise AssertionError(f"the task never said {text!r}: {doc['status']} {doc.get('status_message')!r}")
+def wait_message(client: Any, task: str, text: str, timeout: float = 60) -> dict[str, Any]:
+    return gluekit.wait_task(client, task, text, timeout)
 
 
 def test_two_queues_use_their_own_templates_and_properties_change_the_sbatch_lines(
@@ -298,7 +257,7 @@ def test_a_glue_killed_and_restarted_runs_each_of_10_tasks_exactly_once(slurm: N
         time.sleep(0.1)
     glue.proc.send_signal(signal.SIGKILL)  # in the middle: some jobs done, some running, some pending, some queued
     glue.proc.wait()
-    glue = restart(glue, sqlite_server, tmp_path)
+    glue = gluekit.restart(glue, sqlite_server, tmp_path)
     for task in tasks:
         doc = wait_final(client, task, timeout=240)
         assert doc["status"] == "completed", (doc.get("status_reason"), glue.output())
@@ -397,7 +356,7 @@ def test_a_job_slurm_ended_while_the_glue_was_down_fails_its_task_at_restart(
     assert final_state(job) == "CANCELLED"
     time.sleep(2)  # the executor has ended and left the status to the glue
     assert client.call("tasks.get_by_id", {"task": task})["task"]["status"] == "in_progress"
-    glue = restart(glue, sqlite_server, tmp_path)
+    glue = gluekit.restart(glue, sqlite_server, tmp_path)
     deadline = time.time() + 30
     while (doc := client.call("tasks.get_by_id", {"task": task})["task"])["status"] == "in_progress":
         assert time.time() < deadline, glue.output()
@@ -413,14 +372,22 @@ def test_a_queue_limit_from_the_config_file(slurm: None, sqlite_server: ServerPr
     glue = start_glue(sqlite_server, tmp_path, {"one_q": simple("one"), "any_q": simple("any")},
                       CLEARML_CONFIG_FILE=str(conf))
     client = sqlite_server.client()
-    slow = "import time\nprint('running', flush=True)\ntime.sleep(4)\n"
-    limited = [task_in(sqlite_server, tmp_path, "one_q", slow) for _ in range(2)]
-    free = [task_in(sqlite_server, tmp_path, "any_q", slow) for _ in range(2)]
+    slow = "import time\nprint('running', flush=True)\ntime.sleep({})\n"
+    limited = [task_in(sqlite_server, tmp_path, "one_q", slow.format(12)) for _ in range(2)]
+    free = [task_in(sqlite_server, tmp_path, "any_q", slow.format(2)) for _ in range(2)]
     wait_for_line(client, free[0], "running")
     wait_for_line(client, free[1], "running")
     docs = [client.call("tasks.get_by_id", {"task": t})["task"] for t in limited]
     assert sorted(bool("slurm-job-id" in d.get("hyperparams", {}).get("properties", {})) for d in docs) == \
         [False, True], "one job from one_q at a time"
+    deadline = time.time() + 5  # the glue notes its limit on the queue at its next look
+    while not client.call("queues.get_all", {"name": "^one_q$"})["queues"][0].get("metadata"):
+        assert time.time() < deadline, "the glue never noted its limit on one_q"
+        time.sleep(0.2)
+    listed = subprocess.run([sys.executable, "-m", "conveyor", "queue", "list"], capture_output=True, text=True,
+                            env=sqlite_server.env()).stdout
+    one_q = next(line for line in listed.splitlines() if line.startswith("one_q"))
+    assert "1 of 1 jobs running, not pulling" in one_q, listed
     for task in limited + free:
         assert wait_final(client, task, timeout=120)["status"] == "completed"
     glue.stop()

@@ -63,3 +63,20 @@ def test_a_wrong_secret_is_an_auth_error_that_says_what_to_check(server: tuple[T
     assert err.value.code == 401
     assert str(err.value).startswith(f"Login to {HOST} failed: the access key or secret was refused — check "
                                      "api.credentials in ")
+
+
+def test_tasks_update_changes_a_queued_tasks_message_and_name_not_its_status(
+        server: tuple[TestClient, Path]) -> None:
+    """What a glue writes while the task waits in a cluster; tasks.edit would refuse a queued task."""
+    with client_of(server) as client:
+        queue = tb.find_queue(client, "default")
+        created = client.tasks.create(name="waits", type="training")
+        client.tasks.enqueue(task=created["id"], queue=queue["id"])
+        with pytest.raises(ApiCallError):
+            client.call("tasks.edit", {"task": created["id"], "name": "renamed"})
+        answer = client.call("tasks.update", {"task": created["id"], "status_message": "slurm job 7 pending: Resources",
+                                              "name": "renamed", "status": "completed"})
+        task = tb.get_task(client, created["id"], only_fields=["name", "status", "status_message"])
+    assert answer["updated"] == 1
+    assert task == {"id": created["id"], "name": "renamed", "status": "queued",
+                    "status_message": "slurm job 7 pending: Resources"}

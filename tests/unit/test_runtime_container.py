@@ -64,3 +64,17 @@ def test_a_task_with_its_own_gpus_gets_exactly_those_and_mps_its_pipes(tmp_path:
     assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25" in argv
     whole = engine.command("t2", task={"container": {"image": "img"}}, env={})
     assert whole.argv[whole.argv.index("--gpus") + 1] == '"device=0,1,2"' and "--ipc=host" not in whole.argv
+
+
+def test_an_agent_in_a_pod_mounts_the_nodes_paths() -> None:
+    """CLEARML_AGENT_K8S_HOST_MOUNT=/host/path:/pod/path: the node's engine gets the node's folders."""
+    from conveyor.runtimes import container_args as cargs
+
+    pairs = cargs.host_mounts({"CLEARML_AGENT_K8S_HOST_MOUNT": "/mnt/node/clearml:/root/.clearml"})
+    assert pairs == [("/mnt/node/clearml", "/root/.clearml")]
+    argv = ["docker", "run", "-v", "/root/.clearml/venvs:/root/.clearml/venvs", "-v", "/root/.clearmlx:/x:ro",
+            "-v", "/root/.clearml:/data:ro", "-e", "A=/root/.clearml", "image"]
+    assert cargs.to_host_paths(argv, pairs) == [
+        "docker", "run", "-v", "/mnt/node/clearml/venvs:/root/.clearml/venvs", "-v", "/root/.clearmlx:/x:ro",
+        "-v", "/mnt/node/clearml:/data:ro", "-e", "A=/root/.clearml", "image"]
+    assert cargs.host_mounts({"CLEARML_AGENT_DOCKER_HOST_MOUNT": "relative:/x"}) == []

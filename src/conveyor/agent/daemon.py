@@ -38,6 +38,7 @@ from conveyor.runtimes.choice import runtime_for
 
 log = logging.getLogger("conveyor.agent")
 
+LIMITED_WAIT_SEC = 1.0  # the longest long-poll while a queue waits for a run to end (a glue's job limit)
 STOP_MARGIN_SEC = 5.0  # after a second stop signal the daemon is gone within agent.kill_grace_sec + this
 
 
@@ -302,9 +303,11 @@ class Daemon:
         if not order:  # every queue is at its limit (the Slurm glue's max_jobs): wait for a run to end
             self._nap(0.5)
             return None
+        cap = self.watch.wait_cap(decision)
+        if len(order) < len(decision.queues):  # a queue held back by its limit: look again soon, it may free up
+            cap = min(cap or LIMITED_WAIT_SEC, LIMITED_WAIT_SEC)
         try:
-            entry = (self._next_task_long(order, self.watch.wait_cap(decision)) if long_poll
-                     else self._next_task_polling(order))
+            entry = (self._next_task_long(order, cap) if long_poll else self._next_task_polling(order))
         except ConveyorError as exc:
             log.warning("could not get a task: %s", exc)
             self._wake.wait(min(self._poll_interval(), 5.0))

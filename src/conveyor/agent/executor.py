@@ -65,7 +65,7 @@ class ExecuteOptions:
     git_user: str | None = None
     git_pass: str | None = None
     require_queue: bool = False
-    slurm_glue: bool = False  # run in a Slurm job the glue submitted (CONVEYOR_SLURM_GLUE)
+    cluster_glue: bool = False  # run in a Slurm or Kubernetes job a glue made (CONVEYOR_SLURM_GLUE, CONVEYOR_K8S_GLUE)
     rank: int = 0  # a multi-node job's rank (SLURM_PROCID / RANK): only rank 0 changes the task's status
     echo: bool = True  # also print the task's output on our stdout
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -159,7 +159,11 @@ class Executor:
             return self._follow_rank_zero(task)
         if not self.opts.clone:
             dequeued = call("tasks.dequeue", {"task": self.task_id, "new_status": TaskStatus.in_progress.value})
-            if int(dequeued.get("updated") or 0) >= 1:
+            # --require-queue (a glue's job): this run must be the one that took the task out of its queue, so that
+            # a second job for the same task, or one started after an abort, runs nothing
+            took_it = int(dequeued.get("updated") or 0) >= 1 and (
+                not self.opts.require_queue or int(dequeued.get("dequeued") or 0) >= 1)
+            if took_it:
                 call("tasks.started", {"task": self.task_id, "force": True, "status_reason": "starting execution soon",
                                        "status_message": ""})
             elif self.opts.require_queue:
@@ -274,7 +278,7 @@ class Executor:
                     vcs.apply_diff(code_dir, diff, log=self.notice)
                 except vcs.VcsError as exc:
                     raise TaskFailure(f"failed applying the uncommitted diff: {exc}") from None
-        if not commit:
+        if not commit and not self.follower:
             self.client.call("tasks.edit", {"task": self.task_id, "force": True,
                                             "script": {"version_num": checkout.commit}})
 
@@ -306,7 +310,8 @@ class Executor:
         if not working_dir.is_dir():
             raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the prebuilt code")
         argv = with_python(entry_argv(task, self.cfg, working_dir, self.notice), python)
-        self._mark_running_entry_point()
+        if not self.follower:
+            self._mark_running_entry_point()
         return self._run_task(argv, working_dir, code_dir, task)
 
     def _run_setup_script(self, text: str) -> None:
@@ -496,7 +501,7 @@ class Executor:
         created_seen = 0
         while not self._done.wait(interval):
             if self._shutdown.is_set():
-                self._trigger(Outcome(TaskStatus.stopped, "agent shut down: the worker was stopped while the task ran"))
+                self._trigger(self._shutdown_outcome("SIGTERM"))
                 return
             try:
                 found = self.client.call("tasks.get_all", {"id": [self.task_id], "search_hidden": True,
@@ -544,6 +549,13 @@ class Executor:
         if proc is not None and proc.poll() is None:
             kill_tree(proc.pid, float(self.cfg.get("agent.kill_grace_sec")))
 
+    def _shutdown_outcome(self, signame: str) -> Outcome:
+        """How a stop signal ends the task. In a glue's job the signal is the cluster's (a time limit, a cancel, an
+        eviction): the glue reads why from the cluster and fails the task with it; a status set here would race it."""
+        if self.opts.cluster_glue:
+            return Outcome(None, f"the cluster ended the job ({signame}); the glue reports why")
+        return Outcome(TaskStatus.stopped, f"agent shut down ({signame}) while the task ran")
+
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -551,12 +563,7 @@ class Executor:
         def on_signal(signum: int, _frame: Any) -> None:
             self._shutdown.set()
             if self._abort is None:
-                name = signal.Signals(signum).name
-                # in a glue's Slurm job the signal is Slurm's (a time limit, scancel, preemption): the glue reads
-                # which from Slurm and fails the task with it; a status set here would race it
-                outcome = (Outcome(None, f"Slurm ended the job ({name}); the Slurm glue reports why")
-                           if self.opts.slurm_glue else
-                           Outcome(TaskStatus.stopped, f"agent shut down ({name}) while the task ran"))
+                outcome = self._shutdown_outcome(signal.Signals(signum).name)
                 threading.Thread(target=self._trigger, daemon=True, args=(outcome,)).start()
 
         signal.signal(signal.SIGTERM, on_signal)

@@ -120,12 +120,19 @@ def run_execute(args: argparse.Namespace) -> int:
     opts = ExecuteOptions(task_id=args.id, clone=args.clone, worker_id=os.environ.get("CLEARML_WORKER_ID", ""),
                           under_daemon=os.environ.get("CONVEYOR_UNDER_DAEMON") == "1", gpus=gpus,
                           git_user=args.git_user, git_pass=args.git_pass, require_queue=args.require_queue,
-                          rank=_rank(), slurm_glue=bool(os.environ.get("CONVEYOR_SLURM_GLUE")))
+                          rank=_rank(), cluster_glue=_under_glue())
     return Executor(agent_client(cfg), cfg, opts).run()
 
 
+def _under_glue() -> bool:
+    return bool(os.environ.get("CONVEYOR_SLURM_GLUE") or os.environ.get("CONVEYOR_K8S_GLUE"))
+
+
 def _rank() -> int:
-    """This process's rank in a multi-node job, as Slurm (SLURM_PROCID) or a launcher (RANK) sets it; 0 when none."""
+    """This process's rank in a glue's multi-node job, as Slurm (SLURM_PROCID) or a launcher (RANK) sets it; 0 when
+    none, and always 0 outside a glue's job (a daemon started under srun or torchrun runs its tasks whole)."""
+    if not _under_glue():
+        return 0
     for name in ("SLURM_PROCID", "RANK"):
         value = os.environ.get(name, "").strip()
         if value.isdigit():

@@ -45,6 +45,14 @@ def create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note(queue: dict) -> str:
+    """Why a glue does not pull the queue now (its job limit), from the queue's metadata."""
+    from conveyor.protocol.tags import QUEUE_LIMIT_NOTE
+
+    entry = (queue.get("metadata") or {}).get(QUEUE_LIMIT_NOTE) or {}
+    return str(entry.get("value") or "") if isinstance(entry, dict) else ""
+
+
 def list_queues(args: argparse.Namespace) -> int:
     from conveyor.cli.common import client_of
 
@@ -52,9 +60,10 @@ def list_queues(args: argparse.Namespace) -> int:
     if args.json:
         print_json(data)
         return 0
-    rows = [(q.get("name", ""), q["id"], len(q.get("entries") or []), " ".join(q.get("tags") or []))
+    rows = [(q.get("name", ""), q["id"], len(q.get("entries") or []), " ".join(q.get("tags") or []), _note(q))
             for q in data.get("queues") or []]
-    print_table(("NAME", "ID", "ENTRIES", "TAGS"), rows, empty="No queues yet — `conveyor queue create NAME` makes one")
+    print_table(("NAME", "ID", "ENTRIES", "TAGS", "NOTE"), rows,
+                empty="No queues yet — `conveyor queue create NAME` makes one")
     return 0
 
 

@@ -77,27 +77,27 @@ def run_glue(args: argparse.Namespace) -> int:
     from conveyor.agent import control
     from conveyor.agent.daemon import DaemonOptions
     from conveyor.agent.session import agent_client
-    from conveyor.agent.slurm_glue import GlueOptions, SlurmGlue
+    from conveyor.agent.slurm_glue import SlurmGlue
 
     queues, templates = _templates(args, dict(cfg.get("agent.slurm.templates") or {}))
     max_jobs = args.max_jobs if args.max_jobs is not None else int(cfg.get("agent.slurm.max_jobs"))
     if max_jobs < 0:
         raise UserError(f"--max-jobs {max_jobs}: give 0 (no limit) or more")
-    glue = GlueOptions(templates=templates, max_jobs=max_jobs,
-                       queue_limits=_limits(dict(cfg.get("agent.slurm.queues") or {})),
-                       singularity=args.singularity_mode or bool(cfg.get("agent.slurm.singularity_mode")))
     opts = DaemonOptions(queues=queues, order_fairness=args.order_fairness, create_queue=args.create_queue,
                          polling_interval=args.polling_interval, cpu_only=True, launched_by="slurm",
                          argv=control.mask_argv(["conveyor", *sys.argv[1:]]))
-    return SlurmGlue(agent_client(cfg), cfg, opts, glue).run()
+    return SlurmGlue(agent_client(cfg), cfg, opts, templates=templates, max_jobs=max_jobs,
+                     queue_limits=_limits(dict(cfg.get("agent.slurm.queues") or {})),
+                     singularity=args.singularity_mode or bool(cfg.get("agent.slurm.singularity_mode"))).run()
 
 
 def print_status() -> int:
     """The jobs this machine's glues track: from their records, with Slurm's word on each."""
     from conveyor.cli._output import print_table
-    from conveyor.runtimes.slurm import JobRecord, SlurmCli, SlurmError
+    from conveyor.runtimes.cluster import JobRecord
+    from conveyor.runtimes.slurm import SlurmCli, SlurmError
 
-    records = JobRecord.of(None)
+    records = JobRecord.of("slurm", None)
     try:
         jobs = SlurmCli().jobs() if records else {}
     except SlurmError as exc:

@@ -13,3 +13,7 @@ QUEUE_PAUSED = "force_workers:off"
 
 # A queue tag: daemons serving this queue pull from it whatever their schedule or runtime property `force` says.
 QUEUE_FORCED_ON = "force_workers:on"
+
+# A queue's metadata key (not a tag): why a glue (Slurm, Kubernetes) does not pull the queue now, its job limit
+# reached; `queue list` shows it.
+QUEUE_LIMIT_NOTE = "conveyor_glue_limit"

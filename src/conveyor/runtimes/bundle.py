@@ -46,7 +46,7 @@ from conveyor.progress import Log
 
 CONTAINER_DIR = "/opt/conveyor"  # where the bundle is mounted in containers
 READY = "READY"
-FORMAT = 2  # bump when the layout changes, so that old bundles stop matching
+FORMAT = 3  # bump when the layout changes, so that old bundles stop matching
 SERVER_ONLY = {"starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "python-multipart"}  # not for execute
 PREPARE_TIMEOUT_SEC = 900  # a wait for another process's preparation of the same bundle
 UNUSED_DAYS = 14  # a bundle no container started from for this long is removed (each Conveyor upgrade makes one)
@@ -230,6 +230,13 @@ def prepare(root: Path, *, log: Log) -> Bundle:
     return _bundle(final, info)
 
 
+def current() -> Bundle | None:
+    """The bundle this process runs from (a glue in a pod of the Conveyor image), if it runs from one."""
+    root = Path(conveyor.__file__).resolve().parents[2]  # <bundle>/site/conveyor/__init__.py
+    info = _ready(root)
+    return _bundle(root, info) if info is not None and (root / "start.py").is_file() else None
+
+
 def _bundle(path: Path, info: dict[str, str]) -> Bundle:
     return Bundle(path, loader=info["loader"], python=info["python"])
 
@@ -274,6 +281,12 @@ def _make(r: Path, tools: HostTools) -> dict[str, str]:
     if tools.git is not None:
         _write_git_wrappers(r, loader)
     (r / "start.py").write_text(_LAUNCHER)
+    # `bin/conveyor ARGS` runs Conveyor from the bundle wherever it is copied (an image with /bin/sh);
+    # `bin/conveyor-start ARGS` first readies the image (its Python, git) as in a task's container: a daemon's pod
+    (r / "bin").mkdir(exist_ok=True)
+    for name, module in (("conveyor", "conveyor"), ("conveyor-start", "conveyor.agent.container_start")):
+        _write_wrapper(r / "bin" / name, name, f"python/bin/python{version}", loader, up="..",
+                       args=["-I", "-u", '"$r/start.py"', module])
     info = {"loader": loader, "python": f"python/bin/python{version}", "python_version": platform.python_version(),
             "conveyor": conveyor.__version__, "git": str(tools.git or ""), "made_from": str(tools.python)}
     _self_check(r, _bundle(r, info))

@@ -191,7 +191,12 @@ class ContainerRuntime:
             agent_first=bool(self.cfg.get("agent.docker_args_extra_precedes_task")))
         # the daemon's GPUs, or the ones dynamic allocation gave this task
         gpus = env.get("NVIDIA_VISIBLE_DEVICES") or self.gpus
-        workdir = Path(tempfile.mkdtemp(prefix=f"conveyor-run-{task_id[:12]}-"))
+        host_mounts = cargs.host_mounts(os.environ)
+        # an agent in a pod: the run's files must live where the node's engine can mount them from
+        runs_dir = Path(host_mounts[0][1]) / "conveyor-runs" if host_mounts else None
+        if runs_dir is not None:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"conveyor-run-{task_id[:12]}-", dir=runs_dir))
         try:
             self._write_config(workdir / "clearml.conf", env)
             name = name or self._name(task_id, env.get("CLEARML_WORKER_ID", ""))
@@ -215,6 +220,8 @@ class ContainerRuntime:
                 lines = script if isinstance(script, str) else "\n".join(map(str, script))
                 inner = ["sh", "-c", f'{lines}\nexec "$@"', "conveyor", *inner]
             argv += list(inner)
+            if host_mounts:
+                argv = cargs.to_host_paths(argv, host_mounts)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise

@@ -111,3 +111,32 @@ def mask(argv: Sequence[str], extra_keys: Iterable[str] = ()) -> list[str]:
                 token = token[: len(token) - len(env)] + f"{name}={MASK}"
         out.append(_URL_PASSWORD.sub(lambda m: m.group("head") + MASK, token))
     return out
+
+
+HOST_MOUNT_ENV = ("CLEARML_AGENT_K8S_HOST_MOUNT", "CLEARML_AGENT_DOCKER_HOST_MOUNT")
+
+
+def host_mounts(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(host folder, the agent's own view of it) from CLEARML_AGENT_K8S_HOST_MOUNT (or ..._DOCKER_HOST_MOUNT):
+    `/host/path:/pod/path`, several separated by commas. Set for an agent that runs in a pod (or a container) and
+    starts task containers on the node's engine: the engine sees the node's paths, not the pod's."""
+    value = next((environ[name] for name in HOST_MOUNT_ENV if environ.get(name)), "")
+    pairs = []
+    for part in value.split(","):
+        host, sep, inside = part.strip().partition(":")
+        if sep and host.startswith("/") and inside.startswith("/"):
+            pairs.append((host.rstrip("/") or "/", inside.rstrip("/") or "/"))
+    return pairs
+
+
+def to_host_paths(argv: Sequence[str], pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """`argv` with the source of each `-v SRC:DST[:MODE]` moved from the agent's view to the node's."""
+    out = list(argv)
+    for i in range(1, len(out)):
+        if out[i - 1] in ("-v", "--volume"):
+            source, sep, rest = out[i].partition(":")
+            for host, inside in pairs:
+                if source == inside or source.startswith(inside + "/"):
+                    out[i] = host + source[len(inside):] + sep + rest
+                    break
+    return out

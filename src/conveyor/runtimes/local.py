@@ -68,7 +68,10 @@ class LocalRuntime:
     config_file: str | None = None
 
     def command(self, task_id: str) -> list[str]:
-        cmd = [sys.executable, "-m", "conveyor"]
+        from conveyor.runtimes.bundle import current
+
+        running = current()  # a daemon run from Conveyor's bundle (a service pod): its executors too
+        cmd = [str(running.host_dir / "bin" / "conveyor")] if running else [sys.executable, "-m", "conveyor"]
         if self.config_file:
             cmd += ["--config-file", self.config_file]
         return cmd + ["execute", "--id", task_id]

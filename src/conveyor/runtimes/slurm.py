@@ -11,7 +11,6 @@ job runs which task: a glue restarted with the same worker id adopts its jobs fr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -20,13 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conveyor.errors import InternalError, TaskFailure, UserError
+from conveyor.errors import TaskFailure, UserError
 from conveyor.runtimes.base import Leftover, TaskRun
-from conveyor.runtimes.run_records import agent_dir
+from conveyor.runtimes.cluster import ClusterError, ClusterJob, JobEnd, JobRecord, JobView, adopt_jobs
 from conveyor.runtimes.slurm_script import JobScript, shell_word
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Zero B
 SQUEUE_FORMAT = "%i|%T|%r|%N|%k"  # job id, state, reason, nodes, comment (last: it may hold anything)
 
 
-class SlurmError(InternalError):
+class SlurmError(ClusterError):
     """A Slurm command failed for a reason that is not the task's (slurmctld unreachable, a command missing)."""
 
 
@@ -98,6 +97,8 @@ class SlurmCli:
         self.refresh_sec = refresh_sec
         self._snapshot: dict[str, tuple[JobState, str]] = {}  # job id -> (state, comment)
         self._taken = 0.0
+        self._changes = 0  # submits and cancels: a list read before one of them is stale
+        self._seen = -1  # the count of changes the cached list has seen
 
     @staticmethod
     def _run(argv: list[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
@@ -123,7 +124,8 @@ class SlurmCli:
 
     def submit(self, script: Path, *, comment: str, env: Mapping[str, str], cwd: Path) -> str:
         """sbatch the script; its job id. Raises TaskFailure with sbatch's own message when it refuses the job."""
-        done = self._run(["sbatch", "--parsable", f"--comment={comment}", "--export=ALL", str(script)],
+        # --no-requeue: Slurm must not run the script again (after a node failure) for a task that ran once
+        done = self._run(["sbatch", "--parsable", "--no-requeue", f"--comment={comment}", "--export=ALL", str(script)],
                          cwd=cwd, env=env)
         if done.returncode != 0:
             message = last_line(done.stderr) or f"exit code {done.returncode}"
@@ -133,19 +135,20 @@ class SlurmCli:
         job_id = done.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise TaskFailure(f"sbatch answered no job id: {done.stdout.strip()!r}")
-        self._taken = 0.0  # the next look includes the new job
+        self._changes += 1  # the next look includes the new job
         return job_id
 
     def cancel(self, job_id: str) -> None:
         done = self._run(["scancel", job_id])
         if done.returncode != 0:
             log.warning("scancel %s: %s", job_id, last_line(done.stderr))
-        self._taken = 0.0
+        self._changes += 1
 
-    def jobs(self) -> dict[str, tuple[JobState, str]]:
+    def jobs(self, fresh: bool = False) -> dict[str, tuple[JobState, str]]:
         """Every job Slurm still lists, with its comment: job id -> (state, comment). Cached for refresh_sec."""
-        if time.monotonic() - self._taken < self.refresh_sec:
+        if not fresh and time.monotonic() - self._taken < self.refresh_sec and self._seen == self._changes:
             return self._snapshot
+        changes = self._changes
         done = self._run(["squeue", "-h", "-a", "-t", "all", "-o", SQUEUE_FORMAT])
         if done.returncode != 0:
             raise SlurmError(f"squeue failed: {last_line(done.stderr)}")
@@ -155,7 +158,7 @@ class SlurmCli:
             if len(parts) == 5:
                 job_id, state, reason, nodes, comment = parts
                 found[job_id] = (JobState(job_id, state.split()[0], reason, nodes), comment)
-        self._snapshot, self._taken = found, time.monotonic()
+        self._snapshot, self._taken, self._seen = found, time.monotonic(), changes
         return found
 
     def final_state(self, job_id: str) -> JobState | None:
@@ -181,95 +184,33 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-# --- what the glue keeps on disk ----------------------------------------------------------------------------------
-def records_dir() -> Path:
-    return agent_dir() / "slurm-jobs"
-
-
-@dataclass
-class JobRecord:
-    """Written before sbatch (job_id "") and again with the job id: a glue killed in between finds the job by its
-    comment, or submits the task, still pending for it, again."""
-
-    task_id: str
-    queue_id: str
-    worker: str
-    job_id: str = ""
-    cancelled: bool = False  # the glue cancelled it (the task was aborted or dequeued): its end is not a failure
-
-    def _path(self) -> Path:
-        return records_dir() / f"{self.task_id}.json"
-
-    def save(self) -> None:
-        folder = records_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{self.task_id}.{os.getpid()}"
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, self._path())
-
-    def remove(self) -> None:
-        self._path().unlink(missing_ok=True)
-
-    @classmethod
-    def of(cls, worker: str | None) -> list[JobRecord]:
-        """The records of the glue with this worker id; of every glue with None."""
-        found = []
-        for path in sorted(records_dir().glob("*.json")):
-            try:
-                record = cls(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                log.warning("ignoring the unreadable job record %s", path)
-                continue
-            if worker is None or record.worker == worker:
-                found.append(record)
-        return found
-
-
 # --- the runtime --------------------------------------------------------------------------------------------------
-class SlurmJob:
+class SlurmJob(ClusterJob):
     """One task's job, watched through the runtime's shared look at squeue."""
 
     def __init__(self, runtime: SlurmRuntime, record: JobRecord):
+        super().__init__(record)
         self.runtime = runtime
-        self.record = record
-        self.final: JobState | None = None
-
-    @property
-    def job_id(self) -> str:
-        return self.record.job_id
-
-    @property
-    def pid(self) -> int | None:
-        return None  # nothing of it runs on the glue's machine
-
-    @property
-    def start_failure(self) -> str | None:
-        return self.final.describe_end() if self.final is not None else None
 
     def state(self) -> JobState | None:
-        """The job while Slurm lists it; None once it is gone from squeue."""
         entry = self.runtime.cli.jobs().get(self.job_id)
         return entry[0] if entry else None
 
-    def poll(self) -> int | None:
-        if self.final is not None:
-            return self.final.exit_status
-        current = self.state()
-        if current is not None and not current.ended:
+    def view(self) -> JobView | None:
+        state = self.state()
+        if state is None:
             return None
-        self.final = self.runtime.cli.final_state(self.job_id) or current or JobState(self.job_id, "UNKNOWN")
-        return self.final.exit_status
+        phase = "ended" if state.ended else "pending" if state.state == "PENDING" else "running"
+        return JobView(phase, state.reason if phase == "pending" else state.state.lower(), state.nodes)
 
-    def stop(self, grace: float) -> None:
-        """scancel: Slurm sends SIGTERM, then SIGKILL after its KillWait."""
-        self.cancel()
+    def ended(self, last: JobView | None) -> JobEnd | None:
+        state = self.runtime.cli.final_state(self.job_id)
+        if state is not None and not state.ended:
+            return None  # squeue's list was older than the job, or slurmctld answered for a moment without it
+        state = state or JobState(self.job_id, "UNKNOWN")
+        return JobEnd(state.state in KILLED_STATES, state.describe_end(), state.exit_status)
 
-    def cancel(self) -> None:
-        self.record.cancelled = True
-        self.runtime.save(self.record)
-        self.runtime.cli.cancel(self.job_id)
-
-    def kill(self) -> None:
+    def _cancel(self) -> None:
         self.runtime.cli.cancel(self.job_id)
 
     def describe(self) -> str:
@@ -278,6 +219,8 @@ class SlurmJob:
 
 class SlurmRuntime:
     """Tasks as sbatch jobs: one template per queue. `bind` gives it the queues' templates before any launch."""
+
+    kind = "slurm"
 
     def __init__(self, cfg_path: str | None, *, fetch_task: Callable[[str], dict[str, Any]],
                  work_dir: Path, singularity_image: Callable[[dict[str, Any]], str] | None = None,
@@ -299,11 +242,11 @@ class SlurmRuntime:
     def describe(self) -> str:
         return "tasks as Slurm batch jobs" + (" in Singularity" if self.singularity_image else "")
 
-    def save(self, record: JobRecord) -> None:
-        try:
-            record.save()
-        except OSError as exc:  # only a restarted glue would miss it
-            log.warning("task %s: could not record its Slurm job: %s", record.task_id, exc)
+    def check(self) -> str:
+        return self.cli.check()
+
+    def template_name(self, queue_id: str) -> str:
+        return self.templates[queue_id][0]
 
     def execute_command(self, task_id: str) -> str:
         """The job's `conveyor execute`, as shell code: its worker id names the job (`<glue>:job-<id>`), and
@@ -326,43 +269,39 @@ class SlurmRuntime:
         return job.render(text, name)
 
     def launch(self, run: TaskRun, env: Mapping[str, str]) -> SlurmJob:
-        record = JobRecord(run.task_id, run.queue_id, self.worker)
-        self.save(record)  # before sbatch: a glue killed during it finds the job by its comment
+        record = JobRecord(run.task_id, run.queue_id, self.worker, kind=self.kind)
+        record.save_quietly()  # before sbatch: a glue killed during it finds the job by its comment
         try:
             script = self.script(run, self.fetch_task(run.task_id))
             self.work_dir.mkdir(parents=True, exist_ok=True)
             path = self.work_dir / f"task-{run.task_id}.sbatch"
             path.write_text(script)
-            job_id = self.cli.submit(path, comment=job_comment(self.worker, run.task_id), env={**os.environ, **env},
-                                     cwd=self.work_dir)
+            comment = job_comment(self.worker, run.task_id)
+            try:
+                job_id = self.cli.submit(path, comment=comment, env={**os.environ, **env}, cwd=self.work_dir)
+            except SlurmError:  # no answer is not no job: slurmctld may have taken it
+                job_id = self._find(comment)
+                if not job_id:
+                    raise
         except BaseException:
             record.remove()
             raise
         record.job_id = job_id
-        self.save(record)
+        record.save_quietly()
         return SlurmJob(self, record)
 
+    def _find(self, comment: str) -> str:
+        """The active job with this comment, if Slurm lists one."""
+        try:
+            listed = self.cli.jobs(fresh=True)
+        except SlurmError:
+            return ""
+        return next((job_id for job_id, (state, found) in listed.items() if found == comment and not state.ended), "")
+
     def adopt(self, worker: str) -> list[Leftover]:
-        """The jobs a previous glue of this worker id submitted, from its records and from Slurm's job comments.
-        A record without a job (killed before sbatch answered) comes back with no handle and an empty reason: the
-        glue submits that task again if it is still pending for it."""
+        """The jobs a previous glue of this worker id submitted, from its records and from Slurm's job comments
+        (active jobs only: the ended ones were settled)."""
         self.worker = worker
-        listed = self.cli.jobs()
-        # jobs still active carry what a killed glue submitted and never recorded; ended ones are settled
-        by_task = {comment.rsplit(":", 1)[1]: job_id for job_id, (state, comment) in listed.items()
-                   if comment.startswith(f"conveyor:{worker}:") and not state.ended}
-        found: list[Leftover] = []
-        for record in JobRecord.of(worker):
-            if not record.job_id and record.task_id in by_task:
-                record.job_id = by_task[record.task_id]
-                self.save(record)
-            by_task.pop(record.task_id, None)
-            if record.job_id:
-                found.append(Leftover(record.task_id, record.queue_id, None, SlurmJob(self, record)))
-            else:
-                found.append(Leftover(record.task_id, record.queue_id, None, None, ""))
-        for task_id, job_id in by_task.items():  # submitted, never recorded: the queue is not known
-            record = JobRecord(task_id, "", worker, job_id)
-            self.save(record)
-            found.append(Leftover(task_id, "", None, SlurmJob(self, record)))
-        return found
+        active = {comment.rsplit(":", 1)[1]: (job_id, "") for job_id, (state, comment) in self.cli.jobs().items()
+                  if comment.startswith(f"conveyor:{worker}:") and not state.ended}
+        return adopt_jobs(self.kind, worker, active, lambda record: SlurmJob(self, record))

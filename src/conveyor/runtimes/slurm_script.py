@@ -5,11 +5,13 @@ A template is a bash script with `${CLEARML_...}` variables, each optionally wit
 (`${CLEARML_TASK.hyperparams.properties.num_nodes.value:1}`, `${CLEARML_TASK.project.id}`), and the three pieces of
 code the glue writes: `${CLEARML_PRE_SETUP}`, `${CLEARML_AGENT_EXECUTE}`, `${CLEARML_POST_SETUP}`.
 
-Every value that comes from the task or the queue is made shell-safe before it is written: control characters
-(newlines above all, which would end an `#SBATCH` comment and start a command) become spaces, and the value is
-quoted for bash wherever it holds anything but plain characters. A task named `x'; rm -rf ~` gives
-`'x'"'"'; rm -rf ~'`: one word, no command. Other `${...}` (bash's own variables, `${SLURM_JOB_ID}`) are left alone,
-and so are comment lines other than `#SBATCH` directives (the docs' template lists the variables in comments).
+Every value that comes from the task or the queue is made safe before it is written. In an `#SBATCH` line, which
+sbatch parses itself (quotes and backslashes its own way), a value keeps only the characters of plain option values
+(letters, digits, `_.:,=/@+%-`); any other becomes `_`, so a property `2 --output=~/.bashrc` or a name with a newline
+cannot add an option or a line. In shell lines a value is never inlined: it becomes `"${CONVEYOR_VALUE_1}"`, a
+variable set once, shell-quoted, after the `#SBATCH` lines; whatever the template's quoting around it, a task named
+`x'; rm -rf ~` or `$(…)` stays text. Other `${...}` (bash's own variables, `${SLURM_JOB_ID}`) are left alone, and so
+are comment lines other than `#SBATCH` directives (the docs' template lists the variables in comments).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from conveyor.errors import TaskFailure
 VARIABLE = re.compile(r"\$\{(CLEARML_[A-Z0-9_]+(?:\.[A-Za-z0-9_\-.]+)?)(?::([^}]*))?\}")
 CODE_VARIABLES = ("CLEARML_PRE_SETUP", "CLEARML_AGENT_EXECUTE", "CLEARML_POST_SETUP")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9_.:,=/@+%-]")  # what an #SBATCH option value may not hold
 # `singularity exec [args] ${CLEARML_AGENT_EXECUTE}` in the template: the glue adds only the image
 _RUNS_SINGULARITY = re.compile(r"\b(?:singularity|apptainer)\s+exec\b[^\n]*\$\{CLEARML_AGENT_EXECUTE")
 
@@ -58,11 +61,10 @@ class JobScript:
         """The batch script. Raises TemplateError naming the first variable with no value and no default."""
         code = {"CLEARML_PRE_SETUP": "\n".join(self.pre_setup), "CLEARML_POST_SETUP": "\n".join(self.post_setup),
                 "CLEARML_AGENT_EXECUTE": self._execute(template)}
+        values: list[str] = []  # the shell lines' values, set as CONVEYOR_VALUE_<n> after the #SBATCH lines
 
-        def fill(match: re.Match[str]) -> str:
+        def value_of(match: re.Match[str]) -> str | None:
             name, default = match.group(1), match.group(2)
-            if name in code:
-                return code[name]
             value = self._value(name)
             if value is None:
                 if default is None:
@@ -70,10 +72,35 @@ class JobScript:
                         f"the Slurm template {template_name} uses ${{{name}}}, which has no value for this task "
                         f"and no default: write ${{{name}:DEFAULT}} or set it on the task")
                 value = default
-            return shell_word(value) if value else ""
+            return value
 
-        return "".join(line if _is_comment(line) else VARIABLE.sub(fill, line)
-                       for line in template.splitlines(keepends=True))
+        def in_directive(match: re.Match[str]) -> str:
+            if match.group(1) in code:
+                return ""  # code in an #SBATCH line: nothing sbatch could use
+            return _NOT_PLAIN.sub("_", value_of(match) or "")
+
+        def in_shell(match: re.Match[str]) -> str:
+            if match.group(1) in code:
+                return code[match.group(1)]
+            values.append(value_of(match) or "")
+            return f'"${{CONVEYOR_VALUE_{len(values)}}}"'
+
+        lines = []
+        for line in template.splitlines(keepends=True):
+            if _is_directive(line):
+                lines.append(VARIABLE.sub(in_directive, line))
+            elif _is_comment(line):
+                lines.append(line)
+            else:
+                lines.append(VARIABLE.sub(in_shell, line))
+        if values:  # before the first command: after the shebang, the comments and the #SBATCH lines
+            first = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")),
+                         len(lines))
+            setting = "".join(f"CONVEYOR_VALUE_{i}={shell_word(value)}\n" for i, value in enumerate(values, 1))
+            if first and not lines[first - 1].endswith("\n"):
+                lines[first - 1] += "\n"
+            lines.insert(first, setting)
+        return "".join(lines)
 
     def _execute(self, template: str) -> str:
         if self.singularity_image is None:
@@ -94,11 +121,14 @@ class JobScript:
         return task_field(self.task, path)
 
 
+def _is_directive(line: str) -> bool:
+    return line.lstrip().startswith("#SBATCH")
+
+
 def _is_comment(line: str) -> bool:
     """A bash comment that is not an #SBATCH directive: documentation (the docs' template lists the variables
     there), left as it is."""
-    text = line.lstrip()
-    return text.startswith("#") and not text.startswith("#SBATCH")
+    return line.lstrip().startswith("#") and not _is_directive(line)
 
 
 def task_field(task: Mapping[str, Any], path: str) -> str | None:

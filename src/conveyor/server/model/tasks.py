@@ -196,6 +196,8 @@ def dequeue(conn: Connection, doc: Document, *, user: str, new_status: str | Non
     target = new_status or doc.get("enqueue_status") or S.created.value
     if status == S.in_progress and target == S.in_progress:
         return removed, {}
+    if target == S.in_progress and status != S.queued:  # a stopped (or created) task is not started by a dequeue
+        return removed, None
     return removed, set_status(conn, doc, target, force=True, user=user, reason=reason, message=message)
 
 

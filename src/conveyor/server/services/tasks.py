@@ -154,7 +154,8 @@ def update(call: Call) -> dict[str, Any]:
     with call.store.write() as conn:
         doc = _owned(call, conn, task_id, "update it")
         changed = _apply_fields(call, doc, {k: v for k, v in call.body.items() if k in UPDATABLE})
-        if "status_message" in call.body:
+        # only while the task waits: a late write must not hide a runner's message (an abort's "stopping")
+        if "status_message" in call.body and tasks.status_of(doc) == S.queued:
             doc["status_message"] = call.str("status_message") or ""
             changed.append("status_message")
         tasks.touch(doc, call.user)
