@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from agentkit import DaemonProcess, agent_env, create_task, enqueue, log_text, wait_final, wait_status
+from agentkit import DaemonProcess, agent_env, create_task, enqueue, executor_of, log_text, wait_final, wait_status
 from conftest import ServerProcess
 
 # A task that says what it sees, then sleeps as long as its first argument says.
@@ -103,6 +103,7 @@ def test_a_restarted_daemon_keeps_the_gpus_its_adopted_task_holds(sqlite_server:
     try:
         enqueue(client, first, "single")
         wait_status(client, first, "in_progress")
+        executor_of(daemon, first)  # started: what the restarted daemon adopts
         daemon.proc.kill()
         daemon.proc.wait()
         restarted = DaemonProcess(sqlite_server, tmp_path, *args, env=env)

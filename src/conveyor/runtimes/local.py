@@ -9,14 +9,19 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
+import conveyor
 from conveyor.errors import TaskFailure
 from conveyor.runtimes.base import Leftover, TaskRun
 from conveyor.runtimes.run_records import AdoptedExecutor, RunRecord, forget, records_of
 
 log = logging.getLogger(__name__)
+
+# <bundle>/site/conveyor/__init__.py -> <bundle>/bin/conveyor, when Conveyor runs from a bundle (runtimes/bundle.py)
+BUNDLE_LAUNCHER = Path(conveyor.__file__).resolve().parents[2] / "bin" / "conveyor"
 
 
 class LocalRun:
@@ -68,10 +73,8 @@ class LocalRuntime:
     config_file: str | None = None
 
     def command(self, task_id: str) -> list[str]:
-        from conveyor.runtimes.bundle import current
-
-        running = current()  # a daemon run from Conveyor's bundle (a service pod): its executors too
-        cmd = [str(running.host_dir / "bin" / "conveyor")] if running else [sys.executable, "-m", "conveyor"]
+        # a daemon run from Conveyor's bundle (a service pod): its executors too, through the bundle's launcher
+        cmd = [str(BUNDLE_LAUNCHER)] if BUNDLE_LAUNCHER.is_file() else [sys.executable, "-m", "conveyor"]
         if self.config_file:
             cmd += ["--config-file", self.config_file]
         return cmd + ["execute", "--id", task_id]
