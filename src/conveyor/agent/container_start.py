@@ -125,6 +125,7 @@ def _abort_watch(cfg: Config, argv: Sequence[str]) -> Iterator[None]:
     from conveyor.agent.session import agent_client
 
     done = threading.Event()
+    waits_in_queue = "--require-queue" in argv
 
     def watch() -> None:
         client = agent_client(cfg)
@@ -138,6 +139,8 @@ def _abort_watch(cfg: Config, argv: Sequence[str]) -> Iterator[None]:
             status = found[0].get("status") if found else None
             if found and status == TaskStatus.in_progress and STOPPING not in (found[0].get("status_message") or ""):
                 continue
+            if found and status == TaskStatus.queued and waits_in_queue:
+                continue  # a glue's pod: the task stays queued until `execute --require-queue` takes it
             reason = "task was stopped by tasks.stop" if status == TaskStatus.in_progress else \
                 f"the task's status changed to {status or 'deleted'} elsewhere"
             _say(f"conveyor: stopping the container set-up: {reason}")
