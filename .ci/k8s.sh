@@ -220,7 +220,10 @@ build_binaries() {
   apt_install golang-go dpkg-dev rsync make golang-github-modern-go-reflect2-dev
   mkdir -p "$src/lists/partial" "$src/home"
   mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  mirror=${mirror:-http://deb.debian.org/debian}
+  # the machine's own Debian mirror: from deb822 sources, else from a one-line sources.list
+  [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {print $i; exit}}' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n 1 || true)
+  [ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list.d/debian.sources or sources.list"
   echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bookworm main" >"$src/src.list"
   apto=(-o "Dir::Etc::SourceList=$src/src.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$src/lists")
   tree=$(find "$src" -maxdepth 1 -type d -name 'kubernetes-*' | sort | tail -n 1)
