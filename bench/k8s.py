@@ -41,10 +41,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from agentkit import DaemonProcess, agent_env, create_task, log_text, make_repo  # noqa: E402
+import latency as timing  # noqa: E402
+
+from agentkit import DaemonProcess, agent_env, create_task, make_repo  # noqa: E402
 from conftest import ServerProcess  # noqa: E402
 
-FIRST_LINE = "bench: first line"
+FIRST_LINE = timing.FIRST_LINE
 TRAIN = f"print({FIRST_LINE!r}, flush=True)\n"
 IMAGE = "conveyor/base:bookworm"  # built locally by .ci/run; no registry here
 KUBECONFIG = os.environ.get("KUBECONFIG") or "/var/lib/conveyor-k8s/kubeconfig"
@@ -153,17 +155,8 @@ class Bench:
         return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": self.namespace},
                 "spec": spec}
 
-    def first_line(self, task: str, sent: float, timeout: float = 240) -> float:
-        """Seconds from `sent` until FIRST_LINE is in the task's log, polled every 20 ms."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if FIRST_LINE in log_text(self.client, task):
-                return time.monotonic() - sent
-            if time.monotonic() > deadline:
-                doc = self.client.call("tasks.get_by_id", {"task": task})["task"]
-                raise RuntimeError(f"task {task} never printed its first line ({doc['status']}: "
-                                   f"{doc.get('status_reason')} {doc.get('status_message')})")
-            time.sleep(0.02)
+    def first_line(self, task: str, sent: float) -> float:
+        return timing.first_line(self.client, task, sent, 240)
 
     def settle(self, timeout: float = 120) -> None:
         """Until every Job in the namespace has ended, so that each sample starts on an idle node."""
@@ -236,14 +229,6 @@ def latency(bench: Bench, samples: int) -> tuple[list[float], list[float]]:
 
 
 # --- figures ----------------------------------------------------------------------------------------------------
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-def spread(values: list[float]) -> str:
-    return (f"median {statistics.median(values):.2f} s, p90 {pct(values, 0.9):.2f} s, "
-            f"min {min(values):.2f}, max {max(values):.2f} over {len(values)}")
 
 
 def main() -> None:
@@ -264,8 +249,8 @@ def main() -> None:
         glue, ref = latency(bench, args.samples)
         overhead = statistics.median(glue) - statistics.median(ref)
         print("latency, enqueue -> first line in the task's log (one warm-up each):")
-        print(f"  through the glue:          {spread(glue)}")
-        print(f"  reference, bare Job:       {spread(ref)}")
+        print(f"  through the glue:          {timing.spread(glue)}")
+        print(f"  reference, bare Job:       {timing.spread(ref)}")
         print(f"  glue overhead: {overhead:+.2f} s on the median "
               f"({statistics.median(glue) / statistics.median(ref):.2f}x the bare Job)")
     finally:

@@ -38,10 +38,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from agentkit import FINAL, DaemonProcess, agent_env, create_task, enqueue, log_text, make_repo  # noqa: E402
+import latency as timing  # noqa: E402
+
+from agentkit import FINAL, DaemonProcess, agent_env, create_task, enqueue, make_repo  # noqa: E402
 from conftest import ServerProcess  # noqa: E402
 
-FIRST_LINE = "bench: first line"
+FIRST_LINE = timing.FIRST_LINE
 TRAIN = f"print({FIRST_LINE!r}, flush=True)\n"
 TEMPLATE = """#!/bin/bash
 #SBATCH --job-name=clearml_task_${CLEARML_TASK.id}
@@ -104,17 +106,8 @@ class Bench:
         return f"#!/bin/bash\n#SBATCH --job-name=bare_{task}\n#SBATCH --output=bare-{task}-%j.log\n" \
                f"{execute_command(task)}\n"
 
-    def first_line(self, task: str, sent: float, timeout: float = 180) -> float:
-        """Seconds from `sent` until FIRST_LINE is in the task's log, polled every 20 ms."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if FIRST_LINE in log_text(self.client, task):
-                return time.monotonic() - sent
-            if time.monotonic() > deadline:
-                doc = self.client.call("tasks.get_by_id", {"task": task})["task"]
-                raise RuntimeError(f"task {task} never printed its first line ({doc['status']}: "
-                                   f"{doc.get('status_reason')} {doc.get('status_message')})")
-            time.sleep(0.02)
+    def first_line(self, task: str, sent: float) -> float:
+        return timing.first_line(self.client, task, sent, 180)
 
     def statuses(self, tasks: list[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -251,14 +244,6 @@ def throughput_bare(bench: Bench, count: int, max_jobs: int, timeout: float) -> 
 
 
 # --- figures ----------------------------------------------------------------------------------------------------
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-def spread(values: list[float]) -> str:
-    return (f"median {statistics.median(values):.2f} s, p90 {pct(values, 0.9):.2f} s, "
-            f"min {min(values):.2f}, max {max(values):.2f} over {len(values)}")
 
 
 def burst_line(name: str, result: dict[str, Any], count: int) -> str:
@@ -292,8 +277,8 @@ def main() -> None:
             glue, ref = latency(bench, args.samples)
             overhead = statistics.median(glue) - statistics.median(ref)
             print("latency, enqueue -> first line in the task's log (warm environment, one warm-up each):")
-            print(f"  through the glue:          {spread(glue)}")
-            print(f"  reference, bare sbatch:    {spread(ref)}")
+            print(f"  through the glue:          {timing.spread(glue)}")
+            print(f"  reference, bare sbatch:    {timing.spread(ref)}")
             print(f"  glue overhead: {overhead:+.2f} s on the median "
                   f"({statistics.median(glue) / statistics.median(ref):.2f}x the bare job)")
         if args.tasks:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -102,6 +103,13 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def unavailable(reason: str, remedy: str = ".ci/run must install and start it") -> NoReturn:
+    """A test's engine is missing: skip here, fail in CI (which must provide every engine)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; {remedy}")
+    pytest.skip(reason)
+
+
 def _pg_available() -> bool:
     try:
         import psycopg
@@ -116,9 +124,7 @@ def _pg_available() -> bool:
 def pg_database() -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped afterwards; skips (fails on CI) when PostgreSQL is not running."""
     if not _pg_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}; .ci/run must start it")
-        pytest.skip(f"PostgreSQL is not reachable at {PG_ADMIN}")
+        unavailable(f"PostgreSQL is not reachable at {PG_ADMIN}", ".ci/run must start it")
     import psycopg
 
     name = f"conveyor_test_{secrets.token_hex(4)}"

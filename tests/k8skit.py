@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
+from conftest import unavailable
+
 # where .ci/k8s.sh writes the kubeconfig; KUBECONFIG, when set, wins
 DEFAULT_KUBECONFIG = "/var/lib/conveyor-k8s/kubeconfig"
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; .ci/run must start it (.ci/k8s.sh up)")
-    pytest.skip(reason)
+    unavailable(reason, '.ci/run must start it (.ci/k8s.sh up)')
 
 
 def kubeconfig_path() -> str:

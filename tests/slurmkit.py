@@ -5,13 +5,14 @@ Without a usable Slurm the tests skip here, and fail under CI (`.ci/run` runs `.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
+
+from conftest import unavailable
 
 COMMANDS = ("sinfo", "sbatch", "squeue", "scancel", "sacct")
 READY_STATES = ("idle", "mixed", "allocated")
@@ -20,9 +21,7 @@ COMMENT_PREFIX = "conveyor"
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; .ci/run must install and start it (.ci/slurm.sh)")
-    pytest.skip(reason)
+    unavailable(reason, '.ci/run must install and start it (.ci/slurm.sh)')
 
 
 def require_slurm() -> None:
