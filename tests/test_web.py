@@ -18,7 +18,9 @@ import pytest
 from conveyor.server import web
 
 STATIC = Path(web.__file__).parent / "static"
-APP_JS = (STATIC / "app.js").read_text(encoding="utf-8")
+# The UI's own scripts (app.js and the view files built on it); vendored libraries are named vendor-*.
+OWN_JS = sorted(p for p in STATIC.glob("*.js") if not p.name.startswith("vendor-"))
+APP_JS = "\n".join(p.read_text(encoding="utf-8") for p in OWN_JS)
 INDEX = (STATIC / "index.html").read_text(encoding="utf-8")
 
 # Every request the UI makes goes through api("service.action", body) or request("auth.login", ...).
