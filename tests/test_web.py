@@ -94,6 +94,9 @@ def test_static_folder_is_flat_for_packaging() -> None:
     ("/projects/*/experiments/{task}/output/metrics/scalar", "scalars"),
     ("/projects/*/tasks/{task}/execution", "execution"),
     ("/projects/{project}/experiments/{task}", "log"),
+    ("/projects/*/experiments/{task}/output/metrics/plots", "plots"),
+    ("/projects/*/experiments/{task}/output/debugImages", "debug"),
+    ("/projects/*/experiments/{task}/artifacts/output", "artifacts"),
 ])
 def test_sdk_results_page_link_opens_the_task_in_the_ui(sqlite_server: Any, link: str, tab: str) -> None:
     api = Api(sqlite_server)
@@ -106,8 +109,25 @@ def test_sdk_results_page_link_opens_the_task_in_the_ui(sqlite_server: Any, link
     page = httpx.get(url, follow_redirects=True)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script src="/ui/app.js"' in page.text and 'id="main"' in page.text
-    # The fragment names a view the UI has: app.js routes #/task/<id>/<tab> to the task detail.
-    assert r'hash.match(/^#\/task\/([^/?#]+)(?:\/(log|execution|scalars))?$/)' in APP_JS
+    # The fragment names a tab the UI has: app.js routes #/task/<id>/<tab> to the task detail, whose tabs besides
+    # the log are registered as taskTabs.<tab> by the view files.
+    assert r'hash.match(/^#\/task\/([^/?#]+)(?:\/([a-z-]+))?$/)' in APP_JS
+    assert tab == "log" or f"taskTabs.{tab} = {{" in APP_JS, f"no view file registers the {tab} tab"
+
+
+@pytest.mark.parametrize("path,fragment", [
+    ("/dashboard", "/#/tasks"), ("/projects", "/#/projects"),
+    ("/projects/*/experiments", "/#/tasks"), ("/projects/{project}/experiments", "/#/tasks/project/{project}"),
+    ("/projects/{project}/tasks", "/#/tasks/project/{project}"),
+    ("/workers-and-queues/workers", "/#/workers"), ("/workers-and-queues/queues", "/#/queues"),
+])
+def test_clearml_web_paths_open_the_matching_page(sqlite_server: Any, path: str, fragment: str) -> None:
+    project = Api(sqlite_server).call("projects.create", name=f"ui-p-{secrets.token_hex(3)}")["id"]
+    response = httpx.get(sqlite_server.url + path.format(project=project))
+    assert response.status_code == 302 and response.headers["location"] == fragment.format(project=project)
+    assert response.headers["content-security-policy"].startswith("default-src 'self'")
+    view = fragment.removeprefix("/#/").split("/")[0]
+    assert view == "tasks" or f"views.{view} = " in APP_JS, f"no view file registers #/{view}"
 
 
 def test_projects_api_paths_stay_api(sqlite_server: Any) -> None:
@@ -127,7 +147,9 @@ def test_ui_never_renders_data_as_markup() -> None:
 
 
 def test_all_requests_go_through_the_api_helpers() -> None:
-    assert APP_JS.count("fetch(") == 1, "only request() may call fetch"
+    # request() for the API; fetchFile() for the files endpoint (same origin, the token only there).
+    assert APP_JS.count("fetch(") == APP_JS.count("await fetch(") == 2, "only request() and fetchFile() may fetch"
+    assert 'if (u.origin === location.origin && u.pathname.startsWith("/files/"))' in APP_JS
     # api() passes its endpoint on to request(); every other call names its endpoint literally.
     dynamic = re.findall(r"""(?<!function )\b(?:api|request)\(\s*(?!["'])\w*""", APP_JS)
     assert dynamic == ["request(endpoint"], "call api() with a literal endpoint name, so that the tests can check it"
@@ -199,6 +221,19 @@ BODIES: dict[str, Callable[[Api], dict[str, Any]]] = {
     "users.get_all": lambda a: {},
     "events.get_task_log": lambda a: {"task": _with_log(a), "order": "asc", "scroll_id": "", "batch_size": 1000},
     "events.scalar_metrics_iter_histogram": lambda a: {"task": _with_log(a)},
+    "events.get_task_events": lambda a: {"task": _with_log(a), "event_type": "plot", "order": "desc",
+                                         "batch_size": 500},
+    "tasks.edit": lambda a: {"task": a.task(), "script": {"branch": "dev", "entry_point": "main.py"},
+                             "container": {"image": "python:3.12-slim", "arguments": "--ipc=host",
+                                           "setup_shell_script": "echo hi"}},
+    "tasks.edit_hyper_params": lambda a: {"task": a.task(), "replace_hyperparams": "none", "hyperparams": [
+        {"section": "Args", "name": "lr", "value": "0.1", "type": "float", "description": ""}]},
+    "tasks.delete_hyper_params": lambda a: (lambda t: (a.call("tasks.edit_hyper_params", task=t, hyperparams=[
+        {"section": "Args", "name": "lr", "value": "1"}, {"section": "General", "name": "x", "value": "1"}]),
+        {"task": t, "hyperparams": [{"section": "Args", "name": "lr"}, {"section": "General"}]})[1])(a.task()),
+    "tasks.edit_configuration": lambda a: {"task": a.task(), "configuration": [
+        {"name": "General", "value": "a: 1", "type": "yaml", "description": ""}]},
+    "tasks.set_requirements": lambda a: {"task": a.task(), "requirements": {"pip": "numpy==1.26.4\n"}},
 }
 
 
@@ -254,7 +289,7 @@ def test_tasks_show_their_owner(sqlite_server: Any) -> None:
     listed = api.call("tasks.get_all", **body, id=[task])["tasks"]
     owners = {u["id"]: u["name"] for u in api.call("users.get_all", **BODIES["users.get_all"](api))["users"]}
     assert owners[listed[0]["user"]] == api.call("users.get_current_user")["user"]["name"]
-    assert re.search(r'\[null, "Owner"\]', APP_JS), "the task list has no Owner column"
+    assert re.search(r'\[null, "Owner"', APP_JS), "the task list has no Owner column"
     assert re.search(r'fact\("Owner", task\.user \? names\.users\.get\(task\.user\)', APP_JS), \
         "the task view shows no owner"
     assert 'userNames(tasks.map((t) => t.user))' in APP_JS and 'userNames([task.user])' in APP_JS

@@ -23,6 +23,7 @@ from conveyor.server.files import FilesApp
 from conveyor.server.lifecycle import Background
 from conveyor.server.services import load_all
 from conveyor.server.state import ServerState
+from conveyor.server.web import WEB_PATHS, WEB_PREFIXES
 from conveyor.server.web import routes as web_routes
 
 log = logging.getLogger("conveyor.server")
@@ -185,7 +186,7 @@ class ApiApp:
         if self.files is not None and (path == "/files" or path.startswith("/files/")):
             await self.files(scope, receive, send)
             return
-        if self.web is not None and (path == "/" or path.startswith(("/ui/", "/projects/"))):
+        if self.web is not None and (path in WEB_PATHS or path.startswith(WEB_PREFIXES)):
             await self.web(scope, receive, send)
             return
         limit = int(self.state.settings.max_request_body_mb * 1024 * 1024)

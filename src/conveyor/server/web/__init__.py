@@ -12,6 +12,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
+# The paths the web UI answers (the server's router sends every other path to the API): its page and files, and
+# the ClearML web app's paths that the SDK prints or users bookmark (each opens the matching view).
+WEB_PATHS = frozenset({"/", "/dashboard", "/projects", "/workers-and-queues"})
+WEB_PREFIXES = ("/ui/", "/projects/", "/workers-and-queues/")
 
 # The page loads only its own files and talks only to its own server: no inline script or style, no framing.
 SECURITY_HEADERS = {
@@ -35,9 +39,15 @@ class _StaticFiles(StaticFiles):
 
 def _tab(rest: str) -> str:
     """The UI's tab for the rest of a ClearML web path: output/log, output/metrics/scalar, execution, …"""
-    if "metrics" in rest or "scalar" in rest or "plots" in rest:
+    if "plots" in rest:
+        return "plots"
+    if "debugImages" in rest or "debug-images" in rest:
+        return "debug"
+    if "metrics" in rest or "scalar" in rest:
         return "scalars"
-    if rest.startswith(("execution", "hyper-params", "configuration", "artifacts", "info-output")):
+    if rest.startswith("artifacts"):
+        return "artifacts"
+    if rest.startswith(("execution", "hyper-params", "configuration", "info-output")):
         return "execution"
     return "log"
 
@@ -52,10 +62,32 @@ async def task_page(request: Request) -> Response:
     return RedirectResponse(target, status_code=302, headers=SECURITY_HEADERS)
 
 
+def _to_view(fragment: str):  # noqa: ANN202 - a Starlette endpoint
+    """A ClearML web app path that opens one of the UI's views (its routes live in the URL's fragment)."""
+    async def redirect(_request: Request) -> Response:
+        return RedirectResponse("/#/" + fragment, status_code=302, headers=SECURITY_HEADERS)
+    return redirect
+
+
+async def project_tasks(request: Request) -> Response:
+    """`/projects/<project>/experiments` (ClearML's task table of a project; `*` is every project)."""
+    project = request.path_params["project"]
+    if request.path_params["kind"] not in ("tasks", "experiments"):
+        return PlainTextResponse("Not Found", status_code=404)
+    target = "/#/tasks" if project in ("*", "") else f"/#/tasks/project/{quote(project, safe='')}"
+    return RedirectResponse(target, status_code=302, headers=SECURITY_HEADERS)
+
+
 def routes() -> list:
     async def index(_request):  # noqa: ANN001, ANN202
         return FileResponse(STATIC / "index.html", headers=SECURITY_HEADERS)
 
     return [Route("/", index), Mount("/ui", app=_StaticFiles(directory=STATIC), name="ui"),
+            # The ClearML web app's paths: the dashboard, projects, a project's tasks, workers and queues.
+            Route("/dashboard", _to_view("tasks")), Route("/projects", _to_view("projects")),
+            Route("/workers-and-queues", _to_view("workers")),
+            Route("/workers-and-queues/workers", _to_view("workers")),
+            Route("/workers-and-queues/queues", _to_view("queues")),
+            Route("/projects/{project}/{kind}", project_tasks),
             Route("/projects/{project}/{kind}/{task}", task_page),
             Route("/projects/{project}/{kind}/{task}/{rest:path}", task_page)]

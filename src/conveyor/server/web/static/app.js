@@ -53,6 +53,7 @@
 
   const link = (href, ...children) => h("a", { href }, ...children);
   const taskHref = (id, tab) => "#/task/" + encodeURIComponent(id) + (tab ? "/" + tab : "");
+  const projectTasksHref = (id) => "#/tasks/project/" + encodeURIComponent(id);
 
   // --- formatting -----------------------------------------------------------------------------------------------
   function toMs(value) {
@@ -168,6 +169,26 @@
     }
   }
 
+  // A file on this server's files endpoint, fetched with the session's token (an <img> or a plain link would carry
+  // none). `serverFile` says whether a URL is one: same origin and under /files/, so the token never goes elsewhere.
+  function serverFile(url) {
+    try {
+      const u = new URL(String(url || ""), location.href);
+      if (u.origin === location.origin && u.pathname.startsWith("/files/")) return u.pathname + u.search;
+    } catch (_) { /* not a URL */ }
+    return null;
+  }
+  async function fetchFile(path) {
+    let response;
+    try {
+      response = await fetch(path, { headers: { Authorization: "Bearer " + session.token } });
+    } catch (err) {
+      throw new ApiError(path, 0, 0, "Cannot reach the Conveyor server (" + (err.message || err) + ")");
+    }
+    if (!response.ok) throw new ApiError(path, response.status, 0, "Cannot download " + path + " (HTTP " + response.status + ")");
+    return response.blob();
+  }
+
   async function signIn(key, secret) {
     const bytes = new TextEncoder().encode(key + ":" + secret);
     const basic = btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""));
@@ -198,7 +219,7 @@
   let bannerSource = "";
   function reportError(err, source = "action") {
     if (err && err.status === 401) return; // the login screen says it
-    if (!(err instanceof ApiError)) console.error(err);
+    if (!(err instanceof ApiError) && !(err && err.user)) console.error(err); // err.user: the user's input was refused
     const wrap = $("#banner-wrap");
     const node = errorNode(err, () => { wrap.hidden = true; bannerSource = ""; });
     node.id = "banner";
@@ -469,13 +490,18 @@
   }
 
   // Tasks ---------------------------------------------------------------------------------------------------------
-  const tasksState = { status: "all", name: "", page: 0, pageSize: 50, order: "-created" };
+  const tasksState = { status: "all", name: "", page: 0, pageSize: 50, order: "-created", project: "" };
   const TASK_FIELDS = ["id", "name", "type", "project", "user", "status", "status_reason", "status_message",
     "last_update", "created", "last_worker", "execution.queue"];
 
-  function tasksView(main) {
+  // The task list, of every project or of one (#/tasks/project/<id>, from the projects page).
+  function tasksView(main, project) {
     document.title = "Tasks · Conveyor";
     const state = tasksState;
+    if (state.project !== project) { state.project = project; state.page = 0; }
+    const projectLabel = h("span");
+    const projectFilter = project ? h("span", { class: "pill pill-accent project-filter" }, "Project: ", projectLabel,
+      h("a", { href: "#/tasks", title: "Show every project's tasks", "aria-label": "Clear the project filter" }, "×")) : null;
     const tbody = h("tbody");
     const pageLabel = h("span");
     const prev = h("button", { class: "btn btn-sm", type: "button", onclick: () => { state.page = Math.max(0, state.page - 1); reload(); } }, "‹ Prev");
@@ -500,16 +526,17 @@
           reload();
         },
       }, label)));
-    const columns = [["name", "Name"], [null, "Project"], [null, "Owner"], ["status", "Status"], [null, "Status reason"], [null, "Worker"],
-      ["created", "Created"], ["last_update", "Last update"], [null, ""]];
+    // [sort field, label, class]: the col-wide columns fold away on a narrow window (app.css).
+    const columns = [["name", "Name"], [null, "Project", "col-wide"], [null, "Owner", "col-wide"], ["status", "Status"],
+      [null, "Status reason", "col-wide"], [null, "Worker", "col-wide"], ["created", "Created", "col-wide"], ["last_update", "Last update"], [null, ""]];
     const headRow = h("tr");
     const renderHead = () => {
-      headRow.replaceChildren(...columns.map(([field, label]) => {
-        if (!field) return h("th", { class: label ? "" : "actions" }, label);
+      headRow.replaceChildren(...columns.map(([field, label, cls]) => {
+        if (!field) return h("th", { class: label ? cls || "" : "actions" }, label);
         const desc = state.order === "-" + field;
         const asc = state.order === field;
         return h("th", {
-          class: "sortable", title: "Sort by " + label.toLowerCase(),
+          class: "sortable " + (cls || ""), title: "Sort by " + label.toLowerCase(),
           onclick: () => { state.order = desc ? field : "-" + field; state.page = 0; renderHead(); reload(); },
         }, label, desc ? h("span", { class: "arrow" }, "↓") : asc ? h("span", { class: "arrow" }, "↑") : null);
       }));
@@ -518,7 +545,7 @@
     const table = h("table", { class: "table" }, h("thead", null, headRow), tbody);
     const content = h("div", { class: "card table-wrap" }, table);
     main.append(
-      pageHead("Tasks", liveBadge()),
+      pageHead("Tasks", projectFilter, liveBadge()),
       h("div", { class: "toolbar" }, seg, search, h("div", { class: "spacer" }), h("div", { class: "pager" }, prev, pageLabel, next, size)),
       content);
 
@@ -527,6 +554,7 @@
       const body = { only_fields: TASK_FIELDS, order_by: [state.order], page: state.page, page_size: state.pageSize };
       if (state.status !== "all") body.status = [state.status];
       if (state.name) body.name = state.name;
+      if (project) body.project = [project];
       let data;
       try {
         data = await api("tasks.get_all", body);
@@ -536,8 +564,9 @@
         throw err;
       }
       const tasks = data.tasks || [];
-      const [projects, users] = await Promise.all([projectNames(tasks.map((t) => t.project)),
+      const [projects, users] = await Promise.all([projectNames([...tasks.map((t) => t.project), project]),
         userNames(tasks.map((t) => t.user))]);
+      if (project) projectLabel.textContent = projects.get(project) || project;
       const key = JSON.stringify([tasks, state, [...projects], [...users]]);
       if (key === lastKey) return;
       lastKey = key;
@@ -571,19 +600,20 @@
         return h("tr", null,
           h("td", { class: "cell-name" }, link(taskHref(task.id), task.name || "(unnamed)"),
             h("span", { class: "cell-id", title: task.id }, task.id + (task.type ? "  ·  " + task.type : ""))),
-          h("td", null, task.project ? h("span", { class: "clip", title: task.project }, projects.get(task.project) || task.project) : dash()),
-          h("td", { class: "nowrap" }, task.user ? h("span", { class: "clip", title: task.user }, users.get(task.user) || task.user) : dash()),
+          h("td", { class: "col-wide" }, task.project ? h("a", { class: "clip", title: task.project, href: projectTasksHref(task.project) },
+            projects.get(task.project) || task.project) : dash()),
+          h("td", { class: "nowrap col-wide" }, task.user ? h("span", { class: "clip", title: task.user }, users.get(task.user) || task.user) : dash()),
           h("td", null, badge(task)),
-          h("td", { class: "muted" }, reason ? h("span", { class: "clip", title: reason }, reason) : dash()),
-          h("td", { class: "mono small nowrap" }, task.last_worker ? link("#/workers", task.last_worker) : dash()),
-          h("td", null, ago(task.created)),
+          h("td", { class: "muted col-wide" }, reason ? h("span", { class: "clip", title: reason }, reason) : dash()),
+          h("td", { class: "mono small col-wide" }, task.last_worker ? link("#/workers", h("span", { class: "clip", title: task.last_worker }, task.last_worker)) : dash()),
+          h("td", { class: "col-wide" }, ago(task.created)),
           h("td", null, ago(task.last_update)),
           h("td", { class: "actions" }, menuButton));
       }));
     }
 
     function onAction(kind, result) {
-      if (kind === "clone") toast("Cloned as a new draft", taskHref(result), "Open");
+      if (kind === "clone") toast("Cloned as a new draft", taskHref(result, "execution"), "Edit");
       if (kind === "delete") toast("Task deleted");
       if (kind === "reset") toast("Task reset to draft");
       poller.kick();
@@ -606,140 +636,79 @@
     }).join("\n");
   }
 
-  function diffBlock(diff) {
-    const lines = diff.split("\n");
-    const shown = lines.slice(0, 5000);
-    const pre = h("pre", { class: "pre diff" }, shown.map((line) => {
-      let cls = null;
-      if (line.startsWith("+++") || line.startsWith("---") || line.startsWith("diff ")) cls = "file";
-      else if (line.startsWith("+")) cls = "add";
-      else if (line.startsWith("-")) cls = "del";
-      else if (line.startsWith("@@")) cls = "hunk";
-      return cls ? h("span", { class: cls }, line) : line + "\n";
-    }));
-    if (lines.length > shown.length) pre.append("… " + (lines.length - shown.length) + " more lines");
-    return pre;
-  }
+  // The task view's tabs besides the log, registered by the view files (task_edit.js, task_tabs.js) by route name
+  // (#/task/<id>/<key>): taskTabs[key] = { label, order, create(ctx) } where ctx = { id, after(kind, result),
+  // reload(), shown(key) } and create returns { panel, update(task) (each refresh of the task; fetch what the tab
+  // needs), count(task) (a number for the tab's badge, optional), destroy() (optional) }.
+  const taskTabs = {};
 
-  function section(title, ...content) {
-    return h("section", { class: "card section" }, h("div", { class: "section-head" }, h("h2", null, title)), ...content);
-  }
+  // Log search: a case-insensitive plain-text match, highlighted with <mark>, optionally hiding the other lines.
+  function logSearch(logBox) {
+    const input = h("input", { class: "input input-sm", type: "search", placeholder: "Search the log", spellcheck: "false",
+      "aria-label": "Search the log" });
+    const only = h("input", { type: "checkbox" });
+    const counter = h("span", { class: "log-count" });
+    const state = { query: "", marks: [], at: -1 };
+    const prev = h("button", { type: "button", class: "btn btn-sm btn-dark", title: "Previous match (Shift+Enter)", onclick: () => jump(-1) }, "↑");
+    const next = h("button", { type: "button", class: "btn btn-sm btn-dark", title: "Next match (Enter)", onclick: () => jump(1) }, "↓");
 
-  function executionPanel(task) {
-    const script = task.script || {};
-    const container = task.container || {};
-    const params = task.hyperparams || {};
-    const reqs = script.requirements || {};
-    const pip = Array.isArray(reqs.pip) ? reqs.pip.join("\n") : reqs.pip;
-    const otherReqs = Object.entries(reqs).filter(([k, v]) => k !== "pip" && v);
-    const kv = (pairs) => h("dl", { class: "kv" }, pairs.map(([k, v, mono]) => [h("dt", null, k), h("dd", { class: mono ? "mono" : "" }, dash(v))]));
-    const sections = Object.keys(params).sort((a, b) => (a === "Args" ? -1 : b === "Args" ? 1 : a.localeCompare(b)));
-    const config = Object.values(task.configuration || {});
-    return [
-      section("Source", kv([
-        ["Repository", script.repository ? safeUrl(script.repository) : (Object.keys(script).length ? "(standalone script)" : ""), true],
-        ["Branch", script.branch, true], ["Commit", script.version_num, true], ["Tag", script.tag, true],
-        ["Entry point", script.entry_point, true], ["Working dir", script.working_dir, true], ["Binary", script.binary, true],
-      ])),
-      section("Hyper-parameters", sections.length ? h("table", { class: "table" },
-        h("thead", null, h("tr", null, h("th", null, "Section"), h("th", null, "Name"), h("th", null, "Value"), h("th", null, "Type"))),
-        h("tbody", null, sections.flatMap((sectionName) => Object.values(params[sectionName] || {}).map((p) => h("tr", null,
-          h("td", { class: "muted" }, sectionName), h("td", { class: "mono" }, p.name), h("td", { class: "mono" }, dash(p.value)),
-          h("td", { class: "muted" }, dash(p.type)))))))
-        : h("div", { class: "none" }, "No arguments recorded.")),
-      section("Python requirements", pip ? h("pre", { class: "pre" }, pip)
-        : h("div", { class: "none" }, "None recorded: the agent installs the repository's requirements file."),
-      otherReqs.map(([k, v]) => [h("div", { class: "none" }, k), h("pre", { class: "pre" }, Array.isArray(v) ? v.join("\n") : String(v))])),
-      section("Container", container.image ? [kv([["Image", container.image, true], ["Arguments", container.arguments, true]]),
-        container.setup_shell_script ? [h("div", { class: "none" }, "Setup script"), h("pre", { class: "pre" }, container.setup_shell_script)] : null]
-        : h("div", { class: "none" }, "None: the task runs directly on the worker.")),
-      section("Uncommitted changes", script.diff ? diffBlock(script.diff) : h("div", { class: "none" }, "No diff: the task runs the commit as it is.")),
-      config.length ? section("Configuration", config.map((c) => [h("div", { class: "none" }, h("b", null, c.name || ""), c.type ? " · " + c.type : ""),
-        h("pre", { class: "pre" }, typeof c.value === "string" ? c.value : JSON.stringify(c.value, null, 2))])) : null,
-    ];
-  }
-
-  function niceTicks(min, max, count) {
-    if (!(max > min)) { const pad = Math.abs(min) > 0 ? Math.abs(min) * 0.1 : 1; min -= pad; max += pad; }
-    const raw = (max - min) / count;
-    const mag = 10 ** Math.floor(Math.log10(raw));
-    const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
-    const lo = Math.floor(min / step) * step;
-    const hi = Math.ceil(max / step) * step;
-    const ticks = [];
-    for (let v = lo; v <= hi + step / 2; v += step) ticks.push(Number(v.toPrecision(12)));
-    return { lo, hi, ticks };
-  }
-  const tickText = (v) => (Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(1) : number(v, 4));
-
-  // One chart per metric, a line per variant; hovering shows the values at the nearest iteration.
-  function lineChart(metric, variants) {
-    const W = 560, H = 230, L = 52, R = 14, T = 10, B = 26;
-    const series = Object.entries(variants).map(([name, s], i) => {
-      const points = (s.x || []).map((x, j) => [Number(x), Number((s.y || [])[j])]).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-      points.sort((a, b) => a[0] - b[0]);
-      return { name, color: PALETTE[i % PALETTE.length], points };
-    }).filter((s) => s.points.length);
-    const xs = series.flatMap((s) => s.points.map((p) => p[0]));
-    const ys = series.flatMap((s) => s.points.map((p) => p[1]));
-    const lowest = (v) => v.reduce((a, b) => (b < a ? b : a), Infinity);
-    const highest = (v) => v.reduce((a, b) => (b > a ? b : a), -Infinity);
-    const xr = niceTicks(lowest(xs), highest(xs), 6);
-    const yr = niceTicks(lowest(ys), highest(ys), 4);
-    const sx = (x) => L + ((x - xr.lo) / (xr.hi - xr.lo)) * (W - L - R);
-    const sy = (y) => T + (1 - (y - yr.lo) / (yr.hi - yr.lo)) * (H - T - B);
-    const cursor = svg("line", { class: "cursor", y1: T, y2: H - B, visibility: "hidden" });
-    const dots = series.map((s) => svg("circle", { r: 3.5, fill: s.color, visibility: "hidden" }));
-    const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": metric },
-      svg("g", { class: "grid" }, yr.ticks.map((t) => svg("line", { x1: L, x2: W - R, y1: sy(t), y2: sy(t) }))),
-      svg("g", { class: "axis" },
-        yr.ticks.map((t) => svg("text", { x: L - 8, y: sy(t) + 3.5, "text-anchor": "end" }, tickText(t))),
-        xr.ticks.map((t) => svg("text", { x: sx(t), y: H - 8, "text-anchor": "middle" }, tickText(t)))),
-      series.map((s) => {
-        const stride = Math.max(1, Math.ceil(s.points.length / 1500));
-        const pts = s.points.filter((_, j) => j % stride === 0 || j === s.points.length - 1);
-        return svg("polyline", { class: "series", stroke: s.color, points: pts.map(([x, y]) => sx(x).toFixed(1) + "," + sy(y).toFixed(1)).join(" ") });
-      }),
-      cursor, dots);
-    const tip = h("div", { class: "tip", hidden: true });
-    const box = h("div", { class: "card chart" }, h("h2", null, metric), chart, tip,
-      h("div", { class: "legend" }, series.map((s) => h("span", null, h("span", { class: "sw", style: { background: s.color } }), s.name,
-        h("b", null, tickText(s.points[s.points.length - 1][1]))))));
-    chart.addEventListener("mousemove", (e) => {
-      const rect = chart.getBoundingClientRect();
-      const x = xr.lo + (((e.clientX - rect.left) * (W / rect.width) - L) / (W - L - R)) * (xr.hi - xr.lo);
-      const rows = [];
-      let at = null;
-      series.forEach((s, i) => {
-        let best = s.points[0];
-        for (const p of s.points) if (Math.abs(p[0] - x) < Math.abs(best[0] - x)) best = p;
-        if (at === null || Math.abs(best[0] - x) < Math.abs(at - x)) at = best[0];
-        dots[i].setAttribute("cx", sx(best[0]));
-        dots[i].setAttribute("cy", sy(best[1]));
-        dots[i].setAttribute("visibility", "visible");
-        rows.push(h("div", null, h("span", { class: "sw", style: { background: s.color } }), s.name + ": " + tickText(best[1])));
-      });
-      cursor.setAttribute("x1", sx(at));
-      cursor.setAttribute("x2", sx(at));
-      cursor.setAttribute("visibility", "visible");
-      tip.replaceChildren(h("div", { class: "faint" }, "iteration " + tickText(at)), ...rows);
-      tip.hidden = false;
-      const px = (sx(at) / W) * rect.width;
-      tip.style.left = Math.min(px + 24, rect.width - tip.offsetWidth) + "px";
-      tip.style.top = "40px";
-    });
-    chart.addEventListener("mouseleave", () => {
-      tip.hidden = true;
-      cursor.setAttribute("visibility", "hidden");
-      for (const d of dots) d.setAttribute("visibility", "hidden");
-    });
-    return box;
-  }
-
-  function scalarCount(task) {
-    let n = 0;
-    for (const metric of Object.values(task.last_metrics || {})) n += Object.keys(metric || {}).length;
-    return n;
+    // Marks the matches in one line; true when it has any.
+    function markLine(ln) {
+      const msg = ln.querySelector(".msg");
+      const text = ln.logText;
+      if (!state.query) {
+        if (msg.childElementCount) msg.textContent = text;
+        ln.classList.remove("no-match");
+        return false;
+      }
+      const lower = text.toLowerCase();
+      let from = 0;
+      let hit = lower.indexOf(state.query);
+      if (hit < 0) {
+        if (msg.childElementCount) msg.textContent = text;
+        ln.classList.toggle("no-match", only.checked);
+        return false;
+      }
+      const parts = [];
+      while (hit >= 0) {
+        parts.push(text.slice(from, hit), h("mark", null, text.slice(hit, hit + state.query.length)));
+        from = hit + state.query.length;
+        hit = lower.indexOf(state.query, from);
+      }
+      parts.push(text.slice(from));
+      msg.replaceChildren(...parts.filter((p) => p !== ""));
+      ln.classList.remove("no-match");
+      return true;
+    }
+    function count() {
+      state.marks = [...logBox.querySelectorAll("mark")];
+      if (state.at >= state.marks.length) state.at = state.marks.length - 1;
+      counter.textContent = !state.query ? "" : state.marks.length ? (state.at + 1 || "–") + " / " + number(state.marks.length) : "no matches";
+      prev.disabled = next.disabled = !state.marks.length;
+    }
+    function jump(step) {
+      if (!state.marks.length) return;
+      if (state.at >= 0) state.marks[state.at].classList.remove("current");
+      state.at = (state.at + step + state.marks.length) % state.marks.length;
+      const mark = state.marks[state.at];
+      mark.classList.add("current");
+      // Within the log's own box: the page itself does not scroll.
+      logBox.scrollTop += mark.getBoundingClientRect().top - logBox.getBoundingClientRect().top - logBox.clientHeight / 2;
+      count();
+    }
+    function apply() {
+      state.query = input.value.toLowerCase();
+      state.at = -1;
+      for (const ln of logBox.querySelectorAll(".ln")) markLine(ln);
+      count();
+      if (state.marks.length) jump(1);
+    }
+    input.addEventListener("input", debounce(apply, 200));
+    input.addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); jump(e.shiftKey ? -1 : 1); } });
+    only.addEventListener("change", apply);
+    prev.disabled = next.disabled = true;
+    const bar = h("div", { class: "log-search" }, input, counter, prev, next, h("label", { class: "check" }, only, "Only matching lines"));
+    return { bar, markLine, added: () => { if (state.query) count(); }, active: () => !!state.query };
   }
 
   function taskView(main, id, initialTab) {
@@ -748,13 +717,16 @@
     let gone = false;
     const header = h("div");
     const facts = h("div", { class: "card" });
+    const ctx = { id, after: (kind, result) => after(kind, result), reload: () => taskPoller.kick(), shown: (key) => tab === key };
+    const extra = Object.entries(taskTabs).sort((a, b) => (a[1].order || 0) - (b[1].order || 0))
+      .map(([key, spec]) => ({ key, spec, tab: spec.create(ctx) }));
     const tabLinks = {};
-    const tabs = h("nav", { class: "tabs" }, [["log", "Log"], ["execution", "Execution"], ["scalars", "Scalars"]].map(([key, label]) => {
-      tabLinks[key] = h("a", { href: taskHref(id, key) }, label);
+    const counts = {};
+    const tabs = h("nav", { class: "tabs", "aria-label": "Task" }, [["log", "Log"], ...extra.map((t) => [t.key, t.spec.label])].map(([key, label]) => {
+      counts[key] = h("span", { class: "count", hidden: true });
+      tabLinks[key] = h("a", { href: taskHref(id, key), dataset: { tab: key } }, label, counts[key]);
       return tabLinks[key];
     }));
-    const scalarsCount = h("span", { class: "count", hidden: true });
-    tabLinks.scalars.append(scalarsCount);
 
     // log
     const logBox = h("div", { class: "log wrap", role: "log", "aria-live": "off" });
@@ -764,41 +736,51 @@
     const follow = h("input", { type: "checkbox", checked: true });
     const wrapLines = h("input", { type: "checkbox", checked: true, onchange: () => logBox.classList.toggle("wrap", wrapLines.checked) });
     const following = h("span", { class: "live" }, "Following");
+    const search = logSearch(logBox);
     const logPanel = h("div", { class: "log-wrap" },
-      h("div", { class: "log-bar" }, lineCount, following, h("div", { class: "spacer" }),
+      h("div", { class: "log-bar" }, lineCount, following, h("div", { class: "spacer" }), search.bar,
         h("label", { class: "check" }, follow, "Scroll to new lines"), h("label", { class: "check" }, wrapLines, "Wrap lines")),
       logBox);
     const log = { scroll: "", lines: 0, trimmed: 0, loaded: false, tail: 0 };
 
-    const execPanel = h("div");
-    const scalarsPanel = h("div", null, h("div", { class: "card empty" }, "Loading scalars…"));
-    const scalars = { key: "", loaded: false };
     const body = h("div");
-    const panels = { log: logPanel, execution: execPanel, scalars: scalarsPanel };
+    const panels = { log: logPanel };
+    for (const t of extra) panels[t.key] = t.tab.panel;
     main.append(header, facts, tabs, body);
 
+    async function updateTabs() {
+      if (!task) return;
+      await Promise.all(extra.map(async (t) => {
+        if (t.tab.count) {
+          const n = t.tab.count(task);
+          counts[t.key].hidden = !n;
+          counts[t.key].textContent = String(n || "");
+        }
+        await t.tab.update(task);
+      }));
+    }
+
     function setTab(next) {
-      tab = next;
+      tab = panels[next] ? next : "log";
       for (const [key, a] of Object.entries(tabLinks)) a.classList.toggle("active", key === tab);
       body.replaceChildren(panels[tab]);
-      if (tab === "log" && follow.checked) logBox.scrollTop = logBox.scrollHeight;
-      if (tab === "scalars") scalarPoller.kick();
+      if (tab === "log" && follow.checked && !search.active()) logBox.scrollTop = logBox.scrollHeight;
+      updateTabs().catch((err) => reportError(err, "refresh"));
     }
 
     function after(kind, result) {
       if (kind === "delete") { toast("Task deleted"); location.hash = "#/tasks"; return; }
-      if (kind === "clone") { toast("Cloned as a new draft"); location.hash = taskHref(result); return; }
+      // A clone is a draft: it opens on its execution tab, ready to edit.
+      if (kind === "clone") { toast("Cloned as a new draft: edit it, then enqueue it"); location.hash = taskHref(result, "execution"); return; }
       if (kind === "reset") {
         toast("Task reset to draft");
         log.scroll = ""; log.lines = 0; log.trimmed = 0; log.loaded = false;
         logBox.replaceChildren(logEmpty);
-        scalars.loaded = false;
       }
       taskPoller.kick();
     }
 
     let lastKey = "";
-    let lastExecKey = "";
     function render(projects, queues) {
       const key = JSON.stringify([task, [...projects], [...queues], names.users.get(task.user)]);
       if (key === lastKey) return;
@@ -813,8 +795,10 @@
           try { await navigator.clipboard.writeText(task.id); toast("Task id copied"); } catch (_) { toast("Copy failed: select the id by hand"); }
         },
       }, "Copy");
+      const projectName = task.project ? projects.get(task.project) || task.project : "";
       header.replaceChildren(
-        h("div", { class: "crumbs" }, link("#/tasks", "Tasks"), " / ", task.name || task.id),
+        h("div", { class: "crumbs" }, link("#/tasks", "Tasks"), " / ",
+          task.project ? [link(projectTasksHref(task.project), projectName), " / "] : null, task.name || task.id),
         h("div", { class: "task-head" },
           h("div", null,
             h("div", { class: "task-title" }, h("h1", null, task.name || "(unnamed)"), badge(task)),
@@ -828,7 +812,7 @@
       facts.replaceChildren(h("dl", { class: "facts" },
         fact("Status", [badge(task), task.status_message && task.status_message !== "stopping" ? h("span", { class: "muted" }, "  " + task.status_message) : null]),
         fact("Status reason", dash(task.status_reason)),
-        fact("Project", task.project ? projects.get(task.project) || task.project : dash()),
+        fact("Project", task.project ? link(projectTasksHref(task.project), projectName) : dash()),
         fact("Owner", task.user ? names.users.get(task.user) || task.user : dash()),
         fact("Type", dash(task.type)),
         fact("Queue", queueId ? (queues.get(queueId) || queueId) : dash()),
@@ -841,15 +825,7 @@
         fact("Last update", ago(task.last_update)),
         task.last_iteration ? fact("Last iteration", number(task.last_iteration)) : null,
         task.parent ? fact("Parent", link(taskHref(task.parent), task.parent), "mono") : null));
-      const count = scalarCount(task);
-      scalarsCount.hidden = !count;
-      scalarsCount.textContent = String(count);
       following.hidden = !isActive(task);
-      const execKey = JSON.stringify([task.script, task.hyperparams, task.container, task.configuration]);
-      if (execKey !== lastExecKey) {
-        lastExecKey = execKey;
-        execPanel.replaceChildren(...executionPanel(task).filter(Boolean));
-      }
     }
 
     async function loadTask() {
@@ -873,7 +849,7 @@
       const [projects] = await Promise.all([projectNames([task.project]), queueList(false), userNames([task.user])]);
       render(projects, names.queues);
       logPoller.kick();
-      if (tab === "scalars" && !scalars.loaded) scalarPoller.kick();
+      await updateTabs();
     }
 
     function appendEvents(events) {
@@ -883,11 +859,16 @@
       const frag = document.createDocumentFragment();
       for (const ev of events) {
         const level = String(ev.level || "info").toLowerCase();
-        frag.append(h("div", { class: "ln lvl-" + level },
+        const text = cleanLog(ev.msg);
+        const ln = h("div", { class: "ln lvl-" + level },
           h("span", { class: "ts", title: ev.timestamp ? dateText(ev.timestamp) : "" }, ev.timestamp ? clockText(ev.timestamp) : ""),
-          h("span", { class: "msg" }, cleanLog(ev.msg))));
+          h("span", { class: "msg" }, text));
+        ln.logText = text;
+        if (search.active()) search.markLine(ln);
+        frag.append(ln);
       }
       logBox.append(frag);
+      search.added();
       log.lines += events.length;
       const excess = log.lines - log.trimmed - LOG_MAX_LINES;
       if (excess > 0) {
@@ -898,7 +879,7 @@
         if (!note) { note = h("div", { class: "note trim-note" }); logBox.prepend(note); }
         note.textContent = number(log.trimmed) + " earlier lines are not shown (the page keeps the last " + number(LOG_MAX_LINES) + ").";
       }
-      if (follow.checked && (atBottom || !log.loaded)) logBox.scrollTop = logBox.scrollHeight;
+      if (follow.checked && !search.active() && (atBottom || !log.loaded)) logBox.scrollTop = logBox.scrollHeight;
     }
 
     async function loadLog() {
@@ -921,24 +902,13 @@
       lineCount.textContent = number(log.lines) + (log.lines === 1 ? " line" : " lines");
     }
 
-    async function loadScalars() {
-      if (!task || gone || tab !== "scalars") return;
-      if (scalars.loaded && !isActive(task)) return;
-      const data = await api("events.scalar_metrics_iter_histogram", { task: id });
-      scalars.loaded = true;
-      const key = JSON.stringify(data);
-      if (key === scalars.key) return;
-      scalars.key = key;
-      const metrics = Object.entries(data || {}).filter(([, variants]) => variants && typeof variants === "object" && Object.keys(variants).length);
-      metrics.sort((a, b) => a[0].localeCompare(b[0]));
-      scalarsPanel.replaceChildren(metrics.length ? h("div", { class: "charts" }, metrics.map(([metric, variants]) => lineChart(metric, variants)))
-        : h("div", { class: "card empty" }, h("strong", null, "No scalars"), "Scalars the task reports (loss, accuracy, …) are charted here."));
-    }
-
     const taskPoller = new Poller(loadTask, 2000);
     const logPoller = new Poller(loadLog, 1000);
-    const scalarPoller = new Poller(loadScalars, 5000);
-    function destroy() { taskPoller.stop(); logPoller.stop(); scalarPoller.stop(); }
+    function destroy() {
+      taskPoller.stop();
+      logPoller.stop();
+      for (const t of extra) if (t.tab.destroy) t.tab.destroy();
+    }
     setTab(tab);
     taskPoller.start();
     return {
@@ -954,6 +924,7 @@
     h, svg, append, api, toast, reportError, clearError, modal, showMenu, closeMenu, debounce, names, queueList,
     userNames, projectNames, Poller, pageHead, liveBadge, toMs, duration, ago, since, when, badge, statusOf, isActive,
     link, taskHref, mean, asList, number, dash, safeUrl, actionItems, taskActions, refreshView, PALETTE, views,
+    taskTabs, projectTasksHref, serverFile, fetchFile, dateText, STATUS_LABELS, ENQUEUABLE, cleanLog,
   });
 
   // --- login, logout, routing -----------------------------------------------------------------------------------
@@ -1010,7 +981,8 @@
     $("#who").textContent = who.user_name || "";
     closeMenu();
     const hash = location.hash || "#/tasks";
-    const taskMatch = hash.match(/^#\/task\/([^/?#]+)(?:\/(log|execution|scalars))?$/);
+    const taskMatch = hash.match(/^#\/task\/([^/?#]+)(?:\/([a-z-]+))?$/);
+    const tasksMatch = hash.match(/^#\/tasks(?:\/project\/([^/?#]+))?$/);
     if (taskMatch && view && view.name === "task" && view.id === decodeURIComponent(taskMatch[1])) {
       view.setTab(taskMatch[2] || "log"); // same task, another tab: keep the log we have
       return;
@@ -1021,12 +993,12 @@
     const main = $("#main");
     main.replaceChildren();
     let navKey = "tasks";
-    if (hash === "#/tasks") view = tasksView(main);
+    if (tasksMatch) view = tasksView(main, tasksMatch[1] ? decodeURIComponent(tasksMatch[1]) : "");
     else if (taskMatch) view = taskView(main, decodeURIComponent(taskMatch[1]), taskMatch[2] || "log");
     else {
       const other = hash.match(/^#\/([a-z-]+)(?:\/(.*))?$/);
       if (other && Object.hasOwn(views, other[1])) { navKey = other[1]; view = views[other[1]](main, other[2] || ""); }
-      else { history.replaceState(null, "", "#/tasks"); view = tasksView(main); }
+      else { history.replaceState(null, "", "#/tasks"); view = tasksView(main, ""); }
     }
     for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === navKey);
     window.scrollTo(0, 0);
