@@ -117,7 +117,7 @@
     function paramRow(p) {
       const row = { name: input(p.name, { "aria-label": "Name", class: "input mono" }), value: input(p.value, { "aria-label": "Value", class: "input mono" }),
         type: input(p.type, { "aria-label": "Type", class: "input input-type" }), description: p.description || "" };
-      row.el = h("tr", { class: "param" }, h("td", null, row.name), h("td", null, row.value), h("td", null, row.type),
+      row.el = h("tr", { class: "param", dataset: { param: p.name } }, h("td", null, row.name), h("td", null, row.value), h("td", null, row.type),
         h("td", { class: "actions" }, h("button", {
           type: "button", class: "btn btn-sm btn-icon", title: "Delete this parameter", "aria-label": "Delete parameter",
           onclick: () => { row.el.remove(); row.removed = true; dirty.add("params"); },

@@ -96,11 +96,11 @@
         const metrics = Object.entries(data || {}).filter(([, v]) => v && typeof v === "object" && Object.keys(v).length);
         metrics.sort((a, b) => a[0].localeCompare(b[0]));
         dropCharts(panel);
-        panel.replaceChildren(metrics.length
+        panel.replaceChildren(...(metrics.length
           ? [h("div", { class: "hint-line" }, "Drag across a chart to zoom in, double-click it to zoom out."),
             h("div", { class: "charts" }, metrics.map(([metric, variants]) => chart(metric, Object.entries(variants)
               .sort((a, b) => a[0].localeCompare(b[0])).map(([name, s]) => ({ name, x: s.x || [], y: s.y || [] })))))]
-          : empty("No scalars", "Scalars the task reports (loss, accuracy, …) are charted here."));
+          : [empty("No scalars", "Scalars the task reports (loss, accuracy, …) are charted here.")]));
       });
       return {
         panel, update: tab.update, destroy: () => dropCharts(panel),
@@ -243,10 +243,10 @@
           if (!variants.has(ev.variant)) variants.set(ev.variant, []);
           variants.get(ev.variant).push(ev);
         }
-        panel.replaceChildren(events.length ? [...byMetric.entries()].sort((a, b) => String(a[0]).localeCompare(String(b[0]))).map(([metric, variants]) =>
+        panel.replaceChildren(...(events.length ? [...byMetric.entries()].sort((a, b) => String(a[0]).localeCompare(String(b[0]))).map(([metric, variants]) =>
           h("section", { class: "section" }, h("h3", null, metric),
             h("div", { class: "samples" }, [...variants.entries()].map(([variant, evs]) => sampleCard(metric, variant, evs)))))
-          : empty("No debug samples", "Images the task reports (report_image, debug samples) are shown here."));
+          : [empty("No debug samples", "Images the task reports (report_image, debug samples) are shown here.")]));
       });
       return { panel, update: tab.update };
     },

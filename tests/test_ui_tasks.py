@@ -1,0 +1,235 @@
+"""The task pages in a real headless Chromium against a real server: a draft is edited in the page and the server
+holds the edits; a task that ran is read-only with "Clone to edit"; the result tabs (scalars, plots, debug samples,
+artifacts, log search, timeline) show what the task reported; the projects page; the task list fits the window."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import struct
+import zlib
+from typing import Any
+
+import httpx
+
+from browserkit import screenshot, ui, ui_page  # noqa: F401 - ui is the fixture
+
+
+def _png(width: int = 8, height: int = 8) -> bytes:
+    """A small red PNG (a debug sample the page shows)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _upload(server: Any, path: str, body: bytes) -> str:
+    key, secret = server.credentials()
+    basic = base64.b64encode(f"{key}:{secret}".encode()).decode()
+    token = httpx.get(server.url + "/auth.login", headers={"Authorization": "Basic " + basic}).json()["data"]["token"]
+    res = httpx.post(server.url + "/files/", files={path: (path, body, "application/octet-stream")},
+                     headers={"Authorization": "Bearer " + token}, timeout=30)
+    assert res.status_code == 200, res.text
+    return f"{server.url}/files{path}"
+
+
+def _no_page_scroll(page: Any) -> None:
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px"
+
+
+def test_draft_is_edited_in_the_page(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    client = sqlite_server.client()
+    task = client.call("tasks.create", {
+        "name": "draft-edit", "type": "training",
+        "script": {"repository": "https://user:hunter2@example.com/r.git", "branch": "main", "entry_point": "train.py",
+                   "requirements": {"pip": "numpy==1.26.4"}},
+        "hyperparams": {"Args": {"lr": {"section": "Args", "name": "lr", "value": "0.1", "type": "float"},
+                                 "epochs": {"section": "Args", "name": "epochs", "value": "3"}},
+                        "Old": {"x": {"section": "Old", "name": "x", "value": "1"}}},
+        "configuration": {"General": {"name": "General", "value": "a: 1", "type": "yaml"}}})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    form = ui.locator("form[data-section=params]")
+    lr = form.locator("[data-param-section=Args] tr[data-param=lr]")
+    lr.get_by_label("Value").fill("0.25")
+    form.locator("[data-param-section=Args] tr[data-param=epochs]").get_by_label("Delete parameter").click()
+    form.locator("[data-param-section=Old]").get_by_role("button", name="Delete section").click()
+    form.get_by_label("New section name").fill("General")
+    form.get_by_role("button", name="Add section").click()
+    new = form.locator("[data-param-section=General] tr.param").last
+    new.get_by_label("Name").fill("seed")
+    new.get_by_label("Value").fill("7")
+    form.get_by_role("button", name="Save").click()
+    ui.get_by_text("Hyper-parameters saved").wait_for()
+
+    # The repository is shown without its password, and saving another field keeps the stored one.
+    source = ui.locator("form[data-section=source]")
+    assert source.locator("input[name=repository]").input_value() == "https://example.com/r.git"
+    source.locator("input[name=branch]").fill("feature")
+    source.get_by_role("button", name="Save").click()
+    ui.get_by_text("Source saved").wait_for()
+    reqs = ui.locator("form[data-section=requirements]")
+    reqs.get_by_label("Python requirements").fill("numpy==1.26.4\nrequests==2.32.3")
+    reqs.get_by_role("button", name="Save").click()
+    ui.get_by_text("Python requirements saved").wait_for()
+    container = ui.locator("form[data-section=container]")
+    container.locator("input[name=image]").fill("python:3.12-slim")
+    container.locator("textarea[name=setup_shell_script]").fill("apt-get install -y git")
+    container.get_by_role("button", name="Save").click()
+    ui.get_by_text("Container saved").wait_for()
+    config = ui.locator("form[data-section=config]")
+    config.get_by_label("General", exact=True).fill("a: 2")
+    config.get_by_role("button", name="Save").click()
+    ui.get_by_text("Configuration objects saved").wait_for()
+    screenshot(ui, "task-edit")
+
+    doc = client.call("tasks.get_by_id", {"task": task})["task"]
+    params = {s: {n: p["value"] for n, p in v.items()} for s, v in doc["hyperparams"].items()}
+    assert params == {"Args": {"lr": "0.25"}, "General": {"seed": "7"}}
+    assert doc["script"]["branch"] == "feature" and doc["script"]["repository"].endswith("hunter2@example.com/r.git")
+    assert doc["script"]["requirements"]["pip"] == "numpy==1.26.4\nrequests==2.32.3"
+    assert doc["container"]["image"] == "python:3.12-slim"
+    assert doc["container"]["setup_shell_script"] == "apt-get install -y git"
+    assert doc["configuration"]["General"]["value"] == "a: 2"
+
+    # A parameter without a name is refused in the banner, and nothing is sent.
+    form = ui.locator("form[data-section=params]")
+    form.locator("[data-param-section=Args]").get_by_role("button", name="Add parameter").click()
+    form.get_by_role("button", name="Save").click()
+    ui.locator("#banner").get_by_text("Every parameter needs a name (section Args)").wait_for()
+    assert client.call("tasks.get_by_id", {"task": task})["task"]["hyperparams"]["Args"].keys() == {"lr"}
+
+
+def test_a_task_that_ran_is_read_only_and_clone_opens_a_draft(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    client = sqlite_server.client()
+    queue = client.call("queues.create", {"name": f"ro-{secrets.token_hex(3)}"})["id"]
+    task = client.call("tasks.create", {"name": "ran-once", "type": "training", "hyperparams": {
+        "Args": {"lr": {"section": "Args", "name": "lr", "value": "0.1"}}}})["id"]
+    client.call("tasks.enqueue", {"task": task, "queue": queue})
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    ui.get_by_text("Read-only: this task is queued").wait_for()
+    assert ui.locator(".execution input, .execution textarea").count() == 0
+    assert ui.locator(".execution td", has_text="0.1").count() == 1
+    ui.get_by_role("button", name="Clone to edit").click()
+    ui.locator("dialog").get_by_role("button", name="Clone").click()
+    ui.locator("form[data-section=params]").wait_for()
+    clone = ui.url.split("/#/task/")[1].split("/")[0]
+    assert clone != task and ui.url.endswith("/execution")
+    assert client.call("tasks.get_by_id", {"task": clone})["task"]["status"] == "created"
+
+
+def _reported_task(server: Any) -> str:
+    client = server.client()
+    task = client.call("tasks.create", {"name": "reported", "type": "training"})["id"]
+    image = _upload(server, f"/ui-test/{task}/metrics/sample.png", _png())
+    model = _upload(server, f"/ui-test/{task}/artifacts/weights/weights.bin", b"w" * 2048)
+    client.call("tasks.add_or_update_artifacts", {"task": task, "artifacts": [
+        {"key": "weights", "type": "custom", "mode": "output", "uri": model, "hash": "abc123", "content_size": 2048},
+        {"key": "remote", "type": "str", "mode": "output", "uri": "s3://bucket/data.csv", "content_size": 10}]})
+    scatter = {"data": [{"type": "scatter", "mode": "lines", "name": "curve", "x": [0, 1, 2], "y": [0, 1, 4]}],
+               "layout": {"title": "roc"}}
+    table = {"data": [{"type": "table", "header": {"values": ["epoch", "acc"]},
+                       "cells": {"values": [[1, 2], ["0.5", "0.9"]]}}], "layout": {}}
+    heat = {"data": [{"type": "heatmap", "z": [[1, 2], [3, 4]]}], "layout": {"title": "confusion"}}
+    events: list[dict[str, Any]] = [{"task": task, "type": "log", "level": "info", "msg": f"step {i} loss {1 / (i + 1):.3f}"}
+                                    for i in range(30)]
+    events += [{"task": task, "type": "log", "msg": "needle in the log"}, {"task": task, "type": "log", "msg": "Needle again"}]
+    events += [{"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": v, "iter": i, "value": i * k}
+               for i in range(10) for v, k in (("train", 1.0), ("val", 1.5))]
+    events += [{"task": task, "type": "plot", "metric": m, "variant": "v", "iter": 1, "plot_str": json.dumps(f)}
+               for m, f in (("roc", scatter), ("scores", table), ("confusion", heat))]
+    events += [{"task": task, "type": "training_debug_image", "metric": "samples", "variant": "input", "iter": 3,
+                "url": image}]
+    client.call("events.add_batch", {"requests": events})
+    return task
+
+
+def test_result_tabs_show_what_the_task_reported(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    task = _reported_task(sqlite_server)
+    base = sqlite_server.url + f"/#/task/{task}"
+    ui.goto(base + "/log")
+    ui.get_by_text("needle in the log").wait_for()
+    ui.get_by_label("Search the log").fill("needle")
+    ui.get_by_text("1 / 2").wait_for()
+    assert ui.locator(".log mark").count() == 2 and ui.locator(".log mark.current").inner_text() == "needle"
+    ui.get_by_label("Search the log").press("Enter")
+    ui.get_by_text("2 / 2").wait_for()
+    assert ui.locator(".log mark.current").inner_text() == "Needle"
+    ui.get_by_text("Only matching lines").click()
+    assert ui.locator(".log .ln:visible").count() == 2
+    screenshot(ui, "task-log-search")
+
+    ui.click("[data-tab=scalars]")
+    chart = ui.locator("[data-chart=loss]")
+    chart.locator("canvas").wait_for()
+    assert chart.locator(".u-legend").get_by_text("train").count() and chart.locator(".u-legend").get_by_text("val").count()
+    screenshot(ui, "task-scalars")
+
+    ui.click("[data-tab=plots]")
+    ui.locator("[data-chart='roc / v'] canvas").wait_for()
+    ui.locator(".plot td", has_text="0.9").wait_for()
+    ui.get_by_text("A heatmap figure “confusion” with 1 trace").wait_for()
+    screenshot(ui, "task-plots")
+
+    ui.click("[data-tab=debug]")
+    img = ui.locator("[data-sample='samples/input'] img")
+    ui.wait_for_function("(img) => img.src.startsWith('data:image/png') && img.naturalWidth === 8", arg=img.element_handle())
+    screenshot(ui, "task-debug-samples")
+
+    ui.click("[data-tab=artifacts]")
+    row = ui.locator("tr[data-artifact=weights]")
+    row.get_by_text("2 KB").wait_for()
+    assert row.get_by_text("abc123").count() == 1
+    with ui.expect_download() as download:
+        row.get_by_role("button", name="Download").click()
+    assert open(download.value.path(), "rb").read() == b"w" * 2048
+    # Not on this server: shown, never fetched with the token.
+    assert ui.locator("tr[data-artifact=remote]").get_by_role("button").count() == 0
+    screenshot(ui, "task-artifacts")
+
+    ui.click("[data-tab=timeline]")
+    ui.locator(".timeline-list li[data-status=created]").wait_for()
+    screenshot(ui, "task-timeline")
+
+
+def test_projects_page_and_the_task_list_fit_the_window(sqlite_server: Any) -> None:
+    client = sqlite_server.client()
+    project = client.call("projects.create", {"name": "vision-" + secrets.token_hex(2)})["id"]
+    other = client.call("projects.create", {"name": "audio-" + secrets.token_hex(2)})["id"]
+    queue = client.call("queues.create", {"name": f"pq-{secrets.token_hex(3)}"})["id"]
+    for i in range(3):
+        client.call("tasks.create", {"name": f"vision-task-{i}-with-a-rather-long-name-that-could-push-columns",
+                                     "type": "training", "project": project})
+    queued = client.call("tasks.create", {"name": "audio-task", "type": "training", "project": other})["id"]
+    client.call("tasks.enqueue", {"task": queued, "queue": queue})
+    with ui_page(sqlite_server) as page:
+        page.goto(sqlite_server.url + "/#/projects")
+        row = page.locator(f"tr[data-project='{project}']")
+        assert [c.strip() for c in row.locator("td.num").all_inner_texts()[:3]] == ["3", "3", "0"]  # total, draft, queued
+        assert page.locator(f"tr[data-project='{other}'] td.num").all_inner_texts()[:3] == ["1", "0", "1"]
+        screenshot(page, "projects")
+        row.locator("a").first.click()
+        page.get_by_text("vision-task-2-with").wait_for()
+        page.locator(".project-filter").get_by_text("vision-").wait_for()
+        assert page.get_by_text("audio-task").count() == 0
+        assert page.locator("tbody tr").count() == 3
+        _no_page_scroll(page)
+        last = page.locator("thead th").last.bounding_box()
+        assert last and last["x"] + last["width"] <= 1400, "the task list is cut off on the right at 1400 px"
+        page.goto(sqlite_server.url + "/#/tasks")
+        page.get_by_text("audio-task").wait_for()
+        screenshot(page, "tasks-1400")
+    for width in (1920, 420):
+        with ui_page(sqlite_server, width=width) as page:
+            page.goto(sqlite_server.url + "/#/tasks")
+            page.get_by_text("audio-task").wait_for()
+            _no_page_scroll(page)
+            actions = page.locator("tbody tr").first.locator("td.actions")
+            box = actions.bounding_box()
+            assert box and box["x"] + box["width"] <= width, f"the row's actions are off the page at {width} px"
+            screenshot(page, f"tasks-{width}")
+            page.goto(sqlite_server.url + f"/#/task/{queued}/execution")
+            page.get_by_text("Read-only").wait_for()
+            _no_page_scroll(page)
