@@ -133,11 +133,11 @@ def _reported_task(server: Any) -> str:
     table = {"data": [{"type": "table", "header": {"values": ["epoch", "acc"]},
                        "cells": {"values": [[1, 2], ["0.5", "0.9"]]}}], "layout": {}}
     heat = {"data": [{"type": "heatmap", "z": [[1, 2], [3, 4]]}], "layout": {"title": "confusion"}}
-    events: list[dict[str, Any]] = [{"task": task, "type": "log", "level": "info", "msg": f"step {i} loss {1 / (i + 1):.3f}"}
+    events: list[dict[str, Any]] = [{"task": task, "type": "log", "msg": f"step {i} loss {1 / (i + 1):.3f}"}
                                     for i in range(30)]
-    events += [{"task": task, "type": "log", "msg": "needle in the log"}, {"task": task, "type": "log", "msg": "Needle again"}]
-    events += [{"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": v, "iter": i, "value": i * k}
-               for i in range(10) for v, k in (("train", 1.0), ("val", 1.5))]
+    events += [{"task": task, "type": "log", "msg": m} for m in ("needle in the log", "Needle again")]
+    events += [{"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": v, "iter": i,
+                "value": i * k} for i in range(10) for v, k in (("train", 1.0), ("val", 1.5))]
     events += [{"task": task, "type": "plot", "metric": m, "variant": "v", "iter": 1, "plot_str": json.dumps(f)}
                for m, f in (("roc", scatter), ("scores", table), ("confusion", heat))]
     events += [{"task": task, "type": "training_debug_image", "metric": "samples", "variant": "input", "iter": 3,
@@ -164,7 +164,8 @@ def test_result_tabs_show_what_the_task_reported(ui: Any, sqlite_server: Any) ->
     ui.click("[data-tab=scalars]")
     chart = ui.locator("[data-chart=loss]")
     chart.locator("canvas").wait_for()
-    assert chart.locator(".u-legend").get_by_text("train").count() and chart.locator(".u-legend").get_by_text("val").count()
+    legend = chart.locator(".u-legend")
+    assert legend.get_by_text("train").count() == 1 and legend.get_by_text("val").count() == 1
     screenshot(ui, "task-scalars")
 
     ui.click("[data-tab=plots]")
@@ -175,7 +176,8 @@ def test_result_tabs_show_what_the_task_reported(ui: Any, sqlite_server: Any) ->
 
     ui.click("[data-tab=debug]")
     img = ui.locator("[data-sample='samples/input'] img")
-    ui.wait_for_function("(img) => img.src.startsWith('data:image/png') && img.naturalWidth === 8", arg=img.element_handle())
+    ui.wait_for_function("(img) => img.src.startsWith('data:image/png') && img.naturalWidth === 8",
+                         arg=img.element_handle())
     screenshot(ui, "task-debug-samples")
 
     ui.click("[data-tab=artifacts]")
@@ -207,7 +209,9 @@ def test_projects_page_and_the_task_list_fit_the_window(sqlite_server: Any) -> N
     with ui_page(sqlite_server) as page:
         page.goto(sqlite_server.url + "/#/projects")
         row = page.locator(f"tr[data-project='{project}']")
-        assert [c.strip() for c in row.locator("td.num").all_inner_texts()[:3]] == ["3", "3", "0"]  # total, draft, queued
+        row.wait_for()
+        # total, drafts, queued
+        assert [c.strip() for c in row.locator("td.num").all_inner_texts()[:3]] == ["3", "3", "0"]
         assert page.locator(f"tr[data-project='{other}'] td.num").all_inner_texts()[:3] == ["1", "0", "1"]
         screenshot(page, "projects")
         row.locator("a").first.click()
