@@ -152,6 +152,7 @@ def test_a_task_that_is_not_a_draft_is_not_edited_unless_forced(api: ApiClient) 
     ("tasks.edit", {"script": {"branch": ["dev"]}}, "script 'branch' must be a string"),
     ("tasks.edit", {"hyperparams": {"Args": {"lr": "0.1"}}}, "Args/lr must be an object"),
     ("tasks.edit", {"configuration": {"c": "text"}}, "configuration item 'c' must be an object"),
+    ("tasks.edit", {"project": "f" * 32}, "f" * 32),
 ])
 def test_bad_edits_are_clear_400s_that_change_nothing(api: ApiClient, endpoint: str, body: dict[str, Any],
                                                        says: str) -> None:
@@ -268,11 +269,8 @@ def test_cli_refuses_what_it_cannot_edit_with_the_way_out(edit_server: ServerPro
     assert task_of(api, clone)["hyperparams"]["Args"]["lr"]["value"] == "1"
 
     fresh = draft(api)
+    # (the forms of --param/--args/--delete-param: tests/unit/test_task_edits.py)
     for args, says in ((["--param", "epochs"], "is not Section/name=value"),
-                       (["--param", "/epochs=1"], "is not Section/name=value"),
-                       (["--delete-param", "Args/"], "is not Section/name"),
-                       (["--args", "lr"], "is not name=value"),
-                       (["--args", "lr=1", "--delete-param", "Args/lr"], "both set and deleted"),
                        (["--requirements", "/nonexistent/reqs.txt"], "no such file"),
                        (["--repo", "../somewhere"], "is not a git URL"),
                        (["--cwd", "../up"], "leads out of the repository"),

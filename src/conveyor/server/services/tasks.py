@@ -154,7 +154,10 @@ def edit(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         doc = _editable(call, conn, task_id)
+        project = doc.get("project")
         changed = _apply_fields(call, doc, call.body)
+        if doc.get("project") != project:  # a moved task: to a project that exists
+            tasks.check_project(conn, doc.get("project"))
         tasks.touch(doc, call.user)
         save_task(conn, doc)
     return {"updated": 1 if changed else 0, "fields": {f: doc.get(f) for f in changed}}
