@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("task", help="create, list, show, follow and steer tasks")
     cmds = p.add_subparsers(dest="task_command", metavar="ACTION", required=True)
     _register_create(cmds)
+    _register_edit(cmds)
 
     ls = cmds.add_parser("list", help="list tasks, most recently updated first")
     ls.add_argument("--status", nargs="+", choices=STATUSES, metavar="STATUS", help=f"any of: {', '.join(STATUSES)}")
@@ -105,6 +106,38 @@ def _register_create(cmds: argparse._SubParsersAction) -> None:
     c.add_argument("--queue", help="enqueue the task to this queue (name or id)")
     c.add_argument("--json", action="store_true", help="print the new task and the server's answers as JSON")
     c.set_defaults(func=create_task)
+
+
+def _register_edit(cmds: argparse._SubParsersAction) -> None:
+    e = cmds.add_parser(
+        "edit", help="change a draft task: arguments, parameters, packages, container, code (prints what changed)",
+        description="Change a draft (created) task before it runs. A task that ran, or is queued or running, is not "
+                    "edited: `conveyor task clone ID` makes an editable draft of it.")
+    e.add_argument("task", metavar="ID")
+    e.add_argument("--name", help="new task name")
+    e.add_argument("--comment", help="new description (comment)")
+    e.add_argument("--args", nargs="+", action="extend", default=[], metavar="NAME=VALUE",
+                   help="set arguments of the script (hyper-parameter section Args); repeatable")
+    e.add_argument("--param", nargs="+", action="extend", default=[], metavar="SECTION/NAME=VALUE",
+                   help="set a hyper-parameter of any section, e.g. General/epochs=10; repeatable")
+    e.add_argument("--delete-param", nargs="+", action="extend", default=[], metavar="SECTION/NAME",
+                   help="delete a hyper-parameter (SECTION alone: the whole section); repeatable")
+    reqs = e.add_mutually_exclusive_group()
+    reqs.add_argument("--requirements", metavar="FILE", help="pip requirements file: the packages the agent installs")
+    reqs.add_argument("--packages", nargs="+", metavar="PKG", help="pip packages the agent installs (the new list)")
+    e.add_argument("--docker", metavar="IMAGE", help="container image to run in (agents in docker mode; '' clears it)")
+    e.add_argument("--docker-args", metavar="ARGS",
+                   help="extra arguments of `docker run`; write --docker-args='--ipc=host' when they start with -")
+    e.add_argument("--setup-script", "--docker-bash-setup-script", dest="setup_script", metavar="FILE",
+                   help="shell script sourced before the environment is built ('' clears it)")
+    e.add_argument("--repo", metavar="URL", help="git repository URL to check out")
+    e.add_argument("--branch", help="branch to check out (drops a recorded commit unless --commit is given)")
+    e.add_argument("--commit", help="commit to check out")
+    e.add_argument("--script", metavar="ENTRY", help="entry point relative to the working dir, or '-m module'")
+    e.add_argument("--cwd", "--working-dir", dest="cwd", metavar="DIR",
+                   help="folder to run in, relative to the repository root")
+    e.add_argument("--json", action="store_true", help="print the server's answers and the edited task as JSON")
+    e.set_defaults(func=edit_task)
 
 
 def _positive(text: str) -> int:
@@ -226,6 +259,82 @@ def create_task(args: argparse.Namespace) -> int:
         print(created["id"])
         if queue:
             print(f"Enqueued to {queue['name']}", file=sys.stderr)
+    return 0
+
+
+# --- edit -------------------------------------------------------------------------------------------------------
+def _edit_plan(args: argparse.Namespace, task: dict[str, Any]) -> Any:  # task_edit.EditPlan
+    """The calls of the edit, from the options; local checks (files, values) before anything is sent."""
+    from conveyor.client import task_builder as tb
+    from conveyor.client import task_edit
+    from conveyor.env import repo_state as rs
+
+    pip_text = None
+    if args.requirements is not None:
+        pip_text = tb.read_option_file(args.requirements, "--requirements")
+    elif args.packages is not None:
+        pip_text = (tb.requirements(None, args.packages) or {}).get("pip", "")
+    script: dict[str, str] = {}
+    if args.repo is not None:
+        if not rs.is_remote_url(args.repo):
+            raise tb.SpecError(f"--repo {args.repo!r} is not a git URL — give the URL agents clone, e.g. "
+                               "https://github.com/you/repo.git")
+        script["repository"] = rs.strip_credentials(args.repo)
+    for option, key in (("branch", "branch"), ("commit", "version_num"), ("script", "entry_point")):
+        if getattr(args, option) is not None:
+            script[key] = getattr(args, option).strip()
+    if args.cwd is not None:
+        script["working_dir"] = tb.normalize_dir(args.cwd)
+    container: dict[str, str] = {}
+    for value, key in ((args.docker, "image"), (args.docker_args, "arguments")):
+        if value is not None:
+            container[key] = value.strip()
+    if args.setup_script is not None:
+        container["setup_shell_script"] = (tb.read_option_file(args.setup_script, "--setup-script")
+                                           if args.setup_script else "")
+    return task_edit.plan(task, name=args.name, comment=args.comment, args=args.args, params=args.param,
+                          delete_params=args.delete_param, pip_text=pip_text, script=script, container=container)
+
+
+def edit_task(args: argparse.Namespace) -> int:
+    from conveyor.client import task_builder as tb
+    from conveyor.client import task_edit
+
+    client = _client(args)
+    before = tb.get_task(client, args.task)
+    task_id = before["id"]
+    status = before.get("status") or TaskStatus.created.value
+    if status != TaskStatus.created:
+        raise tb.SpecError(f"Task {task_id} is {status}: only a draft (created) task can be edited — "
+                           f"`conveyor task clone {task_id}` makes an editable copy (then `conveyor task edit` the "
+                           "new id)")
+    edit = _edit_plan(args, before)
+    if edit.empty():
+        raise tb.SpecError("Nothing to change — give what to edit, e.g. --args lr=0.01, --param General/epochs=10, "
+                           "--packages numpy, --docker IMAGE (`conveyor task edit --help` lists them all)")
+    answers: dict[str, Any] = {}
+    # a whole section deleted first: a parameter set in it by the same command then stays
+    if edit.deleted:
+        answers["delete_hyper_params"] = client.call("tasks.delete_hyper_params",
+                                                     {"task": task_id, "hyperparams": edit.deleted})
+    if edit.params:
+        answers["edit_hyper_params"] = client.call("tasks.edit_hyper_params",
+                                                   {"task": task_id, "hyperparams": edit.params})
+    if edit.requirements is not None:
+        answers["set_requirements"] = client.call("tasks.set_requirements",
+                                                  {"task": task_id, "requirements": edit.requirements})
+    if edit.edit:
+        answers["edit"] = client.call("tasks.edit", {"task": task_id, **edit.edit})
+    after = tb.get_task(client, task_id)
+    if args.json:
+        print_json({"id": task_id, "answers": answers, "task": _redacted(after)})
+        return 0
+    for note in edit.notes:
+        warn(note)
+    lines = task_edit.changes(before, after)
+    print(f"Edited {task_id} ({after.get('name', '')})" + ("" if lines else ": no value changed"))
+    for line in lines:
+        print(f"  {line}")
     return 0
 
 

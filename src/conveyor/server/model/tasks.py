@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
 from conveyor.protocol.ids import new_id
-from conveyor.protocol.status import FINAL_VALUES, STOPPING, TaskStatus, can_transition
+from conveyor.protocol.status import CHANGED_BY, FINAL_VALUES, STOPPING, TaskStatus, can_transition
 from conveyor.protocol.task_types import TASK_TYPES
 from conveyor.server.codec import Document, iso, now, to_epoch
 from conveyor.server.store import schema as s
@@ -21,11 +21,12 @@ STOPPED_BY_USER = "stopped by user"
 ENQUEUABLE = frozenset({S.created.value, S.stopped.value, S.failed.value, S.completed.value, S.closed.value})
 # Statuses that end a run and stamp `completed`; closing (a stopped task, normally) does not stamp it again.
 ENDS_RUN = FINAL_VALUES - {S.closed.value}
+HISTORY_LIMIT = 200  # status changes kept in a task's `status_history` (the oldest go first); see STATUS_HISTORY.md
 
 
 def new_task(name: str, task_type: str, *, user: str, company: str) -> Document:
     stamp = iso(now())
-    return {
+    doc: Document = {
         "id": new_id(),
         "name": name,
         "user": user,
@@ -52,6 +53,8 @@ def new_task(name: str, task_type: str, *, user: str, company: str) -> Document:
         "last_iteration": 0,
         "last_metrics": {},
     }
+    _record_history(doc, None, S.created.value, user=user, message=None)
+    return doc
 
 
 def check_type(value: object) -> str:
@@ -127,12 +130,42 @@ def set_status(
             doc["active_duration"] = int(ts - (to_epoch(doc["started"]) or ts))
     if old == S.queued and new_status != S.queued:
         remove_entries(conn, doc["id"])
+    _record_history(doc, old, new_status, user=user, message=message)
     save_task(conn, doc)
     fields = {"status": new_status, "status_changed": doc["status_changed"], "last_update": doc["last_update"]}
     for key in ("status_reason", "status_message", "started", "completed"):
         if key in doc:
             fields[key] = doc[key]
     return fields
+
+
+def _worker_named(message: str | None) -> str | None:
+    """The worker an agent names in its status message: "Changed by conveyor host:0" (ours) or
+    "Changed by clearml-agent host:0" (the reference agent's) → "host:0"."""
+    if not message or not message.startswith(CHANGED_BY):
+        return None
+    parts = message[len(CHANGED_BY):].split()
+    return parts[-1] if len(parts) >= 2 else None
+
+
+def _record_history(doc: Document, old: str | None, new: str, *, user: str, message: str | None) -> None:
+    """Append a status change to `status_history` (bounded). A repeated status adds nothing, but may name the
+    worker its entry lacked: the daemon's first `started` does not name it, the executor's next one does."""
+    history = doc.get("status_history")
+    if not isinstance(history, list):
+        history = []
+    worker = _worker_named(message)
+    if old == new:
+        last = history[-1] if history else None
+        if isinstance(last, dict) and last.get("status") == new and worker and not last.get("worker"):
+            last["worker"] = worker
+        doc["status_history"] = history
+        return
+    if worker is None and new in FINAL_VALUES and old == S.in_progress:
+        worker = doc.get("last_worker")  # the run's worker, as it last reported
+    history.append({"status": new, "previous": old, "time": doc["last_update"], "reason": doc.get("status_reason")
+                    or "", "message": doc.get("status_message") or "", "user": user or None, "worker": worker})
+    doc["status_history"] = history[-HISTORY_LIMIT:]
 
 
 def worker_alive(conn: Connection, worker: str | None) -> bool:

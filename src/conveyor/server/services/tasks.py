@@ -14,7 +14,7 @@ from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server import query as q
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, now
-from conveyor.server.model import queues, tasks
+from conveyor.server.model import queues, task_edits, tasks
 from conveyor.server.ownership import require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -22,8 +22,10 @@ from conveyor.server.store.documents import save_task
 
 S = TaskStatus
 
-# Fields `tasks.edit` and `tasks.create` accept; `script` is merged key by key (the agent sends partial scripts
-# such as {"version_num": sha}), the others are replaced whole as the SDK sends them.
+# Fields `tasks.edit` and `tasks.create` accept; `script` and `execution` are merged key by key as the reference
+# merges its embedded documents (the agent sends partial scripts such as {"version_num": sha}), the others are
+# replaced whole as the SDK sends them.
+MERGED = ("script", "execution")
 EDITABLE = ("name", "tags", "system_tags", "type", "comment", "parent", "project", "script", "execution",
             "hyperparams", "configuration", "models", "container", "runtime", "output_dest", "input")
 UPDATABLE = ("name", "tags", "system_tags", "comment", "project")  # tasks.update: any status
@@ -56,8 +58,16 @@ def _apply_fields(call: Call, doc: dict[str, Any], body: dict[str, Any]) -> list
             continue
         elif value is not None and not isinstance(value, dict):
             raise errors.validation_error(f"Validation error: field '{field}' must be an object")
-        if field == "script" and isinstance(value, dict):
-            value = {**(doc.get("script") or {}), **value}
+        elif field == "hyperparams" and value is not None:
+            value = task_edits.hyperparams_field(value)
+        elif field == "configuration" and value is not None:
+            value = task_edits.configuration_field(value)
+        elif field == "container":
+            value = task_edits.container_field(value)
+        elif field == "script" and value is not None:
+            value = task_edits.script_field(value)
+        if field in MERGED and isinstance(value, dict):
+            value = {**(doc.get(field) or {}), **value}
         doc[field] = value
         changed.append(field)
     return changed
@@ -70,11 +80,15 @@ def _owned(call: Call, conn: Connection, task_id: str, doing: str) -> Document:
     return doc
 
 
-def _editable(call: Call, conn: Connection, task_id: str, refusal: str) -> Document:
-    """The task to edit: owned or run by the caller, and still `created` unless the call forces it."""
+def _editable(call: Call, conn: Connection, task_id: str) -> Document:
+    """The task to edit: owned or run by the caller, and still a draft (`created`) unless the call forces it (the
+    SDK and the agents edit the task they run with force=true)."""
     doc = _owned(call, conn, task_id, "edit it")
-    if not call.bool("force") and doc.get("status") not in (S.created, None):
-        raise errors.invalid_task_status(f"task {task_id} is {doc.get('status')}; {refusal}")
+    status = tasks.status_of(doc)
+    if not call.bool("force") and status != S.created:
+        raise errors.invalid_task_status(
+            f"task {task_id} is {status}: only a draft (created) task can be edited — clone it and edit the clone, "
+            "or reset it to draft (force=true edits it anyway)")
     return doc
 
 
@@ -139,8 +153,11 @@ def get_all(call: Call) -> dict[str, Any]:
 def edit(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
-        doc = _editable(call, conn, task_id, "only created tasks can be edited (use force=true)")
+        doc = _editable(call, conn, task_id)
+        project = doc.get("project")
         changed = _apply_fields(call, doc, call.body)
+        if doc.get("project") != project:  # a moved task: to a project that exists
+            tasks.check_project(conn, doc.get("project"))
         tasks.touch(doc, call.user)
         save_task(conn, doc)
     return {"updated": 1 if changed else 0, "fields": {f: doc.get(f) for f in changed}}
@@ -222,7 +239,7 @@ def failed(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.completed")
 def completed(call: Call) -> dict[str, Any]:
-    result = _status_call(call, S.completed)  # the publish below: the same caller, already checked
+    result = _status_call(call, S.completed, published=0)  # the publish below: the same caller, already checked
     if call.bool("publish"):
         with call.store.write() as conn:
             doc = tasks.load(conn, call.str("task"), lock=True)
@@ -238,7 +255,7 @@ def close(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.publish")
 def publish(call: Call) -> dict[str, Any]:
-    return _status_call(call, S.published, by_runner=False)
+    return _status_call(call, S.published, by_runner=False, committed_versions_results=[])
 
 
 @endpoint("tasks.stop")
@@ -277,7 +294,7 @@ def dequeue(call: Call) -> dict[str, Any]:
                                         reason=call.str("status_reason") or "",
                                         message=call.str("status_message") or "")
     if fields is None:
-        return {"updated": 0, "dequeued": 0}
+        return {"updated": 0, "dequeued": 0, "fields": {}}
     return {"updated": 1, "dequeued": removed, "fields": fields}
 
 
@@ -306,10 +323,11 @@ def ping(call: Call) -> dict[str, Any]:
 # --- requirements, parameters, artifacts ---------------------------------------------------------------------------
 @endpoint("tasks.set_requirements")
 def set_requirements(call: Call) -> dict[str, Any]:
+    """Any status, as the reference: the agent and the SDK record what a running task installed."""
     task_id = call.str("task", required=True)
-    requirements = call.dict("requirements")
-    if requirements is None:
+    if call.body.get("requirements") is None:
         raise errors.missing_field("requirements")
+    requirements = task_edits.requirements_field(call.body["requirements"])
     with call.store.write() as conn:
         doc = _owned(call, conn, task_id, "edit it")
         doc.setdefault("script", {})["requirements"] = requirements
@@ -318,37 +336,21 @@ def set_requirements(call: Call) -> dict[str, Any]:
     return {"updated": 1, "fields": {"script.requirements": requirements}}
 
 
-def _param_items(call: Call) -> list[dict[str, Any]]:
-    items = call.list("hyperparams")
-    if items is None:
-        raise errors.missing_field("hyperparams")
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise errors.validation_error("Validation error: each hyper-parameter needs at least a string 'name'")
-        for key in ("section", "type", "description"):
-            if not isinstance(item.get(key), (str, type(None))):
-                raise errors.validation_error(
-                    f"Validation error: hyper-parameter {item['name']!r}: '{key}' must be a string")
-    return items
-
-
 @endpoint("tasks.edit_hyper_params")
 def edit_hyper_params(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
-    items = _param_items(call)
-    replace = call.str("replace_hyperparams") or "none"
+    if call.body.get("hyperparams") is None:
+        raise errors.missing_field("hyperparams")
+    items = task_edits.param_items(call.body["hyperparams"])
+    replace = task_edits.replace_mode(call.body.get("replace_hyperparams"))
     with call.store.write() as conn:
-        doc = _editable(call, conn, task_id, "use force=true to edit it")
+        doc = _editable(call, conn, task_id)
         params = {} if replace == "all" else doc.get("hyperparams") or {}
         if replace == "section":
-            for section in {i.get("section") or "General" for i in items}:
+            for section in {item["section"] for item in items}:
                 params[section] = {}
         for item in items:
-            section = item.get("section") or "General"
-            value = "" if item.get("value") is None else str(item["value"])
-            entry = {"section": section, "name": item["name"], "value": value,
-                     "type": item.get("type") or "", "description": item.get("description") or ""}
-            params.setdefault(section, {})[item["name"]] = entry
+            params.setdefault(item["section"], {})[item["name"]] = item
         doc["hyperparams"] = params
         tasks.touch(doc, call.user)
         save_task(conn, doc)
@@ -358,23 +360,23 @@ def edit_hyper_params(call: Call) -> dict[str, Any]:
 @endpoint("tasks.delete_hyper_params")
 def delete_hyper_params(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
-    items = call.list("hyperparams") or []
-    for item in items:
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), (str, type(None)))
-                                                 for k in ("section", "name")):
-            raise errors.validation_error("Validation error: each hyper-parameter to delete is an object with a string "
-                                          "'section' and an optional string 'name' (no name: the whole section)")
+    if call.body.get("hyperparams") is None:
+        raise errors.missing_field("hyperparams")
+    keys = task_edits.param_keys(call.body["hyperparams"])
     with call.store.write() as conn:
-        doc = _owned(call, conn, task_id, "edit it")
+        doc = _editable(call, conn, task_id)
         params = doc.get("hyperparams") or {}
         deleted = 0
-        for item in items:
-            section = item.get("section") or "General"
-            if item.get("name") is None:
-                deleted += len(params.pop(section, {}))
-            elif params.get(section, {}).pop(item["name"], None) is not None:
+        for section, name in keys:
+            if name is None:
+                deleted += len(params.pop(section, None) or {})
+            elif (params.get(section) or {}).pop(name, None) is not None:
                 deleted += 1
+                if not params[section]:
+                    del params[section]
         doc["hyperparams"] = params
+        if deleted:
+            tasks.touch(doc, call.user)
         save_task(conn, doc)
     return {"deleted": deleted}
 
@@ -392,17 +394,35 @@ def get_hyper_params(call: Call) -> dict[str, Any]:
 @endpoint("tasks.edit_configuration")
 def edit_configuration(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
-    items = call.list("configuration") or []
+    if call.body.get("configuration") is None:
+        raise errors.missing_field("configuration")
+    items = task_edits.config_items(call.body["configuration"])
     with call.store.write() as conn:
-        doc = _owned(call, conn, task_id, "edit it")
+        doc = _editable(call, conn, task_id)
         config = {} if call.bool("replace_configuration") else doc.get("configuration") or {}
         for item in items:
-            if not isinstance(item, dict) or not item.get("name") or not isinstance(item["name"], str):
-                raise errors.validation_error("Validation error: each configuration item needs a string 'name'")
-            config[item["name"]] = {k: item.get(k, "") for k in ("name", "value", "type", "description")}
+            config[item["name"]] = item
         doc["configuration"] = config
+        tasks.touch(doc, call.user)
         save_task(conn, doc)
     return {"updated": 1}
+
+
+@endpoint("tasks.delete_configuration")
+def delete_configuration(call: Call) -> dict[str, Any]:
+    task_id = call.str("task", required=True)
+    names = call.str_list("configuration")
+    if names is None:
+        raise errors.missing_field("configuration")
+    with call.store.write() as conn:
+        doc = _editable(call, conn, task_id)
+        config = doc.get("configuration") or {}
+        deleted = sum(config.pop(name, None) is not None for name in names)
+        doc["configuration"] = config
+        if deleted:
+            tasks.touch(doc, call.user)
+        save_task(conn, doc)
+    return {"deleted": deleted}
 
 
 @endpoint("tasks.get_configurations")
