@@ -62,7 +62,7 @@ def reported(srv: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> di
         }}
         task.close()
         print(json.dumps(answer))
-    """, timeout=60)
+    """)
 
 
 def test_the_sdk_reads_back_scalars_and_single_values(reported: dict[str, Any]) -> None:

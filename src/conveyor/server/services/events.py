@@ -205,10 +205,15 @@ def scalar_metrics_iter_raw(call: Call) -> dict[str, Any]:
     metric = call.dict("metric")
     if not metric or not isinstance(metric.get("metric"), str):
         raise errors.validation_error("Validation error: 'metric' must be {\"metric\": NAME, \"variants\": [...]}")
-    metrics = events_model.metric_filter([metric]) if metric.get("metric") else []
+    try:
+        metrics = events_model.metric_filter([metric]) if metric.get("metric") else []
+    except ValueError as exc:
+        raise errors.validation_error(f"Validation error: {exc}") from None
     key = _key(call)
     batch = min(call.int("batch_size", 10_000, minimum=1) or 10_000, MAX_RAW_BATCH)
-    after = _scroll_in(call.str("scroll_id")).get("seq", 0) if call.str("scroll_id") else 0
+    after = _scroll_in(call.str("scroll_id")).get("seq", 0)
+    if isinstance(after, bool) or not isinstance(after, int):
+        raise errors.validation_error("Invalid scroll_id: pass the one the previous call answered")
     with call.store.read() as conn:
         _existing(call, conn, [task_id])
         rows = events_model.scalar_page(conn, task_id, metrics, after_seq=int(after), limit=batch)
@@ -276,7 +281,10 @@ def _iterations(call: Call, etype: str, task_ids: list[str], metrics: events_mod
     """The events of `iters` iterations per task past the scroll, and the scroll that goes on after them."""
     earlier = call.bool("navigate_earlier", True)
     state = {} if call.bool("refresh") else _scroll_in(call.str("scroll_id"))
-    past = {t: int(i) for t, i in (state.get("past") or {}).items() if isinstance(i, (int, float))}
+    given = state.get("past") or {}
+    if not isinstance(given, dict):
+        raise errors.validation_error("Invalid scroll_id: pass the one the previous call answered")
+    past = {t: int(i) for t, i in given.items() if isinstance(i, (int, float)) and not isinstance(i, bool)}
     with call.store.read() as conn:
         found = events_model.by_iterations(conn, task_ids, etype, metrics, iters, earlier=earlier, past=past,
                                            per_metric=per_metric)
@@ -403,7 +411,8 @@ def next_debug_image_sample(call: Call) -> dict[str, Any]:
     iteration's; with `next_iteration`, the same variant's image at the next (previous) iteration."""
     task_id = call.str("task", required=True)
     state = _scroll_in(call.str("scroll_id", required=True))
-    if not {"metric", "variant", "iter"} <= state.keys():
+    if not ({"metric", "variant", "iter"} <= state.keys() and isinstance(state["metric"], str)
+            and isinstance(state["variant"], str)):
         raise errors.validation_error("Invalid scroll_id: pass the one get_debug_image_sample answered")
     images = _images(call, task_id, state["metric"] if state.get("current_metric", True) else None)
     here = next((i for i, e in enumerate(images) if (e.get("iter") or 0, e["metric"], e["variant"]) ==

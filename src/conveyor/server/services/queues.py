@@ -33,6 +33,7 @@ def _queue_and_task(call: Call, conn: Connection, queue_id: str, task_id: str, d
     return doc
 
 
+LATEST_DATE = 1e11  # epoch seconds beyond this (the year 5138) are no dates
 HIDDEN = "hidden"  # the system tag of queues get_all leaves out unless asked (search_hidden) or named by id
 
 
@@ -84,9 +85,9 @@ def get_queue_metrics(call: Call) -> dict[str, Any]:
     from_date = call.float("from_date")
     from_date = to_date - 3600 if from_date is None else from_date
     interval = call.float("interval") or 60
-    if interval < 1 or from_date > to_date:
-        raise errors.validation_error("Validation error: 'interval' must be at least 1 (seconds) and 'from_date' "
-                                      "not after 'to_date'")
+    if interval < 1 or not 0 <= from_date <= to_date <= LATEST_DATE:
+        raise errors.validation_error("Validation error: 'interval' must be at least 1 (seconds), 'from_date' and "
+                                      "'to_date' epoch seconds, and 'from_date' not after 'to_date'")
     queue_ids = call.str_list("queue_ids") or []
     if call.bool("refresh"):
         with call.store.write() as conn:

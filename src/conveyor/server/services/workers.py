@@ -163,6 +163,7 @@ def get_runtime_properties(call: Call) -> dict[str, Any]:
     ]}
 
 
+LATEST_DATE = 1e11  # epoch seconds beyond this (the year 5138) are no dates
 MAX_POINTS = 20_000  # intervals a stats range may ask for; more is a 400 (a week at 30 s is 20160)
 
 
@@ -176,6 +177,8 @@ def _range(call: Call) -> tuple[float, float, float]:
         raise errors.validation_error("Validation error: 'interval' must be at least 1 (seconds)")
     if from_date > to_date:
         raise errors.validation_error("Validation error: 'from_date' must not be after 'to_date'")
+    if not 0 <= from_date <= to_date <= LATEST_DATE:
+        raise errors.validation_error("Validation error: 'from_date' and 'to_date' must be epoch seconds")
     if (to_date - from_date) / interval > MAX_POINTS:
         raise errors.validation_error(
             f"Validation error: {to_date - from_date:.0f} s at an interval of {interval:g} s is more than "
