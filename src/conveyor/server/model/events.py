@@ -7,7 +7,7 @@ import hashlib
 import time
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select
+from sqlalchemy import Row, delete, func, or_, select, true
 from sqlalchemy.engine import Connection
 
 from conveyor.server.codec import INT64_MAX, Document, dumps, iso, loads
@@ -71,7 +71,8 @@ def event_row(event: object) -> dict[str, Any]:
         row["value"] = float(value)
     else:
         rest = {k: v for k, v in event.items() if k not in ("task", "type", "timestamp", "iter", "metric", "variant",
-                                                             "worker", "method", "conveyor_id")}
+                                                             "worker", "method", "conveyor_id", "model_event",
+                                                             "allow_locked")}
         row["doc"] = dumps(rest)
     return row
 
@@ -128,6 +129,13 @@ def add(conn: Connection, doc: Document, rows: list[dict[str, Any]]) -> None:
     conn.execute(s.events.insert(), rows)
 
 
+def add_for_model(conn: Connection, model_id: str, rows: list[dict[str, Any]]) -> None:
+    """Store a model's events (metrics reported on an OutputModel) but those already stored."""
+    rows = _not_seen(conn, model_id, rows)
+    if rows:
+        conn.execute(s.events.insert(), rows)
+
+
 def event_out(r: Row[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"task": r.task, "type": r.type, "timestamp": r.timestamp, "seq": r.seq}
     if r.type == LOG:
@@ -174,3 +182,120 @@ def scalars(conn: Connection, task_id: str) -> list[tuple[str, str, int | None, 
 
 def delete_all(conn: Connection, task_id: str) -> int:
     return int(conn.execute(delete(s.events).where(s.events.c.task == task_id)).rowcount or 0)
+
+
+# --- reading metrics back: what the SDK's get_reported_* and the web app's task pages ask ---------------------------
+PLOT = "plot"
+IMAGE = "training_debug_image"
+SINGLE_VALUE_ITER = -(2**31)  # the iteration of `Logger.report_single_value`: a value that is no series
+MetricFilter = list[tuple[str, list[str]]]  # (metric, its variants; none = all)
+
+
+def metric_filter(raw: object) -> MetricFilter:
+    """The `metrics` of a request ([{metric, variants}]); raises ValueError with what is wrong."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ValueError("'metrics' must be a list of {metric, variants}")
+    out: MetricFilter = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("metric", ""), str):
+            raise ValueError("each of 'metrics' must be an object with a string 'metric' and a list 'variants'")
+        variants = item.get("variants") or []
+        if not isinstance(variants, list) or not all(isinstance(v, str) for v in variants):
+            raise ValueError("'variants' must be a list of strings")
+        if item.get("metric"):
+            out.append((item["metric"], variants))
+    return out
+
+
+def _where(task_ids: list[str], etype: str | None, metrics: MetricFilter) -> list[Any]:
+    e = s.events.c
+    where: list[Any] = [e.task.in_(task_ids) if len(task_ids) != 1 else e.task == task_ids[0]]
+    if etype:
+        where.append(e.type == etype)
+    if metrics:
+        where.append(or_(*[(e.metric == m) & (e.variant.in_(vs) if vs else true()) for m, vs in metrics]))
+    return where
+
+
+def scalar_points(conn: Connection, task_ids: list[str], metrics: MetricFilter) -> list[Any]:
+    """(task, metric, variant, iter, timestamp, value) of the tasks' scalar series (not single values), in order."""
+    e = s.events.c
+    query = select(e.task, e.metric, e.variant, e.iter, e.timestamp, e.value).where(
+        *_where(task_ids, SCALAR, metrics), or_(e.iter.is_(None), e.iter != SINGLE_VALUE_ITER))
+    return list(conn.execute(query.order_by(e.seq)).all())
+
+
+def single_values(conn: Connection, task_ids: list[str], metrics: MetricFilter) -> dict[str, list[Document]]:
+    """Each task's single values (the last reported of each name), by task."""
+    e = s.events.c
+    rows = conn.execute(select(e.task, e.metric, e.variant, e.value, e.timestamp).where(
+        *_where(task_ids, SCALAR, metrics), e.iter == SINGLE_VALUE_ITER).order_by(e.seq)).all()
+    latest: dict[str, dict[tuple[str, str], Document]] = {}
+    for r in rows:
+        latest.setdefault(r.task, {})[(r.metric, r.variant)] = {
+            "metric": r.metric, "variant": r.variant, "value": r.value, "timestamp": r.timestamp}
+    return {task: list(values.values()) for task, values in latest.items()}
+
+
+def metric_names(conn: Connection, task_ids: list[str], etype: str | None) -> dict[str, list[str]]:
+    """The metrics each task reported (of one event type, if given; never its log), by task."""
+    e = s.events.c
+    query = select(e.task, e.metric).where(*_where(task_ids, etype, []), e.type != LOG).distinct()
+    names: dict[str, set[str]] = {}
+    for r in conn.execute(query):
+        names.setdefault(r.task, set()).add(r.metric)
+    return {task: sorted(found) for task, found in names.items()}
+
+
+def metric_variants(conn: Connection, task_ids: list[str], etype: str | None) -> list[tuple[str, str]]:
+    """(metric, variant) pairs the tasks reported, sorted."""
+    e = s.events.c
+    query = select(e.metric, e.variant).where(*_where(task_ids, etype, []), e.type != LOG).distinct()
+    return sorted((r.metric, r.variant) for r in conn.execute(query))
+
+
+def by_iterations(conn: Connection, task_ids: list[str], etype: str, metrics: MetricFilter, iters: int | None,
+                  *, earlier: bool = True, past: dict[str, int] | None = None,
+                  per_metric: bool = False) -> list[Document]:
+    """The events of a type in `iters` iterations of each task (all, without `iters`): the latest ones going
+    `earlier`, else the first ones; `past` (by task) starts beyond an iteration (where a previous page ended). With
+    `per_metric`, `iters` iterations of each metric of a task rather than of the task as a whole."""
+    e = s.events.c
+    order = e.iter.desc() if earlier else e.iter.asc()
+    rows = conn.execute(select(s.events).where(*_where(task_ids, etype, metrics)).order_by(order, e.seq)).all()
+    kept_iters: dict[tuple[str, str], list[int]] = {}
+    out: list[Document] = []
+    for r in rows:
+        it = r.iter if r.iter is not None else 0
+        if past and r.task in past and (it >= past[r.task] if earlier else it <= past[r.task]):
+            continue
+        group = (r.task, r.metric if per_metric else "")
+        seen = kept_iters.setdefault(group, [])
+        if it not in seen:
+            if iters and len(seen) >= iters:
+                continue
+            seen.append(it)
+        out.append(event_out(r))
+    return out
+
+
+def count(conn: Connection, task_id: str, etype: str) -> int:
+    e = s.events.c
+    return int(conn.execute(select(func.count()).where(e.task == task_id, e.type == etype)).scalar() or 0)
+
+
+def scalar_page(conn: Connection, task_id: str, metrics: MetricFilter, *, after_seq: int, limit: int) -> list[Any]:
+    """A page of a task's scalar points (not single values) in order of arrival, past the event `after_seq`."""
+    e = s.events.c
+    query = select(e.seq, e.variant, e.iter, e.timestamp, e.value).where(
+        *_where([task_id], SCALAR, metrics), or_(e.iter.is_(None), e.iter != SINGLE_VALUE_ITER), e.seq > after_seq)
+    return list(conn.execute(query.order_by(e.seq).limit(limit)).all())
+
+
+def scalar_count(conn: Connection, task_id: str, metrics: MetricFilter) -> int:
+    e = s.events.c
+    query = select(func.count()).where(*_where([task_id], SCALAR, metrics),
+                                       or_(e.iter.is_(None), e.iter != SINGLE_VALUE_ITER))
+    return int(conn.execute(query).scalar() or 0)

@@ -72,3 +72,29 @@ def delete_project(conn: Connection, project_id: str, *, force: bool) -> int:
     conn.execute(update(s.tasks).where(s.tasks.c.project == project_id).values(project=None))
     conn.execute(delete(s.projects).where(s.projects.c.id == project_id))
     return count
+
+
+def with_subprojects(conn: Connection, doc: Document, include: bool) -> list[str]:
+    """The project's id and, with `include`, those of the projects below it (`a/b` is below `a`)."""
+    if not include:
+        return [doc["id"]]
+    c = s.projects.c
+    below = conn.execute(select(c.id).where(c.name.startswith(doc["name"] + "/", autoescape=True))).scalars().all()
+    return [doc["id"], *below]
+
+
+def metric_variants(conn: Connection, project_ids: list[str] | None,
+                    task_ids: list[str] | None) -> dict[tuple[str, str], tuple[str, str]]:
+    """(metric, variant) -> (metric hash, variant hash) from the last_metrics of the projects' tasks (or all)."""
+    query = select(s.tasks.c.doc)
+    if project_ids is not None:
+        query = query.where(s.tasks.c.project.in_(project_ids))
+    if task_ids:
+        query = query.where(s.tasks.c.id.in_(task_ids))
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for (raw,) in conn.execute(query):
+        for metric_hash, variants in (loads(raw).get("last_metrics") or {}).items():
+            for variant_hash, entry in (variants or {}).items():
+                if isinstance(entry, dict) and "metric" in entry:
+                    found[(entry["metric"], entry.get("variant", ""))] = (metric_hash, variant_hash)
+    return found

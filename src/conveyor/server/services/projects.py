@@ -65,3 +65,18 @@ def delete_project(call: Call) -> dict[str, Any]:
         require_owner(call, conn, projects.load(conn, project_id), "project", "delete it")
         count = projects.delete_project(conn, project_id, force=call.bool("force"))
     return {"deleted": 1, "disassociated_tasks": count}
+
+
+@endpoint("projects.get_unique_metric_variants", offload=True)
+def get_unique_metric_variants(call: Call) -> dict[str, Any]:
+    """The scalar metrics and variants the tasks of a project (and of its subprojects, unless
+    include_subprojects is false; of every project when none is named) report, as their last_metrics name them."""
+    project_id = call.str("project")
+    with call.store.read() as conn:
+        project_ids = None
+        if project_id:
+            project_ids = projects.with_subprojects(conn, projects.load(conn, project_id),
+                                                    call.bool("include_subprojects", True))
+        pairs = projects.metric_variants(conn, project_ids, call.str_list("ids"))
+    return {"metrics": [{"metric": metric, "metric_hash": metric_hash, "variant": variant, "variant_hash": variant_hash}
+                        for (metric, variant), (metric_hash, variant_hash) in sorted(pairs.items())]}
