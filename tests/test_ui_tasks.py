@@ -118,6 +118,12 @@ def test_a_task_that_ran_is_read_only_and_clone_opens_a_draft(ui: Any, sqlite_se
     clone = ui.url.split("/#/task/")[1].split("/")[0]
     assert clone != task and ui.url.endswith("/execution")
     assert client.call("tasks.get_by_id", {"task": clone})["task"]["status"] == "created"
+    # The timeline of the task that ran: its status changes, from the server's status_history.
+    ui.goto(sqlite_server.url + f"/#/task/{task}/timeline")
+    queued = ui.locator(".timeline-list li[data-status=queued]")
+    queued.get_by_text("from Draft").wait_for()
+    assert ui.locator(".timeline-list li").count() == 2 and ui.locator(".timeline-bar span").count() == 2
+    screenshot(ui, "task-timeline")
 
 
 def _reported_task(server: Any) -> str:
@@ -138,6 +144,8 @@ def _reported_task(server: Any) -> str:
     events += [{"task": task, "type": "log", "msg": m} for m in ("needle in the log", "Needle again")]
     events += [{"task": task, "type": "training_stats_scalar", "metric": "loss", "variant": v, "iter": i,
                 "value": i * k} for i in range(10) for v, k in (("train", 1.0), ("val", 1.5))]
+    events += [{"task": task, "type": "training_stats_scalar", "metric": "Summary", "variant": "best_acc",
+                "iter": -(2**31), "value": 0.975}]  # Logger.report_single_value
     events += [{"task": task, "type": "plot", "metric": m, "variant": "v", "iter": 1, "plot_str": json.dumps(f)}
                for m, f in (("roc", scatter), ("scores", table), ("confusion", heat))]
     events += [{"task": task, "type": "training_debug_image", "metric": "samples", "variant": "input", "iter": 3,
@@ -166,6 +174,8 @@ def test_result_tabs_show_what_the_task_reported(ui: Any, sqlite_server: Any) ->
     chart.locator("canvas").wait_for()
     legend = chart.locator(".u-legend")
     assert legend.get_by_text("train").count() == 1 and legend.get_by_text("val").count() == 1
+    assert ui.locator(".single-values tr", has_text="Summary / best_acc").locator("td.num").inner_text() == "0.975"
+    assert ui.locator("[data-chart=Summary]").count() == 0
     screenshot(ui, "task-scalars")
 
     ui.click("[data-tab=plots]")
@@ -193,7 +203,6 @@ def test_result_tabs_show_what_the_task_reported(ui: Any, sqlite_server: Any) ->
 
     ui.click("[data-tab=timeline]")
     ui.locator(".timeline-list li[data-status=created]").wait_for()
-    screenshot(ui, "task-timeline")
 
 
 def test_projects_page_and_the_task_list_fit_the_window(sqlite_server: Any) -> None:

@@ -9,7 +9,8 @@
   } = window.Conveyor;
 
   const RELOAD_MS = 5000; // a running task's charts and samples refresh this often while their tab is shown
-  const EVENTS_BATCH = 500;
+  const PLOT_ITERS = 20; // plots of the latest this many iterations: the latest figure of each metric/variant is shown
+  const SAMPLE_ITERS = 20; // debug samples of the latest this many iterations per metric (a select picks one)
 
   const empty = (title, text) => h("div", { class: "card empty" }, h("strong", null, title), text);
   const tickText = (v) => (v === null || v === undefined ? "—" : Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(2) : number(v, 4));
@@ -89,17 +90,23 @@
       const panel = h("div", null, h("div", { class: "card empty" }, "Loading scalars…"));
       let lastKey = "";
       const tab = loader(ctx, "scalars", async () => {
-        const data = await api("events.scalar_metrics_iter_histogram", { task: ctx.id });
-        const key = JSON.stringify(data);
+        // Series by iteration, and the single values (report_single_value) the series leave out.
+        const [data, single] = await Promise.all([api("events.scalar_metrics_iter_histogram", { task: ctx.id }),
+          api("events.get_task_single_value_metrics", { tasks: [ctx.id] })]);
+        const values = ((single.tasks || [])[0] || {}).values || [];
+        const key = JSON.stringify([data, values]);
         if (key === lastKey) return;
         lastKey = key;
+        const singles = values.length ? h("div", { class: "card single-values" }, h("h2", null, "Single values"),
+          h("table", { class: "table" }, h("tbody", null, values.map((v) => h("tr", null,
+            h("td", { class: "muted" }, [v.metric, v.variant].filter(Boolean).join(" / ")), h("td", { class: "num mono" }, tickText(v.value))))))) : null;
         const metrics = Object.entries(data || {}).filter(([, v]) => v && typeof v === "object" && Object.keys(v).length);
         metrics.sort((a, b) => a[0].localeCompare(b[0]));
         dropCharts(panel);
-        panel.replaceChildren(...(metrics.length
-          ? [h("div", { class: "hint-line" }, "Drag across a chart to zoom in, double-click it to zoom out."),
+        panel.replaceChildren(...(metrics.length || singles
+          ? [singles, h("div", { class: "hint-line" }, metrics.length ? "Drag across a chart to zoom in, double-click it to zoom out." : ""),
             h("div", { class: "charts" }, metrics.map(([metric, variants]) => chart(metric, Object.entries(variants)
-              .sort((a, b) => a[0].localeCompare(b[0])).map(([name, s]) => ({ name, x: s.x || [], y: s.y || [] })))))]
+              .sort((a, b) => a[0].localeCompare(b[0])).map(([name, s]) => ({ name, x: s.x || [], y: s.y || [] })))))].filter(Boolean)
           : [empty("No scalars", "Scalars the task reports (loss, accuracy, …) are charted here.")]));
       });
       return {
@@ -160,10 +167,10 @@
       const panel = h("div", null, h("div", { class: "card empty" }, "Loading plots…"));
       let lastKey = "";
       const tab = loader(ctx, "plots", async () => {
-        const data = await api("events.get_task_events", { task: ctx.id, event_type: "plot", order: "desc", batch_size: EVENTS_BATCH });
+        const data = await api("events.get_task_plots", { task: ctx.id, iters: PLOT_ITERS, no_scroll: true });
         // The latest figure of each metric/variant.
         const latest = new Map();
-        for (const ev of data.events || []) {
+        for (const ev of (data.plots || []).slice().sort((a, b) => (b.iter || 0) - (a.iter || 0))) {
           const key = ev.metric + "\u0000" + ev.variant;
           if (!latest.has(key)) latest.set(key, ev);
         }
@@ -231,8 +238,9 @@
       const panel = h("div", null, h("div", { class: "card empty" }, "Loading debug samples…"));
       let lastKey = "";
       const tab = loader(ctx, "debug", async () => {
-        const data = await api("events.get_task_events", { task: ctx.id, event_type: "training_debug_image", order: "desc", batch_size: EVENTS_BATCH });
-        const events = (data.events || []).filter((ev) => ev.url);
+        const data = await api("events.debug_images", { metrics: [{ task: ctx.id }], iters: SAMPLE_ITERS });
+        const events = (data.metrics || []).flatMap((m) => (m.iterations || []).flatMap((it) => it.events || []))
+          .filter((ev) => ev.url).sort((a, b) => (b.iter || 0) - (a.iter || 0));
         const key = JSON.stringify(events.map((ev) => [ev.metric, ev.variant, ev.iter, ev.url]));
         if (key === lastKey) return;
         lastKey = key;
