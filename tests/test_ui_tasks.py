@@ -49,7 +49,8 @@ def test_draft_is_edited_in_the_page(ui: Any, sqlite_server: Any) -> None:  # no
         "hyperparams": {"Args": {"lr": {"section": "Args", "name": "lr", "value": "0.1", "type": "float"},
                                  "epochs": {"section": "Args", "name": "epochs", "value": "3"}},
                         "Old": {"x": {"section": "Old", "name": "x", "value": "1"}}},
-        "configuration": {"General": {"name": "General", "value": "a: 1", "type": "yaml"}}})["id"]
+        "configuration": {"General": {"name": "General", "value": "a: 1", "type": "yaml"},
+                          "Obsolete": {"name": "Obsolete", "value": "old", "type": ""}}})["id"]
     ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
     form = ui.locator("form[data-section=params]")
     lr = form.locator("[data-param-section=Args] tr[data-param=lr]")
@@ -81,6 +82,7 @@ def test_draft_is_edited_in_the_page(ui: Any, sqlite_server: Any) -> None:  # no
     ui.get_by_text("Container saved").wait_for()
     config = ui.locator("form[data-section=config]")
     config.get_by_label("General", exact=True).fill("a: 2")
+    config.locator("[data-config=Obsolete]").get_by_role("button", name="Delete").click()
     config.get_by_role("button", name="Save").click()
     ui.get_by_text("Configuration objects saved").wait_for()
     screenshot(ui, "task-edit")
@@ -92,7 +94,7 @@ def test_draft_is_edited_in_the_page(ui: Any, sqlite_server: Any) -> None:  # no
     assert doc["script"]["requirements"]["pip"] == "numpy==1.26.4\nrequests==2.32.3"
     assert doc["container"]["image"] == "python:3.12-slim"
     assert doc["container"]["setup_shell_script"] == "apt-get install -y git"
-    assert doc["configuration"]["General"]["value"] == "a: 2"
+    assert doc["configuration"]["General"]["value"] == "a: 2" and "Obsolete" not in doc["configuration"]
 
     # A parameter without a name is refused in the banner, and nothing is sent.
     form = ui.locator("form[data-section=params]")

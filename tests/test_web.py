@@ -234,6 +234,8 @@ BODIES: dict[str, Callable[[Api], dict[str, Any]]] = {
         {"task": t, "hyperparams": [{"section": "Args", "name": "lr"}, {"section": "General"}]})[1])(a.task()),
     "tasks.edit_configuration": lambda a: {"task": a.task(), "configuration": [
         {"name": "General", "value": "a: 1", "type": "yaml", "description": ""}]},
+    "tasks.delete_configuration": lambda a: (lambda t: (a.call("tasks.edit_configuration", task=t, configuration=[
+        {"name": "extra", "value": "x"}]), {"task": t, "configuration": ["extra"]})[1])(a.task()),
     "tasks.set_requirements": lambda a: {"task": a.task(), "requirements": {"pip": "numpy==1.26.4\n"}},
 }
 

@@ -180,8 +180,16 @@
   function configForm(task, dirty, done) {
     const config = task.configuration || {};
     const items = Object.values(config).map((c) => ({ c, text: textarea(typeof c.value === "string" ? c.value : JSON.stringify(c.value, null, 2), { "aria-label": c.name, rows: 6 }) }));
-    const list = h("div", { class: "config-items" }, items.map(({ c, text }) => h("div", { class: "config-item" },
-      h("div", { class: "muted" }, h("b", null, c.name), c.type ? " · " + c.type : ""), text)));
+    const itemBox = (item) => {
+      const box = h("div", { class: "config-item", dataset: { config: item.c.name } },
+        h("div", { class: "config-item-head" }, h("span", { class: "muted" }, h("b", null, item.c.name), item.c.type ? " · " + item.c.type : ""),
+          h("button", {
+            type: "button", class: "btn btn-sm btn-danger", title: "Delete this configuration object",
+            onclick: () => { item.removed = true; box.remove(); dirty.add("config"); },
+          }, "Delete")), item.text);
+      return box;
+    };
+    const list = h("div", { class: "config-items" }, items.map(itemBox));
     const newName = input("", { placeholder: "New configuration object name", "aria-label": "New configuration object name" });
     const add = h("div", { class: "inline-form add-section" }, newName, h("button", {
       type: "button", class: "btn btn-sm",
@@ -190,15 +198,18 @@
         if (!name || items.some((i) => i.c.name === name)) { newName.focus(); return; }
         const item = { c: { name, type: "", description: "" }, text: textarea("", { "aria-label": name, rows: 6 }), added: true };
         items.push(item);
-        list.append(h("div", { class: "config-item" }, h("div", { class: "muted" }, h("b", null, name)), item.text));
+        list.append(itemBox(item));
         newName.value = "";
         dirty.add("config");
         item.text.focus();
       },
     }, "Add"));
     return editable("Configuration objects", "config", dirty, [items.length ? null : h("div", { class: "none" }, "None yet."), list, add], async () => {
-      const changed = items.filter(({ c, text, added }) => added || text.value !== (typeof c.value === "string" ? c.value : JSON.stringify(c.value, null, 2)))
+      const live = items.filter((i) => !i.removed);
+      const removed = items.filter((i) => i.removed && !i.added).map((i) => i.c.name);
+      const changed = live.filter(({ c, text, added }) => added || text.value !== (typeof c.value === "string" ? c.value : JSON.stringify(c.value, null, 2)))
         .map(({ c, text }) => ({ name: c.name, value: text.value, type: c.type || "", description: c.description || "" }));
+      if (removed.length) await api("tasks.delete_configuration", { task: task.id, configuration: removed });
       if (changed.length) await api("tasks.edit_configuration", { task: task.id, configuration: changed });
       done();
     });
