@@ -1,5 +1,6 @@
-"""Work a server process does besides answering: PostgreSQL LISTEN, reaping workers that stopped reporting, and
-putting back tasks popped for clients that never got them."""
+"""Work a server process does besides answering: PostgreSQL LISTEN, reaping workers that stopped reporting,
+putting back tasks popped for clients that never got them, and keeping the stats history (queue samples, folding
+old worker reports and samples)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 
-from conveyor.server.model import deliveries, workers
+from conveyor.server.model import deliveries, queue_metrics, worker_stats, workers
 from conveyor.server.state import ServerState
 from conveyor.server.store.notify import PgListener
 
@@ -17,13 +18,27 @@ log = logging.getLogger("conveyor.server")
 
 
 def reap(state: ServerState) -> list[str]:
-    """Forget workers that missed their timeout and fail what they ran; bound the stats history. Returns the tasks
-    failed."""
+    """Forget workers that missed their timeout and fail what they ran. Returns the tasks failed."""
     with state.store.write() as conn:
-        lost = workers.reap(conn, time.time())
+        return workers.reap(conn, time.time())
+
+
+def keep_history(state: ServerState, last_slot: int | None) -> int:
+    """Sample the queues once a sampling period (`last_slot` is this process's last sample) and fold old worker
+    reports and queue samples into their coarser tiers. Returns the slot sampled."""
+    settings = state.settings
+    at = time.time()
+    slot = int(at // settings.queue_metrics_sample_sec * settings.queue_metrics_sample_sec)
     with state.store.write() as conn:
-        workers.trim_stats(conn, state.settings.worker_stats_history)
-    return lost
+        if slot != last_slot:
+            queue_metrics.sample(conn, at, settings.queue_metrics_sample_sec)
+        queue_metrics.compact(conn, before=at - settings.worker_stats_raw_sec, now=at,
+                              keep_days=settings.worker_stats_keep_days)
+    with state.store.write() as conn:
+        worker_stats.compact(conn, before=at - settings.worker_stats_raw_sec,
+                             keep_per_worker=settings.worker_stats_history, now=at,
+                             keep_days=settings.worker_stats_keep_days)
+    return slot
 
 
 def requeue_unstarted(state: ServerState) -> list[str]:
@@ -53,6 +68,7 @@ class Background:
         self.state = state
         self._listener: PgListener | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._slot: int | None = None  # the queue-metrics slot this process sampled last
 
     async def start(self) -> None:
         if self.state.store.dialect == "postgresql":
@@ -76,6 +92,10 @@ class Background:
                     log.warning("task %s failed: its worker stopped reporting", task_id)
             except Exception:  # a database hiccup must not end the loop
                 log.exception("reaping workers failed")
+            try:
+                self._slot = await run_in_threadpool(keep_history, self.state, self._slot)
+            except Exception:
+                log.exception("keeping the stats history failed")
             try:
                 for task_id in await run_in_threadpool(requeue_unstarted, self.state):
                     log.warning("task %s was popped but never started: back at the front of its queue", task_id)

@@ -15,6 +15,9 @@ class ServerSettings:
     worker_timeout_sec: int
     long_poll_max_sec: float
     worker_stats_history: int
+    worker_stats_raw_sec: float  # reports older than this are folded into per-minute and per-10-minute buckets
+    worker_stats_keep_days: float  # worker stats and queue metrics older than this are dropped
+    queue_metrics_sample_sec: float  # between samples of queue lengths and waits
     token_ttl_sec: int
     task_update_timeout_sec: int  # a task whose worker was not heard from this long is stopped outright
     reap_interval_sec: float

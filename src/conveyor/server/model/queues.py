@@ -45,18 +45,35 @@ def _name_taken(conn: Connection, name: str) -> bool:
     return conn.execute(select(s.queues.c.id).where(func.lower(s.queues.c.name) == name.lower())).first() is not None
 
 
-def _insert(conn: Connection, name: str, *, user: str, company: str, tags: list[str], system_tags: list[str]) -> str:
+def _insert(conn: Connection, name: str, *, user: str, company: str, tags: list[str], system_tags: list[str],
+            display_name: str | None = None, max_entries: int | None = None) -> str:
     stamp = iso(now())
     doc: Document = {"id": new_id(), "name": name, "user": user, "company": company, "created": stamp,
                      "last_update": stamp, "tags": tags, "system_tags": system_tags, "metadata": {}}
+    if display_name:
+        doc["display_name"] = display_name
+    if max_entries:
+        doc["max_entries"] = max_entries
     conn.execute(s.queues.insert().values(id=doc["id"], **queue_columns(doc)))
     return str(doc["id"])
 
 
-def create(conn: Connection, name: str, *, user: str, company: str, tags: list[str], system_tags: list[str]) -> str:
+def create(conn: Connection, name: str, *, user: str, company: str, tags: list[str], system_tags: list[str],
+           display_name: str | None = None, max_entries: int | None = None) -> str:
     if _name_taken(conn, name):
         raise errors.queue_exists(name)
-    return _insert(conn, name, user=user, company=company, tags=tags, system_tags=system_tags)
+    return _insert(conn, name, user=user, company=company, tags=tags, system_tags=system_tags,
+                   display_name=display_name, max_entries=max_entries)
+
+
+def require_room(conn: Connection, queue_id: str) -> None:
+    """Refuse an enqueue onto a queue that holds its `max_entries` already (a Conveyor addition; none = no limit)."""
+    doc = get_queue(conn, queue_id) or {}
+    limit = doc.get("max_entries")
+    if limit and count(conn, queue_id) >= limit:
+        raise errors.bad_request(
+            f"Queue {doc.get('name') or queue_id} is full: it holds its limit of {limit} task(s) (max_entries); "
+            "wait until workers pull some, or raise the queue's max_entries", 706)
 
 
 def ensure_default_queue(conn: Connection, user: str = "") -> str:
@@ -90,13 +107,18 @@ def with_entries(conn: Connection, docs: list[Document]) -> list[Document]:
 
 
 def update_queue(conn: Connection, doc: Document, *, name: str | None, tags: list[str] | None,
-                 system_tags: list[str] | None, metadata: Document | None) -> Document:
-    """Change a queue's name, tags or metadata; returns the fields changed."""
+                 system_tags: list[str] | None, metadata: Document | None, display_name: str | None = None,
+                 max_entries: int | None = None) -> Document:
+    """Change a queue's name, display name, tags, metadata or entry limit (0: none); returns the fields changed."""
     fields: Document = {}
     if name and name.lower() != doc["name"].lower():
         if _name_taken(conn, name):
             raise errors.queue_exists(name)
         fields["name"] = name
+    if display_name is not None:
+        fields["display_name"] = display_name
+    if max_entries is not None:
+        fields["max_entries"] = max_entries or None
     for key, value in (("tags", tags), ("system_tags", system_tags)):
         if value is not None:
             fields[key] = value

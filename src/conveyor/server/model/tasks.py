@@ -171,6 +171,9 @@ def enqueue(conn: Connection, doc: Document, queue_id: str, *, user: str, force:
     doc["system_tags"] = [t for t in doc.get("system_tags") or [] if t != DEVELOPMENT]
     doc.setdefault("execution", {})["queue"] = queue_id
     doc["enqueue_status"] = old  # where a dequeue takes it back to
+    from conveyor.server.model.queues import require_room  # queues imports this module
+
+    require_room(conn, queue_id)
     fields = set_status(conn, doc, S.queued.value, force=True, user=user, reason=reason, message=message)
     add_entry(conn, queue_id, doc["id"])
     sql.run(conn, "set_runner", {"id": doc["id"], "runner": None})

@@ -61,10 +61,10 @@ def save(conn: Connection, worker: str, doc: Document, *, task: str | None = Non
 
 def report(conn: Connection, worker: str, doc: Document, *, task_id: str | None, queue_id: str | None,
            stats: Document | None, is_daemon: bool, task: Document | None,
-           state: tuple[str | None, str | None] = (None, None)) -> None:
-    """Record a status report: machine stats (kept as history) and what the worker runs now. `task` is the task
-    document when the worker may report on it: only then does the worker mark it as its own (tasks.stop trusts
-    `last_worker`). `state` is what a Conveyor daemon says it does besides (WorkerState, and why)."""
+           state: tuple[str | None, str | None] = (None, None), stats_time: float | None = None) -> None:
+    """Record a status report: machine stats (kept as history, at `stats_time`, else now) and what the worker runs
+    now. `task` is the task document when the worker may report on it: only then does the worker mark it as its own
+    (tasks.stop trusts `last_worker`). `state` is what a Conveyor daemon says it does besides (WorkerState, and why)."""
     ts = now()
     if state[0] is not None:
         doc[STATE_FIELD], doc[STATE_REASON_FIELD] = state[0], state[1] or ""
@@ -72,7 +72,7 @@ def report(conn: Connection, worker: str, doc: Document, *, task_id: str | None,
     doc["is_daemon"] = is_daemon
     if stats is not None:
         doc["machine_stats"] = {k: v for k, v in stats.items() if k in STATS_KEYS}
-        conn.execute(s.worker_stats.insert().values(worker=worker, timestamp=ts, task=task_id,
+        conn.execute(s.worker_stats.insert().values(worker=worker, timestamp=stats_time or ts, task=task_id,
                                                     stats=dumps(doc["machine_stats"])))
     if task_id:
         if task is not None:

@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from conveyor.protocol import errors
 from conveyor.server import query as q
 from conveyor.server.call import Call
-from conveyor.server.codec import Document, iso, loads
-from conveyor.server.model import deliveries, forcing, queues
+from conveyor.server.codec import Document, iso, loads, now
+from conveyor.server.model import deliveries, forcing, queue_metrics, queues
 from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -33,29 +33,71 @@ def _queue_and_task(call: Call, conn: Connection, queue_id: str, task_id: str, d
     return doc
 
 
+HIDDEN = "hidden"  # the system tag of queues get_all leaves out unless asked (search_hidden) or named by id
+
+
 @endpoint("queues.create")
 def create(call: Call) -> dict[str, Any]:
     name = call.str("name", required=True)
     with call.store.write() as conn:
         return {"id": queues.create(conn, name, user=call.user, company=call.identity.company if call.identity else "",
-                                    tags=call.str_list("tags") or [], system_tags=call.str_list("system_tags") or [])}
+                                    tags=call.str_list("tags") or [], system_tags=call.str_list("system_tags") or [],
+                                    display_name=call.str("display_name"),
+                                    max_entries=call.int("max_entries", minimum=0, maximum=2**31 - 1))}
+
+
+def _limit_entries(call: Call, docs: list[Document]) -> None:
+    """`max_task_entries`: only the first entries of each queue (the UI's queue list needs no more)."""
+    limit = call.int("max_task_entries", minimum=0)
+    if limit is not None:
+        for doc in docs:
+            doc["entries"] = doc.get("entries", [])[:limit]
 
 
 @endpoint("queues.get_by_id")
 def get_by_id(call: Call) -> dict[str, Any]:
     with call.store.read() as conn:
-        return {"queue": queues.with_entries(conn, [queues.load(conn, call.str("queue", required=True))])[0]}
+        docs = queues.with_entries(conn, [queues.load(conn, call.str("queue", required=True))])
+    _limit_entries(call, docs)
+    return {"queue": docs[0]}
 
 
 @endpoint("queues.get_all", aliases=("queues.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
     query, extra = q.listing(call, select(s.queues.c.doc), LISTING)
+    if not call.bool("search_hidden") and not call.str_list("id"):  # as the reference: hidden unless asked or named
+        query = query.where(~s.queues.c.system_tags.like(f'%"{HIDDEN}"%'))
     only = call.str_list("only_fields")
     with call.store.read_apart() as conn:
         docs = [loads(r[0]) for r in q.fetch(call, conn, query)]
         if not only or any(f.split(".")[0] == "entries" for f in only):
             queues.with_entries(conn, docs)
+            _limit_entries(call, docs)
     return {"queues": [q.project(d, only) for d in docs], **extra}
+
+
+@endpoint("queues.get_queue_metrics", offload=True)
+def get_queue_metrics(call: Call) -> dict[str, Any]:
+    """Per queue and interval, the longest average wait (seconds) sampled and the queue's length then; `refresh`
+    takes a sample now first. Naming no queue answers one series, `all`, averaged over the queues."""
+    to_date = call.float("to_date") or now()
+    from_date = call.float("from_date")
+    from_date = to_date - 3600 if from_date is None else from_date
+    interval = call.float("interval") or 60
+    if interval < 1 or from_date > to_date:
+        raise errors.validation_error("Validation error: 'interval' must be at least 1 (seconds) and 'from_date' "
+                                      "not after 'to_date'")
+    queue_ids = call.str_list("queue_ids") or []
+    if call.bool("refresh"):
+        with call.store.write() as conn:
+            queue_metrics.sample(conn, now(), call.state.settings.queue_metrics_sample_sec, replace=True)
+    with call.store.read() as conn:
+        found = queues.existing(conn, queue_ids) if queue_ids else set()
+        for qid in queue_ids:
+            if qid not in found:
+                raise errors.invalid_queue_id(qid)
+        listed = queue_metrics.series(conn, from_date, to_date, interval, queue_ids)
+    return {"queues": [series.answer() for series in listed]}
 
 
 @endpoint("queues.get_default")
@@ -74,7 +116,9 @@ def update_queue(call: Call) -> dict[str, Any]:
         require_admin(call, "change a queue")
         tags = {key: call.str_list(key) if call.body.get(key) is not None else None for key in ("tags", "system_tags")}
         fields = queues.update_queue(conn, doc, name=call.str("name"), tags=tags["tags"],
-                                     system_tags=tags["system_tags"], metadata=call.dict("metadata"))
+                                     system_tags=tags["system_tags"], metadata=call.dict("metadata"),
+                                     display_name=call.str("display_name"),
+                                     max_entries=call.int("max_entries", minimum=0, maximum=2**31 - 1))
         if "tags" in fields:  # force_workers:on|off may have changed: waiting daemons look again
             forcing.announce(conn, forcing.queue_key(queue_id))
     if "tags" in fields:
@@ -101,6 +145,7 @@ def add_task(call: Call) -> dict[str, Any]:
         # A worker hands back what it pulled while stopping: the runner may.
         if _queue_and_task(call, conn, queue_id, task_id, "enqueue it", as_runner=True) is None:
             raise errors.invalid_task_id(task_id)
+        queues.require_room(conn, queue_id)
         add_entry(conn, queue_id, task_id)
     call.state.wake([queue_id])
     return {"added": 1}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -12,7 +12,7 @@ from conveyor.protocol import errors
 from conveyor.protocol.worker_state import STATE_FIELD, STATE_REASON_FIELD
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, loads, now, to_epoch
-from conveyor.server.model import forcing, workers
+from conveyor.server.model import forcing, worker_stats, workers
 from conveyor.server.ownership import may_change_task
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -66,7 +66,7 @@ def status_report(call: Call) -> dict[str, Any]:
             task = None  # it reports on a task it may not change: recorded, but the task is not marked as its own
         workers.report(conn, worker, doc, task_id=task_id, queue_id=queue_id, stats=stats,
                        is_daemon=call.bool("is_daemon", True), task=task,
-                       state=(call.str(STATE_FIELD), call.str(STATE_REASON_FIELD)))
+                       state=(call.str(STATE_FIELD), call.str(STATE_REASON_FIELD)), stats_time=_stats_time(call))
     return {}
 
 
@@ -163,70 +163,128 @@ def get_runtime_properties(call: Call) -> dict[str, Any]:
     ]}
 
 
+MAX_POINTS = 20_000  # intervals a stats range may ask for; more is a 400 (a week at 30 s is 20160)
+
+
 def _range(call: Call) -> tuple[float, float, float]:
     to_date = call.float("to_date") or now()
-    from_date = call.float("from_date") or to_date - 3600
+    from_date = call.float("from_date")
+    if from_date is None:
+        from_date = to_date - 3600
     interval = call.float("interval") or 60
-    if interval <= 0 or from_date > to_date:
-        raise errors.validation_error("from_date must precede to_date and interval must be positive")
+    if interval < 1:
+        raise errors.validation_error("Validation error: 'interval' must be at least 1 (seconds)")
+    if from_date > to_date:
+        raise errors.validation_error("Validation error: 'from_date' must not be after 'to_date'")
+    if (to_date - from_date) / interval > MAX_POINTS:
+        raise errors.validation_error(
+            f"Validation error: {to_date - from_date:.0f} s at an interval of {interval:g} s is more than "
+            f"{MAX_POINTS} points: ask for a longer interval")
     return from_date, to_date, interval
+
+
+def _bucket(timestamp: float, from_date: float, interval: float) -> int:
+    return int(from_date + ((timestamp - from_date) // interval) * interval)
+
+
+def _stats_time(call: Call) -> float | None:
+    """When the reported stats were taken: the report's `timestamp` (ms, or seconds as the schema says), if it is
+    plausible (within the history kept and not in the future); else the server's clock."""
+    stamp = call.body.get("timestamp")
+    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp):
+        return None  # the stats are still worth keeping, at the server's time
+    seconds = stamp / 1000 if stamp > 1e11 else stamp
+    ts = now()
+    if ts - call.state.settings.worker_stats_keep_days * 86400 < seconds <= ts + 60:
+        return min(seconds, ts)
+    return None
 
 
 @endpoint("workers.get_activity_report")
 def get_activity_report(call: Call) -> dict[str, Any]:
-    """How many workers reported (total) and how many of them ran a task (active) per interval."""
+    """How many workers reported (total) and how many of them ran a task (active) per interval, every interval of
+    the range (0 where none)."""
     from_date, to_date, interval = _range(call)
-    w = s.worker_stats.c
-    with call.store.read() as conn:
-        rows = conn.execute(select(w.worker, w.timestamp, w.task).where(w.timestamp >= from_date,
-                                                                         w.timestamp <= to_date)).all()
     total: dict[int, set[str]] = {}
     active: dict[int, set[str]] = {}
-    for r in rows:
-        bucket = int(from_date + ((r.timestamp - from_date) // interval) * interval)
-        total.setdefault(bucket, set()).add(r.worker)
-        if r.task:
-            active.setdefault(bucket, set()).add(r.worker)
-    dates = sorted(total)
-    return {"total": {"dates": dates, "counts": [len(total[d]) for d in dates]},
+    with call.store.read() as conn:
+        resolution = worker_stats.tier(from_date, interval, now())
+        for sample in worker_stats.samples(conn, from_date, to_date, None, resolution=resolution, with_stats=False):
+            bucket = _bucket(sample.timestamp, from_date, interval)
+            total.setdefault(bucket, set()).add(sample.worker)
+            if sample.active:
+                active.setdefault(bucket, set()).add(sample.worker)
+    dates = [_bucket(from_date + i * interval, from_date, interval)
+             for i in range(int((to_date - from_date) // interval) + 1)]
+    return {"total": {"dates": dates, "counts": [len(total.get(d, ())) for d in dates]},
             "active": {"dates": dates, "counts": [len(active.get(d, ())) for d in dates]}}
 
 
-@endpoint("workers.get_stats")
-def get_stats(call: Call) -> dict[str, Any]:
-    """Machine stats per worker, averaged per interval, with min/max/avg as ClearML's charts ask."""
-    from_date, to_date, interval = _range(call)
-    worker_ids = call.str_list("worker_ids")
-    items = call.list("items") or [{"key": k, "category": "avg"} for k in ("cpu_usage", "memory_used")]
-    if not all(isinstance(i, dict) and isinstance(i.get("key"), str) and isinstance(i.get("category", "avg"), str)
-               for i in items):
-        raise errors.validation_error("Validation error: each of 'items' must be an object with a string 'key' "
-                                      "(and an optional 'category': avg, min or max)")
-    w = s.worker_stats.c
-    query = select(w.worker, w.timestamp, w.stats).where(w.timestamp >= from_date, w.timestamp <= to_date)
-    if worker_ids:
-        query = query.where(w.worker.in_(worker_ids))
+@endpoint("workers.get_metric_keys")
+def get_metric_keys(call: Call) -> dict[str, Any]:
     with call.store.read() as conn:
-        rows = conn.execute(query.order_by(w.worker, w.seq)).all()
-    series: dict[str, dict[str, dict[int, list[float]]]] = {}
-    for r in rows:
-        stats = loads(r.stats) or {}
-        bucket = int(from_date + ((r.timestamp - from_date) // interval) * interval)
-        for item in items:
-            value = stats.get(item.get("key"))
-            if isinstance(value, list):
-                value = sum(value) / len(value) if value else None
-            if isinstance(value, (int, float)):
-                series.setdefault(r.worker, {}).setdefault(item["key"], {}).setdefault(bucket, []).append(float(value))
-    agg: dict[str, Callable[[list[float]], float]] = {"avg": lambda v: sum(v) / len(v), "min": min, "max": max}
+        keys = worker_stats.metric_keys(conn, call.str_list("worker_ids"))
+    return {"categories": worker_stats.categories(keys)}
+
+
+def _items(call: Call) -> list[tuple[str, str]]:
+    """(key, aggregation) pairs asked for, in order, each once."""
+    items = call.list("items") or [{"key": k, "category": "avg"} for k in ("cpu_usage", "memory_used")]
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        key = item.get("key") if isinstance(item, dict) else None
+        category = (item.get("category") or "avg") if isinstance(item, dict) else None
+        if not isinstance(key, str) or category not in worker_stats.AGGREGATIONS:
+            raise errors.validation_error(
+                "Validation error: each of 'items' must be an object with a string 'key' (a machine stat, e.g. "
+                f"cpu_usage) and a 'category' of {', '.join(worker_stats.AGGREGATIONS)}; got {item!r}")
+        if (key, category) not in pairs:
+            pairs.append((key, category))
+    return pairs
+
+
+@endpoint("workers.get_stats", offload=True)
+def get_stats(call: Call) -> dict[str, Any]:
+    """Machine stats per worker and interval, as min, max and avg of the reports (and of the folded buckets) that
+    fall in it; with `split_by_variant`, one series per CPU core or GPU (variant "0", "1", ...; "total" for a
+    single number), else the variants together."""
+    from_date, to_date, interval = _range(call)
+    pairs = _items(call)
+    keys = {key for key, _ in pairs}
+    split = call.bool("split_by_variant")
+    # worker -> (metric, variant) -> bucket -> [min, max, sum, count]
+    series: dict[str, dict[tuple[str, str], dict[int, list[float]]]] = {}
+    with call.store.read() as conn:
+        resolution = worker_stats.tier(from_date, interval, now())
+        for sample in worker_stats.samples(conn, from_date, to_date, call.str_list("worker_ids"),
+                                           resolution=resolution):
+            bucket = _bucket(sample.timestamp, from_date, interval)
+            for metric in keys & sample.stats.keys():
+                for variant, (low, high, total, count) in sample.stats[metric].items():
+                    at = series.setdefault(sample.worker, {}).setdefault((metric, variant if split else ""), {})
+                    old = at.get(bucket)
+                    at[bucket] = ([low, high, total, count] if old is None else
+                                  [min(old[0], low), max(old[1], high), old[2] + total, old[3] + count])
     listed = []
-    for worker, metrics in series.items():
+    for worker in sorted(series):
         out = []
-        for key, buckets in metrics.items():
+        for (metric, variant), buckets in sorted(series[worker].items(),
+                                                 key=lambda kv: (kv[0][0], _variant_order(kv[0][1]))):
             dates = sorted(buckets)
-            categories = sorted({i.get("category", "avg") for i in items if i.get("key") == key} & set(agg))
-            out.append({"metric": key, "dates": dates,
-                        "stats": [{"aggregation": c, "values": [agg[c](buckets[d]) for d in dates]}
-                                  for c in categories]})
+            entry: dict[str, Any] = {"metric": metric, "dates": dates, "stats": [
+                {"aggregation": category, "values": [_aggregate(buckets[d], category) for d in dates]}
+                for key, category in pairs if key == metric]}
+            if split:
+                entry["variant"] = variant
+            out.append(entry)
         listed.append({"worker": worker, "metrics": out})
     return {"workers": listed}
+
+
+def _variant_order(variant: str) -> tuple[int, str]:
+    return (int(variant), "") if variant.isdigit() else (-1, variant)
+
+
+def _aggregate(summary: list[float], category: str) -> float:
+    low, high, total, count = summary
+    return {"min": low, "max": high}.get(category, total / count if count else 0.0)

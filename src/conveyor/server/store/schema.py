@@ -141,6 +141,34 @@ worker_stats = Table(
     Index("ix_worker_stats_time", "timestamp"),
 )
 
+# Machine stats older than the raw window, folded per worker into buckets of `resolution` seconds (60 for the
+# last day, 600 for the week beyond): a week of reports from many workers stays small and a long range reads few rows.
+# `stats` is JSON {metric: {variant: [min, max, sum, count]}}; `active` is 1 when a report of the bucket ran a task.
+worker_stats_rollup = Table(
+    "worker_stats_rollup",
+    metadata,
+    Column("worker", NAME, primary_key=True),
+    Column("resolution", Integer, primary_key=True),
+    Column("bucket", Float, primary_key=True),  # start of the bucket, epoch seconds
+    Column("active", Integer, nullable=False, default=0),
+    Column("stats", Text, nullable=False),
+    Index("ix_worker_stats_rollup_time", "resolution", "bucket"),
+)
+
+# Samples of each queue's length and its entries' average wait. Raw samples (resolution 0) land in one slot per
+# sampling period, so several server processes on one database add one row a slot; older ones are folded into
+# 10-minute slots keeping the sample with the longest wait, as ClearML's queue metrics do.
+queue_metrics = Table(
+    "queue_metrics",
+    metadata,
+    Column("queue", ID, primary_key=True),
+    Column("resolution", Integer, primary_key=True),
+    Column("slot", BigInteger, primary_key=True),  # start of the slot, epoch seconds
+    Column("length", Integer, nullable=False),
+    Column("avg_waiting", Float, nullable=False),  # seconds
+    Index("ix_queue_metrics_time", "resolution", "slot"),
+)
+
 runtime_properties = Table(
     "runtime_properties",
     metadata,

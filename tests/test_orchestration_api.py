@@ -1,0 +1,205 @@
+"""The calls behind the Orchestration page: workers' stats over a range (raw and down-sampled), their activity,
+queue metrics, and the queue list's display names, hidden queues and entry limits. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from _api import module_server
+from conftest import ServerProcess
+from conveyor.client import ApiCallError, ApiClient
+
+HOUR, DAY = 3600, 86400
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def srv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = {"CONVEYOR__SERVER__QUEUE_METRICS_SAMPLE_SEC": "1"}
+    with module_server(request.param, tmp_path_factory.mktemp(f"orch-{request.param}"), extra_env=env) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def api(srv: ServerProcess) -> Iterator[ApiClient]:
+    with srv.client() as client:
+        yield client
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def report(api: ApiClient, worker: str, at: float, task: str | None = None, **stats: Any) -> None:
+    api.call("workers.status_report", {"worker": worker, "timestamp": int(at * 1000), "machine_stats": stats,
+                                       **({"task": task} if task else {})})
+
+
+def stats_of(api: ApiClient, worker: str, start: float, end: float, interval: int, *keys: str,
+             split: bool = False) -> dict[tuple[str, str | None], dict[str, Any]]:
+    """(metric, variant) -> {dates, avg, min, max} of one worker."""
+    items = [{"key": k, "category": c} for k in keys for c in ("avg", "min", "max")]
+    answer = api.call("workers.get_stats", {"worker_ids": [worker], "from_date": start, "to_date": end,
+                                            "interval": interval, "items": items, "split_by_variant": split})
+    out: dict[tuple[str, str | None], dict[str, Any]] = {}
+    for entry in answer["workers"]:
+        assert entry["worker"] == worker
+        for metric in entry["metrics"]:
+            values = {s["aggregation"]: s["values"] for s in metric["stats"]}
+            out[(metric["metric"], metric.get("variant"))] = {"dates": metric["dates"], **values}
+    return out
+
+
+def test_a_workers_stats_over_a_range_give_min_max_and_avg_per_interval(api: ApiClient) -> None:
+    worker = unique("gpu-box")
+    start = (time.time() // 60 - 3) * 60  # three whole minutes ago: two reports in one minute, one in the next
+    report(api, worker, start + 10, cpu_usage=[10.0, 30.0], memory_used=1000, gpu_usage=[90.0])
+    report(api, worker, start + 40, cpu_usage=[50.0, 70.0], memory_used=3000, gpu_usage=[50.0])
+    report(api, worker, start + 70, cpu_usage=[20.0, 20.0], memory_used=2000)
+
+    together = stats_of(api, worker, start, start + 119, 60, "cpu_usage", "memory_used", "gpu_usage")
+    cpu = together[("cpu_usage", None)]
+    assert cpu["dates"] == [start, start + 60]
+    assert cpu["min"] == [10.0, 20.0] and cpu["max"] == [70.0, 20.0] and cpu["avg"] == [40.0, 20.0]
+    assert together[("memory_used", None)]["avg"] == [2000.0, 2000.0]
+    assert together[("gpu_usage", None)]["dates"] == [start]  # no GPU in the second minute: no point there
+
+    per_core = stats_of(api, worker, start, start + 119, 60, "cpu_usage", "memory_used", split=True)
+    assert per_core[("cpu_usage", "0")]["avg"] == [30.0, 20.0]
+    assert per_core[("cpu_usage", "1")]["max"] == [70.0, 20.0]
+    assert per_core[("memory_used", "total")]["min"] == [1000.0, 2000.0]
+
+    keys = {c["name"]: c["metric_keys"] for c in api.call("workers.get_metric_keys",
+                                                           {"worker_ids": [worker]})["categories"]}
+    assert keys == {"cpu": ["cpu_usage"], "gpu": ["gpu_usage"], "memory": ["memory_used"]}
+
+
+def test_bad_stats_ranges_are_refused_with_what_to_change(api: ApiClient) -> None:
+    now = time.time()
+    with pytest.raises(ApiCallError) as info:
+        api.call("workers.get_stats", {"from_date": now - 7 * DAY, "to_date": now, "interval": 1,
+                                       "items": [{"key": "cpu_usage", "category": "avg"}]})
+    assert info.value.code == 400 and "longer interval" in info.value.msg
+    with pytest.raises(ApiCallError) as info:
+        api.call("workers.get_stats", {"from_date": now - 60, "to_date": now, "interval": 10,
+                                       "items": [{"key": "cpu_usage", "category": "median"}]})
+    assert info.value.code == 400 and "category" in info.value.msg
+
+
+def test_old_reports_are_down_sampled_and_still_answer_a_week(api: ApiClient) -> None:
+    worker = unique("old-box")
+    bucket = (time.time() - 3 * DAY) // 600 * 600  # a 10-minute bucket three days ago
+    for offset, cpu in ((5, 10.0), (65, 40.0), (300, 70.0)):
+        report(api, worker, bucket + offset, task=None, cpu_usage=[cpu])
+    report(api, worker, time.time(), cpu_usage=[99.0])  # a fresh one stays as sent
+    now = time.time()
+    week = {}
+    deadline = time.time() + 20
+    while time.time() < deadline:  # the server folds reports past its raw window on its next sweep
+        week = stats_of(api, worker, now - 7 * DAY, now, 60, "cpu_usage")
+        if len(week.get(("cpu_usage", None), {}).get("dates", [])) == 2:
+            break
+        time.sleep(0.5)
+    cpu = week[("cpu_usage", None)]
+    # The three old reports became one 10-minute point (a minute-wide interval cannot see inside it any more) with
+    # their min, max and mean; the fresh report is its own point.
+    assert len(cpu["dates"]) == 2 and cpu["dates"][0] == int(bucket - (bucket - (now - 7 * DAY)) % 60)
+    assert (cpu["min"][0], cpu["max"][0], cpu["avg"][0]) == (10.0, 70.0, 40.0)
+    assert cpu["max"][1] == 99.0
+
+    hourly = stats_of(api, worker, now - 7 * DAY, now, HOUR, "cpu_usage")[("cpu_usage", None)]
+    assert (hourly["min"][0], hourly["max"][0]) == (10.0, 70.0)
+
+    activity = api.call("workers.get_activity_report", {"from_date": bucket - 600, "to_date": bucket + 1200,
+                                                        "interval": 600})
+    assert activity["total"]["dates"] == [int(bucket - 600), int(bucket), int(bucket + 600), int(bucket + 1200)]
+    assert activity["total"]["counts"][1] >= 1 and activity["total"]["counts"][0] == 0
+    assert activity["active"]["counts"] == [0, 0, 0, 0]
+
+
+def test_activity_report_counts_workers_and_those_running_a_task(api: ApiClient) -> None:
+    busy, idle = unique("busy"), unique("idle")
+    start = time.time() // 60 * 60 - 120
+    task = api.call("tasks.create", {"name": unique("t"), "type": "training"})["id"]
+    report(api, busy, start + 5, task=task, cpu_usage=[1.0])
+    report(api, idle, start + 6, cpu_usage=[1.0])
+    report(api, idle, start + 65, cpu_usage=[1.0])
+    answer = api.call("workers.get_activity_report", {"from_date": start, "to_date": start + 119, "interval": 60})
+    assert answer["total"]["dates"] == [start, start + 60] == answer["active"]["dates"]
+    # Other tests' workers may report in these minutes too: count at least ours.
+    assert answer["total"]["counts"][0] >= 2 and answer["active"]["counts"][0] >= 1
+
+
+def enqueue(api: ApiClient, queue: str) -> str:
+    task = api.call("tasks.create", {"name": unique("t"), "type": "training"})["id"]
+    api.call("tasks.enqueue", {"task": task, "queue": queue})
+    return task
+
+
+def test_queue_metrics_show_length_and_waiting_time_over_time(api: ApiClient) -> None:
+    queue = api.call("queues.create", {"name": unique("metrics")})["id"]
+    start = time.time()
+    enqueue(api, queue)
+    enqueue(api, queue)
+    time.sleep(2.2)  # samples every second (the test server's setting)
+    assert api.call("queues.get_next_task", {"queue": queue})["entry"]
+    api.call("queues.get_next_task", {"queue": queue})
+    time.sleep(1.5)
+    answer = api.call("queues.get_queue_metrics", {"from_date": start - 1, "to_date": time.time(), "interval": 1,
+                                                   "queue_ids": [queue], "refresh": True})
+    [series] = answer["queues"]
+    assert series["queue"] == queue
+    assert len(series["dates"]) == len(series["avg_waiting_times"]) == len(series["queue_lengths"]) >= 3
+    assert series["dates"] == sorted(series["dates"])
+    assert 2 in series["queue_lengths"] and series["queue_lengths"][-1] == 0
+    assert max(series["avg_waiting_times"]) >= 1.0  # they waited two seconds before the pops
+    assert series["avg_waiting_times"][-1] == 0
+
+    coarse = api.call("queues.get_queue_metrics", {"from_date": start - 1, "to_date": time.time(), "interval": 60,
+                                                   "queue_ids": [queue]})["queues"][0]
+    # One point per minute: the sample with the longest wait, and the length then.
+    assert len(coarse["dates"]) <= 2 and max(coarse["queue_lengths"]) == 2
+    every = api.call("queues.get_queue_metrics", {"from_date": start - 1, "to_date": time.time(), "interval": 60})
+    assert [s["queue"] for s in every["queues"]] == ["all"]
+
+    with pytest.raises(ApiCallError) as info:
+        api.call("queues.get_queue_metrics", {"from_date": start, "to_date": time.time(), "interval": 60,
+                                              "queue_ids": ["0" * 32]})
+    assert info.value.code == 400 and info.value.subcode == 701
+
+
+def listed(api: ApiClient, **body: Any) -> dict[str, dict[str, Any]]:
+    return {q["id"]: q for q in api.call("queues.get_all_ex", body)["queues"]}
+
+
+def test_queues_have_display_names_and_hidden_ones_are_left_out(api: ApiClient) -> None:
+    shown = api.call("queues.create", {"name": unique("gpu-a100"), "display_name": "A100 (8 GPUs)"})["id"]
+    hidden = api.call("queues.create", {"name": unique("glue-internal"), "system_tags": ["hidden"]})["id"]
+    queues = listed(api)
+    assert queues[shown]["display_name"] == "A100 (8 GPUs)"
+    assert hidden not in queues
+    assert hidden in listed(api, search_hidden=True)
+    assert hidden in listed(api, id=[hidden])  # named by id, as the reference finds it
+    assert api.call("queues.update", {"queue": shown, "display_name": "A100"})["updated"] == 1
+    assert api.call("queues.get_by_id", {"queue": shown})["queue"]["display_name"] == "A100"
+
+
+def test_a_full_queue_refuses_more_entries_with_a_clear_error(api: ApiClient) -> None:
+    queue = api.call("queues.create", {"name": unique("small"), "max_entries": 2})["id"]
+    enqueue(api, queue)
+    enqueue(api, queue)
+    extra = api.call("tasks.create", {"name": unique("t"), "type": "training"})["id"]
+    with pytest.raises(ApiCallError) as info:
+        api.call("tasks.enqueue", {"task": extra, "queue": queue})
+    assert info.value.code == 400 and "full" in info.value.msg and "max_entries" in info.value.msg
+    assert api.call("tasks.get_by_id", {"task": extra})["task"]["status"] == "created"  # left as it was
+    with pytest.raises(ApiCallError):
+        api.call("queues.add_task", {"task": extra, "queue": queue})
+    assert len(api.call("queues.get_all_ex", {"id": [queue], "max_task_entries": 1})["queues"][0]["entries"]) == 1
+    api.call("queues.update", {"queue": queue, "max_entries": 0})  # no limit
+    api.call("tasks.enqueue", {"task": extra, "queue": queue})
+    assert api.call("queues.get_num_entries", {"queue": queue})["num"] == 3
