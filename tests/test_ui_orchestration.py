@@ -48,7 +48,8 @@ def _ui_order(page: Any, queue: str, expected: list[str]) -> None:
 def test_queue_entries_reorder_move_and_remove(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
     client = sqlite_server.client()
     source = client.call("queues.create", {"name": "orch-source"})["id"]
-    target = client.call("queues.create", {"name": "orch-target"})["id"]
+    target = client.call("queues.create", {"name": "orch-target", "display_name": "Target (A100)"})["id"]
+    hidden = client.call("queues.create", {"name": "orch-hidden", "system_tags": ["hidden"]})["id"]
     tasks = {}
     for name in ("first", "second", "third"):
         tasks[name] = client.call("tasks.create", {"name": f"orch-{name}", "type": "training"})["id"]
@@ -76,7 +77,10 @@ def test_queue_entries_reorder_move_and_remove(ui: Any, sqlite_server: Any) -> N
 
     # Another queue: off this one, at the end of the other, still queued.
     press(three, "Move to another queue")
-    ui.get_by_role("menuitem", name="orch-target").click()
+    # The other queues by their display names; hidden ones are not offered.
+    menu = ui.get_by_role("menuitem")
+    assert sorted(menu.all_inner_texts()) == ["Target (A100)", "default"]
+    ui.get_by_role("menuitem", name="Target (A100)").click()
     _wait_order(client, source, [two, one])
     _wait_order(client, target, [three])
     moved = client.call("tasks.get_by_id", {"task": three})["task"]
@@ -87,6 +91,14 @@ def test_queue_entries_reorder_move_and_remove(ui: Any, sqlite_server: Any) -> N
     _wait_order(client, source, [two])
     assert client.call("tasks.get_by_id", {"task": one})["task"]["status"] == "created"
     _ui_order(ui, source, [two])
+    assert ui.locator(f"section[data-queue='{target}'] h2").inner_text() == "Target (A100)"
+
+    # Hidden queues only when asked.
+    assert ui.locator(f"section[data-queue='{hidden}']").count() == 0
+    ui.get_by_label("Show hidden").check()
+    ui.locator(f"section[data-queue='{hidden}']", has_text="orch-hidden").get_by_text("hidden", exact=True).wait_for()
+    ui.get_by_label("Show hidden").uncheck()
+    ui.locator(f"section[data-queue='{hidden}']").wait_for(state="detached")
     screenshot(ui, "queues")
 
 
@@ -109,7 +121,7 @@ def test_queue_metrics_are_charted_over_the_chosen_range(ui: Any, sqlite_server:
                            and json.loads(r.post_data or "{}").get("interval") == 900) as asked:
         ui.get_by_role("button", name="Day", exact=True).click()
     body = json.loads(asked.value.post_data or "{}")
-    assert 86400 - 5 <= body["to_date"] - body["from_date"] <= 86400 + 5 and body["queue_ids"] == [queue]
+    assert 86400 - 5 <= body["to_date"] - body["from_date"] <= 86400 + 5 and queue in body["queue_ids"]
     assert ui.get_by_role("button", name="Day", exact=True).get_attribute("aria-pressed") == "true"
     ui.wait_for_function("(el) => Number(el.dataset.points) > 0", arg=length.element_handle())
     screenshot(ui, "queue-metrics")
@@ -136,10 +148,12 @@ def test_worker_charts_from_a_real_daemon(ui: Any, sqlite_server: Any, tmp_path:
         screenshot(ui, "workers")
 
         row.get_by_role("link", name=worker).click()
-        ui.wait_for_url(f"**/#/workers/{worker}")
+        ui.get_by_role("heading", name=worker).wait_for()
+        assert ui.evaluate("decodeURIComponent(location.hash)") == f"#/workers/{worker}"
         cpu = ui.locator("[data-chart=cpu]")
         ui.wait_for_function("(el) => Number(el.dataset.points) > 0", arg=cpu.element_handle())
-        assert cpu.evaluate(LINE_PIXELS) > 20, "the CPU chart has data but no line was drawn"
+        # A line once there are two intervals of reports (10 s each on this range; the daemon reports every second).
+        ui.wait_for_function(f"(el) => ({LINE_PIXELS})(el) > 20", arg=cpu.element_handle(), timeout=30_000)
         for chart in ("memory", "network", "disk_io", "disk_free", "gpu", "gpu_memory"):
             assert ui.locator(f"[data-chart={chart}] canvas").count() == 1, chart
         # One line per GPU, each at what the device reports.
@@ -159,7 +173,9 @@ def test_worker_charts_from_a_real_daemon(ui: Any, sqlite_server: Any, tmp_path:
             ui.get_by_role("button", name="Hour", exact=True).click()
         assert json.loads(asked.value.post_data or "{}")["worker_ids"] == [worker]
         ui.wait_for_function("(el) => Number(el.dataset.points) > 0", arg=cpu.element_handle())
-        assert cpu.evaluate(LINE_PIXELS) > 20
+        assert cpu.evaluate(LINE_PIXELS) > 0, "the CPU chart shows no data on the hour"
+        ui.get_by_role("button", name="10 min", exact=True).click()
+        ui.wait_for_function(f"(el) => ({LINE_PIXELS})(el) > 20", arg=cpu.element_handle())
         screenshot(ui, "worker-charts")
     finally:
         daemon.signal(signal.SIGTERM)

@@ -200,7 +200,7 @@ BODIES: dict[str, Callable[[Api], dict[str, Any]]] = {
     "queues.move_task_backward": lambda a: (lambda q: {"queue": q[0], "task": q[1], "count": 1})(a.queued()),
     "queues.move_task_to_back": lambda a: (lambda q: {"queue": q[0], "task": q[1]})(a.queued()),
     "queues.get_queue_metrics": lambda a: {"from_date": time.time() - 3600, "to_date": time.time(), "interval": 60,
-                                           "queue_ids": [a.queue()]},
+                                           "queue_ids": [a.queue()], "refresh": True},
     "workers.get_metric_keys": lambda a: {"worker_ids": ["ui-worker"]},
     "workers.get_stats": lambda a: {"worker_ids": ["ui-worker"], "from_date": time.time() - 600, "to_date": time.time(),
                                     "interval": 10, "split_by_variant": True,

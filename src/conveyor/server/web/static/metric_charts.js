@@ -59,6 +59,10 @@
     seconds: (v) => (v < 1 ? number(v, 2) + "s" : duration(v * 1000)),
   };
 
+  // Axis steps for megabytes: decimal below a gigabyte, binary multiples of it above.
+  const BINARY_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072,
+    262144, 524288, 1048576, 2097152, 4194304];
+
   // --- aligning series ----------------------------------------------------------------------------------------
   // lines: [{ label, values: Map(date -> value), min?, max? }] → uPlot's [xs, ...ys]. Dates where a line has no
   // value are null; a silence much longer than the usual spacing (the worker was down) breaks the line there.
@@ -88,6 +92,7 @@
   class TimeChart {
     constructor({ key, title, unit, min, max, sync }) {
       this.unit = UNITS[unit] || UNITS.count;
+      this.incrs = unit === "mb" ? BINARY_STEPS : undefined; // 512 MB, 1 GB, 2 GB... rather than 9.8 GB
       this.min = min;
       this.max = max;
       this.sync = sync;
@@ -167,8 +172,10 @@
         },
         axes: [
           { stroke: "#8a93a2", grid: { stroke: "#edf0f4" }, ticks: { stroke: "#edf0f4" } },
-          { stroke: "#8a93a2", grid: { stroke: "#edf0f4" }, ticks: { stroke: "#edf0f4" }, size: 64,
-            values: (u, splits) => splits.map((v) => fmt(v)) },
+          { stroke: "#8a93a2", grid: { stroke: "#edf0f4" }, ticks: { stroke: "#edf0f4" }, incrs: this.incrs,
+            values: (u, splits) => splits.map((v) => fmt(v)),
+            // Wide enough for the longest label ("0.25 MB/s"), at about 7.5 px a character of the 11 px axis font.
+            size: (u, values) => 20 + 7.5 * Math.max(4, ...(values || []).map((v) => String(v).length)) },
         ],
       };
       this.plot = new window.uPlot(opts, data, this.box);

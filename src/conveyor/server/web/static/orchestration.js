@@ -68,6 +68,7 @@
 
     let lastKey = "";
     let shownQueues = [];
+    let sampled = false;
     async function load() {
       const body = { order_by: ["name"] };
       if (prefs.showHidden) body.search_hidden = true;
@@ -96,9 +97,11 @@
       metricsCard.hidden = !shownQueues.length;
       if (!shownQueues.length) return;
       const win = windowOf(rangeOf(prefs.queueRange));
+      // The page's first look takes a sample now (refresh), so that it opens on the queues' present state.
       const data = await api("queues.get_queue_metrics", {
-        from_date: win.from, to_date: win.to, interval: win.interval, queue_ids: shownQueues.map((q) => q.id),
+        from_date: win.from, to_date: win.to, interval: win.interval, queue_ids: shownQueues.map((q) => q.id), refresh: !sampled,
       });
+      sampled = true;
       const byId = new Map((data.queues || []).map((m) => [m.queue, m]));
       const series = (field) => shownQueues.map((q) => {
         const m = byId.get(q.id) || {};
@@ -312,8 +315,9 @@
   // One line per (metric, variant) of a chart; a chart of a single line also gets its min-max band.
   function chartLines(spec, metrics) {
     const lines = [];
+    const variantOrder = (m) => (/^\d+$/.test(m.variant || "") ? Number(m.variant) : -1);
     for (const key of spec.keys) {
-      for (const m of metrics.filter((x) => x.metric === key)) {
+      for (const m of metrics.filter((x) => x.metric === key).sort((a, b) => variantOrder(a) - variantOrder(b))) {
         const byAgg = new Map((m.stats || []).map((s) => [s.aggregation, s.values || []]));
         const column = (agg) => new Map((m.dates || []).map((d, i) => [d, (byAgg.get(agg) || [])[i]])
           .filter(([, v]) => typeof v === "number"));
@@ -321,7 +325,6 @@
         lines.push({ label: (KEY_LABELS[key] || key) + variant, values: column("avg"), min: column("min"), max: column("max") });
       }
     }
-    lines.sort((a, b) => a.label.localeCompare(b.label, undefined, { numeric: true }));
     if (lines.length !== 1) for (const line of lines) { delete line.min; delete line.max; }
     return lines;
   }
