@@ -50,6 +50,9 @@ def test_queue_entries_reorder_move_and_remove(ui: Any, sqlite_server: Any) -> N
     source = client.call("queues.create", {"name": "orch-source"})["id"]
     target = client.call("queues.create", {"name": "orch-target", "display_name": "Target (A100)"})["id"]
     hidden = client.call("queues.create", {"name": "orch-hidden", "system_tags": ["hidden"]})["id"]
+    full = client.call("queues.create", {"name": "orch-full", "max_entries": 1})["id"]
+    blocker = client.call("tasks.create", {"name": "orch-blocker", "type": "training"})["id"]
+    client.call("tasks.enqueue", {"task": blocker, "queue": full})
     tasks = {}
     for name in ("first", "second", "third"):
         tasks[name] = client.call("tasks.create", {"name": f"orch-{name}", "type": "training"})["id"]
@@ -75,11 +78,12 @@ def test_queue_entries_reorder_move_and_remove(ui: Any, sqlite_server: Any) -> N
         _wait_order(client, source, expected)
         _ui_order(ui, source, expected)
 
-    # Another queue: off this one, at the end of the other, still queued.
+    # Another queue: off this one, at the end of the other, still queued. The others by their display names; hidden
+    # ones are not offered, full ones cannot be picked.
+    ui.locator(f"section[data-queue='{full}']", has_text="1 task queued of at most 1").wait_for()
     press(three, "Move to another queue")
-    # The other queues by their display names; hidden ones are not offered.
-    menu = ui.get_by_role("menuitem")
-    assert sorted(menu.all_inner_texts()) == ["Target (A100)", "default"]
+    assert sorted(ui.get_by_role("menuitem").all_inner_texts()) == ["Target (A100)", "default", "orch-full (full)"]
+    assert ui.get_by_role("menuitem", name="orch-full (full)").is_disabled()
     ui.get_by_role("menuitem", name="Target (A100)").click()
     _wait_order(client, source, [two, one])
     _wait_order(client, target, [three])

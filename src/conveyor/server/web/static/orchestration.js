@@ -15,6 +15,8 @@
 
   const workerHref = (id) => "#/workers/" + encodeURIComponent(id);
   const queueLabel = (q) => (q && (q.display_name || q.name)) || (q && q.id) || "";
+  // max_entries (a Conveyor addition): a queue holding that many refuses enqueues.
+  const isFull = (q) => !!q.max_entries && (q.entries || []).length >= q.max_entries;
 
   // Links to the workers in `ids`, the first few by name and the rest as a count.
   function workerLinks(ids, shown = 3) {
@@ -127,21 +129,34 @@
       poller.kick();
     }
 
-    // Another queue for a queued task: off this one (back to draft), then enqueued there, as the reference UI did
-    // before it had a single call for it.
-    function moveToQueue(anchor, queue, entry, taskName) {
+    // Another queue for a queued task: off this one, then enqueued there, as the reference UI did before it had a
+    // single call for it. When the other queue refuses it (full, gone), the task goes back where it was.
+    async function moveEntry(queue, entry, index, count, target) {
+      await api("queues.remove_task", { queue: queue.id, task: entry.task });
+      try {
+        await api("tasks.enqueue", { task: entry.task, queue: target.id });
+      } catch (err) {
+        await api("tasks.enqueue", { task: entry.task, queue: queue.id });
+        const back = count - 1 - index;
+        if (back > 0) await api("queues.move_task_forward", { queue: queue.id, task: entry.task, count: back });
+        err.message = "Could not move it to " + queueLabel(target) + ": " + err.message.replace(/\.$/, "")
+          + ". It stays on " + queueLabel(queue) + ".";
+        throw err;
+      }
+    }
+
+    function moveToQueue(anchor, queue, entry, index, count, taskName) {
       const others = shownQueues.filter((q) => q.id !== queue.id);
       if (!others.length) {
         toast("There is no other queue to move it to");
         return;
       }
       showMenu(anchor, others.map((target) => ({
-        label: queueLabel(target),
-        title: "Take it off " + queueLabel(queue) + " and put it at the end of " + queueLabel(target),
-        run: () => act(async () => {
-          await api("queues.remove_task", { queue: queue.id, task: entry.task });
-          await api("tasks.enqueue", { task: entry.task, queue: target.id });
-        }, "Moved “" + taskName + "” to " + queueLabel(target)),
+        label: queueLabel(target) + (isFull(target) ? " (full)" : ""),
+        disabled: isFull(target),
+        title: isFull(target) ? "It holds its limit of " + target.max_entries + " tasks"
+          : "Take it off " + queueLabel(queue) + " and put it at the end of " + queueLabel(target),
+        run: () => act(() => moveEntry(queue, entry, index, count, target), "Moved “" + taskName + "” to " + queueLabel(target)),
       })));
     }
 
@@ -166,7 +181,7 @@
           move("⤓", () => api("queues.move_task_to_back", body), last, "Move to bottom"),
           h("button", {
             type: "button", class: "btn btn-sm", title: "Move to another queue", "aria-label": "Move to another queue",
-            onclick: (e) => moveToQueue(e.currentTarget, queue, entry, name),
+            onclick: (e) => moveToQueue(e.currentTarget, queue, entry, index, count, name),
           }, "Move to…"),
           h("button", {
             type: "button", class: "btn btn-sm btn-danger", title: "Take this task off the queue (it goes back to draft)",
@@ -188,7 +203,8 @@
           h("h2", { title: queue.display_name ? "Queue name: " + queue.name : null }, queueLabel(queue)),
           tags.includes("default") ? h("span", { class: "pill pill-accent" }, "default") : null,
           tags.includes("hidden") ? h("span", { class: "pill" }, "hidden") : null,
-          h("span", { class: "stat" }, h("b", null, String(entries.length)), entries.length === 1 ? " task queued" : " tasks queued"),
+          h("span", { class: "stat" }, h("b", null, String(entries.length)), entries.length === 1 ? " task queued" : " tasks queued",
+            queue.max_entries ? " of at most " + queue.max_entries : null),
           entries.length ? h("span", { class: "stat" }, "· oldest waiting ", since(oldest)) : null,
           h("span", { class: "stat" }, "· ", workerLinks(listeners.get(queue.id) || [])),
           h("div", { class: "spacer" }),
