@@ -181,6 +181,13 @@ def test_worker_charts_from_a_real_daemon(ui: Any, sqlite_server: Any, tmp_path:
         ui.get_by_role("button", name="10 min", exact=True).click()
         ui.wait_for_function(f"(el) => ({LINE_PIXELS})(el) > 20", arg=cpu.element_handle())
         screenshot(ui, "worker-charts")
+
+        # A stopped daemon unregisters: the page says so and keeps what it reported.
+        daemon.stop()
+        ui.get_by_text("This worker is not reporting").wait_for()
+        cpu.evaluate("(el) => { el.dataset.points = 'stale'; }")  # so that only a fresh drawing counts below
+        ui.get_by_role("button", name="Hour", exact=True).click()
+        ui.wait_for_function("(el) => Number(el.dataset.points) > 0", arg=cpu.element_handle())
     finally:
         daemon.signal(signal.SIGTERM)
         daemon.stop()
