@@ -88,11 +88,10 @@
       }
       const key = JSON.stringify([queues, [...tasks], [...listeners]]);
       if (key === lastKey) return;
-      const before = shownQueues.map((q) => q.id).join();
       lastKey = key;
       shownQueues = queues;
       render(queues, tasks, listeners);
-      if (queues.map((q) => q.id).join() !== before) metricsPoller.kick();
+      metricsPoller.kick(); // a queue came, went or changed: its line follows (as fresh as the server's last sample)
     }
 
     async function loadMetrics() {
