@@ -388,7 +388,7 @@
           : h("span", { class: "faint" }, "idle")),
         fact("State", h("span", { class: "worker-state-text", title: w.state || "" }, state)),
         fact("Queues", queuePills(w)),
-        fact("Forced", props.length ? props.map((p) => h("div", { class: "runtime-prop" },
+        fact("Runtime properties", props.length ? props.map((p) => h("div", { class: "runtime-prop" },
           p.key + " = " + p.value, p.expiry !== undefined ? h("span", { class: "faint" }, " · for " + duration(p.expiry * 1000)) : null))
           : h("span", { class: "faint" }, "no runtime properties")),
         fact("Last report", ago(w.last_report_time || w.last_activity_time)),
