@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+import time
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -213,10 +214,20 @@ BODIES: dict[str, Callable[[Api], dict[str, Any]]] = {
     "tasks.clone": lambda a: {"task": a.task(), "new_task_name": "Clone of ui"},
     "tasks.delete": lambda a: {"task": a.task(), "force": True},
     "projects.get_all": lambda a: {"only_fields": ["id", "name"], "search_hidden": True},
-    "queues.get_all": lambda a: {"order_by": ["name"]},
+    "queues.get_all": lambda a: {"order_by": ["name"], "search_hidden": True},
     "queues.create": lambda a: {"name": f"ui-new-{secrets.token_hex(3)}"},
     "queues.move_task_to_front": lambda a: (lambda q: {"queue": q[0], "task": q[2]})(a.queued()),
     "queues.remove_task": lambda a: (lambda q: {"queue": q[0], "task": q[1]})(a.queued()),
+    "queues.move_task_forward": lambda a: (lambda q: {"queue": q[0], "task": q[2], "count": 1})(a.queued()),
+    "queues.move_task_backward": lambda a: (lambda q: {"queue": q[0], "task": q[1], "count": 1})(a.queued()),
+    "queues.move_task_to_back": lambda a: (lambda q: {"queue": q[0], "task": q[1]})(a.queued()),
+    "queues.get_queue_metrics": lambda a: {"from_date": time.time() - 3600, "to_date": time.time(), "interval": 60,
+                                           "queue_ids": [a.queue()], "refresh": True},
+    "workers.get_metric_keys": lambda a: {"worker_ids": ["ui-worker"]},
+    "workers.get_stats": lambda a: {"worker_ids": ["ui-worker"], "from_date": time.time() - 600, "to_date": time.time(),
+                                    "interval": 10, "split_by_variant": True,
+                                    "items": [{"key": "gpu_usage", "category": c} for c in ("avg", "min", "max")]},
+    "workers.get_runtime_properties": lambda a: {"worker": "ui-worker"},
     "workers.get_all": lambda a: {},
     "users.get_all": lambda a: {},
     "events.get_task_log": lambda a: {"task": _with_log(a), "order": "asc", "scroll_id": "", "batch_size": 1000},
