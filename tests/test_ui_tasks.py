@@ -216,6 +216,8 @@ def test_projects_page_and_the_task_list_fit_the_window(sqlite_server: Any) -> N
         client.call("tasks.create", {"name": f"vision-task-{i}-with-a-rather-long-name-that-could-push-columns",
                                      "type": "training", "project": project})
     queued = client.call("tasks.create", {"name": "audio-task", "type": "training", "project": other})["id"]
+    draft = client.call("tasks.create", {"name": "audio-draft", "type": "training", "project": other, "hyperparams": {
+        "Args": {"lr": {"section": "Args", "name": "lr", "value": "0.1", "type": "float"}}}})["id"]
     client.call("tasks.enqueue", {"task": queued, "queue": queue})
     with ui_page(sqlite_server) as page:
         page.goto(sqlite_server.url + "/#/projects")
@@ -223,7 +225,7 @@ def test_projects_page_and_the_task_list_fit_the_window(sqlite_server: Any) -> N
         row.wait_for()
         # total, drafts, queued
         assert [c.strip() for c in row.locator("td.num").all_inner_texts()[:3]] == ["3", "3", "0"]
-        assert page.locator(f"tr[data-project='{other}'] td.num").all_inner_texts()[:3] == ["1", "0", "1"]
+        assert page.locator(f"tr[data-project='{other}'] td.num").all_inner_texts()[:3] == ["2", "1", "1"]
         screenshot(page, "projects")
         row.locator("a").first.click()
         page.get_by_text("vision-task-2-with").wait_for()
@@ -248,3 +250,7 @@ def test_projects_page_and_the_task_list_fit_the_window(sqlite_server: Any) -> N
             page.goto(sqlite_server.url + f"/#/task/{queued}/execution")
             page.get_by_text("Read-only").wait_for()
             _no_page_scroll(page)
+            page.goto(sqlite_server.url + f"/#/task/{draft}/execution")
+            page.locator("form[data-section=params] tr[data-param=lr]").wait_for()
+            _no_page_scroll(page)
+            screenshot(page, f"task-edit-{width}")
