@@ -178,6 +178,20 @@ def test_result_tabs_show_what_the_task_reported(ui: Any, sqlite_server: Any) ->
     assert legend.get_by_text("train").count() == 1 and legend.get_by_text("val").count() == 1
     assert ui.locator(".single-values tr", has_text="Summary / best_acc").locator("td.num").inner_text() == "0.975"
     assert ui.locator("[data-chart=Summary]").count() == 0
+    # Drag across the chart to zoom in on iterations 3..6; a double-click zooms out again.
+    x_range = "(box) => [box.uplot.scales.x.min, box.uplot.scales.x.max]"
+    plot = chart.locator(".uplot-box")
+    assert plot.evaluate(x_range) == [0, 9]
+    over = chart.locator(".u-over").bounding_box()
+    assert over
+    ui.mouse.move(over["x"] + over["width"] * 0.3, over["y"] + over["height"] / 2)
+    ui.mouse.down()
+    ui.mouse.move(over["x"] + over["width"] * 0.7, over["y"] + over["height"] / 2, steps=5)
+    ui.mouse.up()
+    low, high = plot.evaluate(x_range)
+    assert 2 < low < 3.5 and 5.5 < high < 7, (low, high)
+    chart.locator(".u-over").dblclick()
+    assert plot.evaluate(x_range) == [0, 9]
     screenshot(ui, "task-scalars")
 
     ui.click("[data-tab=plots]")
