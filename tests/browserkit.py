@@ -32,8 +32,10 @@ def _require_chromium() -> None:
 
 
 @contextmanager
-def ui_page(server: Any, width: int = WIDTH, height: int = HEIGHT) -> Iterator[Any]:
-    """A signed-in page on `server`'s UI. Console errors and failed API calls fail the test at the end."""
+def ui_page(server: Any, width: int = WIDTH, height: int = HEIGHT,
+            expected_errors: tuple[str, ...] = ()) -> Iterator[Any]:
+    """A signed-in page on `server`'s UI. Console errors and failed API calls fail the test at the end, except those
+    containing one of `expected_errors` (a refusal the test provokes)."""
     _require_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -53,6 +55,7 @@ def ui_page(server: Any, width: int = WIDTH, height: int = HEIGHT) -> Iterator[A
             page.click("#login-submit")
             page.wait_for_selector("#shell:not([hidden])")
             yield page
+            errors = [e for e in errors if not any(x in e for x in expected_errors)]
             assert not errors, "the page logged errors:\n" + "\n".join(errors)
         finally:
             browser.close()

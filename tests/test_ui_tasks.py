@@ -268,3 +268,28 @@ def test_projects_page_and_the_task_list_fit_the_window(sqlite_server: Any) -> N
             page.locator("form[data-section=params] tr[data-param=lr]").wait_for()
             _no_page_scroll(page)
             screenshot(page, f"task-edit-{width}")
+
+
+def test_a_refused_edit_is_explained_in_the_banner(sqlite_server: Any) -> None:
+    """Another user's draft: the server refuses the edit (403) and the page says why; the edit stays in the form."""
+    admin = sqlite_server.client()
+    name = f"alice-{secrets.token_hex(3)}"
+    admin.call("users.create", {"name": name, "role": "user"})
+    creds = admin.call("auth.create_credentials", {"user": name, "label": "browser"})["credentials"]
+    task = admin.call("tasks.create", {"name": "admins-draft", "type": "training", "hyperparams": {
+        "Args": {"lr": {"section": "Args", "name": "lr", "value": "0.1"}}}})["id"]
+    with ui_page(sqlite_server, expected_errors=("status of 403",)) as page:
+        page.click("#logout")
+        page.fill("#login-key", creds["access_key"])
+        page.fill("#login-secret", creds["secret_key"])
+        page.click("#login-submit")
+        page.goto(sqlite_server.url + f"/#/task/{task}/execution")
+        value = page.locator("form[data-section=params] tr[data-param=lr]").get_by_label("Value")
+        value.fill("9")
+        page.locator("form[data-section=params]").get_by_role("button", name="Save").click()
+        banner = page.locator("#banner")
+        banner.get_by_text(f"belongs to {admin.call('users.get_current_user')['user']['name']}").wait_for()
+        assert "403" in banner.locator(".where").inner_text()
+        page.wait_for_timeout(2500)  # a refresh of the task does not draw over the unsaved edit
+        assert value.input_value() == "9"
+    assert admin.call("tasks.get_by_id", {"task": task})["task"]["hyperparams"]["Args"]["lr"]["value"] == "0.1"
