@@ -116,19 +116,24 @@ def test_sdk_results_page_link_opens_the_task_in_the_ui(sqlite_server: Any, link
     assert tab == "log" or f"taskTabs.{tab} = {{" in APP_JS, f"no view file registers the {tab} tab"
 
 
-@pytest.mark.parametrize("path,fragment", [
+# The ClearML web app's paths (bookmarks, links in its docs) and the UI view each opens.
+CLEARML_PATHS = [
     ("/dashboard", "/#/tasks"), ("/projects", "/#/projects"),
     ("/projects/*/experiments", "/#/tasks"), ("/projects/{project}/experiments", "/#/tasks/project/{project}"),
     ("/projects/{project}/tasks", "/#/tasks/project/{project}"),
     ("/workers-and-queues/workers", "/#/workers"), ("/workers-and-queues/queues", "/#/queues"),
-])
-def test_clearml_web_paths_open_the_matching_page(sqlite_server: Any, path: str, fragment: str) -> None:
+]
+
+
+def test_clearml_web_paths_open_the_matching_page(sqlite_server: Any) -> None:
     project = Api(sqlite_server).call("projects.create", name=f"ui-p-{secrets.token_hex(3)}")["id"]
-    response = httpx.get(sqlite_server.url + path.format(project=project))
-    assert response.status_code == 302 and response.headers["location"] == fragment.format(project=project)
-    assert response.headers["content-security-policy"].startswith("default-src 'self'")
-    view = fragment.removeprefix("/#/").split("/")[0]
-    assert view == "tasks" or f"views.{view} = " in APP_JS, f"no view file registers #/{view}"
+    for path, fragment in CLEARML_PATHS:
+        response = httpx.get(sqlite_server.url + path.format(project=project))
+        assert response.status_code == 302, (path, response.status_code)
+        assert response.headers["location"] == fragment.format(project=project), path
+        assert response.headers["content-security-policy"].startswith("default-src 'self'")
+        view = fragment.removeprefix("/#/").split("/")[0]
+        assert view == "tasks" or f"views.{view} = " in APP_JS, f"no view file registers #/{view}"
 
 
 def test_projects_api_paths_stay_api(sqlite_server: Any) -> None:
