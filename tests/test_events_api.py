@@ -126,6 +126,17 @@ def test_the_web_apps_calls_on_a_tasks_metrics(api: ApiClient, reported: dict[st
                                                           "navigate_earlier": True, "next_iteration": True})
     assert earlier["event"]["iter"] == 1 and earlier["event"]["url"] != sample["event"]["url"]
 
+    compared = api.call("events.multi_task_scalar_metrics_iter_histogram", {"tasks": [tid]})
+    assert compared["loss"]["val"][tid]["name"] == "metrics" and compared["loss"]["val"][tid]["x"] == [1, 2, 3]
+    latest = api.call("events.get_task_latest_scalar_values", {"task": tid})["metrics"]
+    [loss] = [m for m in latest if m["name"] == "loss"]
+    train = {v["name"]: v for v in loss["variants"]}["train"]
+    assert train["last_value"] == pytest.approx(1 / 3)
+    assert train["last_100_value"] == pytest.approx((1 + 0.5 + 1 / 3) / 3)
+    only_val = api.call("events.get_task_events", {"task": tid, "event_type": "training_stats_scalar",
+                                                   "metrics": [{"metric": "loss", "variants": ["val"]}]})
+    assert only_val["total"] == 3 and {e["variant"] for e in only_val["events"]} == {"val"}
+
     variants = api.call("projects.get_unique_metric_variants", {"project": reported["project"]})["metrics"]
     assert {(m["metric"], m["variant"]) for m in variants} >= {("loss", "train"), ("loss", "val")}
 
