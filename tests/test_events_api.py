@@ -161,6 +161,9 @@ def test_single_events_and_model_events(api: ApiClient) -> None:
     assert [(e["metric"], e["value"]) for e in events] == [("f1", 0.7)]
     with pytest.raises(ApiCallError):
         api.call("events.get_task_events", {"task": model})  # not a task
+    sneaked = api.call("events.add_batch", {"requests": [{"task": tid, "model_event": True, "type": "log",
+                                                          "msg": "not through the task's checks"}]})
+    assert sneaked["added"] == 0 and "is a task, not a model" in sneaked["errors_info"][tid]
 
 
 def test_many_points_are_down_sampled_and_a_bad_scroll_is_refused(api: ApiClient, tmp_path: Path) -> None:
