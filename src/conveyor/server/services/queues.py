@@ -13,7 +13,7 @@ from conveyor.protocol import errors
 from conveyor.server import query as q
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, loads, now
-from conveyor.server.model import deliveries, forcing, queue_metrics, queues
+from conveyor.server.model import deliveries, forcing, queue_limits, queue_metrics, queues
 from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -143,7 +143,7 @@ def add_task(call: Call) -> dict[str, Any]:
         # A worker hands back what it pulled while stopping: the runner may.
         if _queue_and_task(call, conn, queue_id, task_id, "enqueue it", as_runner=True) is None:
             raise errors.invalid_task_id(task_id)
-        queues.require_room(conn, queue_id)
+        queue_limits.require_room(conn, queue_id)
         add_entry(conn, queue_id, task_id)
     call.state.wake([queue_id])
     return {"added": 1}
