@@ -15,6 +15,7 @@ import pytest
 from _api import module_server
 from conftest import ServerProcess
 from conveyor.client import ApiCallError, ApiClient
+from test_orchestration_api import assert_sdk_parses
 from test_sdk import run_sdk
 
 
@@ -176,3 +177,24 @@ def test_many_points_are_down_sampled_and_a_bad_scroll_is_refused(api: ApiClient
     with pytest.raises(ApiCallError) as info:
         api.call("events.scalar_metrics_iter_raw", {"task": tid, "metric": {"metric": "loss"}, "scroll_id": "nope"})
     assert info.value.code == 400 and "scroll_id" in info.value.msg
+
+
+def test_events_answers_parse_with_sdk_schemas(api: ApiClient, reported: dict[str, Any]) -> None:
+    tid = reported["id"]
+    sample = api.call("events.get_debug_image_sample", {"task": tid, "metric": "samples", "variant": "digit"})
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("events.get_task_metrics", {"tasks": [tid], "event_type": "plot"}),
+        ("events.get_task_single_value_metrics", {"tasks": [tid]}),
+        ("events.get_task_plots", {"task": tid, "iters": 1}),
+        ("events.get_multi_task_plots", {"tasks": [tid], "iters": 1}),
+        ("events.debug_images", {"metrics": [{"task": tid, "metric": "samples"}], "iters": 5}),
+        ("events.next_debug_image_sample", {"task": tid, "scroll_id": sample["scroll_id"]}),
+        ("events.scalar_metrics_iter_raw", {"task": tid, "metric": {"metric": "loss"}, "count_total": True}),
+        ("events.scalar_metrics_iter_histogram", {"task": tid, "key": "iso_time"}),
+        ("events.multi_task_scalar_metrics_iter_histogram", {"tasks": [tid]}),
+        ("events.get_task_latest_scalar_values", {"task": tid}),
+        ("events.get_task_events", {"task": tid, "event_type": "plot"}),
+        ("projects.get_unique_metric_variants", {"project": reported["project"]}),
+    ]
+    assert_sdk_parses([("events.get_debug_image_sample", sample)] +
+                      [(endpoint, api.call(endpoint, body)) for endpoint, body in calls])

@@ -262,3 +262,53 @@ def test_queue_samples_fold_into_slots_keeping_the_longest_wait(store: Store) ->
         [series] = queue_metrics.series(conn, t0, t0 + 600, 60, [queue])
     assert series.answer() == {"queue": queue, "dates": [int(t0)], "avg_waiting_times": [200.0],
                                "queue_lengths": [3]}
+
+
+# --- the answers parse with the SDK's own response classes and schemas -----------------------------------------------
+def assert_sdk_parses(answers: list[tuple[str, dict[str, Any]]]) -> None:
+    """Each (endpoint, answer) as the SDK reads it (`Response.from_dict`) and against its JSON schema."""
+    import importlib
+
+    import jsonschema
+
+    classes: dict[str, Any] = {}
+    for service in ("events", "projects", "queues", "workers"):
+        module = importlib.import_module(f"clearml.backend_api.services.v2_23.{service}")
+        for request, response in module.response_mapping.items():
+            classes[f"{request._service}.{request._action}"] = response
+    problems = []
+    for endpoint, data in answers:
+        response = classes[endpoint]
+        try:
+            response.from_dict(data)
+        except Exception as exc:  # noqa: BLE001 - every kind of refusal is a finding
+            problems.append(f"{endpoint}: the SDK cannot parse it: {exc}")
+        try:
+            jsonschema.validate(data, response._schema)
+        except jsonschema.ValidationError as exc:
+            problems.append(f"{endpoint}: {exc.message} at {'/'.join(map(str, exc.absolute_path))}")
+        except jsonschema.exceptions.SchemaError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            if "PointerToNowhere" not in type(exc).__name__ + str(exc):  # the SDK's schema has a dangling $ref
+                raise
+    assert problems == []
+
+
+def test_orchestration_answers_parse_with_sdk_schemas(api: ApiClient) -> None:
+    worker = unique("schema-box")
+    now = time.time()
+    report(api, worker, now - 5, cpu_usage=[5.0], memory_used=10.0)
+    queue = api.call("queues.create", {"name": unique("schema"), "display_name": "Schema"})["id"]
+    enqueue(api, queue)
+    body = {"from_date": now - 60, "to_date": now, "interval": 10}
+    items = [{"key": "cpu_usage", "category": "max"}]
+    assert_sdk_parses([
+        ("workers.get_stats", api.call("workers.get_stats", {**body, "items": items, "worker_ids": [worker]})),
+        ("workers.get_stats", api.call("workers.get_stats", {**body, "items": items, "split_by_variant": True})),
+        ("workers.get_activity_report", api.call("workers.get_activity_report", body)),
+        ("workers.get_metric_keys", api.call("workers.get_metric_keys", {"worker_ids": [worker]})),
+        ("queues.get_queue_metrics", api.call("queues.get_queue_metrics", {**body, "queue_ids": [queue],
+                                                                           "refresh": True})),
+        ("queues.get_all", api.call("queues.get_all_ex", {"id": [queue], "max_task_entries": 1})),
+    ])
