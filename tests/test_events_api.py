@@ -15,6 +15,7 @@ import pytest
 from _api import module_server
 from conftest import ServerProcess
 from conveyor.client import ApiCallError, ApiClient
+from test_orchestration_api import assert_sdk_parses
 from test_sdk import run_sdk
 
 
@@ -126,6 +127,17 @@ def test_the_web_apps_calls_on_a_tasks_metrics(api: ApiClient, reported: dict[st
                                                           "navigate_earlier": True, "next_iteration": True})
     assert earlier["event"]["iter"] == 1 and earlier["event"]["url"] != sample["event"]["url"]
 
+    compared = api.call("events.multi_task_scalar_metrics_iter_histogram", {"tasks": [tid]})
+    assert compared["loss"]["val"][tid]["name"] == "metrics" and compared["loss"]["val"][tid]["x"] == [1, 2, 3]
+    latest = api.call("events.get_task_latest_scalar_values", {"task": tid})["metrics"]
+    [loss] = [m for m in latest if m["name"] == "loss"]
+    train = {v["name"]: v for v in loss["variants"]}["train"]
+    assert train["last_value"] == pytest.approx(1 / 3)
+    assert train["last_100_value"] == pytest.approx((1 + 0.5 + 1 / 3) / 3)
+    only_val = api.call("events.get_task_events", {"task": tid, "event_type": "training_stats_scalar",
+                                                   "metrics": [{"metric": "loss", "variants": ["val"]}]})
+    assert only_val["total"] == 3 and {e["variant"] for e in only_val["events"]} == {"val"}
+
     variants = api.call("projects.get_unique_metric_variants", {"project": reported["project"]})["metrics"]
     assert {(m["metric"], m["variant"]) for m in variants} >= {("loss", "train"), ("loss", "val")}
 
@@ -150,6 +162,9 @@ def test_single_events_and_model_events(api: ApiClient) -> None:
     assert [(e["metric"], e["value"]) for e in events] == [("f1", 0.7)]
     with pytest.raises(ApiCallError):
         api.call("events.get_task_events", {"task": model})  # not a task
+    sneaked = api.call("events.add_batch", {"requests": [{"task": tid, "model_event": True, "type": "log",
+                                                          "msg": "not through the task's checks"}]})
+    assert sneaked["added"] == 0 and "is a task, not a model" in sneaked["errors_info"][tid]
 
 
 def test_many_points_are_down_sampled_and_a_bad_scroll_is_refused(api: ApiClient, tmp_path: Path) -> None:
@@ -162,3 +177,24 @@ def test_many_points_are_down_sampled_and_a_bad_scroll_is_refused(api: ApiClient
     with pytest.raises(ApiCallError) as info:
         api.call("events.scalar_metrics_iter_raw", {"task": tid, "metric": {"metric": "loss"}, "scroll_id": "nope"})
     assert info.value.code == 400 and "scroll_id" in info.value.msg
+
+
+def test_events_answers_parse_with_sdk_schemas(api: ApiClient, reported: dict[str, Any]) -> None:
+    tid = reported["id"]
+    sample = api.call("events.get_debug_image_sample", {"task": tid, "metric": "samples", "variant": "digit"})
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("events.get_task_metrics", {"tasks": [tid], "event_type": "plot"}),
+        ("events.get_task_single_value_metrics", {"tasks": [tid]}),
+        ("events.get_task_plots", {"task": tid, "iters": 1}),
+        ("events.get_multi_task_plots", {"tasks": [tid], "iters": 1}),
+        ("events.debug_images", {"metrics": [{"task": tid, "metric": "samples"}], "iters": 5}),
+        ("events.next_debug_image_sample", {"task": tid, "scroll_id": sample["scroll_id"]}),
+        ("events.scalar_metrics_iter_raw", {"task": tid, "metric": {"metric": "loss"}, "count_total": True}),
+        ("events.scalar_metrics_iter_histogram", {"task": tid, "key": "iso_time"}),
+        ("events.multi_task_scalar_metrics_iter_histogram", {"tasks": [tid]}),
+        ("events.get_task_latest_scalar_values", {"task": tid}),
+        ("events.get_task_events", {"task": tid, "event_type": "plot"}),
+        ("projects.get_unique_metric_variants", {"project": reported["project"]}),
+    ]
+    assert_sdk_parses([("events.get_debug_image_sample", sample)] +
+                      [(endpoint, api.call(endpoint, body)) for endpoint, body in calls])

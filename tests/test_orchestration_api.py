@@ -3,16 +3,24 @@ queue metrics, and the queue list's display names, hidden queues and entry limit
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from _api import module_server
-from conftest import ServerProcess
+from conftest import ServerProcess, pg_database
 from conveyor.client import ApiCallError, ApiClient
+from conveyor.server.model import queue_metrics, queues, worker_stats
+from conveyor.server.store import Store
+from conveyor.server.store import schema as s
+from conveyor.server.store.database import sqlite_url
 
 HOUR, DAY = 3600, 86400
 
@@ -203,3 +211,104 @@ def test_a_full_queue_refuses_more_entries_with_a_clear_error(api: ApiClient) ->
     api.call("queues.update", {"queue": queue, "max_entries": 0})  # no limit
     api.call("tasks.enqueue", {"task": extra, "queue": queue})
     assert api.call("queues.get_num_entries", {"queue": queue})["num"] == 3
+
+
+# --- the history's storage, in-process on either database -----------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(pg_database()) if request.param == "postgresql" else sqlite_url(tmp_path)
+        opened = Store(url)
+        opened.migrate()
+        stack.callback(opened.dispose)
+        yield opened
+
+
+def test_a_week_of_reports_from_many_workers_stays_small(store: Store) -> None:
+    now = time.time()
+    reports = [{"worker": f"w{w}", "timestamp": now - age, "task": "t" if age % 1200 < 600 else None,
+                "stats": json.dumps({"cpu_usage": [float(w), 50.0], "memory_used": 1000.0})}
+               for w in range(3) for age in range(60, 7 * DAY, 60)]  # one a minute for a week, three workers
+    with store.write() as conn:
+        conn.execute(s.worker_stats.insert(), reports)
+        folded = worker_stats.compact(conn, before=now - HOUR, keep_per_worker=1000, now=now, keep_days=8)
+    with store.read() as conn:
+        raw = conn.execute(select(func.count()).select_from(s.worker_stats)).scalar()
+        kept = dict(conn.execute(select(s.worker_stats_rollup.c.resolution, func.count())
+                                 .group_by(s.worker_stats_rollup.c.resolution)).all())
+        week = list(worker_stats.samples(conn, now - 7 * DAY, now, ["w2"], resolution=600))
+    assert raw == 3 * 60 and folded == len(reports) - raw  # the last hour stays as sent
+    # A day of per-minute buckets and a week of 10-minute ones: about a quarter of the reports.
+    assert kept[60] <= 3 * 1440 and kept[600] <= 3 * 1010 and sum(kept.values()) < len(reports) / 3
+    # A week of one worker reads ~1000 buckets and the last hour's reports, not 10080 rows.
+    assert len(week) < 1100
+    folded_cpu = [x.stats["cpu_usage"]["0"] for x in week if len(x.stats["cpu_usage"]["0"]) == 4 and x.stats[
+        "cpu_usage"]["0"][3] == 10]
+    assert folded_cpu and all(summary == [2.0, 2.0, 20.0, 10] for summary in folded_cpu)
+    assert any(x.active for x in week) and not all(x.active for x in week)
+
+
+def test_queue_samples_fold_into_slots_keeping_the_longest_wait(store: Store) -> None:
+    t0 = (time.time() - DAY) // 600 * 600
+    with store.write() as conn:
+        queue = queues.create(conn, "q", user="u", company="", tags=[], system_tags=[])
+        conn.execute(s.queue_entries.insert(), [{"queue": queue, "task": f"t{i}", "added": t0, "position": float(i)}
+                                                for i in range(3)])
+        for at in (t0 + 100, t0 + 200, t0 + 205):  # the last lands in the slot of the one before: kept once
+            queue_metrics.sample(conn, at, 10)
+        raw = list(queue_metrics.series(conn, t0, t0 + 600, 1, [queue])[0].points.items())
+        assert raw == [(int(t0 + 100), (100.0, 3)), (int(t0 + 200), (200.0, 3))]
+        assert queue_metrics.compact(conn, before=time.time() - HOUR, now=time.time(), keep_days=8) == 2
+        [series] = queue_metrics.series(conn, t0, t0 + 600, 60, [queue])
+    assert series.answer() == {"queue": queue, "dates": [int(t0)], "avg_waiting_times": [200.0],
+                               "queue_lengths": [3]}
+
+
+# --- the answers parse with the SDK's own response classes and schemas -----------------------------------------------
+def assert_sdk_parses(answers: list[tuple[str, dict[str, Any]]]) -> None:
+    """Each (endpoint, answer) as the SDK reads it (`Response.from_dict`) and against its JSON schema."""
+    import importlib
+
+    import jsonschema
+
+    classes: dict[str, Any] = {}
+    for service in ("events", "projects", "queues", "workers"):
+        module = importlib.import_module(f"clearml.backend_api.services.v2_23.{service}")
+        for request, response in module.response_mapping.items():
+            classes[f"{request._service}.{request._action}"] = response
+    problems = []
+    for endpoint, data in answers:
+        response = classes[endpoint]
+        try:
+            response.from_dict(data)
+        except Exception as exc:  # noqa: BLE001 - every kind of refusal is a finding
+            problems.append(f"{endpoint}: the SDK cannot parse it: {exc}")
+        try:
+            jsonschema.validate(data, response._schema)
+        except jsonschema.ValidationError as exc:
+            problems.append(f"{endpoint}: {exc.message} at {'/'.join(map(str, exc.absolute_path))}")
+        except jsonschema.exceptions.SchemaError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            if "PointerToNowhere" not in type(exc).__name__ + str(exc):  # the SDK's schema has a dangling $ref
+                raise
+    assert problems == []
+
+
+def test_orchestration_answers_parse_with_sdk_schemas(api: ApiClient) -> None:
+    worker = unique("schema-box")
+    now = time.time()
+    report(api, worker, now - 5, cpu_usage=[5.0], memory_used=10.0)
+    queue = api.call("queues.create", {"name": unique("schema"), "display_name": "Schema"})["id"]
+    enqueue(api, queue)
+    body = {"from_date": now - 60, "to_date": now, "interval": 10}
+    items = [{"key": "cpu_usage", "category": "max"}]
+    assert_sdk_parses([
+        ("workers.get_stats", api.call("workers.get_stats", {**body, "items": items, "worker_ids": [worker]})),
+        ("workers.get_stats", api.call("workers.get_stats", {**body, "items": items, "split_by_variant": True})),
+        ("workers.get_activity_report", api.call("workers.get_activity_report", body)),
+        ("workers.get_metric_keys", api.call("workers.get_metric_keys", {"worker_ids": [worker]})),
+        ("queues.get_queue_metrics", api.call("queues.get_queue_metrics", {**body, "queue_ids": [queue],
+                                                                           "refresh": True})),
+        ("queues.get_all", api.call("queues.get_all_ex", {"id": [queue], "max_task_entries": 1})),
+    ])

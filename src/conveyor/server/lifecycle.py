@@ -15,6 +15,7 @@ from conveyor.server.state import ServerState
 from conveyor.server.store.notify import PgListener
 
 log = logging.getLogger("conveyor.server")
+FOLD_EVERY = 10  # sweeps between foldings of the stats history
 
 
 def reap(state: ServerState) -> list[str]:
@@ -23,21 +24,23 @@ def reap(state: ServerState) -> list[str]:
         return workers.reap(conn, time.time())
 
 
-def keep_history(state: ServerState, last_slot: int | None) -> int:
-    """Sample the queues once a sampling period (`last_slot` is this process's last sample) and fold old worker
-    reports and queue samples into their coarser tiers. Returns the slot sampled."""
+def keep_history(state: ServerState, last_slot: int | None, fold: bool) -> int:
+    """Sample the queues once a sampling period (`last_slot` is this process's last sample) and, with `fold`, fold
+    old worker reports and queue samples into their coarser tiers. Returns the slot sampled."""
     settings = state.settings
     at = time.time()
     slot = int(at // settings.queue_metrics_sample_sec * settings.queue_metrics_sample_sec)
-    with state.store.write() as conn:
-        if slot != last_slot:
+    if slot != last_slot:
+        with state.store.write() as conn:
             queue_metrics.sample(conn, at, settings.queue_metrics_sample_sec)
-        queue_metrics.compact(conn, before=at - settings.worker_stats_raw_sec, now=at,
-                              keep_days=settings.worker_stats_keep_days)
-    with state.store.write() as conn:
-        worker_stats.compact(conn, before=at - settings.worker_stats_raw_sec,
-                             keep_per_worker=settings.worker_stats_history, now=at,
-                             keep_days=settings.worker_stats_keep_days)
+    if fold:
+        with state.store.write() as conn:
+            queue_metrics.compact(conn, before=at - settings.worker_stats_raw_sec, now=at,
+                                  keep_days=settings.worker_stats_keep_days)
+        with state.store.write() as conn:
+            worker_stats.compact(conn, before=at - settings.worker_stats_raw_sec,
+                                 keep_per_worker=settings.worker_stats_history, now=at,
+                                 keep_days=settings.worker_stats_keep_days)
     return slot
 
 
@@ -69,6 +72,7 @@ class Background:
         self._listener: PgListener | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._slot: int | None = None  # the queue-metrics slot this process sampled last
+        self._sweeps = 0
 
     async def start(self) -> None:
         if self.state.store.dialect == "postgresql":
@@ -93,7 +97,10 @@ class Background:
             except Exception:  # a database hiccup must not end the loop
                 log.exception("reaping workers failed")
             try:
-                self._slot = await run_in_threadpool(keep_history, self.state, self._slot)
+                # Folding scans the raw history: every tenth sweep is often enough (reports fold after an hour).
+                fold = self._sweeps % FOLD_EVERY == 0
+                self._sweeps += 1
+                self._slot = await run_in_threadpool(keep_history, self.state, self._slot, fold)
             except Exception:
                 log.exception("keeping the stats history failed")
             try:

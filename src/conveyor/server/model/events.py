@@ -16,6 +16,7 @@ from conveyor.server.store.documents import save_task
 
 LOG = "log"
 SCALAR = "training_stats_scalar"
+MetricFilter = list[tuple[str, list[str]]]  # (metric, its variants; none = all)
 LEVELS = {"notset", "debug", "verbose", "info", "warn", "warning", "error", "fatal", "critical"}
 
 
@@ -150,12 +151,13 @@ def event_out(r: Row[Any]) -> dict[str, Any]:
 
 
 def page(conn: Connection, task_id: str, event_type: str | None, *, desc: bool, limit: int,
-         from_timestamp: int | None, after_seq: int | None) -> tuple[list[Document], int, int | None]:
-    """A page of a task's events (of one type, if given) in order of arrival, newest first with `desc`, starting
-    past `from_timestamp` (epoch ms) and past the event `after_seq`. Returns it with the count of all the task's
-    events of that type and the `seq` of the page's last event (where the next page starts)."""
+         from_timestamp: int | None, after_seq: int | None,
+         metrics: MetricFilter | None = None) -> tuple[list[Document], int, int | None]:
+    """A page of a task's events (of one type, if given; of some metrics, if given) in order of arrival, newest
+    first with `desc`, starting past `from_timestamp` (epoch ms) and past the event `after_seq`. Returns it with the
+    count of all the task's events of that kind and the `seq` of the page's last event (where the next page starts)."""
     e = s.events.c
-    same_kind = [e.task == task_id] + ([e.type == event_type] if event_type else [])
+    same_kind = _where([task_id], event_type, metrics or [])
     where = list(same_kind)
     if from_timestamp is not None:
         where.append(e.timestamp < from_timestamp if desc else e.timestamp > from_timestamp)
@@ -188,7 +190,6 @@ def delete_all(conn: Connection, task_id: str) -> int:
 PLOT = "plot"
 IMAGE = "training_debug_image"
 SINGLE_VALUE_ITER = -(2**31)  # the iteration of `Logger.report_single_value`: a value that is no series
-MetricFilter = list[tuple[str, list[str]]]  # (metric, its variants; none = all)
 
 
 def metric_filter(raw: object) -> MetricFilter:

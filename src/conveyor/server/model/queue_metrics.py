@@ -52,7 +52,7 @@ def compact(conn: Connection, *, before: float, now: float, keep_days: float) ->
         key = (r.queue, r.slot // FOLDED * FOLDED)
         if key not in longest or r.avg_waiting > longest[key][0]:
             longest[key] = (r.avg_waiting, r.length)
-    for (queue_id, slot), (wait, length) in longest.items():
+    for (queue_id, slot), (wait, length) in sorted(longest.items()):  # one lock order for every process
         conn.execute(upsert_insert(conn, s.queue_metrics).values(
             queue=queue_id, resolution=FOLDED, slot=slot, length=length, avg_waiting=wait).on_conflict_do_nothing())
         same = (m.queue == queue_id) & (m.resolution == FOLDED) & (m.slot == slot)

@@ -66,16 +66,6 @@ def create(conn: Connection, name: str, *, user: str, company: str, tags: list[s
                    display_name=display_name, max_entries=max_entries)
 
 
-def require_room(conn: Connection, queue_id: str) -> None:
-    """Refuse an enqueue onto a queue that holds its `max_entries` already (a Conveyor addition; none = no limit)."""
-    doc = get_queue(conn, queue_id) or {}
-    limit = doc.get("max_entries")
-    if limit and count(conn, queue_id) >= limit:
-        raise errors.bad_request(
-            f"Queue {doc.get('name') or queue_id} is full: it holds its limit of {limit} task(s) (max_entries); "
-            "wait until workers pull some, or raise the queue's max_entries", 706)
-
-
 def ensure_default_queue(conn: Connection, user: str = "") -> str:
     """The reference server keeps a queue named `default` with the system tag `default`; so do we."""
     tagged = _tagged_default(conn)

@@ -10,6 +10,7 @@ from conveyor.protocol.ids import new_id
 from conveyor.protocol.status import CHANGED_BY, FINAL_VALUES, STOPPING, TaskStatus, can_transition
 from conveyor.protocol.task_types import TASK_TYPES
 from conveyor.server.codec import Document, iso, now, to_epoch
+from conveyor.server.model import queue_limits
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
 from conveyor.server.store.documents import add_entry, get_task, insert_task, remove_entries, save_task
@@ -204,9 +205,7 @@ def enqueue(conn: Connection, doc: Document, queue_id: str, *, user: str, force:
     doc["system_tags"] = [t for t in doc.get("system_tags") or [] if t != DEVELOPMENT]
     doc.setdefault("execution", {})["queue"] = queue_id
     doc["enqueue_status"] = old  # where a dequeue takes it back to
-    from conveyor.server.model.queues import require_room  # queues imports this module
-
-    require_room(conn, queue_id)
+    queue_limits.require_room(conn, queue_id)
     fields = set_status(conn, doc, S.queued.value, force=True, user=user, reason=reason, message=message)
     add_entry(conn, queue_id, doc["id"])
     sql.run(conn, "set_runner", {"id": doc["id"], "runner": None})

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from conveyor.server.codec import Document, dumps, loads
@@ -62,21 +62,24 @@ def compact(conn: Connection, *, before: float, keep_per_worker: int, now: float
     w = s.worker_stats.c
     old = [w.timestamp < before]
     for (worker,) in conn.execute(select(w.worker).group_by(w.worker).having(func.count() > keep_per_worker)).all():
-        cutoff = conn.execute(select(w.seq).where(w.worker == worker).order_by(w.seq.desc())
-                              .offset(keep_per_worker).limit(1)).scalar()
-        if cutoff is not None:
-            old.append((w.worker == worker) & (w.seq <= cutoff))
+        cutoff = conn.execute(select(w.timestamp, w.seq).where(w.worker == worker)
+                              .order_by(w.timestamp.desc(), w.seq.desc()).offset(keep_per_worker).limit(1)).first()
+        if cutoff is not None:  # the newest by time: a backfilled report may arrive after newer ones
+            old.append((w.worker == worker) & ((w.timestamp < cutoff.timestamp) | (
+                (w.timestamp == cutoff.timestamp) & (w.seq <= cutoff.seq))))
     rows = conn.execute(delete(s.worker_stats).where(or_(*old)).returning(w.worker, w.timestamp, w.task,
                                                                            w.stats)).all()
     buckets: dict[tuple[str, int, float], _Bucket] = {}
     for r in rows:
         for resolution in (MINUTE, TEN_MINUTES):
+            if resolution == MINUTE and r.timestamp < now - MINUTE_KEEP_SEC:
+                continue  # past the per-minute tier's retention already
             bucket = buckets.setdefault((r.worker, resolution, r.timestamp // resolution * resolution), _Bucket())
             bucket.active = bucket.active or bool(r.task)
             for metric, variant, value in variants(loads(r.stats) or {}):
                 _fold(bucket.stats, metric, variant, [value, value, value, 1.0])
-    for (worker, resolution, start), bucket in buckets.items():
-        _merge(conn, worker, resolution, start, bucket)
+    if buckets:
+        _merge(conn, buckets)
     r_ = s.worker_stats_rollup.c
     conn.execute(delete(s.worker_stats_rollup).where(r_.resolution == MINUTE, r_.bucket < now - MINUTE_KEEP_SEC))
     conn.execute(delete(s.worker_stats_rollup).where(r_.bucket < now - keep_days * 86400))
@@ -84,20 +87,31 @@ def compact(conn: Connection, *, before: float, keep_per_worker: int, now: float
     return len(rows)
 
 
-def _merge(conn: Connection, worker: str, resolution: int, start: float, bucket: _Bucket) -> None:
-    """Add a bucket's summaries to its stored row, creating it (under a row lock: another process may fold into it)."""
-
+def _merge(conn: Connection, buckets: dict[tuple[str, int, float], _Bucket]) -> None:
+    """Add buckets' summaries to their stored rows, creating those missing first, then reading them under a row
+    lock (another process may fold into the same buckets); a few statements whatever the number of buckets."""
     r = s.worker_stats_rollup.c
-    conn.execute(upsert_insert(conn, s.worker_stats_rollup).values(
-        worker=worker, resolution=resolution, bucket=start, active=0, stats="{}").on_conflict_do_nothing())
-    key = (r.worker == worker) & (r.resolution == resolution) & (r.bucket == start)
-    row = conn.execute(select(r.active, r.stats).where(key).with_for_update()).one()
-    stats: dict[str, dict[str, Summary]] = loads(row.stats) or {}
-    for metric, by_variant in bucket.stats.items():
-        for variant, summary in by_variant.items():
-            _fold(stats, metric, variant, summary)
-    conn.execute(update(s.worker_stats_rollup).where(key).values(active=int(bool(row.active) or bucket.active),
-                                                                  stats=dumps(stats)))
+    keys = sorted(buckets)  # one lock order for every process
+    conn.execute(upsert_insert(conn, s.worker_stats_rollup).on_conflict_do_nothing(),
+                 [{"worker": k[0], "resolution": k[1], "bucket": k[2], "active": 0, "stats": "{}"} for k in keys])
+    stored = conn.execute(select(r.worker, r.resolution, r.bucket, r.active, r.stats).where(
+        r.worker.in_({k[0] for k in keys}), r.resolution.in_({k[1] for k in keys}),
+        r.bucket >= min(k[2] for k in keys), r.bucket <= max(k[2] for k in keys),
+    ).order_by(r.worker, r.resolution, r.bucket).with_for_update()).all()
+    changes = []
+    for row in stored:
+        bucket = buckets.get((row.worker, row.resolution, row.bucket))
+        if bucket is None:
+            continue
+        stats: dict[str, dict[str, Summary]] = loads(row.stats) or {}
+        for metric, by_variant in bucket.stats.items():
+            for variant, summary in by_variant.items():
+                _fold(stats, metric, variant, summary)
+        changes.append({"w": row.worker, "res": row.resolution, "b": row.bucket,
+                        "a": int(bool(row.active) or bucket.active), "s": dumps(stats)})
+    conn.execute(update(s.worker_stats_rollup).where(r.worker == bindparam("w"), r.resolution == bindparam("res"),
+                                                     r.bucket == bindparam("b"))
+                 .values(active=bindparam("a"), stats=bindparam("s")), changes)
 
 
 def tier(from_date: float, interval: float, now: float) -> int:

@@ -45,6 +45,9 @@ def _store(call: Call, events: list[Any]) -> tuple[int, dict[str, str]]:
             accepted += len(task_rows)
             events_model.add(conn, doc, task_rows)
         for model_id, model_rows in by_model.items():
+            if get_task(conn, model_id) is not None:  # a task's events go through its owner's checks
+                errors_info[model_id] = f"{model_id} is a task, not a model: send its events without model_event"
+                continue
             accepted += len(model_rows)
             events_model.add_for_model(conn, model_id, model_rows)
     return accepted, errors_info
@@ -93,7 +96,8 @@ def _page(call: Call, event_type: str | None, default_desc: bool) -> dict[str, A
         if not call.bool("model_events") and get_task(conn, task_id) is None:
             raise errors.invalid_task_id(task_id)
         events, total, last = events_model.page(conn, task_id, event_type, desc=desc, limit=batch,
-                                          from_timestamp=call.int("from_timestamp"), after_seq=after_seq)
+                                          from_timestamp=call.int("from_timestamp"), after_seq=after_seq,
+                                          metrics=_metrics(call))
     next_scroll = str(last) if last is not None else (scroll or "")
     return {"events": events, "returned": len(events), "total": total, "scroll_id": next_scroll}
 
@@ -427,6 +431,50 @@ def next_debug_image_sample(call: Call) -> dict[str, Any]:
                       and images[i]["variant"] == state["variant"]]
     target = next(iter(candidates), here)  # at either end the current image stays
     return _sample_answer(images, target, state)
+
+
+@endpoint("events.multi_task_scalar_metrics_iter_histogram", offload=True)
+def multi_task_scalar_metrics_iter_histogram(call: Call) -> dict[str, Any]:
+    """Scalar series of several tasks, to compare: {metric: {variant: {task: {name, x, y}}}}."""
+    task_ids = _tasks(call)
+    key = _key(call)
+    samples = call.int("samples", DEFAULT_SAMPLES, minimum=0) or 0
+    with call.store.read() as conn:
+        names = _existing(call, conn, task_ids)
+        rows = events_model.scalar_points(conn, task_ids, _metrics(call))
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        series = out.setdefault(r.metric, {}).setdefault(r.variant, {}).setdefault(
+            r.task, {"name": names.get(r.task, ""), "x": [], "y": []})
+        series["x"].append(_x(key, r.iter, r.timestamp))
+        series["y"].append(r.value)
+    for variants in out.values():
+        for by_task in variants.values():
+            for series in by_task.values():
+                series["x"], series["y"] = _downsample(series["x"], series["y"], samples)
+    return out
+
+
+@endpoint("events.get_task_latest_scalar_values")
+def get_task_latest_scalar_values(call: Call) -> dict[str, Any]:
+    """Each scalar series' last value and the mean of its last 100."""
+    task_id = call.str("task", required=True)
+    with call.store.read() as conn:
+        _existing(call, conn, [task_id])
+        rows = events_model.scalar_points(conn, [task_id], [])
+    series: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        series.setdefault(r.metric, {}).setdefault(r.variant, []).append(r.value)
+    return {"metrics": [{"name": metric, "variants": [
+        {"name": variant, "last_value": values[-1], "last_100_value": sum(values[-100:]) / len(values[-100:])}
+        for variant, values in variants.items()]} for metric, variants in series.items()]}
+
+
+@endpoint("events.clear_scroll")
+def clear_scroll(call: Call) -> dict[str, Any]:
+    """Scroll ids carry their own position: there is nothing to clear."""
+    call.str("scroll_id", required=True)
+    return {}
 
 
 @endpoint("events.delete_for_task")

@@ -13,7 +13,7 @@ from conveyor.protocol import errors
 from conveyor.server import query as q
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, loads, now
-from conveyor.server.model import deliveries, forcing, queue_metrics, queues
+from conveyor.server.model import deliveries, forcing, queue_limits, queue_metrics, queues
 from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -34,7 +34,6 @@ def _queue_and_task(call: Call, conn: Connection, queue_id: str, task_id: str, d
 
 
 LATEST_DATE = 1e11  # epoch seconds beyond this (the year 5138) are no dates
-HIDDEN = "hidden"  # the system tag of queues get_all leaves out unless asked (search_hidden) or named by id
 
 
 @endpoint("queues.create")
@@ -66,8 +65,6 @@ def get_by_id(call: Call) -> dict[str, Any]:
 @endpoint("queues.get_all", aliases=("queues.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
     query, extra = q.listing(call, select(s.queues.c.doc), LISTING)
-    if not call.bool("search_hidden") and not call.str_list("id"):  # as the reference: hidden unless asked or named
-        query = query.where(~s.queues.c.system_tags.like(f'%"{HIDDEN}"%'))
     only = call.str_list("only_fields")
     with call.store.read_apart() as conn:
         docs = [loads(r[0]) for r in q.fetch(call, conn, query)]
@@ -146,7 +143,7 @@ def add_task(call: Call) -> dict[str, Any]:
         # A worker hands back what it pulled while stopping: the runner may.
         if _queue_and_task(call, conn, queue_id, task_id, "enqueue it", as_runner=True) is None:
             raise errors.invalid_task_id(task_id)
-        queues.require_room(conn, queue_id)
+        queue_limits.require_room(conn, queue_id)
         add_entry(conn, queue_id, task_id)
     call.state.wake([queue_id])
     return {"added": 1}
