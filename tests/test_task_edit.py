@@ -165,7 +165,8 @@ def test_bad_edits_are_clear_400s_that_change_nothing(api: ApiClient, endpoint: 
         {k: v for k, v in before.items() if k != "last_update"}
 
 
-def test_status_changes_answer_as_the_reference_and_are_recorded_in_the_history(api: ApiClient) -> None:
+def test_status_changes_answer_as_the_reference_and_are_recorded_in_the_history(edit_server: ServerProcess,
+                                                                                 api: ApiClient) -> None:
     task = draft(api)
     queue = a_queue(api)
     user = api.call("users.get_current_user", {})["user"]["id"]
@@ -208,6 +209,11 @@ def test_status_changes_answer_as_the_reference_and_are_recorded_in_the_history(
     assert all(h["user"] == user for h in history)
     times = [h["time"] for h in history]
     assert times == sorted(times) and all(t.endswith("+00:00") for t in times)
+    shown = conveyor(edit_server, "task", "show", task).stdout.splitlines()
+    timeline = shown[[i for i, line in enumerate(shown) if line.startswith("History:")][0]:]
+    assert len(timeline) == 11 and timeline[0].startswith("History:      (1 earlier changes")
+    assert timeline[5].split(maxsplit=2)[2] == "failed      on box:0  boom", timeline
+    assert timeline[-1].split(maxsplit=2)[2] == "published", timeline
 
     completed = draft(api)
     api.call("tasks.started", {"task": completed})
@@ -361,6 +367,11 @@ def test_edited_packages_are_what_gets_installed(sqlite_server: ServerProcess, t
                            ["--packages", "idna==3.7", "attrs==23.2.0"])
     assert "HAVE idna 3.7" in text and "HAVE attrs 23.2.0" in text and "LACK six" in text
     assert doc["script"]["requirements"]["org_pip"] == "idna==3.7\nattrs==23.2.0\n"
+    # the run's timeline, with the worker that ran it
+    history = doc["status_history"]
+    assert [h["status"] for h in history] == ["created", "queued", "in_progress", "completed"], history
+    assert history[2]["worker"] and history[3]["worker"] == history[2]["worker"], history
+    assert f"Changed by conveyor {history[2]['worker']}" in history[3]["message"]
 
 
 IMAGE_MARK = """\

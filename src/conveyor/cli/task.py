@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # imported where used: `conveyor --help` need not load httpx 
 STATUSES = tuple(s.value for s in TaskStatus)
 LOG_POLL_SEC = 0.5  # how often `task logs --follow` asks for new lines
 LOG_BATCH = 500  # log events per events.get_task_log call
+HISTORY_SHOWN = 10  # status changes `task show` prints (the newest)
 LIST_FIELDS = ["id", "name", "status", "project", "user", "last_update", "execution.queue", "type"]
 
 
@@ -411,7 +412,21 @@ def show_task(args: argparse.Namespace) -> int:
     for label, value in _summary(client, task):
         if value not in (None, ""):
             print(f"{label + ':':<14}{value}")
+    for i, line in enumerate(_history(task.get("status_history") or [])):
+        print(f"{'History:' if i == 0 else '':<14}{line}")
     return 0
+
+
+def _history(entries: list[dict[str, Any]]) -> list[str]:
+    """The last status changes, one a line: time, status, worker and reason (STATUS_HISTORY.md)."""
+    shown = entries[-HISTORY_SHOWN:]
+    lines = [f"({len(entries) - len(shown)} earlier changes: `conveyor task show --json`)"] \
+        if len(entries) > len(shown) else []
+    for entry in shown:
+        details = [f"on {entry['worker']}" if entry.get("worker") else "", entry.get("reason") or ""]
+        lines.append(f"{local_time(entry.get('time'))}  {str(entry.get('status', '')):<12}"
+                     f"{'  '.join(d for d in details if d)}".rstrip())
+    return lines
 
 
 def _summary(client: ApiClient, task: dict[str, Any]) -> list[tuple[str, Any]]:

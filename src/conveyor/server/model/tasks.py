@@ -54,7 +54,7 @@ def new_task(name: str, task_type: str, *, user: str, company: str) -> Document:
         "last_iteration": 0,
         "last_metrics": {},
     }
-    _record_history(doc, None, S.created.value, user=user, message=None)
+    _record_history(doc, None, S.created.value, user=user, reason=None, message=None)
     return doc
 
 
@@ -131,7 +131,7 @@ def set_status(
             doc["active_duration"] = int(ts - (to_epoch(doc["started"]) or ts))
     if old == S.queued and new_status != S.queued:
         remove_entries(conn, doc["id"])
-    _record_history(doc, old, new_status, user=user, message=message)
+    _record_history(doc, old, new_status, user=user, reason=reason, message=message)
     save_task(conn, doc)
     fields = {"status": new_status, "status_changed": doc["status_changed"], "last_update": doc["last_update"]}
     for key in ("status_reason", "status_message", "started", "completed"):
@@ -149,7 +149,8 @@ def _worker_named(message: str | None) -> str | None:
     return parts[-1] if len(parts) >= 2 else None
 
 
-def _record_history(doc: Document, old: str | None, new: str, *, user: str, message: str | None) -> None:
+def _record_history(doc: Document, old: str | None, new: str, *, user: str, reason: str | None,
+                    message: str | None) -> None:
     """Append a status change to `status_history` (bounded). A repeated status adds nothing, but may name the
     worker its entry lacked: the daemon's first `started` does not name it, the executor's next one does."""
     history = doc.get("status_history")
@@ -164,8 +165,9 @@ def _record_history(doc: Document, old: str | None, new: str, *, user: str, mess
         return
     if worker is None and new in FINAL_VALUES and old == S.in_progress:
         worker = doc.get("last_worker")  # the run's worker, as it last reported
-    history.append({"status": new, "previous": old, "time": doc["last_update"], "reason": doc.get("status_reason")
-                    or "", "message": doc.get("status_message") or "", "user": user or None, "worker": worker})
+    # the reason and message given with this change: the document's own may be left from an earlier one
+    history.append({"status": new, "previous": old, "time": doc["last_update"], "reason": reason or "",
+                    "message": message or "", "user": user or None, "worker": worker})
     doc["status_history"] = history[-HISTORY_LIMIT:]
 
 
