@@ -64,6 +64,8 @@ def ui_page(server: Any, width: int = WIDTH, height: int = HEIGHT,
 def screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
+    # From the top: a full-page picture taken while scrolled shows the sticky top bar in the middle of the page.
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(path), full_page=True)
     return path
 
