@@ -418,7 +418,7 @@ def show_task(args: argparse.Namespace) -> int:
 
 
 def _history(entries: list[dict[str, Any]]) -> list[str]:
-    """The last status changes, one a line: time, status, worker and reason (STATUS_HISTORY.md)."""
+    """The last status changes, one a line: time, status, worker and reason (docs/status-history.md)."""
     shown = entries[-HISTORY_SHOWN:]
     lines = [f"({len(entries) - len(shown)} earlier changes: `conveyor task show --json`)"] \
         if len(entries) > len(shown) else []
