@@ -117,14 +117,19 @@ def test_max_size_removes_least_recently_used_first(tmp_path: Path, agent_conf: 
     assert "over --max-size" in done.stdout and "freed 2.0 MiB: 1 of 3 items" in done.stdout, done.stdout
 
 
-def test_bad_input_is_one_clear_line(agent_conf: Path) -> None:
+def test_bad_input_is_one_clear_line(agent_conf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conveyor.cli.main import main
+
     for args, expected in ((["--older-than", "two weeks"], "'two weeks' is not a duration"),
                            (["--max-size", "lots"], "'lots' is not a size"),
                            ([], "Nothing to collect"),
                            (["--server-logs-older-than", "30d", "--data-dir", "/nonexistent/x"],
-                            "No server database at /nonexistent/x")):
-        done = _gc(agent_conf, *args)
-        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+                            "No server database at /nonexistent/x"),
+                           (["--server-logs-older-than", "30d", "--db", "postgresql://gc:s3cret@127.0.0.1:1/x"],
+                            "Cannot prune the logs in postgresql+psycopg://gc:***@127.0.0.1:1/x: connection failed")):
+        assert main(["--config-file", str(agent_conf), "gc", *args]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and "s3cret" not in err, err
 
 
 @pytest.fixture
@@ -206,3 +211,10 @@ def test_server_logs_of_ended_tasks_go_and_a_running_tasks_stay(server: ServerPr
     assert lines(ended) == 0 and lines(running) == 50
     scalars = api.call("events.scalar_metrics_iter_histogram", {"task": ended})
     assert scalars.get("loss"), "scalars are the experiment's results: they stay"
+
+
+@pytest.mark.parametrize("created", ["2026-11-29T21:57:27.123456789Z",  # docker
+                                     "2026-11-29 21:57:27.123456789 +0000 UTC",  # podman (Go's time format)
+                                     "2026-11-29 22:57:27 +0100 CET"])
+def test_image_ages_read_as_either_engine_writes_them(created: str) -> None:
+    assert gc._timestamp(created) == 1795989447.0  # 2026-11-29 21:57:27 UTC: an image that old is collected

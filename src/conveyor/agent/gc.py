@@ -16,6 +16,7 @@ since the last change of the folder or the image's creation. Size pruning remove
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -212,7 +213,8 @@ def image_items(engines: tuple[str, ...] = ENGINES) -> list[Item]:
     return items
 
 
-def _engine_lines(engine: str, args: list[str]) -> list[str]:
+def _engine_lines(engine: str, args: list[str], split: bool = True) -> list[str]:
+    """The engine's answer, in words (or lines); empty when it fails."""
     try:
         done = subprocess.run([engine, *args], capture_output=True, text=True, timeout=ENGINE_TIMEOUT_SEC)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -221,27 +223,36 @@ def _engine_lines(engine: str, args: list[str]) -> list[str]:
     if done.returncode != 0:  # no daemon on this machine, say: nothing of it to collect
         log.info("%s is not answering (%s); its images are skipped", engine, done.stderr.strip()[:200])
         return []
-    return done.stdout.split()
+    return done.stdout.split() if split else done.stdout.splitlines()
 
 
 def _inspect(engine: str, image_id: str) -> Item | None:
-    lines = _engine_lines(engine, ["image", "inspect", "--format", "{{.Size}} {{.Created}} {{join .RepoTags \",\"}}",
-                                   image_id])
-    if len(lines) < 2:
+    # one line, fields apart by "|": podman prints Created as Go's time ("2026-11-29 21:57:27.1 +0000 UTC"), docker
+    # as RFC 3339; json for the tags works in both
+    lines = _engine_lines(engine, ["image", "inspect", "--format", "{{.Size}}|{{.Created}}|{{json .RepoTags}}",
+                                   image_id], split=False)
+    fields = lines[0].split("|", 2) if lines else []
+    if len(fields) != 3:
         return None
-    size, created, tags = int(lines[0]), _timestamp(lines[1]), [t for t in (lines[2:3] or [""])[0].split(",") if t]
+    try:
+        size, tags = int(fields[0]), [str(t) for t in json.loads(fields[2]) or []]
+    except ValueError:
+        return None
     refs = tags or [image_id]
-    return Item("image", f"{engine}:{refs[0]}" if tags else f"{engine}:{image_id[:19]}", size, created,
+    return Item("image", f"{engine}:{refs[0]}" if tags else f"{engine}:{image_id[:19]}", size, _timestamp(fields[1]),
                 _image_remover(engine, refs))
 
 
 def _timestamp(text: str) -> float:
-    """RFC 3339 as the engines write it (nanoseconds, Z or an offset) → epoch seconds; now when unreadable."""
-    found = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:?\d\d)?", text)
+    """When an image was made, as the engines write it (RFC 3339 or Go's time format) → epoch seconds; now when
+    unreadable (so that it is not taken for old)."""
+    found = re.match(r"^\s*(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.\d+)?\s*(Z|[+-]\d\d:?\d\d)?", text)
     if not found:
         return time.time()
-    zone = found.group(2) or "Z"
-    return datetime.fromisoformat(found.group(1) + ("+00:00" if zone == "Z" else zone)).timestamp()
+    zone = (found.group(3) or "Z").replace("Z", "+00:00")
+    if ":" not in zone:
+        zone = zone[:3] + ":" + zone[3:]
+    return datetime.fromisoformat(f"{found.group(1)}T{found.group(2)}{zone}").timestamp()
 
 
 def _image_remover(engine: str, refs: list[str]) -> Callable[[], str | None]:
