@@ -110,11 +110,18 @@ def test_old_venvs_and_folders_go_and_what_a_task_uses_stays(tmp_path: Path, age
 
 def test_max_size_removes_least_recently_used_first(tmp_path: Path, agent_conf: Path) -> None:
     venvs = tmp_path / "venvs"
-    oldest, middle, newest = (_aged(venvs / f"build-{n}", age, mib=2) for n, age in (("a", 3), ("b", 2), ("c", 1)))
-    done = _gc(agent_conf, "--max-size", "5M", "--only", "folders")
+    busy, oldest, middle, newest = (_aged(venvs / f"build-{n}", age, mib=2)
+                                    for n, age in (("a", 4), ("b", 3), ("c", 2), ("d", 1)))
+    runner = subprocess.Popen(["sleep", "60"], cwd=busy)  # the least recently changed, but in use
+    try:
+        done = _gc(agent_conf, "--max-size", "5M", "--only", "folders")
+    finally:
+        runner.kill()
+        runner.wait()
     assert done.returncode == 0, done.stderr
-    assert not oldest.exists() and middle.exists() and newest.exists(), done.stdout
-    assert "over --max-size" in done.stdout and "freed 2.0 MiB: 1 of 3 items" in done.stdout, done.stdout
+    assert busy.exists() and not oldest.exists() and not middle.exists() and newest.exists(), done.stdout
+    assert "over --max-size" in done.stdout and "freed 4.0 MiB: 2 of 4 items (1 in use, kept)" in done.stdout, \
+        done.stdout
 
 
 def test_bad_input_is_one_clear_line(agent_conf: Path, capsys: pytest.CaptureFixture[str]) -> None:

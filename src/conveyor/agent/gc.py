@@ -285,8 +285,10 @@ def plan(items: list[Item], *, older_than: float | None, max_size: int | None, n
         for item in rest:
             if total <= max_size:
                 break
-            going.append(Outcome(item, "over --max-size"))
-            total -= item.size
+            busy = item.in_use()  # it stays and still counts: the next one goes in its place
+            going.append(Outcome(item, "over --max-size", kept=busy))
+            if busy is None:
+                total -= item.size
     return going
 
 
@@ -297,6 +299,8 @@ def run(outcomes: list[Outcome], *, dry_run: bool) -> list[Outcome]:
             outcome.kept = outcome.item.in_use()
         return outcomes
     for outcome in outcomes:
+        if outcome.kept is not None:
+            continue  # in use when planned
         try:
             outcome.kept = outcome.item.remove()
         except (OSError, subprocess.SubprocessError) as exc:
