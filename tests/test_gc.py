@@ -190,7 +190,8 @@ def test_conveyors_images_go_and_one_a_container_uses_stays(docker_images: dict[
     assert _image_exists(docker_images["used"]) and _image_exists(docker_images["foreign"])
 
 
-def test_server_logs_of_ended_tasks_go_and_a_running_tasks_stay(server: ServerProcess, tmp_path: Path) -> None:
+def test_server_logs_of_ended_tasks_go_and_a_running_tasks_stay(server: ServerProcess, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     api = server.client()
     ended, running = (api.call("tasks.create", {"name": f"{n}-{uuid.uuid4().hex[:6]}", "type": "training"})["id"]
                       for n in ("ended", "running"))
@@ -209,12 +210,15 @@ def test_server_logs_of_ended_tasks_go_and_a_running_tasks_stay(server: ServerPr
     where = ["--db", server.db] if server.db else ["--data-dir", str(server.home / ".conveyor")]
     conf = tmp_path / "empty.conf"
     conf.write_text("", encoding="utf-8")
-    dry = _gc(conf, "--server-logs-older-than", "0s", "--dry-run", *where)
-    assert dry.returncode == 0, dry.stderr
-    assert "would free" in dry.stdout and "50 lines of 1 ended tasks" in dry.stdout, dry.stdout
+    from conveyor.cli.main import main
+
+    assert main(["--config-file", str(conf), "gc", "--server-logs-older-than", "0s", "--dry-run", *where]) == 0
+    dry = capsys.readouterr().out
+    assert "would free" in dry and "50 lines of 1 ended tasks" in dry, dry
     assert lines(ended) == 50
-    done = _gc(conf, "--server-logs-older-than", "0s", *where)
-    assert done.returncode == 0 and "50 lines of 1 ended tasks" in done.stdout, done.stdout + done.stderr
+    assert main(["--config-file", str(conf), "gc", "--server-logs-older-than", "0s", *where]) == 0
+    done = capsys.readouterr().out
+    assert "freed" in done and "50 lines of 1 ended tasks" in done, done
     assert lines(ended) == 0 and lines(running) == 50
     scalars = api.call("events.scalar_metrics_iter_histogram", {"task": ended})
     assert scalars.get("loss"), "scalars are the experiment's results: they stay"

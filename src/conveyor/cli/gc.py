@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="venvs, folders and/or images (default: all three)")
     p.add_argument("--server-logs-older-than", metavar="AGE",
                    help="delete the console logs of tasks that ended this long ago (scalars and plots stay)")
-    p.add_argument("--db", metavar="URL", help="the server's database URL (default conveyor.server.db, else SQLite in the data dir)")
+    p.add_argument("--db", metavar="URL",
+                   help="the server's database URL (default conveyor.server.db, else SQLite in the data dir)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="the server's data dir, of its SQLite database (default conveyor.server.data_dir)")
     p.set_defaults(func=run)
