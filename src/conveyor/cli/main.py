@@ -11,7 +11,7 @@ from conveyor import __version__
 
 # Each module has `register(subparsers)` that adds its commands with `set_defaults(func=...)`.
 COMMAND_MODULES = ("up", "server", "agent", "setup", "queue", "task", "worker", "credentials", "user", "build", "slurm",
-                   "k8s")
+                   "k8s", "gc")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -235,6 +235,10 @@ class VenvCache:
         raise CacheUnavailable(f"only {self._free_gb():.1f} GB free under {self.root}, below "
                                f"agent.venvs_cache.free_space_threshold_gb ({self.free_space_gb:g})")
 
+    def remove(self, entry: Entry) -> bool:
+        """Remove one entry unless a task is using it (`conveyor gc`); False when it stayed."""
+        return self._remove(entry)
+
     def _remove(self, entry: Entry) -> bool:
         lock = FileLock(self._lock_path(entry.key, "use"))
         if not lock.acquire():

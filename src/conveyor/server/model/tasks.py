@@ -22,7 +22,7 @@ STOPPED_BY_USER = "stopped by user"
 ENQUEUABLE = frozenset({S.created.value, S.stopped.value, S.failed.value, S.completed.value, S.closed.value})
 # Statuses that end a run and stamp `completed`; closing (a stopped task, normally) does not stamp it again.
 ENDS_RUN = FINAL_VALUES - {S.closed.value}
-HISTORY_LIMIT = 200  # status changes kept in a task's `status_history` (the oldest go first); see docs/status-history.md
+HISTORY_LIMIT = 200  # status changes kept in `status_history` (the oldest go first); see docs/status-history.md
 
 
 def new_task(name: str, task_type: str, *, user: str, company: str) -> Document:
