@@ -1,0 +1,149 @@
+"""Retries that know why: every failure is `infrastructure` or `task`; `retries: N` (a task's user property or its
+queue's metadata) puts an infrastructure failure back at the front of its queue up to N times, a task failure never.
+Real server, real daemons."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agentkit import (
+    DaemonProcess,
+    agent_env,
+    create_task,
+    enqueue,
+    executor_of,
+    log_text,
+    make_repo,
+    processes_with,
+    wait_final,
+    wait_for_line,
+)
+from conftest import ServerProcess, free_port
+
+# Once per machine: the first run (no marker file yet) hangs until it is killed, the next one completes.
+ONCE_HANGS = r"""
+import os, sys, time
+marker = sys.argv[2]
+print(f"run on {os.environ['CLEARML_WORKER_ID']}", flush=True)
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    print("first run: hanging", flush=True)
+    time.sleep(600)
+print("second run: done", flush=True)
+"""
+
+
+def _retries_property(n: int) -> dict[str, Any]:
+    return {"properties": {"retries": {"section": "properties", "name": "retries", "value": str(n), "type": "int",
+                                       "description": ""}}}
+
+
+def _queue_retries(client: Any, n: int) -> None:
+    queue = client.call("queues.get_all", {"name": "^default$"})["queues"][0]["id"]
+    client.call("queues.update", {"queue": queue, "metadata": {
+        "retries": {"key": "retries", "type": "int", "value": str(n)}}})
+
+
+def _show(server: ServerProcess, task: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "conveyor", "task", "show", task], env=server.env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_task_failures_are_never_retried_and_infrastructure_ones_until_the_limit(
+        sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    """The queue allows 2 retries. A script that exits 1 fails once (class `task`); a clone of an unreachable
+    repository is tried 3 times (class `infrastructure`), then fails for good with each attempt recorded."""
+    client = sqlite_server.client()
+    _queue_retries(client, 2)
+    crash = create_task(client, repository="", diff="import sys\nprint('crashing')\nsys.exit(1)\n",
+                        entry_point="crash.py")
+    unreachable = create_task(client, repository=f"http://127.0.0.1:{free_port()}/nowhere.git", name="unreachable")
+    worker = f"retrier-{os.getpid()}"
+    daemon = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default",
+                           env=agent_env(sqlite_server, tmp_path / "agent", CLEARML_WORKER_ID=worker))
+    try:
+        enqueue(client, crash)
+        doc = wait_final(client, crash, timeout=120)
+        assert doc["status"] == "failed" and doc["status_reason"] == "worker execution exit code 1", doc
+        assert doc["failure_class"] == "task"
+        assert [(a["attempt"], a["failure_class"], a["retried"]) for a in doc["attempts"]] == [(1, "task", False)]
+        assert [h["status"] for h in doc["status_history"]].count("in_progress") == 1, "a task failure was retried"
+        assert "worker execution exit code 1 [task]" in _show(sqlite_server, crash)
+
+        enqueue(client, unreachable)
+        deadline = time.time() + 120
+        while True:  # wait_final would return at the first `failed`, which a retry follows
+            doc = client.call("tasks.get_by_id", {"task": unreachable})["task"]
+            if doc["status"] == "failed" and len(doc.get("attempts") or []) == 3:
+                break
+            assert time.time() < deadline, f"not failed 3 times: {doc['status']} {doc.get('attempts')}"
+            time.sleep(0.1)
+        assert doc["failure_class"] == "infrastructure"
+        assert "not reachable" in doc["status_reason"], doc["status_reason"]
+        attempts = doc["attempts"]
+        assert [(a["attempt"], a["failure_class"], a["retried"]) for a in attempts] == [
+            (1, "infrastructure", True), (2, "infrastructure", True), (3, "infrastructure", False)]
+        assert all(a["worker"] == worker and "not reachable" in a["reason"] for a in attempts), attempts
+        assert [h["status"] for h in doc["status_history"]].count("in_progress") == 3
+        text = log_text(client, unreachable)
+        assert "attempt 1 failed" in text and "retry 1 of 2" in text and "retry 2 of 2" in text, text
+        assert "attempt 3 failed" in text and "2 retries used up" in text, text
+        shown = _show(sqlite_server, unreachable)
+        assert "[infrastructure]" in shown and "#3" in shown and shown.count("retried") == 2, shown
+    finally:
+        daemon.stop()
+
+
+def test_a_lost_worker_is_retried_elsewhere_and_the_log_keeps_both_attempts(
+        sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    """A daemon and its executor SIGKILLed mid-run: the server's reaper fails the task (`worker lost`,
+    infrastructure) and, its user property retries=1 allowing, puts it back at the front of its queue; another
+    daemon runs it to completion. The log holds both runs and the line that marks the retry."""
+    client = sqlite_server.client()
+    marker = f"conveyor-retry-{os.getpid()}-{time.monotonic_ns()}"
+    _, bare = make_repo(tmp_path / "repo", {"once.py": ONCE_HANGS})
+    task = create_task(client, repository=f"file://{bare}", entry_point=f"once.py {marker} {tmp_path / 'ran-once'}",
+                       hyperparams=_retries_property(1))
+    fast = {"CLEARML_AGENT__AGENT__WORKER_TIMEOUT_SEC": "3", "CLEARML_AGENT__AGENT__STATUS_REPORT_INTERVAL_SEC": "1"}
+    first_env = agent_env(sqlite_server, tmp_path / "a", CLEARML_WORKER_ID=f"lost-{marker[-6:]}", **fast)
+    first = DaemonProcess(sqlite_server, tmp_path / "a", "--queue", "default", env=first_env)
+    second = None
+    try:
+        enqueue(client, task)
+        wait_for_line(client, task, "first run: hanging", timeout=120)
+        executor = executor_of(first, task)
+        first.proc.kill()
+        executor.kill()
+        first.proc.wait()
+        for proc in processes_with(marker):
+            proc.kill()
+        second_env = agent_env(sqlite_server, tmp_path / "b", CLEARML_WORKER_ID=f"spare-{marker[-6:]}", **fast)
+        second = DaemonProcess(sqlite_server, tmp_path / "b", "--queue", "default", env=second_env)
+        deadline = time.time() + 120
+        while (doc := client.call("tasks.get_by_id", {"task": task})["task"])["status"] != "completed":
+            assert doc["status"] != "failed" or doc.get("attempts", [{}])[-1].get("retried"), doc["status_reason"]
+            assert time.time() < deadline, f"not completed: {doc['status']} {doc.get('status_reason')}"
+            time.sleep(0.1)
+        assert [(a["attempt"], a["worker"], a["reason"], a["failure_class"], a["retried"]) for a in doc["attempts"]] \
+            == [(1, first_env["CLEARML_WORKER_ID"], "worker lost", "infrastructure", True)]
+        assert "failure_class" not in doc  # it completed: no failure to classify now
+        text = log_text(client, task)
+        assert f"run on {first_env['CLEARML_WORKER_ID']}" in text and "first run: hanging" in text, text
+        assert f"attempt 1 failed on {first_env['CLEARML_WORKER_ID']}: worker lost [infrastructure]; retry 1 of 1" \
+            in text, text
+        assert f"run on {second_env['CLEARML_WORKER_ID']}" in text and "second run: done" in text, text
+        assert text.index("first run: hanging") < text.index("retry 1 of 1") < text.index("second run: done")
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+        if second is not None:
+            second.stop()
+        for proc in processes_with(marker):
+            proc.kill()
