@@ -49,11 +49,15 @@ def _queue_retries(client: Any, n: int) -> None:
         "retries": {"key": "retries", "type": "int", "value": str(n)}}})
 
 
-def _show(server: ServerProcess, task: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "conveyor", "task", "show", task], env=server.env(),
-                         capture_output=True, text=True, timeout=60)
+def _conveyor(server: ServerProcess, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "conveyor", *args], env=server.env(), capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def _show(server: ServerProcess, task: str) -> str:
+    return _conveyor(server, "task", "show", task)
 
 
 def test_task_failures_are_never_retried_and_infrastructure_ones_until_the_limit(
@@ -76,6 +80,8 @@ def test_task_failures_are_never_retried_and_infrastructure_ones_until_the_limit
         assert [(a["attempt"], a["failure_class"], a["retried"]) for a in doc["attempts"]] == [(1, "task", False)]
         assert [h["status"] for h in doc["status_history"]].count("in_progress") == 1, "a task failure was retried"
         assert "worker execution exit code 1 [task]" in _show(sqlite_server, crash)
+        listed = _conveyor(sqlite_server, "task", "list")
+        assert any(crash in line and "failed [task]" in line for line in listed.splitlines()), listed
 
         enqueue(client, unreachable)
         deadline = time.time() + 120

@@ -589,6 +589,9 @@ class Executor:
         self.notice(f"conveyor: {end_line.format(reason)}",
                     "info" if outcome.status == TaskStatus.completed else "error")
         self._close_logs()
+        # before the final status: a failure it retries may start this task again here, in a work dir of that name
+        if self.work_dir is not None and not self.cfg.get("agent.keep_work_dirs"):
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         if outcome.status and not self.follower:
             body = {"task": self.task_id, "force": outcome.status != TaskStatus.completed,
                     "status_reason": outcome.reason, "status_message": self.status_message}
@@ -601,8 +604,6 @@ class Executor:
         if not self.opts.under_daemon and not self.follower:
             self._report(task_running=False)
             self._tolerant_call("workers.unregister", {"worker": self.worker, "queues": []})
-        if self.work_dir is not None and not self.cfg.get("agent.keep_work_dirs"):
-            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _close_logs(self) -> None:
         if self.logs is not None and not self.logs.close(timeout=60):
