@@ -38,7 +38,7 @@ print("second run: done", flush=True)
 """
 
 
-def _retries_property(n: int) -> dict[str, Any]:
+def _retries_property(n: int | str) -> dict[str, Any]:
     return {"properties": {"retries": {"section": "properties", "name": "retries", "value": str(n), "type": "int",
                                        "description": ""}}}
 
@@ -153,3 +153,65 @@ def test_a_lost_worker_is_retried_elsewhere_and_the_log_keeps_both_attempts(
             second.stop()
         for proc in processes_with(marker):
             proc.kill()
+
+
+def test_the_server_decides_retries_on_both_databases(server: ServerProcess) -> None:
+    """As an agent calls it: an infrastructure failure goes back to the front of its queue while the queue's
+    `retries` allow (one reported by the agent, one found by the reaper), a task failure never, a user's enqueue
+    gives the retries back, and a `retries` that is not a number is said in the log instead of retried."""
+    api = server.client()
+    queue = api.call("queues.create", {"name": f"retrying-{time.monotonic_ns()}"})["id"]
+    api.call("queues.update", {"queue": queue, "metadata": {"retries": {"key": "retries", "type": "int",
+                                                                        "value": "1"}}})
+
+    def task(**fields: Any) -> str:
+        return api.call("tasks.create", {"name": "r", "type": "training", **fields})["id"]
+
+    def run(worker: str) -> str:
+        popped = api.call("queues.get_next_task", {"queue": queue})["entry"]["task"]
+        api.call("tasks.started", {"task": popped, "force": True, "status_message": f"Changed by conveyor {worker}"})
+        return popped
+
+    def entries() -> list[str]:
+        return [e["task"] for e in api.call("queues.get_by_id", {"queue": queue})["queue"]["entries"]]
+
+    first, second = task(), task()
+    for t in (first, second):
+        api.call("tasks.enqueue", {"task": t, "queue": queue})
+    assert run("box:0") == first
+    answer = api.call("tasks.failed", {"task": first, "status_reason": "container failed to start: disk full",
+                                       "failure_class": "infrastructure",
+                                       "status_message": "Changed by conveyor box:0"})
+    assert answer["fields"]["status"] == "queued"
+    assert entries() == [first, second], "not back at the front of its queue"
+
+    api.call("workers.register", {"worker": "doomed:0", "queues": [queue], "timeout": 1})
+    assert run("doomed:0") == first
+    api.call("workers.status_report", {"worker": "doomed:0", "task": first, "machine_stats": None})
+    deadline = time.time() + 15
+    while (doc := api.call("tasks.get_by_id", {"task": first})["task"])["status"] != "failed":
+        assert time.time() < deadline, f"the lost worker's task is {doc['status']}"
+        time.sleep(0.1)
+    assert doc["status_reason"] == "worker lost" and doc["failure_class"] == "infrastructure"
+    assert [(a["attempt"], a["worker"], a["failure_class"], a["retried"]) for a in doc["attempts"]] == [
+        (1, "box:0", "infrastructure", True), (2, "doomed:0", "infrastructure", False)]
+    assert entries() == [second], "retried past its queue's limit"
+
+    assert run("box:0") == second
+    api.call("tasks.failed", {"task": second, "status_reason": "worker execution exit code 2"})
+    doc = api.call("tasks.get_by_id", {"task": second})["task"]
+    assert doc["status"] == "failed" and doc["failure_class"] == "task" and entries() == []
+
+    api.call("tasks.enqueue", {"task": first, "queue": queue})  # the user's enqueue: its retry is back
+    assert run("box:0") == first
+    api.call("tasks.failed", {"task": first, "status_reason": "image pull failed", "failure_class": "infrastructure"})
+    assert api.call("tasks.get_by_id", {"task": first})["task"]["status"] == "queued"
+
+    api.call("queues.remove_task", {"queue": queue, "task": first})
+    odd = task(hyperparams=_retries_property("many"))  # the task's property wins over its queue's metadata
+    api.call("tasks.enqueue", {"task": odd, "queue": queue})
+    assert run("box:0") == odd
+    api.call("tasks.failed", {"task": odd, "status_reason": "node failure", "failure_class": "infrastructure"})
+    assert api.call("tasks.get_by_id", {"task": odd})["task"]["status"] == "failed"
+    text = "".join(e["msg"] for e in api.call("events.get_task_log", {"task": odd, "order": "asc"})["events"])
+    assert "properties/retries is 'many', not a whole number" in text, text
