@@ -23,6 +23,7 @@ from agentkit import (
     wait_final,
     wait_for_line,
 )
+from browserkit import ui  # noqa: F401 - the fixture
 from conftest import ServerProcess, free_port
 
 # Once per machine: the first run (no marker file yet) hangs until it is killed, the next one completes.
@@ -74,6 +75,7 @@ def test_task_failures_are_never_retried_and_infrastructure_ones_until_the_limit
                            env=agent_env(sqlite_server, tmp_path / "agent", CLEARML_WORKER_ID=worker))
     try:
         enqueue(client, crash)
+        enqueue(client, unreachable)
         doc = wait_final(client, crash, timeout=120)
         assert doc["status"] == "failed" and doc["status_reason"] == "worker execution exit code 1", doc
         assert doc["failure_class"] == "task"
@@ -83,7 +85,6 @@ def test_task_failures_are_never_retried_and_infrastructure_ones_until_the_limit
         listed = _conveyor(sqlite_server, "task", "list")
         assert any(crash in line and "failed [task]" in line for line in listed.splitlines()), listed
 
-        enqueue(client, unreachable)
         deadline = time.time() + 120
         while True:  # wait_final would return at the first `failed`, which a retry follows
             doc = client.call("tasks.get_by_id", {"task": unreachable})["task"]
@@ -215,3 +216,25 @@ def test_the_server_decides_retries_on_both_databases(server: ServerProcess) -> 
     assert api.call("tasks.get_by_id", {"task": odd})["task"]["status"] == "failed"
     text = "".join(e["msg"] for e in api.call("events.get_task_log", {"task": odd, "order": "asc"})["events"])
     assert "properties/retries is 'many', not a whole number" in text, text
+
+
+def test_the_ui_shows_the_class_with_the_reason_and_the_attempts(ui: Any, sqlite_server: ServerProcess) -> None:  # noqa: F811
+    """The task page's header: the reason with its class, and each failed attempt; the task list: the reason with
+    its class."""
+    api = sqlite_server.client()
+    queue = api.call("queues.create", {"name": f"ui-retries-{time.monotonic_ns()}"})["id"]
+    task = api.call("tasks.create", {"name": "twice", "type": "training", "hyperparams": _retries_property(1)})["id"]
+    api.call("tasks.enqueue", {"task": task, "queue": queue})
+    for reason, cls in (("image pull failed", "infrastructure"), ("worker execution exit code 1", "task")):
+        assert api.call("queues.get_next_task", {"queue": queue})["entry"]["task"] == task
+        api.call("tasks.started", {"task": task, "force": True, "status_message": "Changed by conveyor box:0"})
+        api.call("tasks.failed", {"task": task, "status_reason": reason, "failure_class": cls,
+                                  "status_message": "Changed by conveyor box:0"})
+    ui.goto(sqlite_server.url + f"/#/task/{task}")
+    reason = ui.locator(".facts div.fact", has=ui.get_by_text("Status reason", exact=True)).locator("dd")
+    reason.get_by_text("worker execution exit code 1 [task]", exact=True).wait_for()
+    attempts = ui.locator(".facts div.fact", has_text="Failed attempts").inner_text()
+    assert "#1 on box:0: image pull failed [infrastructure], retried" in attempts, attempts
+    assert "#2 on box:0: worker execution exit code 1 [task]" in attempts, attempts
+    ui.goto(sqlite_server.url + "/#/tasks")
+    ui.locator("tr", has_text="twice").get_by_text("worker execution exit code 1 [task]").wait_for()
