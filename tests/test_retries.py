@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agentkit import (
     DaemonProcess,
     agent_env,
@@ -25,6 +27,7 @@ from agentkit import (
 )
 from browserkit import ui  # noqa: F401 - the fixture
 from conftest import ServerProcess, free_port
+from conveyor.client.errors import ApiCallError
 
 # Once per machine: the first run (no marker file yet) hangs until it is killed, the next one completes.
 ONCE_HANGS = r"""
@@ -215,7 +218,13 @@ def test_the_server_decides_retries_on_both_databases(server: ServerProcess) -> 
     api.call("tasks.failed", {"task": odd, "status_reason": "node failure", "failure_class": "infrastructure"})
     assert api.call("tasks.get_by_id", {"task": odd})["task"]["status"] == "failed"
     text = "".join(e["msg"] for e in api.call("events.get_task_log", {"task": odd, "order": "asc"})["events"])
-    assert "properties/retries is 'many', not a whole number" in text, text
+    assert "not retried: the task's user property properties/retries: 'many' is not a whole number" in text, text
+
+    # bad input is a clear 400 that says what is wrong
+    with pytest.raises(ApiCallError, match="metadata key 'retries': '-1' is not a whole number"):
+        api.call("queues.update", {"queue": queue, "metadata": {"retries": {"key": "retries", "value": "-1"}}})
+    with pytest.raises(ApiCallError, match="failure_class must be one of infrastructure, task, not 'flaky'"):
+        api.call("tasks.failed", {"task": odd, "failure_class": "flaky", "force": True})
 
 
 def test_the_ui_shows_the_class_with_the_reason_and_the_attempts(ui: Any, sqlite_server: ServerProcess) -> None:  # noqa: F811

@@ -37,6 +37,21 @@ _UNREACHABLE = ("could not resolve", "connection refused", "connection timed out
                 "max retries exceeded", "connection reset", "could not connect", "failed to fetch")
 
 
+def retries_count(raw: object) -> int | None:
+    """`retries` as a user property or queue metadata entry holds it ({"value": "2"}, ClearML's shape, or a bare 2);
+    None when unset. Raises ValueError when it is not a whole number ≥ 0."""
+    value = raw.get("value") if isinstance(raw, dict) else raw
+    if value is None or value == "":
+        return None
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"{value!r} is not a whole number of retries (0 or more)")
+    return count
+
+
 def parse(value: object) -> FailureClass | None:
     """The class a caller named (None for none or an unknown word: such a failure counts as the task's)."""
     if isinstance(value, FailureClass):

@@ -19,6 +19,7 @@ from conveyor.protocol.failure import (
     RETRIES_SECTION,
     RETRIES_USED_FIELD,
     FailureClass,
+    retries_count,
 )
 from conveyor.protocol.status import TaskStatus
 from conveyor.server.codec import Document
@@ -32,30 +33,23 @@ log = logging.getLogger("conveyor.server")
 RETRY_MESSAGE = "retry by conveyor"  # status_message of the re-enqueue, in the task's status history
 
 
-def _retries_value(raw: object) -> object:
-    """A user property or queue metadata entry is {"value": ...} (ClearML's shape) or a bare value."""
-    return raw.get("value") if isinstance(raw, dict) else raw
-
-
 def allowed(doc: Document, queue: Document | None) -> tuple[int, str]:
     """How many retries the task may have, and where that number comes from ("" when none is set). The task's
     `properties/retries` wins over its queue's metadata `retries`. A value that is not a whole number ≥ 0 is
     refused with ValueError, its message naming where it is."""
-    prop = ((doc.get("hyperparams") or {}).get(RETRIES_SECTION) or {}).get(RETRIES_NAME)
-    where, raw = f"the task's user property {RETRIES_SECTION}/{RETRIES_NAME}", _retries_value(prop)
-    if raw in (None, ""):
-        metadata = (queue or {}).get("metadata") or {}
-        raw = _retries_value(metadata.get(QUEUE_RETRIES_KEY)) if isinstance(metadata, dict) else None
-        where = f"the metadata key {QUEUE_RETRIES_KEY!r} of queue {(queue or {}).get('name', '')}"
-    if raw in (None, ""):
-        return 0, ""
-    try:
-        count = int(str(raw).strip())
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ValueError(f"{where} is {raw!r}, not a whole number of retries (0 or more)")
-    return count, where
+    metadata = (queue or {}).get("metadata") or {}
+    sources = ((f"the task's user property {RETRIES_SECTION}/{RETRIES_NAME}",
+                ((doc.get("hyperparams") or {}).get(RETRIES_SECTION) or {}).get(RETRIES_NAME)),
+               (f"the metadata key {QUEUE_RETRIES_KEY!r} of queue {(queue or {}).get('name', '')}",
+                metadata.get(QUEUE_RETRIES_KEY) if isinstance(metadata, dict) else None))
+    for where, raw in sources:
+        try:
+            count = retries_count(raw)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if count is not None:
+            return count, where
+    return 0, ""
 
 
 def _log_line(conn: Any, doc: Document, text: str, level: str, worker: str | None) -> None:

@@ -237,7 +237,11 @@ def failed(call: Call) -> dict[str, Any]:
     """A run failed. Conveyor's `failure_class` (protocol/failure.py; none: the task's) is recorded with it as an
     attempt, and an infrastructure failure goes back to the front of its queue while its `retries` allow."""
     task_id = call.str("task", required=True)
-    failure_class = failure.parse(call.get(failure.FIELD)) or failure.FailureClass.task
+    given = call.get(failure.FIELD)
+    failure_class = failure.parse(given) or failure.FailureClass.task
+    if given not in (None, "") and failure.parse(given) is None:
+        raise errors.validation_error(f"Validation error: {failure.FIELD} must be one of "
+                                      f"{', '.join(c.value for c in failure.FailureClass)}, not {given!r}")
     woken: str | None = None
     with call.store.write() as conn:
         doc = tasks.load(conn, task_id, lock=True)
