@@ -247,3 +247,29 @@ def test_the_ui_shows_the_class_with_the_reason_and_the_attempts(ui: Any, sqlite
     assert "#2 on box:0: worker execution exit code 1 [task]" in attempts, attempts
     ui.goto(sqlite_server.url + "/#/tasks")
     ui.locator("tr", has_text="twice").get_by_text("worker execution exit code 1 [task]").wait_for()
+
+
+def test_an_install_failure_is_classed_by_what_the_installer_says(tmp_path: Path) -> None:
+    """uv and pip, for real: an index that does not answer is the infrastructure's failure, a requirement that
+    exists nowhere is the task's (pip says "no matching distribution" in both cases: its earlier lines decide)."""
+    from conveyor.env.managers.base import EnvBuildError, installer_env, run_streamed
+
+    bindir = Path(sys.executable).parent
+    subprocess.run([bindir / "uv", "venv", "-q", tmp_path / "v"], check=True, env=installer_env())
+    python, empty = tmp_path / "v" / "bin" / "python", tmp_path / "no-packages"
+    empty.mkdir()
+    down = f"http://127.0.0.1:{free_port()}/simple"
+    uv = [bindir / "uv", "pip", "install", "--python", python]
+    pip = [sys.executable, "-m", "pip", "install", "--isolated", "--no-cache-dir", "--target", tmp_path / "t"]
+    cases = [
+        ([*uv, "--index-url", down, "conveyor-no-such-package"], "infrastructure"),
+        ([*uv, "--no-index", "--find-links", empty, "conveyor-no-such-package"], "task"),
+        ([*pip, "--index-url", down, "--retries", "1", "--timeout", "1", "conveyor-no-such-package"], "infrastructure"),
+        ([*pip, "--no-index", "--find-links", empty, "conveyor-no-such-package"], "task"),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(EnvBuildError) as failed:
+            run_streamed(argv, log=lambda _line: None, what="installing the requirements",
+                         env=installer_env({"UV_HTTP_RETRIES": "0", "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
+                                            "PIP_FIND_LINKS": "", "PIP_CONFIG_FILE": os.devnull}))
+        assert failed.value.failure_class == expected, (argv, str(failed.value))

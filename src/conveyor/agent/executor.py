@@ -298,9 +298,10 @@ class Executor:
                                                python_version=task_python_version(self.cfg, script) or reqs.python,
                                                work_dir=code_dir, log=self.notice)
             except pyenv.EnvBuildError as exc:
-                # an index unreachable: the network's fault; a requirement that does not exist: the task's
+                # an index unreachable or the worker's set-up: infrastructure; a requirement that does not exist: the
+                # task's (managers/base.py reads the installer's output)
                 raise TaskFailure(f"failed building the python environment: {exc}",
-                                  failure_class=of_fetch(str(exc))) from None
+                                  failure_class=exc.failure_class) from None
 
     def _mark_running_entry_point(self) -> None:
         self.client.call("tasks.started", {"task": self.task_id, "force": True,
