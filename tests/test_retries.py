@@ -66,19 +66,24 @@ def _show(server: ServerProcess, task: str) -> str:
 
 def test_task_failures_are_never_retried_and_infrastructure_ones_until_the_limit(
         sqlite_server: ServerProcess, tmp_path: Path) -> None:
-    """The queue allows 2 retries. A script that exits 1 fails once (class `task`); a clone of an unreachable
-    repository is tried 3 times (class `infrastructure`), then fails for good with each attempt recorded."""
+    """The queue allows 2 retries. A script that exits 1, a diff that does not apply and a branch that does not
+    exist fail once (class `task`); a clone of an unreachable repository is tried 3 times (class `infrastructure`),
+    then fails for good with each attempt recorded."""
     client = sqlite_server.client()
     _queue_retries(client, 2)
     crash = create_task(client, repository="", diff="import sys\nprint('crashing')\nsys.exit(1)\n",
                         entry_point="crash.py")
+    _, bare = make_repo(tmp_path / "repo", {"train.py": "print('hi')\n"})
+    bad_diff = create_task(client, repository=f"file://{bare}", name="bad-diff",
+                           diff="--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-print('not this')\n+print('x')\n")
+    no_branch = create_task(client, repository=f"file://{bare}", branch="never-pushed", name="no-branch")
     unreachable = create_task(client, repository=f"http://127.0.0.1:{free_port()}/nowhere.git", name="unreachable")
     worker = f"retrier-{os.getpid()}"
     daemon = DaemonProcess(sqlite_server, tmp_path / "agent", "--queue", "default",
                            env=agent_env(sqlite_server, tmp_path / "agent", CLEARML_WORKER_ID=worker))
     try:
-        enqueue(client, crash)
-        enqueue(client, unreachable)
+        for task in (crash, bad_diff, no_branch, unreachable):
+            enqueue(client, task)
         doc = wait_final(client, crash, timeout=120)
         assert doc["status"] == "failed" and doc["status_reason"] == "worker execution exit code 1", doc
         assert doc["failure_class"] == "task"
@@ -87,6 +92,10 @@ def test_task_failures_are_never_retried_and_infrastructure_ones_until_the_limit
         assert "worker execution exit code 1 [task]" in _show(sqlite_server, crash)
         listed = _conveyor(sqlite_server, "task", "list")
         assert any(crash in line and "failed [task]" in line for line in listed.splitlines()), listed
+        for task, words in ((bad_diff, "diff does not apply"), (no_branch, "Branch 'never-pushed' not found")):
+            doc = wait_final(client, task, timeout=60)
+            assert doc["status"] == "failed" and words in doc["status_reason"], doc["status_reason"]
+            assert [(a["failure_class"], a["retried"]) for a in doc["attempts"]] == [("task", False)]
 
         deadline = time.time() + 120
         while True:  # wait_final would return at the first `failed`, which a retry follows
