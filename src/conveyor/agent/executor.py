@@ -35,7 +35,7 @@ from conveyor.config import Config
 from conveyor.env.managers.base import scrub
 from conveyor.errors import ConveyorError, TaskFailure
 from conveyor.protocol.failure import FIELD as FAILURE_CLASS
-from conveyor.protocol.failure import FailureClass, of_fetch, shown
+from conveyor.protocol.failure import FailureClass, of_fetch, parse, shown
 from conveyor.protocol.status import FINAL_VALUES, STOPPING, TaskStatus, changed_by
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class Executor:
         try:
             outcome = self._execute(task)
         except TaskFailure as exc:
-            outcome = Outcome(TaskStatus.failed, str(exc), failure_class=FailureClass(exc.failure_class))
+            outcome = Outcome(TaskStatus.failed, str(exc), failure_class=parse(exc.failure_class) or FailureClass.task)
             self.notice(f"conveyor: {exc}", "error")
         except Exception as exc:  # a bug of ours must still end the task with a status and a reason
             log.exception("task %s", self.task_id)

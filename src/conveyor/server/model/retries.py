@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from conveyor.protocol.failure import (
     ATTEMPTS_FIELD,
@@ -52,14 +53,14 @@ def allowed(doc: Document, queue: Document | None) -> tuple[int, str]:
     return 0, ""
 
 
-def _log_line(conn: Any, doc: Document, text: str, level: str, worker: str | None) -> None:
+def _log_line(conn: Connection, doc: Document, text: str, level: str, worker: str | None) -> None:
     """A line in the task's log, as a daemon writes its own: it marks where one attempt ends in the log."""
     row = events.event_row({"task": doc["id"], "type": "log", "msg": text + "\n", "level": level,
                             "worker": worker or "", "timestamp": int(time.time() * 1000)})
     conn.execute(s.events.insert(), [row])
 
 
-def after_failure(conn: Any, doc: Document, failure_class: FailureClass, *, reason: str, worker: str | None,
+def after_failure(conn: Connection, doc: Document, failure_class: FailureClass, *, reason: str, worker: str | None,
                   user: str = "") -> str | None:
     """Record the failed run of `doc` (already `failed`, locked) as an attempt and, for an infrastructure failure
     with retries left, put it back at the front of its queue. Returns that queue (to wake), or None."""
