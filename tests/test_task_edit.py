@@ -290,6 +290,24 @@ def test_cli_refuses_what_it_cannot_edit_with_the_way_out(edit_server: ServerPro
     assert as_json["answers"]["edit_hyper_params"] == {"updated": 1}
 
 
+def test_cli_edit_keeps_the_type_and_description_of_a_parameter_it_changes(edit_server: ServerProcess,
+                                                                             api: ApiClient) -> None:
+    """The SDK records a parameter's type (get_parameters(cast=True) casts by it) and its help text: changing the
+    value from the command line changes the value only."""
+    task = draft(api)
+    api.call("tasks.edit_hyper_params", {"task": task, "hyperparams": [
+        {"section": "Args", "name": "lr", "value": "0.1", "type": "float", "description": "learning rate"},
+        {"section": "General", "name": "epochs", "value": "3", "type": "int", "description": "passes"}]})
+    conveyor(edit_server, "task", "edit", task, "--args", "lr=0.01", "--param", "General/epochs=5",
+             "General/new=x")
+    params = task_of(api, task)["hyperparams"]
+    assert params["Args"]["lr"] == {"section": "Args", "name": "lr", "value": "0.01", "type": "float",
+                                    "description": "learning rate"}
+    assert params["General"]["epochs"] == {"section": "General", "name": "epochs", "value": "5", "type": "int",
+                                           "description": "passes"}
+    assert params["General"]["new"]["value"] == "x" and params["General"]["new"]["type"] == ""
+
+
 # --- edits reach the run (a real agent daemon) --------------------------------------------------------------------
 SDK_TRAIN = """\
 import argparse, importlib.metadata as md, json
