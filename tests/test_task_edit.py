@@ -308,6 +308,24 @@ def test_cli_edit_keeps_the_type_and_description_of_a_parameter_it_changes(edit_
     assert params["General"]["new"]["value"] == "x" and params["General"]["new"]["type"] == ""
 
 
+def test_cli_edit_never_prints_the_credentials_of_the_recorded_repository(edit_server: ServerProcess,
+                                                                            api: ApiClient) -> None:
+    """Another client may have stored a repository URL with user:token@ in it: `task edit`'s report of what
+    changed and its --json answers show it without them, as `task show` does."""
+    task = draft(api, script={"repository": "https://bob:s3cr3t-token@git.example.test/team/models.git",
+                              "branch": "main", "entry_point": "train.py"})
+    moved = conveyor(edit_server, "task", "edit", task, "--repo", "https://git.example.test/team/other.git")
+    assert "s3cr3t-token" not in moved.stdout + moved.stderr
+    assert "repository: https://git.example.test/team/models.git → https://git.example.test/team/other.git" \
+        in moved.stdout
+    other = draft(api, script={"repository": "https://bob:s3cr3t-token@git.example.test/team/models.git",
+                               "branch": "main", "entry_point": "train.py"})
+    as_json = conveyor(edit_server, "task", "edit", other, "--branch", "dev", "--json").stdout
+    assert "s3cr3t-token" not in as_json
+    assert json.loads(as_json)["answers"]["edit"]["fields"]["script"]["repository"] == \
+        "https://git.example.test/team/models.git"
+
+
 # --- edits reach the run (a real agent daemon) --------------------------------------------------------------------
 SDK_TRAIN = """\
 import argparse, importlib.metadata as md, json
