@@ -293,3 +293,21 @@ def test_a_refused_edit_is_explained_in_the_banner(sqlite_server: Any) -> None:
         page.wait_for_timeout(2500)  # a refresh of the task does not draw over the unsaved edit
         assert value.input_value() == "9"
     assert admin.call("tasks.get_by_id", {"task": task})["task"]["hyperparams"]["Args"]["lr"]["value"] == "0.1"
+
+
+def test_a_debug_sample_url_is_a_link_only_when_it_is_a_web_address(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """Any client reports a debug image's URL: one the browser would run (javascript:) or that is no web address
+    (s3://) is shown as text, never made a link another user clicks."""
+    client = sqlite_server.client()
+    task = client.call("tasks.create", {"name": "odd-samples", "type": "training"})["id"]
+    client.call("events.add_batch", {"requests": [
+        {"task": task, "type": "training_debug_image", "metric": "samples", "variant": variant, "iter": 1, "url": url}
+        for variant, url in (("script", "javascript:alert(document.domain)"), ("bucket", "s3://bucket/a.png"),
+                             ("web", "https://images.example.test/a.png"))]})
+    ui.goto(sqlite_server.url + f"/#/task/{task}/debug")
+    ui.locator("[data-sample='samples/web'] a").wait_for()
+    assert ui.locator("[data-sample='samples/web'] a").get_attribute("href") == "https://images.example.test/a.png"
+    for variant in ("script", "bucket"):
+        card = ui.locator(f"[data-sample='samples/{variant}']")
+        card.get_by_text("Stored outside this server").wait_for()
+        assert card.locator("a").count() == 0, card.inner_html()
