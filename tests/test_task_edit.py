@@ -165,6 +165,32 @@ def test_bad_edits_are_clear_400s_that_change_nothing(api: ApiClient, endpoint: 
         {k: v for k, v in before.items() if k != "last_update"}
 
 
+@pytest.mark.parametrize(("body", "says"), [
+    ({"new_task_hyperparams": {"Args": {"lr": "0.1"}}}, "Args/lr must be an object"),
+    ({"new_task_hyperparams": {"Args": "lr=0.1"}}, "section 'Args' must be an object"),
+    ({"new_task_configuration": {"c": "text"}}, "configuration item 'c' must be an object"),
+    ({"new_task_container": {"image": 3}}, "container 'image' must be a string"),
+])
+def test_a_clone_with_bad_new_fields_is_a_clear_400_and_no_broken_draft(api: ApiClient, body: dict[str, Any],
+                                                                         says: str) -> None:
+    """tasks.clone's new_task_hyperparams/configuration/container are what tasks.edit takes: checked the same way,
+    so that no draft holds a shape the edit calls, the UI and the agent then trip over."""
+    task = draft(api)
+    count = len(api.call("tasks.get_all", {"parent": task, "only_fields": ["id"]})["tasks"])
+    error = refusal(api, "tasks.clone", {"task": task, **body})
+    assert says in error.msg, error.msg
+    assert len(api.call("tasks.get_all", {"parent": task, "only_fields": ["id"]})["tasks"]) == count
+
+
+def test_a_clone_with_new_hyperparams_stores_them_as_an_edit_would(api: ApiClient) -> None:
+    clone = api.call("tasks.clone", {"task": draft(api), "new_task_hyperparams": {
+        "Args": {"lr": {"value": 0.5, "type": "float"}}}})["id"]
+    assert task_of(api, clone)["hyperparams"]["Args"]["lr"] == {
+        "section": "Args", "name": "lr", "value": "0.5", "type": "float", "description": ""}
+    api.call("tasks.edit_hyper_params", {"task": clone, "hyperparams": [
+        {"section": "Args", "name": "x", "value": "1"}]})
+
+
 def test_status_changes_answer_as_the_reference_and_are_recorded_in_the_history(edit_server: ServerProcess,
                                                                                  api: ApiClient) -> None:
     task = draft(api)
