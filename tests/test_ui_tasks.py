@@ -311,3 +311,21 @@ def test_a_debug_sample_url_is_a_link_only_when_it_is_a_web_address(ui: Any, sql
         card = ui.locator(f"[data-sample='samples/{variant}']")
         card.get_by_text("Stored outside this server").wait_for()
         assert card.locator("a").count() == 0, card.inner_html()
+
+
+def test_edited_packages_replace_the_list_a_run_froze(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """A clone of a task that ran holds the frozen list in `pip` and the user's original in `org_pip` (agents with
+    force_original_requirements install that one). Packages edited in the page are the new list: the old original
+    goes with the frozen one, as `conveyor task edit --packages` does, so the edit is what any agent installs."""
+    client = sqlite_server.client()
+    task = client.call("tasks.create", {"name": "frozen-reqs", "type": "training", "script": {
+        "entry_point": "train.py", "requirements": {"pip": "numpy==1.26.4\nsix==1.16.0", "org_pip": "numpy",
+                                                    "conda": "python=3.12"}}})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    reqs = ui.locator("form[data-section=requirements]")
+    assert reqs.get_by_label("Python requirements").input_value() == "numpy==1.26.4\nsix==1.16.0"
+    reqs.get_by_label("Python requirements").fill("numpy\ntorch")
+    reqs.get_by_role("button", name="Save").click()
+    ui.get_by_text("Python requirements saved").wait_for()
+    doc = client.call("tasks.get_by_id", {"task": task})["task"]
+    assert doc["script"]["requirements"] == {"pip": "numpy\ntorch", "conda": "python=3.12"}

@@ -221,7 +221,12 @@
     const text = textarea(original, { "aria-label": "Python requirements", rows: 8, placeholder: "One requirement a line, e.g. numpy==1.26.4" });
     return editable("Python requirements", "requirements", dirty, [text,
       h("div", { class: "hint-line" }, "Empty: the agent installs the repository's requirements file.")], async () => {
-      if (text.value !== original) await api("tasks.set_requirements", { task: task.id, requirements: { ...reqs, pip: text.value } });
+      // The new list is what the agent installs: a list frozen by a run goes, and with it the original it kept
+      // (org_pip, which agents with force_original_requirements install instead), as `conveyor task edit` does.
+      if (text.value !== original) {
+        const kept = Object.fromEntries(Object.entries(reqs).filter(([k]) => k !== "pip" && k !== "org_pip"));
+        await api("tasks.set_requirements", { task: task.id, requirements: { ...kept, pip: text.value } });
+      }
       done();
     });
   }
