@@ -329,3 +329,30 @@ def test_edited_packages_replace_the_list_a_run_froze(ui: Any, sqlite_server: An
     ui.get_by_text("Python requirements saved").wait_for()
     doc = client.call("tasks.get_by_id", {"task": task})["task"]
     assert doc["script"]["requirements"] == {"pip": "numpy\ntorch", "conda": "python=3.12"}
+
+
+def test_a_new_branch_in_the_page_runs_that_branch_not_the_recorded_commit(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """The agent checks out the recorded commit when there is one: a branch (or repository) changed in the page
+    leaves that commit behind unless a commit is given with it, and a new repository drops the diff made against
+    the old one, as `conveyor task edit` does."""
+    client = sqlite_server.client()
+    script = {"repository": "https://example.com/r.git", "branch": "main", "version_num": "a" * 40,
+              "entry_point": "train.py", "diff": "--- a/x\n+++ b/x\n"}
+    task = client.call("tasks.create", {"name": "new-branch", "type": "training", "script": script})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    source = ui.locator("form[data-section=source]")
+    source.locator("input[name=branch]").fill("dev")
+    source.get_by_role("button", name="Save").click()
+    ui.get_by_text("The recorded commit is dropped: the agent runs the head of the branch").wait_for()
+    doc = client.call("tasks.get_by_id", {"task": task})["task"]["script"]
+    assert (doc["branch"], doc["version_num"], doc["diff"]) == ("dev", "", script["diff"])
+
+    pinned = client.call("tasks.create", {"name": "pinned", "type": "training", "script": script})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{pinned}/execution")
+    source = ui.locator("form[data-section=source]")
+    source.locator("input[name=repository]").fill("https://example.com/other.git")
+    source.locator("input[name=version_num]").fill("b" * 40)
+    source.get_by_role("button", name="Save").click()
+    ui.get_by_text("The uncommitted changes of the old repository are dropped").wait_for()
+    doc = client.call("tasks.get_by_id", {"task": pinned})["task"]["script"]
+    assert (doc["repository"], doc["version_num"], doc["diff"]) == ("https://example.com/other.git", "b" * 40, "")

@@ -104,7 +104,19 @@
     return editable("Source", "source", dirty, h("div", { class: "form-grid" }, EDITABLE_SOURCE.map((k) => fieldRow(labels[k], inputs[k]))), async () => {
       const changed = {};
       for (const k of EDITABLE_SOURCE) if (inputs[k].value.trim() !== original[k]) changed[k] = inputs[k].value.trim();
+      // The agent checks out the recorded commit: a new branch or repository leaves it behind unless a commit is
+      // given with it, and a new repository drops the diff made against the old one (as `conveyor task edit`).
+      const notes = [];
+      if (("branch" in changed || "repository" in changed) && !("version_num" in changed) && original.version_num) {
+        changed.version_num = "";
+        notes.push("the recorded commit is dropped: the agent runs the head of the " + ("repository" in changed ? "new repository" : "branch"));
+      }
+      if ("repository" in changed && script.diff) {
+        changed.diff = "";
+        notes.push("the uncommitted changes of the old repository are dropped");
+      }
       if (Object.keys(changed).length) await api("tasks.edit", { task: task.id, script: changed });
+      for (const note of notes) toast(note.charAt(0).toUpperCase() + note.slice(1));
       done();
     });
   }
