@@ -356,3 +356,25 @@ def test_a_new_branch_in_the_page_runs_that_branch_not_the_recorded_commit(ui: A
     ui.get_by_text("The uncommitted changes of the old repository are dropped").wait_for()
     doc = client.call("tasks.get_by_id", {"task": pinned})["task"]["script"]
     assert (doc["repository"], doc["version_num"], doc["diff"]) == ("https://example.com/other.git", "b" * 40, "")
+
+
+def test_a_section_saved_twice_while_another_has_unsaved_edits_sends_what_changed(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """While one section holds unsaved edits the page is not redrawn, so a section saved meanwhile must take what
+    it saved as its new starting point: a parameter renamed twice ends under its last name only."""
+    client = sqlite_server.client()
+    task = client.call("tasks.create", {"name": "saved-twice", "type": "training", "hyperparams": {
+        "Args": {"lr": {"section": "Args", "name": "lr", "value": "0.1"}}}})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    ui.locator("form[data-section=container] input[name=image]").fill("python:3.12-slim")  # unsaved
+    form = ui.locator("form[data-section=params]")
+    name = form.locator("tr.param").first.get_by_label("Name")
+    name.fill("rate")
+    form.get_by_role("button", name="Save").click()
+    ui.get_by_text("Hyper-parameters saved").wait_for()
+    name.fill("step_size")
+    form.get_by_role("button", name="Save").click()
+    ui.get_by_text("Hyper-parameters saved").last.wait_for()
+    ui.wait_for_function("() => document.querySelectorAll('.toast').length >= 2")
+    args = client.call("tasks.get_by_id", {"task": task})["task"]["hyperparams"]["Args"]
+    assert list(args) == ["step_size"], args
+    assert ui.locator("form[data-section=container] input[name=image]").input_value() == "python:3.12-slim"

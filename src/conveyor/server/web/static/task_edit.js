@@ -69,6 +69,8 @@
 
   // --- editing a draft ------------------------------------------------------------------------------------------
   // A section of the form: its own Save button; `save()` makes the calls and throws on refusal (shown in the banner).
+  // While another section holds unsaved edits the page is not redrawn, so each `save()` takes what it saved as its
+  // new starting point (what the next save compares with).
   function editable(title, name, dirty, content, save) {
     const button = h("button", { type: "submit", class: "btn btn-primary btn-sm", dataset: { save: name } }, "Save");
     const form = h("form", {
@@ -100,6 +102,7 @@
     // The repository is shown without user:password@; it is sent only when changed, so a stored one is kept.
     const original = Object.fromEntries(EDITABLE_SOURCE.map((k) => [k, k === "repository" ? safeUrl(script[k]) : script[k] || ""]));
     const inputs = Object.fromEntries(EDITABLE_SOURCE.map((k) => [k, input(original[k], { name: k })]));
+    let hasDiff = Boolean(script.diff);
     const labels = Object.fromEntries(SOURCE_FIELDS);
     return editable("Source", "source", dirty, h("div", { class: "form-grid" }, EDITABLE_SOURCE.map((k) => fieldRow(labels[k], inputs[k]))), async () => {
       const changed = {};
@@ -111,18 +114,20 @@
         changed.version_num = "";
         notes.push("the recorded commit is dropped: the agent runs the head of the " + ("repository" in changed ? "new repository" : "branch"));
       }
-      if ("repository" in changed && script.diff) {
+      if ("repository" in changed && hasDiff) {
         changed.diff = "";
         notes.push("the uncommitted changes of the old repository are dropped");
       }
       if (Object.keys(changed).length) await api("tasks.edit", { task: task.id, script: changed });
+      for (const k of EDITABLE_SOURCE) if (k in changed) { original[k] = changed[k]; inputs[k].value = changed[k]; }
+      if (changed.diff === "") hasDiff = false;
       for (const note of notes) toast(note.charAt(0).toUpperCase() + note.slice(1));
       done();
     });
   }
 
   function paramsForm(task, dirty, done) {
-    const params = task.hyperparams || {};
+    let params = task.hyperparams || {};
     const list = h("div", { class: "param-sections" });
     const blocks = [];
 
@@ -185,6 +190,8 @@
       }
       if (deletes.length) await api("tasks.delete_hyper_params", { task: task.id, hyperparams: deletes });
       if (edits.length) await api("tasks.edit_hyper_params", { task: task.id, hyperparams: edits, replace_hyperparams: "none" });
+      params = {};
+      for (const e of edits) (params[e.section] = params[e.section] || {})[e.name] = e;
       done();
     });
   }
@@ -223,13 +230,15 @@
         .map(({ c, text }) => ({ name: c.name, value: text.value, type: c.type || "", description: c.description || "" }));
       if (removed.length) await api("tasks.delete_configuration", { task: task.id, configuration: removed });
       if (changed.length) await api("tasks.edit_configuration", { task: task.id, configuration: changed });
+      items.splice(0, items.length, ...live);
+      for (const item of live) { item.c = { ...item.c, value: item.text.value }; item.added = false; }
       done();
     });
   }
 
   function requirementsForm(task, dirty, done) {
-    const reqs = (task.script || {}).requirements || {};
-    const original = pipText(reqs);
+    let reqs = (task.script || {}).requirements || {};
+    let original = pipText(reqs);
     const text = textarea(original, { "aria-label": "Python requirements", rows: 8, placeholder: "One requirement a line, e.g. numpy==1.26.4" });
     return editable("Python requirements", "requirements", dirty, [text,
       h("div", { class: "hint-line" }, "Empty: the agent installs the repository's requirements file.")], async () => {
@@ -238,6 +247,8 @@
       if (text.value !== original) {
         const kept = Object.fromEntries(Object.entries(reqs).filter(([k]) => k !== "pip" && k !== "org_pip"));
         await api("tasks.set_requirements", { task: task.id, requirements: { ...kept, pip: text.value } });
+        reqs = { ...kept, pip: text.value };
+        original = text.value;
       }
       done();
     });
