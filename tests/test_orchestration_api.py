@@ -256,6 +256,52 @@ def test_a_week_of_reports_from_many_workers_stays_small(store: Store) -> None:
     assert any(x.active for x in week) and not all(x.active for x in week)
 
 
+class _BucketReads:
+    """A connection that counts the stored buckets (rows of worker_stats_rollup with their stats) it reads."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.buckets = 0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.conn.execute(*args, **kwargs)
+        if not result.returns_rows:
+            return result
+        rows = result.all()
+        self.buckets += sum(1 for r in rows if "bucket" in r._fields and "stats" in r._fields)
+        return _Rows(rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+class _Rows(list):  # type: ignore[type-arg]
+    def all(self) -> list:  # type: ignore[type-arg]
+        return list(self)
+
+
+def test_a_late_report_folds_into_its_own_buckets_only(store: Store) -> None:
+    """A report that arrives late (an agent back after an outage sends its timestamp from days ago) is folded into
+    the buckets it belongs to: the fold reads and locks those, not every bucket of the workers between its time
+    and the others'."""
+    now = time.time()
+    week = [{"worker": f"w{w}", "timestamp": now - age, "task": None, "stats": json.dumps({"cpu_usage": 1.0})}
+            for w in range(2) for age in range(2 * HOUR, 7 * DAY, 60)]
+    with store.write() as conn:
+        conn.execute(s.worker_stats.insert(), week)
+        worker_stats.compact(conn, before=now - HOUR, keep_per_worker=100_000, now=now, keep_days=8)
+        conn.execute(s.worker_stats.insert(), [
+            {"worker": "w0", "timestamp": now - 6 * DAY + 30, "task": None, "stats": json.dumps({"cpu_usage": 5.0})},
+            {"worker": "w1", "timestamp": now - 2 * HOUR + 30, "task": None, "stats": json.dumps({"cpu_usage": 5.0})}])
+        counted = _BucketReads(conn)
+        assert worker_stats.compact(counted, before=now - HOUR, keep_per_worker=100_000, now=now, keep_days=8) == 2
+    assert counted.buckets <= 3, counted.buckets  # w0's 10-minute bucket, w1's minute and 10-minute ones
+    with store.read() as conn:
+        old = [x for x in worker_stats.samples(conn, now - 6 * DAY - 600, now - 6 * DAY + 600, ["w0"], resolution=600)
+               if x.stats["cpu_usage"]["total"][1] == 5.0]
+    assert len(old) == 1 and old[0].stats["cpu_usage"]["total"][3] == 11.0
+
+
 def test_queue_samples_fold_into_slots_keeping_the_longest_wait(store: Store) -> None:
     t0 = (time.time() - DAY) // 600 * 600
     with store.write() as conn:
