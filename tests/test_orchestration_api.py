@@ -221,6 +221,22 @@ def test_a_full_queue_refuses_more_entries_with_a_clear_error(api: ApiClient) ->
     assert api.call("queues.get_num_entries", {"queue": queue})["num"] == 3
 
 
+def test_a_worker_gives_back_what_it_pulled_even_when_the_queue_filled_meanwhile(api: ApiClient) -> None:
+    """A daemon that pulled a task and cannot run it (draining, its GPU taken) puts it back at the front: the task
+    held a place in the queue, so the limit reached by others meanwhile does not leave it queued with no entry."""
+    queue = api.call("queues.create", {"name": unique("giveback"), "max_entries": 1})["id"]
+    pulled = enqueue(api, queue)
+    assert api.call("queues.get_next_task", {"queue": queue})["entry"]["task"] == pulled
+    waiting = enqueue(api, queue)  # the queue is full again
+    api.call("queues.add_task", {"queue": queue, "task": pulled})
+    api.call("queues.move_task_to_front", {"queue": queue, "task": pulled})
+    entries = api.call("queues.get_by_id", {"queue": queue})["queue"]["entries"]
+    assert [e["task"] for e in entries] == [pulled, waiting]
+    with pytest.raises(ApiCallError) as info:  # a new task still finds the queue full
+        enqueue(api, queue)
+    assert "full" in info.value.msg
+
+
 # --- the history's storage, in-process on either database -----------------------------------------------------------
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
