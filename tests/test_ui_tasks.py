@@ -8,6 +8,7 @@ import base64
 import json
 import secrets
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -378,3 +379,26 @@ def test_a_section_saved_twice_while_another_has_unsaved_edits_sends_what_change
     args = client.call("tasks.get_by_id", {"task": task})["task"]["hyperparams"]["Args"]
     assert list(args) == ["step_size"], args
     assert ui.locator("form[data-section=container] input[name=image]").input_value() == "python:3.12-slim"
+
+
+def test_credentials_typed_into_the_repository_are_not_stored(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """Every user reads every task: a token pasted into the repository URL would be everyone's. The page stores
+    the URL without user:password@ (agents use their own git credentials), as `conveyor task edit --repo` does,
+    and keeps ssh's `git@` user."""
+    client = sqlite_server.client()
+    script = {"repository": "https://example.com/r.git", "entry_point": "t.py"}
+    task = client.call("tasks.create", {"name": "typed-token", "type": "training", "script": script})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    source = ui.locator("form[data-section=source]")
+    source.locator("input[name=repository]").fill("https://bob:ghp_s3cr3t@example.com/other.git")
+    source.get_by_role("button", name="Save").click()
+    ui.get_by_text("The credentials in the repository URL are not stored").wait_for()
+    assert client.call("tasks.get_by_id", {"task": task})["task"]["script"]["repository"] == \
+        "https://example.com/other.git"
+    source.locator("input[name=repository]").fill("ssh://git@example.com/team/r.git")
+    source.get_by_role("button", name="Save").click()
+    deadline = time.time() + 15
+    while (repo := client.call("tasks.get_by_id", {"task": task})["task"]["script"]["repository"]) != \
+            "ssh://git@example.com/team/r.git":
+        assert time.time() < deadline, repo
+        time.sleep(0.2)

@@ -97,6 +97,16 @@
   const textarea = (value, attrs) => h("textarea", { class: "textarea", value: value || "", spellcheck: "false", ...attrs });
   const fieldRow = (label, control) => h("label", { class: "field" }, label, control);
 
+  // user:password@ never goes into a task (ARCHITECTURE decision 6), as env/repo_state.strip_credentials; ssh's
+  // `git@` user (no password) is kept.
+  function withoutCredentials(url) {
+    const m = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)@([^/?#]*)(.*)$/i.exec(url);
+    if (!m) return url;
+    const [, scheme, userinfo, host, rest] = m;
+    if (/^(ssh|git\+ssh)$/i.test(scheme) && !userinfo.includes(":")) return url;
+    return scheme + "://" + host + rest;
+  }
+
   function sourceForm(task, dirty, done) {
     const script = task.script || {};
     // The repository is shown without user:password@; it is sent only when changed, so a stored one is kept.
@@ -110,6 +120,15 @@
       // The agent checks out the recorded commit: a new branch or repository leaves it behind unless a commit is
       // given with it, and a new repository drops the diff made against the old one (as `conveyor task edit`).
       const notes = [];
+      if ("repository" in changed) {
+        const clean = withoutCredentials(changed.repository);
+        if (clean !== changed.repository) {
+          changed.repository = clean;
+          inputs.repository.value = clean;
+          notes.push("the credentials in the repository URL are not stored (every user can read a task): agents clone with their own git credentials");
+          if (clean === original.repository) delete changed.repository;
+        }
+      }
       if (("branch" in changed || "repository" in changed) && !("version_num" in changed) && original.version_num) {
         changed.version_num = "";
         notes.push("the recorded commit is dropped: the agent runs the head of the " + ("repository" in changed ? "new repository" : "branch"));
