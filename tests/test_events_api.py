@@ -179,6 +179,32 @@ def test_many_points_are_down_sampled_and_a_bad_scroll_is_refused(api: ApiClient
     assert info.value.code == 400 and "scroll_id" in info.value.msg
 
 
+def test_a_forged_scroll_id_is_a_400_never_a_500(api: ApiClient) -> None:
+    """Scroll ids carry their position as base64 JSON, so a client can send any JSON in them: numbers out of
+    range (Infinity, NaN, 10**30) are refused like any other bad scroll."""
+    import base64
+
+    tid = api.call("tasks.create", {"name": f"scroll-{uuid.uuid4().hex[:6]}", "type": "training"})["id"]
+    api.call("events.add", {"task": tid, "type": "training_stats_scalar", "metric": "m", "variant": "v",
+                            "value": 1.0, "iter": 1})
+
+    def forged(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).decode()
+
+    calls = [("events.scalar_metrics_iter_raw", {"task": tid, "metric": {"metric": "m"},
+                                                 "scroll_id": forged('{"seq": ' + bad + '}')})
+             for bad in ("1e400", "100000000000000000000000000000", "-100000000000000000000000000000")]
+    calls += [(endpoint, {"task": tid, "tasks": [tid], "metrics": [{"task": tid}],
+                          "scroll_id": forged('{"past": {"' + tid + '": ' + bad + '}}')})
+              for endpoint in ("events.get_task_plots", "events.debug_images")
+              for bad in ("Infinity", "NaN", "-Infinity")]
+    for endpoint, body in calls:
+        try:
+            api.call(endpoint, body)
+        except ApiCallError as exc:
+            assert exc.code == 400 and "scroll_id" in exc.msg, (endpoint, body, exc)
+
+
 def test_events_answers_parse_with_sdk_schemas(api: ApiClient, reported: dict[str, Any]) -> None:
     tid = reported["id"]
     sample = api.call("events.get_debug_image_sample", {"task": tid, "metric": "samples", "variant": "digit"})

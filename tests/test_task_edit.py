@@ -165,6 +165,32 @@ def test_bad_edits_are_clear_400s_that_change_nothing(api: ApiClient, endpoint: 
         {k: v for k, v in before.items() if k != "last_update"}
 
 
+@pytest.mark.parametrize(("body", "says"), [
+    ({"new_task_hyperparams": {"Args": {"lr": "0.1"}}}, "Args/lr must be an object"),
+    ({"new_task_hyperparams": {"Args": "lr=0.1"}}, "section 'Args' must be an object"),
+    ({"new_task_configuration": {"c": "text"}}, "configuration item 'c' must be an object"),
+    ({"new_task_container": {"image": 3}}, "container 'image' must be a string"),
+])
+def test_a_clone_with_bad_new_fields_is_a_clear_400_and_no_broken_draft(api: ApiClient, body: dict[str, Any],
+                                                                         says: str) -> None:
+    """tasks.clone's new_task_hyperparams/configuration/container are what tasks.edit takes: checked the same way,
+    so that no draft holds a shape the edit calls, the UI and the agent then trip over."""
+    task = draft(api)
+    count = len(api.call("tasks.get_all", {"parent": task, "only_fields": ["id"]})["tasks"])
+    error = refusal(api, "tasks.clone", {"task": task, **body})
+    assert says in error.msg, error.msg
+    assert len(api.call("tasks.get_all", {"parent": task, "only_fields": ["id"]})["tasks"]) == count
+
+
+def test_a_clone_with_new_hyperparams_stores_them_as_an_edit_would(api: ApiClient) -> None:
+    clone = api.call("tasks.clone", {"task": draft(api), "new_task_hyperparams": {
+        "Args": {"lr": {"value": 0.5, "type": "float"}}}})["id"]
+    assert task_of(api, clone)["hyperparams"]["Args"]["lr"] == {
+        "section": "Args", "name": "lr", "value": "0.5", "type": "float", "description": ""}
+    api.call("tasks.edit_hyper_params", {"task": clone, "hyperparams": [
+        {"section": "Args", "name": "x", "value": "1"}]})
+
+
 def test_status_changes_answer_as_the_reference_and_are_recorded_in_the_history(edit_server: ServerProcess,
                                                                                  api: ApiClient) -> None:
     task = draft(api)
@@ -288,6 +314,42 @@ def test_cli_refuses_what_it_cannot_edit_with_the_way_out(edit_server: ServerPro
     as_json = json.loads(conveyor(edit_server, "task", "edit", fresh, "--param", "General/x=1", "--json").stdout)
     assert as_json["task"]["hyperparams"]["General"]["x"]["value"] == "1"
     assert as_json["answers"]["edit_hyper_params"] == {"updated": 1}
+
+
+def test_cli_edit_keeps_the_type_and_description_of_a_parameter_it_changes(edit_server: ServerProcess,
+                                                                             api: ApiClient) -> None:
+    """The SDK records a parameter's type (get_parameters(cast=True) casts by it) and its help text: changing the
+    value from the command line changes the value only."""
+    task = draft(api)
+    api.call("tasks.edit_hyper_params", {"task": task, "hyperparams": [
+        {"section": "Args", "name": "lr", "value": "0.1", "type": "float", "description": "learning rate"},
+        {"section": "General", "name": "epochs", "value": "3", "type": "int", "description": "passes"}]})
+    conveyor(edit_server, "task", "edit", task, "--args", "lr=0.01", "--param", "General/epochs=5",
+             "General/new=x")
+    params = task_of(api, task)["hyperparams"]
+    assert params["Args"]["lr"] == {"section": "Args", "name": "lr", "value": "0.01", "type": "float",
+                                    "description": "learning rate"}
+    assert params["General"]["epochs"] == {"section": "General", "name": "epochs", "value": "5", "type": "int",
+                                           "description": "passes"}
+    assert params["General"]["new"]["value"] == "x" and params["General"]["new"]["type"] == ""
+
+
+def test_cli_edit_never_prints_the_credentials_of_the_recorded_repository(edit_server: ServerProcess,
+                                                                            api: ApiClient) -> None:
+    """Another client may have stored a repository URL with user:token@ in it: `task edit`'s report of what
+    changed and its --json answers show it without them, as `task show` does."""
+    task = draft(api, script={"repository": "https://bob:s3cr3t-token@git.example.test/team/models.git",
+                              "branch": "main", "entry_point": "train.py"})
+    moved = conveyor(edit_server, "task", "edit", task, "--repo", "https://git.example.test/team/other.git")
+    assert "s3cr3t-token" not in moved.stdout + moved.stderr
+    assert "repository: https://git.example.test/team/models.git → https://git.example.test/team/other.git" \
+        in moved.stdout
+    other = draft(api, script={"repository": "https://bob:s3cr3t-token@git.example.test/team/models.git",
+                               "branch": "main", "entry_point": "train.py"})
+    as_json = conveyor(edit_server, "task", "edit", other, "--branch", "dev", "--json").stdout
+    assert "s3cr3t-token" not in as_json
+    assert json.loads(as_json)["answers"]["edit"]["fields"]["script"]["repository"] == \
+        "https://git.example.test/team/models.git"
 
 
 # --- edits reach the run (a real agent daemon) --------------------------------------------------------------------

@@ -8,6 +8,7 @@ import base64
 import json
 import secrets
 import struct
+import time
 import zlib
 from typing import Any
 
@@ -293,3 +294,111 @@ def test_a_refused_edit_is_explained_in_the_banner(sqlite_server: Any) -> None:
         page.wait_for_timeout(2500)  # a refresh of the task does not draw over the unsaved edit
         assert value.input_value() == "9"
     assert admin.call("tasks.get_by_id", {"task": task})["task"]["hyperparams"]["Args"]["lr"]["value"] == "0.1"
+
+
+def test_a_debug_sample_url_is_a_link_only_when_it_is_a_web_address(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """Any client reports a debug image's URL: one the browser would run (javascript:) or that is no web address
+    (s3://) is shown as text, never made a link another user clicks."""
+    client = sqlite_server.client()
+    task = client.call("tasks.create", {"name": "odd-samples", "type": "training"})["id"]
+    client.call("events.add_batch", {"requests": [
+        {"task": task, "type": "training_debug_image", "metric": "samples", "variant": variant, "iter": 1, "url": url}
+        for variant, url in (("script", "javascript:alert(document.domain)"), ("bucket", "s3://bucket/a.png"),
+                             ("web", "https://images.example.test/a.png"))]})
+    ui.goto(sqlite_server.url + f"/#/task/{task}/debug")
+    ui.locator("[data-sample='samples/web'] a").wait_for()
+    assert ui.locator("[data-sample='samples/web'] a").get_attribute("href") == "https://images.example.test/a.png"
+    for variant in ("script", "bucket"):
+        card = ui.locator(f"[data-sample='samples/{variant}']")
+        card.get_by_text("Stored outside this server").wait_for()
+        assert card.locator("a").count() == 0, card.inner_html()
+
+
+def test_edited_packages_replace_the_list_a_run_froze(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """A clone of a task that ran holds the frozen list in `pip` and the user's original in `org_pip` (agents with
+    force_original_requirements install that one). Packages edited in the page are the new list: the old original
+    goes with the frozen one, as `conveyor task edit --packages` does, so the edit is what any agent installs."""
+    client = sqlite_server.client()
+    task = client.call("tasks.create", {"name": "frozen-reqs", "type": "training", "script": {
+        "entry_point": "train.py", "requirements": {"pip": "numpy==1.26.4\nsix==1.16.0", "org_pip": "numpy",
+                                                    "conda": "python=3.12"}}})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    reqs = ui.locator("form[data-section=requirements]")
+    assert reqs.get_by_label("Python requirements").input_value() == "numpy==1.26.4\nsix==1.16.0"
+    reqs.get_by_label("Python requirements").fill("numpy\ntorch")
+    reqs.get_by_role("button", name="Save").click()
+    ui.get_by_text("Python requirements saved").wait_for()
+    doc = client.call("tasks.get_by_id", {"task": task})["task"]
+    assert doc["script"]["requirements"] == {"pip": "numpy\ntorch", "conda": "python=3.12"}
+
+
+def test_a_new_branch_in_the_page_runs_that_branch_not_the_recorded_commit(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """The agent checks out the recorded commit when there is one: a branch (or repository) changed in the page
+    leaves that commit behind unless a commit is given with it, and a new repository drops the diff made against
+    the old one, as `conveyor task edit` does."""
+    client = sqlite_server.client()
+    script = {"repository": "https://example.com/r.git", "branch": "main", "version_num": "a" * 40,
+              "entry_point": "train.py", "diff": "--- a/x\n+++ b/x\n"}
+    task = client.call("tasks.create", {"name": "new-branch", "type": "training", "script": script})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    source = ui.locator("form[data-section=source]")
+    source.locator("input[name=branch]").fill("dev")
+    source.get_by_role("button", name="Save").click()
+    ui.get_by_text("The recorded commit is dropped: the agent runs the head of the branch").wait_for()
+    doc = client.call("tasks.get_by_id", {"task": task})["task"]["script"]
+    assert (doc["branch"], doc["version_num"], doc["diff"]) == ("dev", "", script["diff"])
+
+    pinned = client.call("tasks.create", {"name": "pinned", "type": "training", "script": script})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{pinned}/execution")
+    source = ui.locator("form[data-section=source]")
+    source.locator("input[name=repository]").fill("https://example.com/other.git")
+    source.locator("input[name=version_num]").fill("b" * 40)
+    source.get_by_role("button", name="Save").click()
+    ui.get_by_text("The uncommitted changes of the old repository are dropped").wait_for()
+    doc = client.call("tasks.get_by_id", {"task": pinned})["task"]["script"]
+    assert (doc["repository"], doc["version_num"], doc["diff"]) == ("https://example.com/other.git", "b" * 40, "")
+
+
+def test_a_section_saved_twice_while_another_has_unsaved_edits_sends_what_changed(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """While one section holds unsaved edits the page is not redrawn, so a section saved meanwhile must take what
+    it saved as its new starting point: a parameter renamed twice ends under its last name only."""
+    client = sqlite_server.client()
+    task = client.call("tasks.create", {"name": "saved-twice", "type": "training", "hyperparams": {
+        "Args": {"lr": {"section": "Args", "name": "lr", "value": "0.1"}}}})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    ui.locator("form[data-section=container] input[name=image]").fill("python:3.12-slim")  # unsaved
+    form = ui.locator("form[data-section=params]")
+    name = form.locator("tr.param").first.get_by_label("Name")
+    name.fill("rate")
+    form.get_by_role("button", name="Save").click()
+    ui.get_by_text("Hyper-parameters saved").wait_for()
+    name.fill("step_size")
+    form.get_by_role("button", name="Save").click()
+    ui.get_by_text("Hyper-parameters saved").last.wait_for()
+    ui.wait_for_function("() => document.querySelectorAll('.toast').length >= 2")
+    args = client.call("tasks.get_by_id", {"task": task})["task"]["hyperparams"]["Args"]
+    assert list(args) == ["step_size"], args
+    assert ui.locator("form[data-section=container] input[name=image]").input_value() == "python:3.12-slim"
+
+
+def test_credentials_typed_into_the_repository_are_not_stored(ui: Any, sqlite_server: Any) -> None:  # noqa: F811
+    """Every user reads every task: a token pasted into the repository URL would be everyone's. The page stores
+    the URL without user:password@ (agents use their own git credentials), as `conveyor task edit --repo` does,
+    and keeps ssh's `git@` user."""
+    client = sqlite_server.client()
+    script = {"repository": "https://example.com/r.git", "entry_point": "t.py"}
+    task = client.call("tasks.create", {"name": "typed-token", "type": "training", "script": script})["id"]
+    ui.goto(sqlite_server.url + f"/#/task/{task}/execution")
+    source = ui.locator("form[data-section=source]")
+    source.locator("input[name=repository]").fill("https://bob:ghp_s3cr3t@example.com/other.git")
+    source.get_by_role("button", name="Save").click()
+    ui.get_by_text("The credentials in the repository URL are not stored").wait_for()
+    assert client.call("tasks.get_by_id", {"task": task})["task"]["script"]["repository"] == \
+        "https://example.com/other.git"
+    source.locator("input[name=repository]").fill("ssh://git@example.com/team/r.git")
+    source.get_by_role("button", name="Save").click()
+    deadline = time.time() + 15
+    while (repo := client.call("tasks.get_by_id", {"task": task})["task"]["script"]["repository"]) != \
+            "ssh://git@example.com/team/r.git":
+        assert time.time() < deadline, repo
+        time.sleep(0.2)

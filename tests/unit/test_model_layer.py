@@ -463,3 +463,40 @@ def test_a_long_poll_skips_queues_its_worker_is_forced_off(conn: Connection) -> 
     assert forcing.closed_queues(conn, "w", [a, b]) == {a}  # a queue tag on beats the runtime property
     conn.execute(s.runtime_properties.update().values(expires=time.time() - 1))
     assert not forcing.worker_forced_off(conn, "w")  # expired
+
+
+class _RowCounter:
+    """A connection that counts the event rows with their document (a plot's figure, an image's event) it reads."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.with_doc = 0
+
+    def execute(self, *args: object, **kwargs: object) -> object:
+        rows = self.conn.execute(*args, **kwargs).all()  # type: ignore[arg-type]
+        self.with_doc += sum(1 for r in rows if "doc" in r._fields)
+        return _Rows(rows)
+
+
+class _Rows(list):  # type: ignore[type-arg]
+    def all(self) -> list:  # type: ignore[type-arg]
+        return list(self)
+
+
+def test_the_latest_iterations_of_plots_read_only_those_iterations(conn: Connection) -> None:
+    """A run that reports a figure every epoch holds thousands of big events: asking for the latest few iterations
+    (the UI does, every few seconds while the task runs) reads the events of those iterations, not all of them."""
+    doc = make_task(conn)
+    rows = [events.event_row({"task": doc["id"], "type": events.PLOT, "metric": m, "variant": "v", "iter": i,
+                              "timestamp": 1000 + i, "plot_str": "{}"}) for i in range(200) for m in ("a", "b")]
+    events.add(conn, doc, rows)
+    counted = _RowCounter(conn)
+    found = events.by_iterations(counted, [doc["id"]], events.PLOT, [], 3)  # type: ignore[arg-type]
+    assert sorted({e["iter"] for e in found}) == [197, 198, 199] and len(found) == 6
+    assert counted.with_doc == 6
+    counted = _RowCounter(conn)
+    first = events.by_iterations(counted, [doc["id"]], events.PLOT, [("a", [])], 2, earlier=False,  # type: ignore[arg-type]
+                                 past={doc["id"]: 0}, per_metric=True)
+    assert [(e["metric"], e["iter"]) for e in first] == [("a", 1), ("a", 2)] and counted.with_doc == 2
+    everything = events.by_iterations(conn, [doc["id"]], events.PLOT, [], None)
+    assert len(everything) == 400

@@ -329,11 +329,14 @@ def edit_task(args: argparse.Namespace) -> int:
         answers["edit"] = client.call("tasks.edit", {"task": task_id, **edit.edit})
     after = tb.get_task(client, task_id)
     if args.json:
+        if "edit" in answers:  # tasks.edit answers the whole script it changed, the repository with it
+            fields = answers["edit"].get("fields") or {}
+            answers["edit"] = {**answers["edit"], "fields": _redacted(fields)}
         print_json({"id": task_id, "answers": answers, "task": _redacted(after)})
         return 0
     for note in edit.notes:
         warn(note)
-    lines = task_edit.changes(before, after)
+    lines = task_edit.changes(_redacted(before), _redacted(after))
     print(f"Edited {task_id} ({after.get('name', '')})" + ("" if lines else ": no value changed"))
     for line in lines:
         print(f"  {line}")

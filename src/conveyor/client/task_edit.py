@@ -77,6 +77,7 @@ def plan(task: dict[str, Any], *, name: str | None = None, comment: str | None =
         result.edit["comment"] = comment
     result.params = [{"section": ARGS_SECTION, "name": k, "value": v} for k, v in parse_args(args).items()]
     result.params += parse_params(params)
+    result.params = [_with_recorded(task, p) for p in result.params]
     result.deleted = parse_deletions(delete_params)
     clash = {(p["section"], p["name"]) for p in result.params} & \
             {(d["section"], d.get("name")) for d in result.deleted}
@@ -91,6 +92,16 @@ def plan(task: dict[str, Any], *, name: str | None = None, comment: str | None =
     if container:
         result.edit["container"] = {**(task.get("container") or {}), **container}
     return result
+
+
+def _with_recorded(task: dict[str, Any], param: dict[str, str]) -> dict[str, str]:
+    """A parameter to set, with the type and description recorded for it: tasks.edit_hyper_params replaces a
+    parameter whole, and the type is what the SDK casts the value by (get_parameters(cast=True))."""
+    recorded = ((task.get("hyperparams") or {}).get(param["section"]) or {}).get(param["name"])
+    if not isinstance(recorded, dict):
+        return param
+    kept = {key: recorded[key] for key in ("type", "description") if isinstance(recorded.get(key), str)}
+    return {**param, **kept}
 
 
 def _script_change(current: dict[str, Any], change: dict[str, str], notes: list[str]) -> dict[str, str]:

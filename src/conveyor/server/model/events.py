@@ -262,23 +262,42 @@ def by_iterations(conn: Connection, task_ids: list[str], etype: str, metrics: Me
                   per_metric: bool = False) -> list[Document]:
     """The events of a type in `iters` iterations of each task (all, without `iters`): the latest ones going
     `earlier`, else the first ones; `past` (by task) starts beyond an iteration (where a previous page ended). With
-    `per_metric`, `iters` iterations of each metric of a task rather than of the task as a whole."""
+    `per_metric`, `iters` iterations of each metric of a task rather than of the task as a whole.
+
+    The iterations are chosen first from the (small) index columns, then only their events are read: a run that
+    reports a figure every epoch holds thousands of big events, and the UI asks for the latest few often."""
     e = s.events.c
-    order = e.iter.desc() if earlier else e.iter.asc()
-    rows = conn.execute(select(s.events).where(*_where(task_ids, etype, metrics)).order_by(order, e.seq)).all()
-    kept_iters: dict[tuple[str, str], list[int]] = {}
+    it_col = func.coalesce(e.iter, 0)
+    where = _where(task_ids, etype, metrics)
+
+    limits = past or {}
+
+    def beyond(task: str, it: int) -> bool:
+        return task in limits and (it >= limits[task] if earlier else it <= limits[task])
+
+    kept: dict[tuple[str, str], set[int]] | None = None
+    if iters:
+        groups = [e.task, e.metric] if per_metric else [e.task]
+        found: dict[tuple[str, str], list[int]] = {}
+        for r in conn.execute(select(*groups, it_col.label("it")).where(*where).distinct()).all():
+            it = int(r.it)
+            if not beyond(r.task, it):
+                found.setdefault((r.task, r.metric if per_metric else ""), []).append(it)
+        kept = {group: set(sorted(its, reverse=earlier)[:iters]) for group, its in found.items()}
+        wanted = set().union(*kept.values())
+        if not wanted:
+            return []
+        where = [*where, it_col.in_(sorted(wanted))]
+    order = it_col.desc() if earlier else it_col.asc()
     out: list[Document] = []
+    rows: list[Any] = list(conn.execute(select(s.events).where(*where).order_by(order, e.seq)).all())
     for r in rows:
         it = r.iter if r.iter is not None else 0
-        if past and r.task in past and (it >= past[r.task] if earlier else it <= past[r.task]):
-            continue
-        group = (r.task, r.metric if per_metric else "")
-        seen = kept_iters.setdefault(group, [])
-        if it not in seen:
-            if iters and len(seen) >= iters:
-                continue
-            seen.append(it)
-        out.append(event_out(r))
+        if kept is None:
+            if not beyond(r.task, it):
+                out.append(event_out(r))
+        elif it in kept.get((r.task, r.metric if per_metric else ""), ()):
+            out.append(event_out(r))
     return out
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from conveyor.server.codec import Document, dumps, loads
@@ -22,6 +22,7 @@ MINUTE, TEN_MINUTES = 60, 600
 MINUTE_KEEP_SEC = 86400  # per-minute buckets answer ranges within the last day; older ones only the 10-minute tier
 TOTAL = "total"  # the variant of a stat that is one number (lists are split by index: "0", "1", ...)
 AGGREGATIONS = ("avg", "min", "max")
+MERGE_CHUNK = 500  # buckets read (and locked) per statement when folding
 
 # [min, max, sum, count] of one metric variant
 Summary = list[float]
@@ -94,10 +95,13 @@ def _merge(conn: Connection, buckets: dict[tuple[str, int, float], _Bucket]) -> 
     keys = sorted(buckets)  # one lock order for every process
     conn.execute(upsert_insert(conn, s.worker_stats_rollup).on_conflict_do_nothing(),
                  [{"worker": k[0], "resolution": k[1], "bucket": k[2], "active": 0, "stats": "{}"} for k in keys])
-    stored = conn.execute(select(r.worker, r.resolution, r.bucket, r.active, r.stats).where(
-        r.worker.in_({k[0] for k in keys}), r.resolution.in_({k[1] for k in keys}),
-        r.bucket >= min(k[2] for k in keys), r.bucket <= max(k[2] for k in keys),
-    ).order_by(r.worker, r.resolution, r.bucket).with_for_update()).all()
+    # exactly these buckets (a late report's bucket is days before the others': not every bucket in between)
+    stored: list[Any] = []
+    for start in range(0, len(keys), MERGE_CHUNK):
+        chunk = keys[start:start + MERGE_CHUNK]
+        stored += conn.execute(select(r.worker, r.resolution, r.bucket, r.active, r.stats).where(
+            tuple_(r.worker, r.resolution, r.bucket).in_(chunk),
+        ).order_by(r.worker, r.resolution, r.bucket).with_for_update()).all()
     changes = []
     for row in stored:
         bucket = buckets.get((row.worker, row.resolution, row.bucket))

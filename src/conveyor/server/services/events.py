@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from datetime import datetime, timezone
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
 from conveyor.server.call import Call
+from conveyor.server.codec import INT64_MAX
 from conveyor.server.model import events as events_model
 from conveyor.server.ownership import require_task_owner
 from conveyor.server.services.registry import endpoint
@@ -216,7 +218,7 @@ def scalar_metrics_iter_raw(call: Call) -> dict[str, Any]:
     key = _key(call)
     batch = min(call.int("batch_size", 10_000, minimum=1) or 10_000, MAX_RAW_BATCH)
     after = _scroll_in(call.str("scroll_id")).get("seq", 0)
-    if isinstance(after, bool) or not isinstance(after, int):
+    if isinstance(after, bool) or not isinstance(after, int) or _position(after) is None:
         raise errors.validation_error("Invalid scroll_id: pass the one the previous call answered")
     with call.store.read() as conn:
         _existing(call, conn, [task_id])
@@ -268,11 +270,22 @@ def _scroll_out(state: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(state, separators=(",", ":")).encode()).decode()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is no position")
+
+
+def _position(value: Any) -> int | None:
+    """A position a scroll id carries (an event's seq, an iteration): an integer a query can take, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value) if -INT64_MAX <= value <= INT64_MAX else None
+
+
 def _scroll_in(scroll: str | None) -> dict[str, Any]:
     if not scroll:
         return {}
     try:
-        state = json.loads(base64.urlsafe_b64decode(scroll.encode()))
+        state = json.loads(base64.urlsafe_b64decode(scroll.encode()), parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         state = None
     if not isinstance(state, dict):
@@ -288,7 +301,7 @@ def _iterations(call: Call, etype: str, task_ids: list[str], metrics: events_mod
     given = state.get("past") or {}
     if not isinstance(given, dict):
         raise errors.validation_error("Invalid scroll_id: pass the one the previous call answered")
-    past = {t: int(i) for t, i in given.items() if isinstance(i, (int, float)) and not isinstance(i, bool)}
+    past = {t: at for t, at in ((t, _position(i)) for t, i in given.items()) if at is not None}
     with call.store.read() as conn:
         found = events_model.by_iterations(conn, task_ids, etype, metrics, iters, earlier=earlier, past=past,
                                            per_metric=per_metric)

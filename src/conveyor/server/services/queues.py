@@ -10,10 +10,11 @@ from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.protocol import errors, failure
+from conveyor.protocol.status import TaskStatus
 from conveyor.server import query as q
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, loads, now
-from conveyor.server.model import deliveries, forcing, queue_limits, queue_metrics, queues
+from conveyor.server.model import deliveries, forcing, queue_limits, queue_metrics, queues, tasks
 from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -146,12 +147,22 @@ def add_task(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
         # A worker hands back what it pulled while stopping: the runner may.
-        if _queue_and_task(call, conn, queue_id, task_id, "enqueue it", as_runner=True) is None:
+        doc = _queue_and_task(call, conn, queue_id, task_id, "enqueue it", as_runner=True)
+        if doc is None:
             raise errors.invalid_task_id(task_id)
-        queue_limits.require_room(conn, queue_id)
+        if not _given_back(conn, doc):  # a popped task put back held its place: the limit is for new ones
+            queue_limits.require_room(conn, queue_id)
         add_entry(conn, queue_id, task_id)
     call.state.wake([queue_id])
     return {"added": 1}
+
+
+def _given_back(conn: Connection, doc: Document) -> bool:
+    """A task still `queued` with no entry in any queue: popped by a worker that puts it back."""
+    if tasks.status_of(doc) != TaskStatus.queued:
+        return False
+    e = s.queue_entries.c
+    return conn.execute(select(e.seq).where(e.task == doc["id"]).limit(1)).first() is None
 
 
 @endpoint("queues.remove_task")

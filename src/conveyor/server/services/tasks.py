@@ -198,13 +198,17 @@ def clone(call: Call) -> dict[str, Any]:
         doc["system_tags"] = [t for t in doc.get("system_tags", []) if t not in (tasks.DEVELOPMENT, "archived")]
         doc["parent"] = call.str("new_task_parent") or source_id
         doc["output"] = {"destination": (src.get("output") or {}).get("destination")}
+        # the new hyper-parameters, configuration and container are checked and stored as tasks.edit stores them
         for body_key, field, read in (("new_task_comment", "comment", call.str),
                                       ("new_task_tags", "tags", call.str_list),
                                       ("new_task_system_tags", "system_tags", call.str_list),
                                       ("new_task_project", "project", call.str),
-                                      ("new_task_hyperparams", "hyperparams", call.dict),
-                                      ("new_task_configuration", "configuration", call.dict),
-                                      ("new_task_container", "container", call.dict)):
+                                      ("new_task_hyperparams", "hyperparams",
+                                       lambda key: task_edits.hyperparams_field(call.body[key])),
+                                      ("new_task_configuration", "configuration",
+                                       lambda key: task_edits.configuration_field(call.body[key])),
+                                      ("new_task_container", "container",
+                                       lambda key: task_edits.container_field(call.body[key]))):
             if call.body.get(body_key) is not None:
                 doc[field] = read(body_key)
         tasks.create(conn, doc)

@@ -69,6 +69,8 @@
 
   // --- editing a draft ------------------------------------------------------------------------------------------
   // A section of the form: its own Save button; `save()` makes the calls and throws on refusal (shown in the banner).
+  // While another section holds unsaved edits the page is not redrawn, so each `save()` takes what it saved as its
+  // new starting point (what the next save compares with).
   function editable(title, name, dirty, content, save) {
     const button = h("button", { type: "submit", class: "btn btn-primary btn-sm", dataset: { save: name } }, "Save");
     const form = h("form", {
@@ -95,22 +97,56 @@
   const textarea = (value, attrs) => h("textarea", { class: "textarea", value: value || "", spellcheck: "false", ...attrs });
   const fieldRow = (label, control) => h("label", { class: "field" }, label, control);
 
+  // user:password@ never goes into a task (ARCHITECTURE decision 6), as env/repo_state.strip_credentials; ssh's
+  // `git@` user (no password) is kept.
+  function withoutCredentials(url) {
+    const m = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)@([^/?#]*)(.*)$/i.exec(url);
+    if (!m) return url;
+    const [, scheme, userinfo, host, rest] = m;
+    if (/^(ssh|git\+ssh)$/i.test(scheme) && !userinfo.includes(":")) return url;
+    return scheme + "://" + host + rest;
+  }
+
   function sourceForm(task, dirty, done) {
     const script = task.script || {};
     // The repository is shown without user:password@; it is sent only when changed, so a stored one is kept.
     const original = Object.fromEntries(EDITABLE_SOURCE.map((k) => [k, k === "repository" ? safeUrl(script[k]) : script[k] || ""]));
     const inputs = Object.fromEntries(EDITABLE_SOURCE.map((k) => [k, input(original[k], { name: k })]));
+    let hasDiff = Boolean(script.diff);
     const labels = Object.fromEntries(SOURCE_FIELDS);
     return editable("Source", "source", dirty, h("div", { class: "form-grid" }, EDITABLE_SOURCE.map((k) => fieldRow(labels[k], inputs[k]))), async () => {
       const changed = {};
       for (const k of EDITABLE_SOURCE) if (inputs[k].value.trim() !== original[k]) changed[k] = inputs[k].value.trim();
+      // The agent checks out the recorded commit: a new branch or repository leaves it behind unless a commit is
+      // given with it, and a new repository drops the diff made against the old one (as `conveyor task edit`).
+      const notes = [];
+      if ("repository" in changed) {
+        const clean = withoutCredentials(changed.repository);
+        if (clean !== changed.repository) {
+          changed.repository = clean;
+          inputs.repository.value = clean;
+          notes.push("the credentials in the repository URL are not stored (every user can read a task): agents clone with their own git credentials");
+          if (clean === original.repository) delete changed.repository;
+        }
+      }
+      if (("branch" in changed || "repository" in changed) && !("version_num" in changed) && original.version_num) {
+        changed.version_num = "";
+        notes.push("the recorded commit is dropped: the agent runs the head of the " + ("repository" in changed ? "new repository" : "branch"));
+      }
+      if ("repository" in changed && hasDiff) {
+        changed.diff = "";
+        notes.push("the uncommitted changes of the old repository are dropped");
+      }
       if (Object.keys(changed).length) await api("tasks.edit", { task: task.id, script: changed });
+      for (const k of EDITABLE_SOURCE) if (k in changed) { original[k] = changed[k]; inputs[k].value = changed[k]; }
+      if (changed.diff === "") hasDiff = false;
+      for (const note of notes) toast(note.charAt(0).toUpperCase() + note.slice(1));
       done();
     });
   }
 
   function paramsForm(task, dirty, done) {
-    const params = task.hyperparams || {};
+    let params = task.hyperparams || {};
     const list = h("div", { class: "param-sections" });
     const blocks = [];
 
@@ -173,6 +209,8 @@
       }
       if (deletes.length) await api("tasks.delete_hyper_params", { task: task.id, hyperparams: deletes });
       if (edits.length) await api("tasks.edit_hyper_params", { task: task.id, hyperparams: edits, replace_hyperparams: "none" });
+      params = {};
+      for (const e of edits) (params[e.section] = params[e.section] || {})[e.name] = e;
       done();
     });
   }
@@ -211,17 +249,26 @@
         .map(({ c, text }) => ({ name: c.name, value: text.value, type: c.type || "", description: c.description || "" }));
       if (removed.length) await api("tasks.delete_configuration", { task: task.id, configuration: removed });
       if (changed.length) await api("tasks.edit_configuration", { task: task.id, configuration: changed });
+      items.splice(0, items.length, ...live);
+      for (const item of live) { item.c = { ...item.c, value: item.text.value }; item.added = false; }
       done();
     });
   }
 
   function requirementsForm(task, dirty, done) {
-    const reqs = (task.script || {}).requirements || {};
-    const original = pipText(reqs);
+    let reqs = (task.script || {}).requirements || {};
+    let original = pipText(reqs);
     const text = textarea(original, { "aria-label": "Python requirements", rows: 8, placeholder: "One requirement a line, e.g. numpy==1.26.4" });
     return editable("Python requirements", "requirements", dirty, [text,
       h("div", { class: "hint-line" }, "Empty: the agent installs the repository's requirements file.")], async () => {
-      if (text.value !== original) await api("tasks.set_requirements", { task: task.id, requirements: { ...reqs, pip: text.value } });
+      // The new list is what the agent installs: a list frozen by a run goes, and with it the original it kept
+      // (org_pip, which agents with force_original_requirements install instead), as `conveyor task edit` does.
+      if (text.value !== original) {
+        const kept = Object.fromEntries(Object.entries(reqs).filter(([k]) => k !== "pip" && k !== "org_pip"));
+        await api("tasks.set_requirements", { task: task.id, requirements: { ...kept, pip: text.value } });
+        reqs = { ...kept, pip: text.value };
+        original = text.value;
+      }
       done();
     });
   }

@@ -218,7 +218,9 @@
       try {
         if (!(await imageInto(img, url))) {
           img.hidden = true;
-          holder.replaceChildren(h("div", { class: "none" }, "Stored outside this server: ", h("a", { href: safeUrl(url), target: "_blank", rel: "noopener" }, "open the image")));
+          // A link only to a web address: any client reports this URL, and another user clicks it.
+          holder.replaceChildren(h("div", { class: "none" }, "Stored outside this server",
+            /^https?:\/\//i.test(url) ? [": ", h("a", { href: safeUrl(url), target: "_blank", rel: "noopener" }, "open the image")] : " (see its address below)"));
         }
       } catch (err) {
         img.hidden = true;
