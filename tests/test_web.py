@@ -219,6 +219,8 @@ BODIES: dict[str, Callable[[Api], dict[str, Any]]] = {
     "tasks.clone": lambda a: {"task": a.task(), "new_task_name": "Clone of ui"},
     "tasks.delete": lambda a: {"task": a.task(), "force": True},
     "projects.get_all": lambda a: {"only_fields": ["id", "name"], "search_hidden": True},
+    "projects.get_all_ex": lambda a: {"only_fields": ["id", "name", "created", "last_update"], "order_by": ["name"],
+                                      "search_hidden": True, "include_stats": True},
     "queues.get_all": lambda a: {"order_by": ["name"], "search_hidden": True},
     "queues.create": lambda a: {"name": f"ui-new-{secrets.token_hex(3)}"},
     "queues.move_task_to_front": lambda a: (lambda q: {"queue": q[0], "task": q[2]})(a.queued()),
@@ -323,3 +325,19 @@ def test_errors_carry_the_message_the_banner_shows(sqlite_server: Any) -> None:
     wrong = httpx.get(sqlite_server.url + "/auth.login",
                       headers={"Authorization": "Basic " + base64.b64encode(b"nobody:nothing").decode()})
     assert wrong.status_code == 401 and "Invalid credentials" in wrong.json()["meta"]["result_msg"]
+
+
+def test_projects_page_counts_come_from_the_server(sqlite_server: Any) -> None:
+    """The Projects page counts each project's tasks by status with one call (include_stats), not by listing tasks."""
+    api = Api(sqlite_server)
+    project = api.call("projects.create", name=f"stats-{secrets.token_hex(3)}")["id"]
+    other = api.call("projects.create", name=f"stats-{secrets.token_hex(3)}")["id"]
+    queue = api.queue()
+    drafts = [api.task(project=project) for _ in range(3)]
+    api.call("tasks.enqueue", task=drafts[0], queue=queue)
+    archived = api.task(project=project)
+    api.call("tasks.update", task=archived, system_tags=["archived"])
+    found = {p["id"]: p for p in api.call("projects.get_all_ex", **BODIES["projects.get_all_ex"](api))["projects"]}
+    assert found[project]["stats"]["active"] == {"status_count": {"created": 2, "queued": 1}, "total_tasks": 3}
+    assert found[other]["stats"]["active"] == {"status_count": {}, "total_tasks": 0}
+    assert '"projects.get_all_ex"' in APP_JS and "include_stats: true" in APP_JS

@@ -98,3 +98,17 @@ def metric_variants(conn: Connection, project_ids: list[str] | None,
                 if isinstance(entry, dict) and "metric" in entry:
                     found[(entry["metric"], entry.get("variant", ""))] = (metric_hash, variant_hash)
     return found
+
+
+def status_counts(conn: Connection, project_ids: list[str]) -> dict[str, dict[str, int]]:
+    """project -> {status: number of its tasks}, archived tasks left out: the `stats.active.status_count` of
+    `projects.get_all_ex` with `include_stats` (one grouped count, however many tasks there are)."""
+    if not project_ids:
+        return {}
+    t = s.tasks.c
+    query = (select(t.project, t.status, func.count()).where(t.project.in_(project_ids))
+             .where(~t.system_tags.contains('"archived"')).group_by(t.project, t.status))
+    counts: dict[str, dict[str, int]] = {}
+    for project, status, number in conn.execute(query):
+        counts.setdefault(project, {})[status] = int(number)
+    return counts

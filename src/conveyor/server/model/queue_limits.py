@@ -14,6 +14,8 @@ QUEUE_FULL = 706  # the subcode of the refusal
 
 def require_room(conn: Connection, queue_id: str) -> None:
     """Refuse an enqueue onto a queue that holds its `max_entries` already (none or 0: no limit)."""
+    # The queue's row is locked first (PostgreSQL), so that two enqueues cannot both count room for one entry.
+    conn.execute(select(s.queues.c.id).where(s.queues.c.id == queue_id).with_for_update())
     doc = get_queue(conn, queue_id) or {}
     limit = doc.get("max_entries")
     if not limit:

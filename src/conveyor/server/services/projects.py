@@ -38,7 +38,14 @@ def get_by_id(call: Call) -> dict[str, Any]:
 @endpoint("projects.get_all", aliases=("projects.get_all_ex",), offload=True)
 def get_all(call: Call) -> dict[str, Any]:
     query, extra = q.listing(call, select(s.projects.c.doc), LISTING)
-    return {"projects": q.documents(call, query), **extra}
+    found = q.documents(call, query)
+    if call.bool("include_stats"):  # the reference's get_all_ex: tasks by status per project, archived apart
+        with call.store.read() as conn:
+            counts = projects.status_counts(conn, [p["id"] for p in found if p.get("id")])
+        for project in found:
+            by_status = counts.get(project.get("id", ""), {})
+            project["stats"] = {"active": {"status_count": by_status, "total_tasks": sum(by_status.values())}}
+    return {"projects": found, **extra}
 
 
 @endpoint("projects.update")

@@ -6,33 +6,26 @@
   const { h, api, Poller, pageHead, liveBadge, number, ago, link, projectTasksHref, views, STATUS_LABELS } = window.Conveyor;
 
   const COUNTED = ["created", "queued", "in_progress", "completed", "failed", "stopped"];
-  const TASK_LIMIT = 10000; // the server's largest page: counts cover the newest this many tasks
 
   function projectsView(main) {
     document.title = "Projects · Conveyor";
     const list = h("div", { class: "card table-wrap" });
-    const note = h("div", { class: "hint-line" });
-    main.append(pageHead("Projects", liveBadge()), list, note);
+    main.append(pageHead("Projects", liveBadge()), list);
 
     let lastKey = "";
     async function load() {
-      const [projectData, taskData] = await Promise.all([
-        api("projects.get_all", { only_fields: ["id", "name", "created", "last_update"], order_by: ["name"], search_hidden: true }),
-        api("tasks.get_all", { only_fields: ["id", "project", "status"], order_by: ["-created"], page: 0, page_size: TASK_LIMIT }),
-      ]);
-      const projects = projectData.projects || [];
-      const tasks = taskData.tasks || [];
-      const key = JSON.stringify([projects, tasks]);
+      // The server counts each project's tasks by status (get_all_ex's include_stats): one call, however many tasks.
+      const data = await api("projects.get_all_ex", {
+        only_fields: ["id", "name", "created", "last_update"], order_by: ["name"], search_hidden: true, include_stats: true,
+      });
+      const projects = data.projects || [];
+      const key = JSON.stringify(projects);
       if (key === lastKey) return;
       lastKey = key;
-      const counts = new Map();
-      for (const t of tasks) {
-        const c = counts.get(t.project || "") || { total: 0 };
-        c.total += 1;
-        c[t.status] = (c[t.status] || 0) + 1;
-        counts.set(t.project || "", c);
-      }
-      note.textContent = tasks.length >= TASK_LIMIT ? "Counts cover the newest " + number(TASK_LIMIT) + " tasks." : "";
+      const counts = new Map(projects.map((p) => {
+        const active = (p.stats && p.stats.active) || {};
+        return [p.id, { ...(active.status_count || {}), total: active.total_tasks || 0 }];
+      }));
       if (!projects.length) {
         list.replaceChildren(h("div", { class: "empty" }, h("strong", null, "No projects yet"),
           "A task made with the clearml SDK (Task.init(project_name=…)) creates its project."));
