@@ -30,6 +30,7 @@ from conveyor.agent.entry_point import entry_argv, entry_dir, entry_file, task_p
 from conveyor.agent.folders import venvs_dir
 from conveyor.agent.logs import MAX_EVENT_BYTES, LogShipper, decode_output
 from conveyor.agent.process import become_subreaper, die_with_parent, end_orphans, kill_tree
+from conveyor.agent.timeline import PULLED_AT_ENV, Timeline
 from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
 from conveyor.env.managers.base import scrub
@@ -103,12 +104,14 @@ class Executor:
         self._done = threading.Event()
         self.work_dir: Path | None = None
         self.timings: dict[str, float] = {}
+        self.timeline = Timeline()  # sent with the final status
         self._task_env: dict[str, str] | None = None  # the entry point's environment and folder, once it runs
         self._task_cwd: Path | None = None
 
     # --- public ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
         """Run the task; returns 0 when it completed, 1 otherwise."""
+        self.timeline.mark("started")
         become_subreaper()  # whatever the task leaves behind stays ours to end
         self._install_signal_handlers()
         task = self._start()
@@ -145,6 +148,7 @@ class Executor:
     def _start(self) -> dict[str, Any] | None:
         call = self.client.call
         task = call("tasks.get_by_id", {"task": self.task_id})["task"]
+        self._mark_pickup(task)
         if self.opts.clone:
             new = call("tasks.clone", {"task": self.task_id, "new_task_name": f"Clone of {task.get('name', '')}"})
             self.task_id = new["id"]
@@ -180,6 +184,14 @@ class Executor:
             self._finish(Outcome(TaskStatus.failed, "can not run task without script information"))
             return None
         return task
+
+    def _mark_pickup(self, task: dict[str, Any]) -> None:
+        """When the task was enqueued (its status history) and pulled (by our daemon, which says when)."""
+        if self.opts.clone:
+            return  # a clone made here was never queued
+        self.timeline.enqueued_from(task)
+        with contextlib.suppress(ValueError):
+            self.timeline.mark("pulled", float(os.environ.get(PULLED_AT_ENV) or "x"))
 
     def _follow_rank_zero(self, task: dict[str, Any]) -> dict[str, Any] | None:
         """Rank > 0: wait until rank 0 has started the task (it dequeues it), then run it too; give up if the task
@@ -233,11 +245,13 @@ class Executor:
                 with self.phase("setup shell script"):
                     self._run_setup_script(setup)
             self._prepare_code(script, code_dir)
+            self.timeline.mark("code_ready")
             working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
             if not working_dir.is_dir() or code_dir.resolve() not in (working_dir, *working_dir.parents):
                 raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the repository")
             argv = entry_argv(task, self.cfg, working_dir, self.notice)  # before the install: a wrong one fails fast
             env = self._build_environment(script, code_dir, working_dir)
+            self.timeline.mark("environment_ready")
             try:
                 if not self.follower:
                     self._report_requirements(script, env)
@@ -483,6 +497,8 @@ class Executor:
             self._emit(decode_output(pending), out)
 
     def _emit(self, text: str, out: TextIO) -> None:
+        if self._task_env is not None and "first_output" not in self.timeline.at:  # the entry point's, not setup's
+            self.timeline.mark("first_output")
         if self.follower:
             text = self._ranked(text)
         if self.logs is not None:
@@ -572,6 +588,7 @@ class Executor:
     # --- end ------------------------------------------------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
         self._done.set()
+        self.timeline.mark("ended")
         end_line = END_LINES.get(outcome.status, "Process ended: {}") if outcome.status else "Process ended: {}"
         self.notice(f"conveyor: {end_line.format(outcome.reason)}",
                     "info" if outcome.status == TaskStatus.completed else "error")
@@ -579,6 +596,8 @@ class Executor:
         if outcome.status and not self.follower:
             body = {"task": self.task_id, "force": outcome.status != TaskStatus.completed,
                     "status_reason": outcome.reason, "status_message": self.status_message}
+            if self.client.server_supports("timeline"):  # a Conveyor field, with the call made anyway
+                body["timeline"] = self.timeline.as_dict(self.worker)
             try:
                 self.client.call(END_CALLS[outcome.status], body)
             except ConveyorError as exc:  # e.g. the task was reset or deleted meanwhile: nothing left to mark
