@@ -1,0 +1,65 @@
+"""The startup timeline of a run, recorded by a real daemon and executor, stored on the task with its final status,
+and shown by `conveyor task show`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentkit import DaemonProcess, create_task, enqueue, make_repo, wait_final
+from conftest import ServerProcess
+from conveyor.agent.timeline import MARKS, epoch
+from conveyor.client.errors import ApiCallError
+
+TRAIN = "import time\ntime.sleep(0.3)\nprint('first line of the task', flush=True)\ntime.sleep(0.3)\n"
+
+
+def test_a_run_records_its_timeline_and_task_show_prints_it(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    _work, bare = make_repo(tmp_path / "repos", {"train.py": TRAIN})
+    client = sqlite_server.client()
+    daemon = DaemonProcess(sqlite_server, tmp_path, "--queue", "default")
+    try:
+        task = create_task(client, repository=f"file://{bare}")
+        enqueue(client, task)
+        doc = wait_final(client, task, timeout=120)
+    finally:
+        daemon.stop()
+    assert doc["status"] == "completed", doc.get("status_reason")
+    timeline = doc["timeline"]
+    marks = [m["mark"] for m in timeline["marks"]]
+    assert marks == list(MARKS)  # every moment of a venv run, in order
+    times = [epoch(m["time"]) for m in timeline["marks"]]
+    assert times == sorted(times), timeline["marks"]
+    durations = timeline["durations"]
+    # the task sleeps 0.3 s before its first line and 0.3 s after it
+    assert durations["entry_point_start"] >= 0.3 and durations["run"] >= 0.3, durations
+    assert 0 < durations["pickup"] < durations["total"] < 60
+    assert durations["pickup"] == pytest.approx(sum(durations[s] for s in (
+        "queued", "launch", "checkout", "environment", "entry_point_start")), abs=0.002)
+    assert timeline["worker"] == doc["last_worker"]
+
+    shown = subprocess.run([sys.executable, "-m", "conveyor", "task", "show", task], capture_output=True, text=True,
+                           env=sqlite_server.env(), timeout=60, check=True).stdout
+    lines = shown[shown.index("Timeline:"):].splitlines()
+    assert lines[0].split()[2] == "enqueued", shown  # "Timeline:  HH:MM:SS.mmm  enqueued"
+    assert lines[1].split()[1] == "pulled" and lines[1].split()[-1] == "queued", shown  # "... pulled  +0.012 s queued"
+    for label in ("pulled", "+", "checkout", "environment ready", "first output", "ended"):
+        assert label in shown, (label, shown)
+    assert f"enqueued to first output {durations['pickup']:.3f} s" in lines[-1]
+
+    # the next run starts without the last one's timeline
+    client.call("tasks.reset", {"task": task, "force": True})
+    assert "timeline" not in client.call("tasks.get_by_id", {"task": task})["task"]
+
+
+def test_a_malformed_timeline_is_a_clear_400(sqlite_server: ServerProcess) -> None:
+    client = sqlite_server.client()
+    task = create_task(client)
+    client.call("tasks.started", {"task": task, "force": True})
+    with pytest.raises(ApiCallError) as caught:
+        client.call("tasks.completed", {"task": task, "force": True, "timeline": {"marks": "soon"}})
+    assert caught.value.code == 400 and "timeline.marks" in caught.value.msg
+    assert client.call("tasks.get_by_id", {"task": task})["task"]["status"] == "in_progress"  # nothing changed
