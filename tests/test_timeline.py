@@ -6,12 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentkit import DaemonProcess, create_task, enqueue, make_repo, wait_final
+from browserkit import screenshot, ui, ui_page  # noqa: F401 - ui is the fixture
 from conftest import ServerProcess
-from conveyor.agent.timeline import MARKS, epoch
+from conveyor.agent.timeline import MARKS, Timeline, epoch
 from conveyor.client.errors import ApiCallError
 
 TRAIN = "import time\ntime.sleep(0.3)\nprint('first line of the task', flush=True)\ntime.sleep(0.3)\n"
@@ -63,3 +65,31 @@ def test_a_malformed_timeline_is_a_clear_400(sqlite_server: ServerProcess) -> No
         client.call("tasks.completed", {"task": task, "force": True, "timeline": {"marks": "soon"}})
     assert caught.value.code == 400 and "timeline.marks" in caught.value.msg
     assert client.call("tasks.get_by_id", {"task": task})["task"]["status"] == "in_progress"  # nothing changed
+
+
+def test_the_task_page_shows_the_startup_as_a_bar(ui: Any, sqlite_server: ServerProcess) -> None:  # noqa: F811
+    client = sqlite_server.client()
+    task = create_task(client, name="timed")
+    client.call("tasks.started", {"task": task, "force": True})
+    timeline, at = Timeline(), 1_800_000_000.0
+    for mark, after in zip(MARKS, (0, 0.02, 0.08, 0.4, 1.5, 0.25, 3.0), strict=True):  # as our agent sends it
+        at += after
+        timeline.mark(mark, at)
+    client.call("tasks.completed", {"task": task, "force": True, "timeline": timeline.as_dict("host-a:0")})
+
+    ui.goto(sqlite_server.url + f"/#/task/{task}/timeline")
+    bar = ui.locator(".startup-bar span")
+    bar.first.wait_for()
+    phases = [bar.nth(i).get_attribute("data-phase") for i in range(bar.count())]
+    assert phases == ["queued", "launch", "checkout", "environment", "entry_point_start", "run"]
+    assert bar.nth(3).get_attribute("title") == "environment · 1.500 s"
+    widths = [bar.nth(i).bounding_box()["width"] for i in range(bar.count())]
+    # each span as long as it took: environment 1.5 s against checkout 0.4 s, run 3 s against environment
+    assert widths[3] / widths[2] == pytest.approx(3.75, rel=0.05)
+    assert widths[5] / widths[3] == pytest.approx(2, rel=0.05)
+    card = ui.locator(".startup")
+    assert "enqueued to first output 2.250 s" in card.inner_text() and "on host-a:0" in card.inner_text()
+    assert ui.locator(".startup-list li").count() == 7
+    assert ui.locator(".startup-list li[data-mark=first_output]").get_by_text("to first output 0.250 s").count() == 1
+    assert ui.locator(".timeline-list li[data-status=completed]").count() == 1  # the status timeline stays below
+    screenshot(ui, "task-startup-timeline")
