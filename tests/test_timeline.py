@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agentkit import DaemonProcess, create_task, enqueue, make_repo, wait_final
+from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final
 from browserkit import screenshot, ui, ui_page  # noqa: F401 - ui is the fixture
 from conftest import ServerProcess
 from conveyor.agent.timeline import MARKS, Timeline, epoch
@@ -93,3 +93,16 @@ def test_the_task_page_shows_the_startup_as_a_bar(ui: Any, sqlite_server: Server
     assert ui.locator(".startup-list li[data-mark=first_output]").get_by_text("to first output 0.250 s").count() == 1
     assert ui.locator(".timeline-list li[data-status=completed]").count() == 1  # the status timeline stays below
     screenshot(ui, "task-startup-timeline")
+
+
+def test_a_refused_timeline_does_not_cost_the_final_status(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    """A worker id longer than the server keeps (600 characters) makes the timeline invalid: the run still ends
+    completed, without a timeline."""
+    client = sqlite_server.client()
+    task = create_task(client, diff="print('standalone')\n")
+    env = {**agent_env(sqlite_server, tmp_path), "CLEARML_WORKER_ID": "w" * 600}
+    run = subprocess.run([sys.executable, "-m", "conveyor", "execute", "--id", task], env=env, capture_output=True,
+                         text=True, timeout=120)
+    doc = client.call("tasks.get_by_id", {"task": task})["task"]
+    assert doc["status"] == "completed", run.stdout + run.stderr
+    assert "timeline" not in doc and "refused the run's timeline" in run.stderr

@@ -32,6 +32,7 @@ from conveyor.agent.logs import MAX_EVENT_BYTES, LogShipper, decode_output
 from conveyor.agent.process import become_subreaper, die_with_parent, end_orphans, kill_tree
 from conveyor.agent.timeline import PULLED_AT_ENV, Timeline
 from conveyor.client.caller import ApiCaller
+from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
 from conveyor.env.managers.base import scrub
 from conveyor.errors import ConveyorError, TaskFailure
@@ -599,7 +600,15 @@ class Executor:
             if self.client.server_supports("timeline"):  # a Conveyor field, with the call made anyway
                 body["timeline"] = self.timeline.as_dict(self.worker)
             try:
-                self.client.call(END_CALLS[outcome.status], body)
+                try:
+                    self.client.call(END_CALLS[outcome.status], body)
+                except ApiCallError as exc:
+                    if "timeline" not in body or exc.code != 400:
+                        raise
+                    # the status matters, the timeline does not: a server that refuses this one gets the status
+                    log.warning("task %s: the server refused the run's timeline (%s)", self.task_id, exc.msg)
+                    body.pop("timeline")
+                    self.client.call(END_CALLS[outcome.status], body)
             except ConveyorError as exc:  # e.g. the task was reset or deleted meanwhile: nothing left to mark
                 log.warning("task %s: could not set the final status (%s)", self.task_id, exc)
         if not self.opts.under_daemon and not self.follower:

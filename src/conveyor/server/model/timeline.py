@@ -9,7 +9,8 @@ from typing import Any
 from conveyor.protocol import errors
 
 MAX_MARKS = 16
-MAX_TEXT = 64
+MAX_TEXT = 64  # a mark's or span's name, an ISO time
+MAX_WORKER = 512  # as a worker id column holds
 
 
 def _text(value: Any) -> bool:
@@ -33,8 +34,8 @@ def checked(value: Any) -> dict[str, Any]:
     if not (isinstance(durations, dict) and len(durations) <= MAX_MARKS and all(
             _text(k) and _seconds(v) for k, v in durations.items())):
         raise errors.validation_error(f"timeline.durations: at most {MAX_MARKS}; the timeline {problem}")
-    if not _text(worker):
-        raise errors.validation_error(f"timeline.worker: a name of at most {MAX_TEXT} characters")
+    if not (isinstance(worker, str) and len(worker) <= MAX_WORKER):
+        raise errors.validation_error(f"timeline.worker: a name of at most {MAX_WORKER} characters")
     return {"worker": worker,
             "marks": [{"mark": m["mark"], "time": m["time"], "after_sec": m.get("after_sec")} for m in marks],
             "durations": dict(durations)}
