@@ -4,6 +4,7 @@ through its HTTP API."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final
+from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final, wait_status
 from conftest import ServerProcess, free_port, unavailable
 
 
@@ -126,3 +127,47 @@ def test_prometheus_scrapes_the_server_and_a_daemon(sqlite_server: ServerProcess
         prometheus.terminate()
         prometheus.wait(30)
         log.close()
+
+
+# Waits for a file, so that the test sees the task running; then fails or succeeds as its argument says.
+HOLD = ("import os, sys, time\nprint('holding', flush=True)\n"
+        "while not os.path.exists(sys.argv[1]):\n    time.sleep(0.05)\nsys.exit(int(sys.argv[2]))\n")
+
+
+def test_agent_metrics_show_gpus_held_and_outcomes(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    """A daemon with two (fake) dynamic GPUs: the one its task holds shows as allocated while it runs and free after;
+    a failed run counts under its failure class."""
+    client = sqlite_server.client()
+    client.call("queues.create", {"name": "single"})
+    gpus = tmp_path / "gpus.json"
+    gpus.write_text(json.dumps([{"index": i, "uuid": f"GPU-{i}", "memory_total_mb": 8192} for i in range(2)]))
+    port = free_port()
+    env = agent_env(sqlite_server, tmp_path, CONVEYOR_FAKE_GPUS=str(gpus), CLEARML_AGENT__AGENT__METRICS_PORT=str(port))
+    daemon = DaemonProcess(sqlite_server, tmp_path, "--dynamic-gpus", "--gpus", "0-1", "--queue", "single=1", env=env)
+    agent = f"http://127.0.0.1:{port}"
+    release = tmp_path / "release"
+    try:
+        assert scrape(agent)[("conveyor_agent_gpu_allocated", (("gpu", "0"),))] == 0
+        task = create_task(client, diff=HOLD, entry_point=f"hold.py {release} 3")
+        enqueue(client, task, "single")
+        wait_status(client, task, "in_progress")
+        deadline = time.time() + 30
+        while scrape(agent)[("conveyor_agent_tasks_running", ())] != 1:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        seen = scrape(agent)
+        assert seen[("conveyor_agent_gpu_allocated", (("gpu", "0"),))] == 1
+        assert seen[("conveyor_agent_gpu_allocated", (("gpu", "1"),))] == 0
+        assert seen[("conveyor_agent_pickups_total", (("queue", "single"),))] == 1
+        release.touch()
+        assert wait_final(client, task)["status"] == "failed"
+        failed = ("conveyor_agent_task_outcomes_total", (("failure_class", "unknown"), ("status", "failed")))
+        while failed not in (seen := scrape(agent)):  # the daemon counts the run once it has settled it
+            assert time.time() < deadline
+            time.sleep(0.1)
+        assert seen[failed] == 1
+        assert seen[("conveyor_agent_tasks_running", ())] == 0
+        assert seen[("conveyor_agent_gpu_allocated", (("gpu", "0"),))] == 0
+        assert seen[("conveyor_agent_phase_seconds_count", (("phase", "run"),))] == 1
+    finally:
+        daemon.stop()

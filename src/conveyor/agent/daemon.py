@@ -546,12 +546,12 @@ class Daemon:
             self._tolerant_call("tasks.failed", {"task": run.task_id, "force": True, "status_reason": reason or
                                                  f"the task's executor exited with code {code} "
                                                  "without reporting a final status"})
-        if ended is not None:
-            self.metrics.ended(ended)
         if run.sub_worker:
             self._tolerant_call("workers.unregister", {"worker": run.sub_worker, "queues": []})
         if self.gpu_broker is not None:
             self.gpu_broker.release(run.task_id)
+        if ended is not None:  # once the run's GPUs are free: a scrape never sees the outcome with them held
+            self.metrics.ended(ended)
         self._report()
 
     def _task_as_ended(self, task_id: str) -> dict[str, Any] | None:
