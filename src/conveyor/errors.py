@@ -52,7 +52,16 @@ class InternalError(ConveyorError):
 
 
 class TaskFailure(ConveyorError):
-    """A task's run cannot go on; the message becomes the task's status reason, as shown to its user."""
+    """A task's run cannot go on; the message becomes the task's status reason, as shown to its user.
+    `failure_class` (protocol/failure.py) says whether another try may succeed: "task" unless whoever raises it
+    knows that the machine, the network or the cluster is at fault ("infrastructure")."""
+
+    failure_class = "task"
+
+    def __init__(self, *args: object, failure_class: str | None = None):
+        super().__init__(*args)
+        if failure_class:
+            self.failure_class = failure_class
 
 
 ErrorFactory = Callable[[BaseException], BaseException]

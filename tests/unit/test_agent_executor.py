@@ -58,7 +58,7 @@ def test_a_task_without_a_script_fails_with_the_reason(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("outcome", "status", "last_line"), [
     (Outcome(TaskStatus.completed, "worker execution done", 0), "completed", "Process completed successfully"),
     (Outcome(TaskStatus.failed, "worker execution exit code 3", 3), "failed",
-     "Process failed: worker execution exit code 3"),
+     "Process failed: worker execution exit code 3 [task]"),
     (Outcome(TaskStatus.stopped, "task was stopped by tasks.stop"), "stopped",
      "Process aborted: task was stopped by tasks.stop"),
 ])

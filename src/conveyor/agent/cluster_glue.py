@@ -26,6 +26,8 @@ from conveyor.agent.identity import Slot
 from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
 from conveyor.errors import ConveyorError, TaskFailure
+from conveyor.protocol.failure import FIELD as FAILURE_CLASS
+from conveyor.protocol.failure import FailureClass
 from conveyor.protocol.status import STOPPING, TaskStatus
 from conveyor.protocol.tags import QUEUE_LIMIT_NOTE
 from conveyor.runtimes.base import TaskRun
@@ -141,7 +143,7 @@ class ClusterGlue(Daemon):
         try:
             handle = self.cluster.launch(TaskRun(task_id, queue_id, self.worker), {})
         except TaskFailure as exc:  # the template, the cluster's refusal: this task's fault, not the glue's
-            self._fail(task_id, str(exc))
+            self._fail(task_id, str(exc), exc.failure_class)
             return
         except ConveyorError as exc:  # the cluster's or the server's: the task goes back to its queue
             log.error("task %s: %s; giving it back to its queue", task_id, exc)
@@ -172,10 +174,13 @@ class ClusterGlue(Daemon):
         if queue_id:
             self._give_back(task_id, queue_id)
 
-    def _fail(self, task_id: str, reason: str) -> None:
+    def _fail(self, task_id: str, reason: str, failure_class: str = FailureClass.infrastructure.value) -> None:
+        """Fail the task for the cluster's reason: an infrastructure failure (the job could not be placed, its node
+        failed, it was evicted or killed) unless the submission itself was the task's fault."""
         log.error("task %s: %s", task_id, reason)
         self._task_log(task_id, f"conveyor: {reason}\n", "error")
-        self._tolerant_call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason})
+        self._tolerant_call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason,
+                                             FAILURE_CLASS: failure_class})
 
     def _say(self, task_id: str, message: str) -> None:
         """The task's status message, while it waits in the cluster; written when it changes."""

@@ -17,6 +17,8 @@ from typing import Any
 from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
 from conveyor.errors import ConveyorError
+from conveyor.protocol.failure import FIELD as FAILURE_CLASS
+from conveyor.protocol.failure import FailureClass
 from conveyor.runtimes.base import TaskRun
 from conveyor.runtimes.container import ContainerRuntime, LaunchError
 
@@ -42,7 +44,7 @@ def execute_in_container(client: ApiCaller, cfg: Config, task_id: str, docker: S
     try:
         proc = runtime.launch(TaskRun(task_id), env)
     except LaunchError as exc:
-        _fail(client, task_id, str(exc), settle)
+        _fail(client, task_id, str(exc), settle, exc.failure_class)
         return 1
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -58,7 +60,8 @@ def execute_in_container(client: ApiCaller, cfg: Config, task_id: str, docker: S
     return 0 if code == 0 else 1
 
 
-def _fail(client: ApiCaller, task_id: str, reason: str, settle: bool) -> None:
+def _fail(client: ApiCaller, task_id: str, reason: str, settle: bool,
+          failure_class: str = FailureClass.infrastructure.value) -> None:
     log.error("task %s: %s", task_id, reason)
     if not settle:
         return
@@ -67,6 +70,7 @@ def _fail(client: ApiCaller, task_id: str, reason: str, settle: bool) -> None:
     except ConveyorError as exc:  # not queued: nothing to take it out of
         log.debug("tasks.dequeue (%s): %s", task_id, exc)
     try:
-        client.call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason})
+        client.call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason,
+                                     FAILURE_CLASS: failure_class})
     except ConveyorError as exc:
         log.warning("task %s: could not mark it failed: %s", task_id, exc)

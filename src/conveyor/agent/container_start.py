@@ -29,6 +29,8 @@ from conveyor.config import Config, ConfigError, load_config
 from conveyor.env.python import TASK_PYTHON_ENV, TASK_PYTHON_VERSION_ENV
 from conveyor.errors import ConveyorError
 from conveyor.progress import Log
+from conveyor.protocol.failure import FIELD as FAILURE_CLASS
+from conveyor.protocol.failure import FailureClass
 from conveyor.protocol.status import STOPPING, TaskStatus
 
 log = logging.getLogger("conveyor.agent.container_start")
@@ -177,7 +179,9 @@ def _fail(cfg: Config | None, argv: Sequence[str], reason: str) -> int:
         except ConveyorError as exc:  # not queued: started by the daemon, as it should be
             log.debug("tasks.dequeue (%s): %s", task, exc)
         try:
-            client.call("tasks.failed", {"task": task, "force": True, "status_reason": reason[:1000]})
+            # the container's set-up (inside a started container, before the task's code): the machine's fault
+            client.call("tasks.failed", {"task": task, "force": True, "status_reason": reason[:1000],
+                                         FAILURE_CLASS: FailureClass.infrastructure.value})
         except ConveyorError as exc:
             log.warning("task %s: could not mark it failed: %s", task, exc)
     return 1

@@ -32,6 +32,8 @@ from conveyor.client.caller import ApiCaller
 from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
 from conveyor.errors import ConveyorError, TaskFailure, UserError
+from conveyor.protocol.failure import FIELD as FAILURE_CLASS
+from conveyor.protocol.failure import FailureClass
 from conveyor.protocol.ids import looks_like_id
 from conveyor.protocol.status import TaskStatus
 from conveyor.protocol.worker_state import STATE_FIELD, STATE_REASON_FIELD, WorkerState
@@ -473,7 +475,8 @@ class Daemon:
                 self.gpu_broker.release(task_id)
             log.error("task %s: %s", task_id, exc)
             self._task_log(task_id, f"conveyor: {exc}\n", "error")
-            self._tolerant_call("tasks.failed", {"task": task_id, "force": True, "status_reason": str(exc)})
+            self._tolerant_call("tasks.failed", {"task": task_id, "force": True, "status_reason": str(exc),
+                                                 FAILURE_CLASS: exc.failure_class})
             return
         with self._lock:
             self.running[task_id] = Running(task_id, queue_id, handle, sub_worker)
@@ -543,9 +546,11 @@ class Daemon:
             reason = run.handle.start_failure  # a run that never started its executor says why
             if reason:
                 self._task_log(run.task_id, f"conveyor: {reason}\n", "error")
+            # its executor never started, or died (killed, out of memory): the machine's fault, not the task's
             self._tolerant_call("tasks.failed", {"task": run.task_id, "force": True, "status_reason": reason or
                                                  f"the task's executor exited with code {code} "
-                                                 "without reporting a final status"})
+                                                 "without reporting a final status",
+                                                 FAILURE_CLASS: FailureClass.infrastructure.value})
         if run.sub_worker:
             self._tolerant_call("workers.unregister", {"worker": run.sub_worker, "queues": []})
         if self.gpu_broker is not None:
@@ -594,7 +599,8 @@ class Daemon:
                 self._task_log(left.task_id, f"conveyor: the agent {self.worker} restarted and adopted this task\n")
             elif self._still_in_progress(left.task_id):
                 self._tolerant_call("tasks.failed", {"task": left.task_id, "force": True,
-                                                     "status_reason": left.reason})
+                                                     "status_reason": left.reason,
+                                                     FAILURE_CLASS: FailureClass.infrastructure.value})
 
     def _kill_children(self) -> None:
         """The stop deadline has come: kill the executors that are left and everything under them."""

@@ -36,6 +36,8 @@ from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
 from conveyor.env.managers.base import scrub
 from conveyor.errors import ConveyorError, TaskFailure
+from conveyor.protocol.failure import FIELD as FAILURE_CLASS
+from conveyor.protocol.failure import FailureClass, of_fetch, parse, shown
 from conveyor.protocol.status import FINAL_VALUES, STOPPING, TaskStatus, changed_by
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ class Outcome:
     status: TaskStatus | None  # completed | failed | stopped | None (someone else changed it: no status call)
     reason: str
     exit_code: int | None = None
+    failure_class: FailureClass = FailureClass.task  # of a failed one: may another try succeed?
 
 
 # how a final status reads at the end of the task's log, and the call that sets it
@@ -118,15 +121,16 @@ class Executor:
         task = self._start()
         if task is None:
             return 1
-        outcome = Outcome(TaskStatus.failed, "internal error")
+        outcome = Outcome(TaskStatus.failed, "internal error", failure_class=FailureClass.infrastructure)
         try:
             outcome = self._execute(task)
         except TaskFailure as exc:
-            outcome = Outcome(TaskStatus.failed, str(exc))
+            outcome = Outcome(TaskStatus.failed, str(exc), failure_class=parse(exc.failure_class) or FailureClass.task)
             self.notice(f"conveyor: {exc}", "error")
         except Exception as exc:  # a bug of ours must still end the task with a status and a reason
             log.exception("task %s", self.task_id)
-            outcome = Outcome(TaskStatus.failed, f"agent error: {exc.__class__.__name__}: {exc}")
+            outcome = Outcome(TaskStatus.failed, f"agent error: {exc.__class__.__name__}: {exc}",
+                              failure_class=FailureClass.infrastructure)  # not the user's code
             self.notice(f"conveyor: agent error: {exc.__class__.__name__}: {exc}", "error")
         finally:
             self._finish(outcome)
@@ -285,7 +289,8 @@ class Executor:
                     commit=commit, auth=vcs.GitAuth.from_config(self.cfg, self.opts.git_user, self.opts.git_pass),
                     cfg=self.cfg, log=self.notice)
             except vcs.VcsError as exc:
-                raise TaskFailure(f"failed cloning repository: {exc}") from None
+                # unreachable: the network's fault; a commit or branch that does not exist: the task's
+                raise TaskFailure(f"failed cloning repository: {exc}", failure_class=of_fetch(str(exc))) from None
         diff = script.get("diff") or ""
         if diff.strip():
             with self.phase("apply uncommitted diff"):
@@ -308,7 +313,10 @@ class Executor:
                                                python_version=task_python_version(self.cfg, script) or reqs.python,
                                                work_dir=code_dir, log=self.notice)
             except pyenv.EnvBuildError as exc:
-                raise TaskFailure(f"failed building the python environment: {exc}") from None
+                # an index unreachable or the worker's set-up: infrastructure; a requirement that does not exist: the
+                # task's (managers/base.py reads the installer's output)
+                raise TaskFailure(f"failed building the python environment: {exc}",
+                                  failure_class=exc.failure_class) from None
 
     def _mark_running_entry_point(self) -> None:
         self.client.call("tasks.started", {"task": self.task_id, "force": True,
@@ -447,11 +455,16 @@ class Executor:
         except OSError as exc:
             raise TaskFailure(f"could not start the entry point: {exc.strerror}") from None
         self._task_env, self._task_cwd = env, cwd
+        ooms = oom_kills()
         code = self._follow(proc)
         if self._abort is not None:
             return self._abort
         if code == 0:
             return Outcome(TaskStatus.completed, "worker execution done", 0)
+        if code in (-signal.SIGKILL, 128 + signal.SIGKILL) and oom_kills() > ooms:
+            # the kernel's out-of-memory killer: the machine's memory ran out (perhaps for others' processes)
+            return Outcome(TaskStatus.failed, "worker execution killed by the out-of-memory killer", code,
+                           FailureClass.infrastructure)
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             return Outcome(TaskStatus.failed, f"worker execution killed by signal {name}", code)
@@ -591,14 +604,20 @@ class Executor:
         self._done.set()
         self.timeline.mark("ended")
         end_line = END_LINES.get(outcome.status, "Process ended: {}") if outcome.status else "Process ended: {}"
-        self.notice(f"conveyor: {end_line.format(outcome.reason)}",
+        reason = shown(outcome.reason, outcome.failure_class) if outcome.status == TaskStatus.failed else outcome.reason
+        self.notice(f"conveyor: {end_line.format(reason)}",
                     "info" if outcome.status == TaskStatus.completed else "error")
         self._close_logs()
+        # before the final status: a failure it retries may start this task again here, in a work dir of that name
+        if self.work_dir is not None and not self.cfg.get("agent.keep_work_dirs"):
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         if outcome.status and not self.follower:
             body = {"task": self.task_id, "force": outcome.status != TaskStatus.completed,
                     "status_reason": outcome.reason, "status_message": self.status_message}
             if self.client.server_supports("timeline"):  # a Conveyor field, with the call made anyway
                 body["timeline"] = self.timeline.as_dict(self.worker)
+            if outcome.status == TaskStatus.failed:
+                body[FAILURE_CLASS] = outcome.failure_class.value
             try:
                 try:
                     self.client.call(END_CALLS[outcome.status], body)
@@ -614,8 +633,6 @@ class Executor:
         if not self.opts.under_daemon and not self.follower:
             self._report(task_running=False)
             self._tolerant_call("workers.unregister", {"worker": self.worker, "queues": []})
-        if self.work_dir is not None and not self.cfg.get("agent.keep_work_dirs"):
-            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _close_logs(self) -> None:
         if self.logs is not None and not self.logs.close(timeout=60):
@@ -638,6 +655,20 @@ class Executor:
 
 class _Aborted(Exception):
     """Raised at a phase boundary once an abort has been triggered."""
+
+
+def oom_kills() -> int:
+    """How many processes the out-of-memory killer has ended in this process's cgroup (v2), 0 when unknown."""
+    try:
+        line = Path("/proc/self/cgroup").read_text().splitlines()[0]
+        events = Path("/sys/fs/cgroup", line.split("::", 1)[1].lstrip("/"), "memory.events").read_text()
+    except (OSError, IndexError):
+        return 0
+    for row in events.splitlines():
+        key, _, value = row.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def prebuilt_environment(task_id: str) -> tuple[Path, Path] | None:

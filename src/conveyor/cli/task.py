@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.agent.timeline import SPANS, epoch
 from conveyor.cli._output import age, local_time, print_json, print_table, safe_url, warn
+from conveyor.protocol import failure
 from conveyor.protocol.status import FINAL_VALUES, STOPPING, TaskStatus
 from conveyor.protocol.task_types import DEFAULT_TASK_TYPE, TASK_TYPES
 
@@ -24,7 +25,7 @@ STATUSES = tuple(s.value for s in TaskStatus)
 LOG_POLL_SEC = 0.5  # how often `task logs --follow` asks for new lines
 LOG_BATCH = 500  # log events per events.get_task_log call
 HISTORY_SHOWN = 10  # status changes `task show` prints (the newest)
-LIST_FIELDS = ["id", "name", "status", "project", "user", "last_update", "execution.queue", "type"]
+LIST_FIELDS = ["id", "name", "status", "project", "user", "last_update", "execution.queue", "type", failure.FIELD]
 
 
 # --- arguments --------------------------------------------------------------------------------------------------
@@ -389,8 +390,9 @@ def list_tasks(args: argparse.Namespace) -> int:
         return 0
     projects = tb.project_names(client, (t.get("project") for t in tasks))
     owners = tb.user_names(client, (t.get("user") for t in tasks))
-    rows = [(t["id"], t.get("name", ""), t.get("status", ""), projects.get(t.get("project") or "", ""),
-             owners.get(t.get("user") or "", t.get("user") or ""), local_time(t.get("last_update"))) for t in tasks]
+    rows = [(t["id"], t.get("name", ""), failure.shown(t.get("status", ""), t.get(failure.FIELD)),
+             projects.get(t.get("project") or "", ""), owners.get(t.get("user") or "", t.get("user") or ""),
+             local_time(t.get("last_update"))) for t in tasks]
     print_table(("ID", "NAME", "STATUS", "PROJECT", "OWNER", "LAST UPDATE"), rows, empty="No tasks match")
     return 0
 
@@ -414,6 +416,8 @@ def show_task(args: argparse.Namespace) -> int:
     for label, value in _summary(client, task):
         if value not in (None, ""):
             print(f"{label + ':':<14}{value}")
+    for i, line in enumerate(_attempts(task.get(failure.ATTEMPTS_FIELD) or [])):
+        print(f"{'Attempts:' if i == 0 else '':<14}{line}")
     for i, line in enumerate(_history(task.get("status_history") or [])):
         print(f"{'History:' if i == 0 else '':<14}{line}")
     for i, line in enumerate(_timeline(task.get("timeline"))):
@@ -443,6 +447,13 @@ def _timeline(timeline: Any) -> list[str]:
     if summary:
         lines.append(", ".join(summary))
     return lines
+
+
+def _attempts(entries: list[dict[str, Any]]) -> list[str]:
+    """The task's failed runs, one a line: number, worker, reason with its class, and whether it was retried."""
+    return [f"#{a.get('attempt')}  {local_time(a.get('time'))}  " + "  ".join(filter(None, (
+        f"on {a['worker']}" if a.get("worker") else "", failure.shown(a.get("reason") or "", a.get(failure.FIELD)),
+        "retried" if a.get("retried") else ""))) for a in entries if isinstance(a, dict)]
 
 
 def _history(entries: list[dict[str, Any]]) -> list[str]:
@@ -480,7 +491,7 @@ def _summary(client: ApiClient, task: dict[str, Any]) -> list[tuple[str, Any]]:
         ("Owner", tb.user_names(client, [task.get("user")]).get(task.get("user") or "", task.get("user") or "")),
         ("Type", task.get("type")),
         ("Status", status),
-        ("Reason", task.get("status_reason")),
+        ("Reason", failure.shown(task.get("status_reason") or "", task.get(failure.FIELD))),
         ("Repository", safe_url(script.get("repository") or "") or ("(standalone script)" if script else "")),
         ("Branch", script.get("branch")),
         ("Commit", script.get("version_num")),

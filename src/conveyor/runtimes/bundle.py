@@ -81,6 +81,8 @@ class BundleError(TaskFailure):
     """The bundle could not be made, so the task's container cannot start; the message says why (one line) and what
     to do."""
 
+    failure_class = "infrastructure"  # the engine, the image or the machine: another try may start it
+
 
 @dataclass(frozen=True)
 class Bundle:

@@ -61,6 +61,8 @@ class LaunchError(TaskFailure):
     """The container could not be started; one line, no secret. From launch() it is the task's status reason
     ("container failed to start: ...")."""
 
+    failure_class = "infrastructure"  # the engine, the image or the machine: another try may start it
+
 
 @dataclass
 class ContainerCommand:
@@ -142,7 +144,7 @@ class ContainerRuntime:
         try:
             command = self.command(task_id, task=task, env=env)
         except LaunchError as exc:
-            raise LaunchError(f"container failed to start: {exc}") from None
+            raise LaunchError(f"container failed to start: {exc}", failure_class=exc.failure_class) from None
         except OSError as exc:  # the run's files could not be written
             raise LaunchError(f"the agent could not start the task: {exc.strerror}") from None
         log.debug("task %s: %s", task_id, command)  # masked
@@ -170,7 +172,7 @@ class ContainerRuntime:
                 agent += cargs.split_args(self.cfg.get("agent.default_docker.arguments"))
         if not image:
             raise LaunchError("no container image: set agent.default_docker.image, pass --docker IMAGE, or give the "
-                              "task one (conveyor task create --docker IMAGE)")
+                              "task one (conveyor task create --docker IMAGE)", failure_class="task")
         return image, agent, task_extra + cargs.split_args(str(container.get("arguments") or ""))
 
     def command(self, task_id: str, *, task: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,

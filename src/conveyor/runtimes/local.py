@@ -87,7 +87,8 @@ class LocalRuntime:
             proc = subprocess.Popen(self.command(run.task_id), env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         except OSError as exc:
-            raise TaskFailure(f"the agent could not start the task: {exc.strerror}") from None
+            raise TaskFailure(f"the agent could not start the task: {exc.strerror}",
+                              failure_class="infrastructure") from None
         if run.worker:
             try:
                 RunRecord(run.task_id, run.queue_id, run.worker, run.sub_worker, proc.pid,

@@ -20,8 +20,11 @@ FOLD_EVERY = 10  # sweeps between foldings of the stats history
 
 def reap(state: ServerState) -> list[str]:
     """Forget workers that missed their timeout and fail what they ran. Returns the tasks failed."""
+    requeued: set[str] = set()
     with state.store.write() as conn:
-        return workers.reap(conn, time.time())
+        lost = workers.reap(conn, time.time(), requeued)
+    state.wake(requeued)  # a lost task its `retries` put back: the long-polls of its queue take it at once
+    return lost
 
 
 def keep_history(state: ServerState, last_slot: int | None, fold: bool) -> int:

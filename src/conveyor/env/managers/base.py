@@ -18,6 +18,7 @@ from typing import Protocol
 from conveyor.config import Config
 from conveyor.errors import TaskFailure
 from conveyor.progress import Log
+from conveyor.protocol.failure import FailureClass, of_fetch
 
 # user:password@ (or a bare token@) inside a URL; the scheme keeps it from matching e-mail addresses
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]+)(?::(?P<pw>[^/\s@]*))?@")
@@ -31,6 +32,10 @@ REASON_MAX_CHARS = 800
 
 class EnvBuildError(TaskFailure):
     """The task's Python environment could not be built; the message says what failed and what to do."""
+
+    # the worker's set-up (no installer, no free venv folder, a wrong agent setting) unless an installer's own
+    # output says otherwise (`run`)
+    failure_class = FailureClass.infrastructure.value
 
 
 def scrub(text: str) -> str:
@@ -99,7 +104,8 @@ def run_streamed(cmd: Sequence[str | os.PathLike[str]], *, log: Log, what: str, 
             log(line)
     if proc.returncode != 0:
         reason = failure_reason(list(tail)) or f"{Path(argv[0]).name} exited with code {proc.returncode}"
-        raise EnvBuildError(f"{what}: {reason}. {hint}".strip())
+        # all of its output, not only the error line: pip says "no matching distribution" after failing to connect
+        raise EnvBuildError(f"{what}: {reason}. {hint}".strip(), failure_class=of_fetch("\n".join(tail)).value)
     return lines
 
 

@@ -6,6 +6,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors
+from conveyor.protocol.failure import ATTEMPTS_FIELD, RETRIES_USED_FIELD
+from conveyor.protocol.failure import FIELD as FAILURE_CLASS
 from conveyor.protocol.ids import new_id
 from conveyor.protocol.status import CHANGED_BY, FINAL_VALUES, STOPPING, TaskStatus, can_transition
 from conveyor.protocol.task_types import TASK_TYPES
@@ -123,6 +125,8 @@ def set_status(
         doc["status_message"] = message
     if old != new_status:
         doc["status_changed"] = iso(ts)
+    if new_status != S.failed:
+        doc.pop(FAILURE_CLASS, None)  # it is the class of the failure the task is in; its attempts keep each one
     if new_status == S.in_progress and not doc.get("started"):
         doc["started"] = iso(ts)
     if new_status in ENDS_RUN and old != new_status:
@@ -208,6 +212,7 @@ def enqueue(conn: Connection, doc: Document, queue_id: str, *, user: str, force:
     doc.setdefault("execution", {})["queue"] = queue_id
     doc["enqueue_status"] = old  # where a dequeue takes it back to
     doc.pop("timeline", None)  # the previous run's; the next run sends its own
+    doc.pop(RETRIES_USED_FIELD, None)  # a user's enqueue gives the task its `retries` again
     queue_limits.require_room(conn, queue_id)
     fields = set_status(conn, doc, S.queued.value, force=True, user=user, reason=reason, message=message)
     add_entry(conn, queue_id, doc["id"])
@@ -248,7 +253,7 @@ def reset(conn: Connection, doc: Document, *, user: str, force: bool, clear_all:
     dequeued = remove_entries(conn, task_id)
     conn.execute(delete(s.events).where(s.events.c.task == task_id))
     for key in ("started", "completed", "active_duration", "last_worker", "last_worker_report", "enqueue_status",
-                "timeline"):
+                "timeline", ATTEMPTS_FIELD, RETRIES_USED_FIELD):
         doc.pop(key, None)
     doc["last_iteration"] = 0
     doc["last_metrics"] = {}

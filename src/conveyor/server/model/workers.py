@@ -6,9 +6,11 @@ from sqlalchemy import Insert, Row, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from conveyor.protocol.failure import FailureClass
 from conveyor.protocol.status import TaskStatus
 from conveyor.protocol.worker_state import STATE_FIELD, STATE_REASON_FIELD
 from conveyor.server.codec import Document, dumps, iso, loads, now
+from conveyor.server.model import retries
 from conveyor.server.model.tasks import set_status
 from conveyor.server.store import schema as s
 from conveyor.server.store.documents import get_task, save_task
@@ -102,9 +104,10 @@ def alive(conn: Connection, last_seen: int | None = None) -> list[Row]:
     return list(conn.execute(query.order_by(s.workers.c.id)).all())
 
 
-def reap(conn: Connection, at: float) -> list[str]:
+def reap(conn: Connection, at: float, requeued: set[str] | None = None) -> list[str]:
     """Forget workers that missed their timeout by `at` (epoch seconds) and fail the tasks they were running
-    (`worker lost`). Returns those tasks."""
+    (`worker lost`, an infrastructure failure: retried when the task's `retries` allow, its queue then added to
+    `requeued`). Returns those tasks."""
     lost: list[str] = []
     expired = conn.execute(select(s.workers.c.id, s.workers.c.task).where(
         s.workers.c.last_seen + s.workers.c.timeout < at)).all()
@@ -114,6 +117,10 @@ def reap(conn: Connection, at: float) -> list[str]:
             if task and task.get("status") == TaskStatus.in_progress and task.get("last_worker") == worker:
                 set_status(conn, task, TaskStatus.failed.value, force=True, reason=WORKER_LOST,
                            message=f"worker {worker} stopped reporting")
+                queue = retries.after_failure(conn, task, FailureClass.infrastructure, reason=WORKER_LOST,
+                                              worker=worker)
+                if queue and requeued is not None:
+                    requeued.add(queue)
                 lost.append(task_id)
         forget(conn, worker)
     return lost

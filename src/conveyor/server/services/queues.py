@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
-from conveyor.protocol import errors
+from conveyor.protocol import errors, failure
 from conveyor.server import query as q
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, loads, now
@@ -111,12 +111,17 @@ def get_default(call: Call) -> dict[str, Any]:
 @endpoint("queues.update")
 def update_queue(call: Call) -> dict[str, Any]:
     queue_id = call.str("queue", required=True)
+    metadata = call.dict("metadata")
+    try:  # `retries` (README "Retries that know why") is refused here, not found wrong when a task fails
+        failure.retries_count((metadata or {}).get(failure.QUEUE_RETRIES_KEY))
+    except ValueError as exc:
+        raise errors.validation_error(f"Validation error: metadata key {failure.QUEUE_RETRIES_KEY!r}: {exc}") from None
     with call.store.write() as conn:
         doc = queues.load(conn, queue_id)
         require_admin(call, "change a queue")
         tags = {key: call.str_list(key) if call.body.get(key) is not None else None for key in ("tags", "system_tags")}
         fields = queues.update_queue(conn, doc, name=call.str("name"), tags=tags["tags"],
-                                     system_tags=tags["system_tags"], metadata=call.dict("metadata"),
+                                     system_tags=tags["system_tags"], metadata=metadata,
                                      display_name=call.str("display_name"),
                                      max_entries=call.int("max_entries", minimum=0, maximum=2**31 - 1))
         if "tags" in fields:  # force_workers:on|off may have changed: waiting daemons look again

@@ -8,13 +8,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from conveyor.protocol import errors
+from conveyor.protocol import errors, failure
 from conveyor.protocol.status import TaskStatus
 from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server import query as q
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, now
-from conveyor.server.model import queues, task_edits, tasks, timeline
+from conveyor.server.model import queues, retries, task_edits, tasks, timeline
 from conveyor.server.ownership import require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -236,7 +236,35 @@ def stopped(call: Call) -> dict[str, Any]:
 
 @endpoint("tasks.failed")
 def failed(call: Call) -> dict[str, Any]:
-    return _status_call(call, S.failed)
+    """A run failed. Conveyor's `failure_class` (protocol/failure.py; none: the task's) is recorded with it as an
+    attempt, and an infrastructure failure goes back to the front of its queue while its `retries` allow."""
+    task_id = call.str("task", required=True)
+    given = call.get(failure.FIELD)
+    failure_class = failure.parse(given) or failure.FailureClass.task
+    if given not in (None, "") and failure.parse(given) is None:
+        raise errors.validation_error(f"Validation error: {failure.FIELD} must be one of "
+                                      f"{', '.join(c.value for c in failure.FailureClass)}, not {given!r}")
+    woken: str | None = None
+    with call.store.write() as conn:
+        doc = tasks.load(conn, task_id, lock=True)
+        require_task_owner(call, conn, doc, "mark it failed", as_runner=True)
+        if call.body.get("timeline") is not None:  # Conveyor's agent sends its run's timeline with the final status
+            doc["timeline"] = timeline.checked(call.body["timeline"])
+        was = tasks.status_of(doc)
+        reason = call.str("status_reason")
+        fields = tasks.set_status(conn, doc, S.failed, force=call.bool("force"), user=call.user, reason=reason,
+                                  message=call.str("status_message"))
+        if was in (S.in_progress, S.queued):  # a run (or its start) failed: an attempt
+            worker = (doc.get("status_history") or [{}])[-1].get("worker") or doc.get("last_worker")
+            woken = retries.after_failure(conn, doc, failure_class, reason=reason or "", worker=worker,
+                                          user=call.user)
+            if woken:
+                fields = {"status": doc["status"], "status_reason": doc["status_reason"],
+                          "status_changed": doc["status_changed"], "last_update": doc["last_update"]}
+            fields[failure.FIELD] = failure_class.value
+    if woken:
+        call.state.wake([woken])
+    return {"updated": 1, "fields": fields}
 
 
 @endpoint("tasks.completed")

@@ -492,7 +492,13 @@
   // Tasks ---------------------------------------------------------------------------------------------------------
   const tasksState = { status: "all", name: "", page: 0, pageSize: 50, order: "-created", project: "" };
   const TASK_FIELDS = ["id", "name", "type", "project", "user", "status", "status_reason", "status_message",
-    "last_update", "created", "last_worker", "execution.queue"];
+    "last_update", "created", "last_worker", "execution.queue", "failure_class"];
+  // A status reason with its failure class (infrastructure: retried when the task's `retries` allow; task: never).
+  const reasonOf = (task) => task.status_reason && task.failure_class
+    ? `${task.status_reason} [${task.failure_class}]` : task.status_reason;
+  // A task's failed runs (Conveyor's `attempts`), one a line: "#1 on host:0: worker lost [infrastructure], retried".
+  const attemptsOf = (task) => (task.attempts || []).map((a) => `#${a.attempt}${a.worker ? " on " + a.worker : ""}: `
+    + `${a.reason} [${a.failure_class}]${a.retried ? ", retried" : ""}`).join("\n");
 
   // The task list, of every project or of one (#/tasks/project/<id>, from the projects page).
   function tasksView(main, project) {
@@ -596,7 +602,7 @@
           },
         }, "⋯");
         const message = statusOf(task) === "stopping" ? "" : task.status_message; // the badge says "Stopping"
-        const reason = [task.status_reason, message].filter(Boolean).join(" · ");
+        const reason = [reasonOf(task), message].filter(Boolean).join(" · ");
         return h("tr", null,
           h("td", { class: "cell-name" }, link(taskHref(task.id), task.name || "(unnamed)"),
             h("span", { class: "cell-id", title: task.id }, task.id + (task.type ? "  ·  " + task.type : ""))),
@@ -811,7 +817,8 @@
       const fact = (label, value, cls) => h("div", { class: "fact" }, h("dt", null, label), h("dd", { class: cls || "" }, value));
       facts.replaceChildren(h("dl", { class: "facts" },
         fact("Status", [badge(task), task.status_message && task.status_message !== "stopping" ? h("span", { class: "muted" }, "  " + task.status_message) : null]),
-        fact("Status reason", dash(task.status_reason)),
+        fact("Status reason", dash(reasonOf(task))),
+        (task.attempts || []).length ? fact("Failed attempts", h("span", { style: { whiteSpace: "pre-line" } }, attemptsOf(task))) : null,
         fact("Project", task.project ? link(projectTasksHref(task.project), projectName) : dash()),
         fact("Owner", task.user ? names.users.get(task.user) || task.user : dash()),
         fact("Type", dash(task.type)),
