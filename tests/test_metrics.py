@@ -136,7 +136,7 @@ HOLD = ("import os, sys, time\nprint('holding', flush=True)\n"
 
 def test_agent_metrics_show_gpus_held_and_outcomes(sqlite_server: ServerProcess, tmp_path: Path) -> None:
     """A daemon with two (fake) dynamic GPUs: the one its task holds shows as allocated while it runs and free after;
-    a failed run counts under its failure class."""
+    a failed run (exit 3: the task's own failure) counts under its failure class."""
     client = sqlite_server.client()
     client.call("queues.create", {"name": "single"})
     gpus = tmp_path / "gpus.json"
@@ -161,7 +161,7 @@ def test_agent_metrics_show_gpus_held_and_outcomes(sqlite_server: ServerProcess,
         assert seen[("conveyor_agent_pickups_total", (("queue", "single"),))] == 1
         release.touch()
         assert wait_final(client, task)["status"] == "failed"
-        failed = ("conveyor_agent_task_outcomes_total", (("failure_class", "unknown"), ("status", "failed")))
+        failed = ("conveyor_agent_task_outcomes_total", (("failure_class", "task"), ("status", "failed")))
         while failed not in (seen := scrape(agent)):  # the daemon counts the run once it has settled it
             assert time.time() < deadline
             time.sleep(0.1)

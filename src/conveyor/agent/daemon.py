@@ -32,6 +32,7 @@ from conveyor.client.caller import ApiCaller
 from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
 from conveyor.errors import ConveyorError, TaskFailure, UserError
+from conveyor.protocol import failure
 from conveyor.protocol.failure import FIELD as FAILURE_CLASS
 from conveyor.protocol.failure import FailureClass
 from conveyor.protocol.ids import looks_like_id
@@ -560,10 +561,11 @@ class Daemon:
         self._report()
 
     def _task_as_ended(self, task_id: str) -> dict[str, Any] | None:
-        """The task's status and timeline after its executor ended (None: gone, or the server did not answer)."""
+        """The task's status, failure class, attempts and timeline after its executor ended (None: gone, or the server
+        did not answer)."""
         try:
-            found = self.client.call("tasks.get_all", {"id": [task_id], "only_fields": ["status", "timeline"],
-                                                       "search_hidden": True})["tasks"]
+            found = self.client.call("tasks.get_all", {"id": [task_id], "search_hidden": True, "only_fields": [
+                "status", failure.FIELD, failure.ATTEMPTS_FIELD, "timeline"]})["tasks"]
         except ConveyorError as exc:
             log.warning("task %s: could not read its status: %s", task_id, exc)
             return None

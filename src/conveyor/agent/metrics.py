@@ -14,10 +14,12 @@ from prometheus_client.registry import Collector
 
 from conveyor.agent.timeline import SPANS
 from conveyor.errors import UserError
+from conveyor.protocol import failure
+from conveyor.protocol.status import FINAL_VALUES, TaskStatus
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_CLASS = "unknown"  # until the failure class vocabulary (retries) names one
+UNKNOWN_CLASS = "unknown"  # a failure no class was given for (a ClearML-era client, an older agent)
 # From a warm start (tenths of a second) to a cold environment build or a long run.
 SPAN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0,
                 3600.0, 4 * 3600.0)
@@ -75,7 +77,14 @@ class AgentMetrics:
     def ended(self, task: Mapping[str, Any]) -> None:
         """A run ended: its outcome, and the spans of the timeline its executor sent with the final status."""
         status = str(task.get("status") or "unknown")
-        failure_class = str(task.get("failure_class") or (UNKNOWN_CLASS if status == "failed" else "none"))
+        failure_class = task.get(failure.FIELD)
+        attempts = task.get(failure.ATTEMPTS_FIELD) or []
+        last = attempts[-1] if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict) else {}
+        if status not in FINAL_VALUES and last.get("retried"):  # failed, and already queued again for a retry
+            status, failure_class = TaskStatus.failed.value, last.get(failure.FIELD)
+        if status != TaskStatus.failed:
+            failure_class = "none"
+        failure_class = str(failure_class or UNKNOWN_CLASS)
         self.outcomes.labels(status, failure_class).inc()
         timeline = task.get("timeline")
         durations = timeline.get("durations") if isinstance(timeline, dict) else None
