@@ -113,14 +113,20 @@ def test_prometheus_scrapes_the_server_and_a_daemon(sqlite_server: ServerProcess
         task = create_task(client, repository=f"file://{bare}")
         enqueue(client, task)
         assert wait_final(client, task)["status"] == "completed"
+        # a clone that cannot reach its host fails the worker's way, is retried once (retries: 1), fails again
+        unreachable = create_task(client, repository=f"http://127.0.0.1:{free_port()}/nowhere.git", hyperparams={
+            "properties": {"retries": {"section": "properties", "name": "retries", "value": "1", "type": "int"}}})
+        enqueue(client, unreachable)
+        wait_for_series(url, 'conveyor_agent_task_outcomes_total{status="failed",failure_class="infrastructure"} == 2')
+        assert wait_final(client, unreachable)["status"] == "failed"
         # the server's series, and the daemon's, through Prometheus's HTTP API
         done = wait_for_series(url, 'conveyor_tasks{job="conveyor-server",status="completed"} == 1')
         assert done[0]["metric"]["status"] == "completed"
-        wait_for_series(url, 'conveyor_queue_dequeued_total{job="conveyor-server",queue="default"} == 1')
+        wait_for_series(url, 'conveyor_queue_dequeued_total{job="conveyor-server",queue="default"} == 3')
         pickup = wait_for_series(url, 'conveyor_agent_phase_seconds_count{job="conveyor-agent",phase="pickup"} == 1')
         assert pickup[0]["metric"]["instance"] == f"127.0.0.1:{agent_port}"
         wait_for_series(url, 'conveyor_agent_task_outcomes_total{status="completed",failure_class="none"} == 1')
-        wait_for_series(url, 'conveyor_agent_pickups_total{queue="default"} == 1')
+        wait_for_series(url, 'conveyor_agent_pickups_total{queue="default"} == 3')  # one run, two tries
         wait_for_series(url, 'up{job="conveyor-agent"} == 1 and on() up{job="conveyor-server"} == 1')
     finally:
         daemon.stop()
