@@ -543,7 +543,8 @@ class Daemon:
         outcome and timeline (sent by its executor with the final status) go to the metrics."""
         ended = self._task_as_ended(run.task_id)
         if ended is not None and ended.get("status") == TaskStatus.in_progress:
-            ended["status"] = TaskStatus.failed.value
+            ended.update({"status": TaskStatus.failed.value, FAILURE_CLASS: FailureClass.infrastructure.value,
+                          failure.ATTEMPTS_FIELD: []})  # as failed just below
             reason = run.handle.start_failure  # a run that never started its executor says why
             if reason:
                 self._task_log(run.task_id, f"conveyor: {reason}\n", "error")
