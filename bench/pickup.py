@@ -3,9 +3,12 @@ side with the real `clearml-agent` on the same server and the same task; and the
 
     python bench/pickup.py [--tasks 20] [--reference-tasks 10] [--idle 60]
 
-The task prints `first <time.time()>` as its first line; the latency is that time minus the time just before
-`tasks.enqueue` was sent. Both agents get the same repository, requirements and server. The reference is run
-as documented (`clearml-agent daemon --queue Q --foreground`, system site packages, no pip pin).
+Conveyor's figures come from each run's startup timeline (the task's `timeline`: enqueued on the server's clock,
+then pulled, started, code ready, environment ready, first output and ended on the worker's), printed span by span,
+so that the phase that dominates is plain. The reference agent records no timeline: for both, the task also prints
+`first <time.time()>` as its first line, and that time minus the time just before `tasks.enqueue` was sent is the
+end-to-end figure compared side by side. Both agents get the same repository, requirements and server. The
+reference is run as documented (`clearml-agent daemon --queue Q --foreground`, system site packages, no pip pin).
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def measure(client, bare: Path, queue: str, count: int, timeout: float) -> list[float]:  # noqa: ANN001
+def measure(client, bare: Path, queue: str, count: int, timeout: float,  # noqa: ANN001
+            timelines: list[dict[str, float]] | None = None) -> list[float]:
+    """Enqueue → first line as the task printed it, per task; each run's timeline spans go to `timelines`."""
     latencies = []
     for i in range(count):
         task = create_task(client, name=f"pickup-{i}", repository=f"file://{bare}")
@@ -58,6 +63,11 @@ def measure(client, bare: Path, queue: str, count: int, timeout: float) -> list[
         if doc["status"] != "completed" or not match:
             raise RuntimeError(f"task {task} {doc['status']}: {doc.get('status_reason')}")
         latencies.append(float(match.group(1)) - sent)
+        if timelines is not None:
+            durations = (doc.get("timeline") or {}).get("durations")
+            if not durations or "pickup" not in durations:
+                raise RuntimeError(f"task {task} has no startup timeline: {doc.get('timeline')!r}")
+            timelines.append(durations)
         time.sleep(0.2)
     return latencies
 
@@ -65,6 +75,23 @@ def measure(client, bare: Path, queue: str, count: int, timeout: float) -> list[
 def summary(name: str, values: list[float]) -> str:
     return (f"{name}: p50 {pct(values, 0.5) * 1000:.0f} ms, p95 {pct(values, 0.95) * 1000:.0f} ms, "
             f"min {min(values) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms over {len(values)} tasks")
+
+
+SPAN_ORDER = ("queued", "launch", "checkout", "environment", "entry_point_start")
+
+
+def phase_breakdown(timelines: list[dict[str, float]]) -> list[str]:
+    """One line per span of the timeline (p50, p95, its share of the pickup's p50), then the pickup itself."""
+    pickup = [t["pickup"] for t in timelines]
+    lines = [summary("conveyor agent pickup from the timeline (enqueued → first output, warm)", pickup)]
+    spans = {name: [t.get(name, 0.0) for t in timelines] for name in SPAN_ORDER}
+    dominant = max(SPAN_ORDER, key=lambda name: pct(spans[name], 0.5))
+    for name in SPAN_ORDER:
+        values = spans[name]
+        lines.append(f"  {name:<18} p50 {pct(values, 0.5) * 1000:6.1f} ms  p95 {pct(values, 0.95) * 1000:6.1f} ms  "
+                     f"({pct(values, 0.5) / max(pct(pickup, 0.5), 1e-9) * 100:3.0f} % of the p50)"
+                     + ("  <- dominates" if name == dominant else ""))
+    return lines
 
 
 def reference_agent(server: ServerProcess, root: Path, queue: str) -> subprocess.Popen[bytes]:
@@ -97,12 +124,15 @@ def main() -> None:
         daemon = DaemonProcess(server, root, "--queue", "default", env=agent_env(server, root))
         try:
             measure(client, bare, "default", 1, 300)  # warm the clone and venv caches
-            ours = measure(client, bare, "default", args.tasks, 120)
+            timelines: list[dict[str, float]] = []
+            ours = measure(client, bare, "default", args.tasks, 120, timelines)
             cpu, rss = idle_usage(daemon.proc.pid, args.idle) if args.idle else (0.0, 0.0)
         finally:
             daemon.stop()
         print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
-        print(summary("conveyor agent pickup (enqueue → first line, warm)", ours))
+        for line in phase_breakdown(timelines):
+            print(line)
+        print(summary("conveyor agent pickup end to end (enqueue sent → first line printed, warm)", ours))
         if args.idle:
             print(f"idle conveyor daemon over {args.idle:.0f} s: CPU {cpu:.2f} % of one core, RSS {rss:.0f} MiB")
         if args.reference_tasks:

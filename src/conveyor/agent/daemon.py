@@ -16,20 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.agent.gpu_allocation import GpuRequest, parse_gpu_ids
+from conveyor.agent.gpu_allocation import EIGHTHS, GpuRequest, parse_gpu_ids
 from conveyor.agent.gpu_broker import GpuBroker
 from conveyor.agent.gpus import GpuInventory
 from conveyor.agent.identity import Slot, describe, running_daemons, started_with, take_slot, worker_id
 from conveyor.agent.logs import send_line
+from conveyor.agent.metrics import AgentMetrics
 from conveyor.agent.monitor import MachineMonitor
 from conveyor.agent.policy import QueuePolicy
 from conveyor.agent.process import become_subreaper, end_orphans
 from conveyor.agent.schedule import Schedule
+from conveyor.agent.timeline import PULLED_AT_ENV
 from conveyor.agent.working_hours import PolicyWatch, publish
 from conveyor.client.caller import ApiCaller
 from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
 from conveyor.errors import ConveyorError, TaskFailure, UserError
+from conveyor.protocol import failure
 from conveyor.protocol.failure import FIELD as FAILURE_CLASS
 from conveyor.protocol.failure import FailureClass
 from conveyor.protocol.ids import looks_like_id
@@ -111,6 +114,9 @@ class Daemon:
         self.monitor = MachineMonitor(inventory, cfg.get("agent.resource_monitoring.disk_use_path", None))
         self.gpu_broker = None if opts.cpu_only or not opts.gpus else GpuBroker(cfg, inventory, self.visible_devices,
                                                                                 opts.dynamic_gpus)
+        self.metrics = AgentMetrics()
+        self.metrics.watch(lambda: len(self.running), self._gpus_held)
+        self._pulled_at: dict[str, float] = {}  # task id -> when its pop answered: its executor's timeline says so
 
     # --- life cycle -----------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -121,6 +127,9 @@ class Daemon:
             self.worker = self._worker_id(self.slot)
             self._check_worker_id_free(self.slot)
             self._take_over_leftovers()
+            port = int(self.cfg.get("agent.metrics_port") or 0)
+            if port:
+                self.metrics.serve(str(self.cfg.get("agent.metrics_host")), port)
             become_subreaper()  # what a crashed executor leaves running is reparented to us, and ended
             queue_ids = self._resolve_queues()
             self.policy = QueuePolicy(queue_ids, fairness=self.opts.order_fairness, schedule=schedule)
@@ -139,6 +148,7 @@ class Daemon:
             finally:
                 self._wind_down()
         finally:
+            self.metrics.close()
             self.slot.release()
         return 0
 
@@ -419,12 +429,14 @@ class Daemon:
         entry = answer.get("entry")
         if not entry:
             return None
+        self._pulled_at[entry["task"]] = time.time()
         return entry["task"], answer.get("queue") or order[0]
 
     def _next_task_polling(self, order: list[str]) -> tuple[str, str] | None:
         for queue_id in order:
             answer = self.client.call("queues.get_next_task", {"queue": queue_id}, version="2.14")
             if answer.get("entry"):
+                self._pulled_at[answer["entry"]["task"]] = time.time()
                 return answer["entry"]["task"], queue_id
         return None
 
@@ -439,6 +451,7 @@ class Daemon:
     # --- running --------------------------------------------------------------------------------------------------
     def _launch(self, task_id: str, queue_id: str) -> None:
         queue_name = self.queue_names.get(queue_id, queue_id)
+        pulled_at = self._pulled_at.pop(task_id, None)
         try:
             self.client.call("tasks.started", {"task": task_id, "force": True, "status_message": "pulled by agent"})
         except ApiCallError as exc:  # e.g. already started elsewhere: the executor decides
@@ -452,6 +465,8 @@ class Daemon:
                 return
             sub_worker = f"{self.worker.rsplit(':dgpu', 1)[0]}:{allocation.suffix}"
             gpu_env = self.gpu_broker.env(allocation)
+        if pulled_at is not None:
+            gpu_env[PULLED_AT_ENV] = repr(pulled_at)
         self._task_log(task_id, f"task {task_id} pulled from {queue_id} ({queue_name}) by worker {self.worker}\n")
         try:
             handle = self.runtime.launch(TaskRun(task_id, queue_id, self.worker, sub_worker),
@@ -466,6 +481,7 @@ class Daemon:
             return
         with self._lock:
             self.running[task_id] = Running(task_id, queue_id, handle, sub_worker)
+        self.metrics.pickups.labels(queue_name).inc()
         log.info("running task %s from %s (%s)", task_id, queue_name, handle.describe())
         if sub_worker:
             self._tolerant_call("workers.register", {"worker": sub_worker, "queues": [queue_id],
@@ -523,8 +539,12 @@ class Daemon:
         return not thread.is_alive()
 
     def _settle(self, run: Running, code: int) -> None:
-        """The server's side of an ended executor: a task it left in_progress fails; its sub-worker goes."""
-        if self._still_in_progress(run.task_id):
+        """The server's side of an ended executor: a task it left in_progress fails; its sub-worker goes. The run's
+        outcome and timeline (sent by its executor with the final status) go to the metrics."""
+        ended = self._task_as_ended(run.task_id)
+        if ended is not None and ended.get("status") == TaskStatus.in_progress:
+            ended.update({"status": TaskStatus.failed.value, FAILURE_CLASS: FailureClass.infrastructure.value,
+                          failure.ATTEMPTS_FIELD: []})  # as failed just below
             reason = run.handle.start_failure  # a run that never started its executor says why
             if reason:
                 self._task_log(run.task_id, f"conveyor: {reason}\n", "error")
@@ -537,16 +557,36 @@ class Daemon:
             self._tolerant_call("workers.unregister", {"worker": run.sub_worker, "queues": []})
         if self.gpu_broker is not None:
             self.gpu_broker.release(run.task_id)
+        if ended is not None:  # once the run's GPUs are free: a scrape never sees the outcome with them held
+            self.metrics.ended(ended)
         self._report()
 
-    def _still_in_progress(self, task_id: str) -> bool:
+    def _task_as_ended(self, task_id: str) -> dict[str, Any] | None:
+        """The task's status, failure class, attempts and timeline after its executor ended (None: gone, or the server
+        did not answer)."""
         try:
-            found = self.client.call("tasks.get_all", {"id": [task_id], "only_fields": ["status"],
-                                                       "search_hidden": True})["tasks"]
+            found = self.client.call("tasks.get_all", {"id": [task_id], "search_hidden": True, "only_fields": [
+                "status", failure.FIELD, failure.ATTEMPTS_FIELD, "timeline"]})["tasks"]
         except ConveyorError as exc:
             log.warning("task %s: could not read its status: %s", task_id, exc)
-            return False
-        return bool(found) and found[0].get("status") == TaskStatus.in_progress
+            return None
+        return dict(found[0]) if found else None
+
+    def _still_in_progress(self, task_id: str) -> bool:
+        found = self._task_as_ended(task_id)
+        return found is not None and found.get("status") == TaskStatus.in_progress
+
+    def _gpus_held(self) -> dict[str, float]:
+        """Each GPU's share given to running tasks: dynamic GPUs by their allocations, fixed ones whole while a
+        task runs."""
+        broker = self.gpu_broker
+        if broker is None:
+            return {}
+        if broker.dynamic is not None:
+            pool = broker.dynamic.pool
+            return {gpu: min(pool.used(gpu) / EIGHTHS, 1.0) for gpu in pool.gpus}
+        busy = 1.0 if self.running else 0.0
+        return {gpu: busy for gpu in broker.gpus or []}
 
     def _take_over_leftovers(self) -> None:
         """What a killed daemon with this worker id left: a run still going is adopted (watched, reported, counted

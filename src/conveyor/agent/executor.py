@@ -30,7 +30,9 @@ from conveyor.agent.entry_point import entry_argv, entry_dir, entry_file, task_p
 from conveyor.agent.folders import venvs_dir
 from conveyor.agent.logs import MAX_EVENT_BYTES, LogShipper, decode_output
 from conveyor.agent.process import become_subreaper, die_with_parent, end_orphans, kill_tree
+from conveyor.agent.timeline import PULLED_AT_ENV, Timeline
 from conveyor.client.caller import ApiCaller
+from conveyor.client.errors import ApiCallError
 from conveyor.config import Config
 from conveyor.env.managers.base import scrub
 from conveyor.errors import ConveyorError, TaskFailure
@@ -106,12 +108,14 @@ class Executor:
         self._done = threading.Event()
         self.work_dir: Path | None = None
         self.timings: dict[str, float] = {}
+        self.timeline = Timeline()  # sent with the final status
         self._task_env: dict[str, str] | None = None  # the entry point's environment and folder, once it runs
         self._task_cwd: Path | None = None
 
     # --- public ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
         """Run the task; returns 0 when it completed, 1 otherwise."""
+        self.timeline.mark("started")
         become_subreaper()  # whatever the task leaves behind stays ours to end
         self._install_signal_handlers()
         task = self._start()
@@ -149,6 +153,7 @@ class Executor:
     def _start(self) -> dict[str, Any] | None:
         call = self.client.call
         task = call("tasks.get_by_id", {"task": self.task_id})["task"]
+        self._mark_pickup(task)
         if self.opts.clone:
             new = call("tasks.clone", {"task": self.task_id, "new_task_name": f"Clone of {task.get('name', '')}"})
             self.task_id = new["id"]
@@ -184,6 +189,14 @@ class Executor:
             self._finish(Outcome(TaskStatus.failed, "can not run task without script information"))
             return None
         return task
+
+    def _mark_pickup(self, task: dict[str, Any]) -> None:
+        """When the task was enqueued (its status history) and pulled (by our daemon, which says when)."""
+        if self.opts.clone:
+            return  # a clone made here was never queued
+        self.timeline.enqueued_from(task)
+        with contextlib.suppress(ValueError):
+            self.timeline.mark("pulled", float(os.environ.get(PULLED_AT_ENV) or "x"))
 
     def _follow_rank_zero(self, task: dict[str, Any]) -> dict[str, Any] | None:
         """Rank > 0: wait until rank 0 has started the task (it dequeues it), then run it too; give up if the task
@@ -237,11 +250,13 @@ class Executor:
                 with self.phase("setup shell script"):
                     self._run_setup_script(setup)
             self._prepare_code(script, code_dir)
+            self.timeline.mark("code_ready")
             working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
             if not working_dir.is_dir() or code_dir.resolve() not in (working_dir, *working_dir.parents):
                 raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the repository")
             argv = entry_argv(task, self.cfg, working_dir, self.notice)  # before the install: a wrong one fails fast
             env = self._build_environment(script, code_dir, working_dir)
+            self.timeline.mark("environment_ready")
             try:
                 if not self.follower:
                     self._report_requirements(script, env)
@@ -496,6 +511,8 @@ class Executor:
             self._emit(decode_output(pending), out)
 
     def _emit(self, text: str, out: TextIO) -> None:
+        if self._task_env is not None and "first_output" not in self.timeline.at:  # the entry point's, not setup's
+            self.timeline.mark("first_output")
         if self.follower:
             text = self._ranked(text)
         if self.logs is not None:
@@ -585,6 +602,7 @@ class Executor:
     # --- end ------------------------------------------------------------------------------------------------------
     def _finish(self, outcome: Outcome) -> None:
         self._done.set()
+        self.timeline.mark("ended")
         end_line = END_LINES.get(outcome.status, "Process ended: {}") if outcome.status else "Process ended: {}"
         reason = shown(outcome.reason, outcome.failure_class) if outcome.status == TaskStatus.failed else outcome.reason
         self.notice(f"conveyor: {end_line.format(reason)}",
@@ -596,10 +614,20 @@ class Executor:
         if outcome.status and not self.follower:
             body = {"task": self.task_id, "force": outcome.status != TaskStatus.completed,
                     "status_reason": outcome.reason, "status_message": self.status_message}
+            if self.client.server_supports("timeline"):  # a Conveyor field, with the call made anyway
+                body["timeline"] = self.timeline.as_dict(self.worker)
             if outcome.status == TaskStatus.failed:
                 body[FAILURE_CLASS] = outcome.failure_class.value
             try:
-                self.client.call(END_CALLS[outcome.status], body)
+                try:
+                    self.client.call(END_CALLS[outcome.status], body)
+                except ApiCallError as exc:
+                    if "timeline" not in body or exc.code != 400:
+                        raise
+                    # the status matters, the timeline does not: a server that refuses this one gets the status
+                    log.warning("task %s: the server refused the run's timeline (%s)", self.task_id, exc.msg)
+                    body.pop("timeline")
+                    self.client.call(END_CALLS[outcome.status], body)
             except ConveyorError as exc:  # e.g. the task was reset or deleted meanwhile: nothing left to mark
                 log.warning("task %s: could not set the final status (%s)", self.task_id, exc)
         if not self.opts.under_daemon and not self.follower:

@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.agent.timeline import SPANS, epoch
 from conveyor.cli._output import age, local_time, print_json, print_table, safe_url, warn
 from conveyor.protocol import failure
 from conveyor.protocol.status import FINAL_VALUES, STOPPING, TaskStatus
@@ -421,7 +423,33 @@ def show_task(args: argparse.Namespace) -> int:
         print(f"{'Attempts:' if i == 0 else '':<14}{line}")
     for i, line in enumerate(_history(task.get("status_history") or [])):
         print(f"{'History:' if i == 0 else '':<14}{line}")
+    for i, line in enumerate(_timeline(task.get("timeline"))):
+        print(f"{'Timeline:' if i == 0 else '':<14}{line}")
     return 0
+
+
+def _timeline(timeline: Any) -> list[str]:
+    """The last run's startup timeline: each moment (local time, to the millisecond) with the span before it, then
+    enqueue to first output (the pickup) and to the end."""
+    if not isinstance(timeline, dict) or not timeline.get("marks"):
+        return []
+    spans = dict(SPANS)
+    lines = []
+    for mark in timeline["marks"]:
+        ts = epoch(mark.get("time"))
+        when = "" if ts is None else datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
+        name = str(mark.get("mark", ""))
+        after = mark.get("after_sec")
+        span = f"+{after:.3f} s {spans.get(name, '')}" if isinstance(after, (int, float)) else ""
+        lines.append(f"{when}  {name.replace('_', ' '):<19}{span}".rstrip())
+    durations = timeline.get("durations") or {}
+    summary = [f"{label} {durations[key]:.3f} s" for key, label in
+               (("pickup", "enqueued to first output"), ("total", "enqueued to end")) if key in durations]
+    if timeline.get("worker"):
+        summary.append(f"on {timeline['worker']}")
+    if summary:
+        lines.append(", ".join(summary))
+    return lines
 
 
 def _attempts(entries: list[dict[str, Any]]) -> list[str]:

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from conveyor.errors import ErrorFactory, map_exceptions
 from conveyor.protocol import errors
 from conveyor.protocol.envelope import API_VERSION, envelope
+from conveyor.server import metrics, traffic
 from conveyor.server.call import Call
 from conveyor.server.files import FilesApp
 from conveyor.server.lifecycle import Background
@@ -174,6 +176,7 @@ class ApiApp:
         self.state = state
         self.web = web
         self.files = files
+        self.metrics = metrics.ServerMetrics(state.store)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -189,12 +192,19 @@ class ApiApp:
         if self.web is not None and (path in WEB_PATHS or path.startswith(WEB_PREFIXES)):
             await self.web(scope, receive, send)
             return
+        if path == metrics.PATH:
+            await self._metrics(send)
+            return
         limit = int(self.state.settings.max_request_body_mb * 1024 * 1024)
         raw = await _read_body(scope, receive, limit)
         if raw is None:
             status, payload = _too_large(path, self.state.settings.max_request_body_mb)
         else:
+            began = time.perf_counter()
             status, payload = await self.handle(scope, raw, receive)
+            match = _API_PATH.match(path)
+            endpoint = match.group(2) if match and match.group(2) in _ENDPOINTS else "unknown"  # a bounded label set
+            traffic.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - began)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
@@ -202,6 +212,13 @@ class ApiApp:
         if len(payload) > _TRIM_AFTER:
             del payload
             await run_in_threadpool(release_memory)
+
+    async def _metrics(self, send: Any) -> None:
+        payload = await run_in_threadpool(self.metrics.exposition)  # a read of the database, off the loop
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", metrics.CONTENT_TYPE.encode()),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
 
     async def handle(self, scope: dict[str, Any], raw: bytes, receive: Any) -> tuple[int, bytes]:
         path: str = scope["path"]

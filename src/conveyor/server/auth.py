@@ -24,7 +24,8 @@ from conveyor.server.store import schema as s
 
 COMPANY_ID = "d1bd92a3b039400cbafc60a7a5b1e52b"
 COMPANY_NAME = "conveyor"
-FEATURES = ["long_poll", "worker_state"]  # what our agent may use beyond ClearML's protocol (ARCHITECTURE decision 2)
+# what our agent may use beyond ClearML's protocol (ARCHITECTURE decision 2)
+FEATURES = ["long_poll", "worker_state", "timeline"]
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
 
 

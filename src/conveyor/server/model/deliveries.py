@@ -16,6 +16,7 @@ from conveyor.server.model.tasks import back_to_before_enqueue
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
 from conveyor.server.store.documents import add_entry, get_queue, get_task, record_delivery, return_delivery
+from conveyor.server.traffic import count_dequeued
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ def pop(conn: Connection, queue_ids: list[str], *, runner: str | None) -> Popped
             if runner is not None:
                 sql.run(conn, "set_runner", {"id": task_id, "runner": runner})
             record_delivery(conn, task_id, queue_id, added)
+        count_dequeued(queue_id)
         return Popped(task_id, queue_id, added)
     return None
 

@@ -211,6 +211,7 @@ def enqueue(conn: Connection, doc: Document, queue_id: str, *, user: str, force:
     doc["system_tags"] = [t for t in doc.get("system_tags") or [] if t != DEVELOPMENT]
     doc.setdefault("execution", {})["queue"] = queue_id
     doc["enqueue_status"] = old  # where a dequeue takes it back to
+    doc.pop("timeline", None)  # the previous run's; the next run sends its own
     doc.pop(RETRIES_USED_FIELD, None)  # a user's enqueue gives the task its `retries` again
     queue_limits.require_room(conn, queue_id)
     fields = set_status(conn, doc, S.queued.value, force=True, user=user, reason=reason, message=message)
@@ -252,7 +253,7 @@ def reset(conn: Connection, doc: Document, *, user: str, force: bool, clear_all:
     dequeued = remove_entries(conn, task_id)
     conn.execute(delete(s.events).where(s.events.c.task == task_id))
     for key in ("started", "completed", "active_duration", "last_worker", "last_worker_report", "enqueue_status",
-                ATTEMPTS_FIELD, RETRIES_USED_FIELD):
+                "timeline", ATTEMPTS_FIELD, RETRIES_USED_FIELD):
         doc.pop(key, None)
     doc["last_iteration"] = 0
     doc["last_metrics"] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -19,6 +20,7 @@ from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store.documents import add_entry, entries_of, get_queue, get_task
+from conveyor.server.traffic import long_poll_waiting
 
 LISTING = q.Listing(s.queues, default_order=("name",), tag_columns=("tags", "system_tags"),
                     order={"id": "id", "name": "name", "created": "created", "last_update": "last_update"})
@@ -302,6 +304,12 @@ async def get_next_task(call: Call) -> dict[str, Any]:
 
     if wait <= 0:
         return await attempt() or {}
+    with long_poll_waiting():
+        return await _wait_for_entry(call, wait, keys, attempt)
+
+
+async def _wait_for_entry(call: Call, wait: float, keys: list[str],
+                          attempt: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     gone = call.disconnected  # completes when the waiting client closes its connection

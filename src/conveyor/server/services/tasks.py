@@ -14,7 +14,7 @@ from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server import query as q
 from conveyor.server.call import Call
 from conveyor.server.codec import Document, iso, now
-from conveyor.server.model import queues, retries, task_edits, tasks
+from conveyor.server.model import queues, retries, task_edits, tasks, timeline
 from conveyor.server.ownership import require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
@@ -103,6 +103,8 @@ def _status_call(call: Call, new_status: str, *, by_runner: bool = True, **extra
     with call.store.write() as conn:
         doc = tasks.load(conn, task_id, lock=True)
         require_task_owner(call, conn, doc, f"mark it {new_status.replace('_', ' ')}", as_runner=by_runner)
+        if call.body.get("timeline") is not None:  # Conveyor's agent sends its run's timeline with the final status
+            doc["timeline"] = timeline.checked(call.body["timeline"])
         fields = tasks.set_status(
             conn, doc, new_status, force=call.bool("force"), user=call.user,
             reason=call.str("status_reason"), message=call.str("status_message"),
@@ -250,6 +252,8 @@ def failed(call: Call) -> dict[str, Any]:
     with call.store.write() as conn:
         doc = tasks.load(conn, task_id, lock=True)
         require_task_owner(call, conn, doc, "mark it failed", as_runner=True)
+        if call.body.get("timeline") is not None:  # Conveyor's agent sends its run's timeline with the final status
+            doc["timeline"] = timeline.checked(call.body["timeline"])
         was = tasks.status_of(doc)
         reason = call.str("status_reason")
         fields = tasks.set_status(conn, doc, S.failed, force=call.bool("force"), user=call.user, reason=reason,

@@ -13,6 +13,7 @@ from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server.codec import dumps, iso, loads, to_epoch
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
+from conveyor.server.traffic import count_enqueued
 
 
 def task_columns(doc: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +73,7 @@ def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = Fa
     added = time.time()
     sql.run(conn, "add_entry_front" if front else "add_entry_back", {"q": queue_id, "t": task_id, "a": added})
     sql.run(conn, "notify", {"q": queue_id})
+    count_enqueued(queue_id)
     return added
 
 

@@ -336,6 +336,40 @@
     return { entries: entries.filter((e) => e.ms !== null), derived: true };
   }
 
+  // The last run's startup timeline (task.timeline, sent by Conveyor's agent with the final status): a bar of its
+  // spans, then each moment with the span before it.
+  const SPAN_OF = { pulled: "queued", started: "launch", code_ready: "checkout", environment_ready: "environment",
+    first_output: "entry_point_start", ended: "run" };
+  const SPAN_LABELS = { queued: "queued", launch: "launch", checkout: "checkout", environment: "environment",
+    entry_point_start: "to first output", run: "run" };
+  const seconds = (x) => (x < 10 ? x.toFixed(3) + " s" : duration(x * 1000));
+  // to the millisecond: the moments of a start are tenths of a second apart
+  const msWhen = (value) => {
+    const ms = toMs(value);
+    if (ms === null) return when(value);
+    const d = new Date(ms);
+    return h("span", { title: d.toISOString() }, d.toLocaleTimeString(undefined, { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0"));
+  };
+
+  function startupCard(timeline) {
+    const marks = timeline && Array.isArray(timeline.marks) ? timeline.marks.filter((m) => m && (m.mark === "enqueued" || SPAN_OF[m.mark] !== undefined)) : [];
+    if (marks.length < 2) return null;
+    const spans = marks.slice(1).filter((m) => typeof m.after_sec === "number").map((m) => ({ name: SPAN_OF[m.mark], sec: m.after_sec }));
+    const total = Math.max(1e-3, spans.reduce((sum, sp) => sum + sp.sec, 0));
+    const d = timeline.durations || {};
+    const summary = [typeof d.pickup === "number" ? "enqueued to first output " + seconds(d.pickup) : "",
+      typeof d.total === "number" ? "to the end " + seconds(d.total) : "", timeline.worker ? "on " + timeline.worker : ""].filter(Boolean).join(" · ");
+    return h("div", { class: "card startup" },
+      h("div", { class: "startup-head" }, h("strong", null, "Startup of the last run"), summary ? h("span", { class: "muted small" }, " · " + summary) : null),
+      h("div", { class: "startup-bar", role: "img", "aria-label": spans.map((sp) => SPAN_LABELS[sp.name] + " " + seconds(sp.sec)).join(", ") },
+        spans.map((sp) => h("span", { class: "phase-" + sp.name, dataset: { phase: sp.name }, title: SPAN_LABELS[sp.name] + " · " + seconds(sp.sec),
+          style: { flexGrow: String(Math.max(sp.sec, total / 200)) } }))),
+      h("ol", { class: "startup-list" }, marks.map((m) => h("li", { dataset: { mark: m.mark } },
+        h("div", { class: "tl-when" }, msWhen(m.time)),
+        h("div", { class: "tl-what" }, h("span", null, String(m.mark).replace(/_/g, " ")),
+          typeof m.after_sec === "number" ? h("span", { class: "muted small" }, " · " + SPAN_LABELS[SPAN_OF[m.mark]] + " " + seconds(m.after_sec)) : null)))));
+  }
+
   taskTabs.timeline = {
     label: "Timeline", order: 60,
     create() {
@@ -345,7 +379,7 @@
         panel,
         update(task) {
           const { entries, derived } = timelineOf(task);
-          const key = JSON.stringify([entries, task.status]);
+          const key = JSON.stringify([entries, task.status, task.timeline || null]);
           if (key === lastKey) return;
           lastKey = key;
           if (!entries.length) { panel.replaceChildren(empty("No status changes recorded", "")); return; }
@@ -356,7 +390,7 @@
             return h("span", { class: "seg-" + e.status, title: (STATUS_LABELS[e.status] || e.status) + " · " + duration(until - e.ms),
               style: { flexGrow: String(Math.max(until - e.ms, span / 200)) } });
           }));
-          panel.replaceChildren(h("div", { class: "card timeline" },
+          panel.replaceChildren(startupCard(task.timeline) || "", h("div", { class: "card timeline" },
             derived ? h("div", { class: "hint-line" }, "This task has no status history: its created, started and completed times are shown.") : null,
             bar,
             h("ol", { class: "timeline-list" }, entries.map((e, i) => {
