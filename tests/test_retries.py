@@ -282,3 +282,36 @@ def test_an_install_failure_is_classed_by_what_the_installer_says(tmp_path: Path
                          env=installer_env({"UV_HTTP_RETRIES": "0", "UV_CACHE_DIR": str(tmp_path / "uv-cache"),
                                             "PIP_FIND_LINKS": "", "PIP_CONFIG_FILE": os.devnull}))
         assert failed.value.failure_class == expected, (argv, str(failed.value))
+
+
+def test_the_daemon_that_released_a_retried_run_leaves_the_retry_alone(
+        sqlite_server: ServerProcess, tmp_path: Path) -> None:
+    """Two daemons on one queue, a clone that cannot reach its host (infrastructure), 2 retries: the retry goes to the
+    other daemon at once, while the first has not yet seen its executor end. The first must not fail the retry as
+    an executor that "exited without reporting a final status": each attempt is a real clone failure."""
+    client = sqlite_server.client()
+    _queue_retries(client, 2)
+    unreachable = create_task(client, repository=f"http://127.0.0.1:{free_port()}/nowhere.git", name="unreachable")
+    daemons = [DaemonProcess(sqlite_server, tmp_path / name, "--queue", "default",
+                             env=agent_env(sqlite_server, tmp_path / name, CLEARML_WORKER_ID=f"{name}-{os.getpid()}"))
+               for name in ("left", "right")]
+    try:
+        enqueue(client, unreachable)
+        deadline = time.time() + 120
+        while True:
+            doc = client.call("tasks.get_by_id", {"task": unreachable})["task"]
+            attempts = doc.get("attempts") or []
+            if doc["status"] == "failed" and not attempts[-1]["retried"]:
+                break
+            assert time.time() < deadline, f"not failed for good: {doc['status']} {attempts}"
+            time.sleep(0.1)
+        time.sleep(1.0)  # a late, wrong `failed` from a daemon would come now
+        doc = client.call("tasks.get_by_id", {"task": unreachable})["task"]
+        assert [(a["attempt"], a["retried"]) for a in doc["attempts"]] == [(1, True), (2, True), (3, False)], \
+            [(a["attempt"], a["worker"], a["reason"]) for a in doc["attempts"]]
+        reasons = [a["reason"][:60] + " ... " + a["reason"][-50:] for a in doc["attempts"]]
+        assert all("not reachable" in a["reason"] for a in doc["attempts"]), "\n".join(reasons)
+        assert [h["status"] for h in doc["status_history"]].count("in_progress") == 3
+    finally:
+        for daemon in daemons:
+            daemon.stop()

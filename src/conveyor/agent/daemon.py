@@ -84,6 +84,9 @@ class Running:
     queue_id: str
     handle: RunHandle
     sub_worker: str | None = None
+    # the task's `status_changed` when this run started it: a later one means another run (a retry the server
+    # put back on the queue, started elsewhere) owns the task now; None: unknown (an adopted run)
+    run_marker: str | None = None
 
 
 class Daemon:
@@ -452,8 +455,13 @@ class Daemon:
     def _launch(self, task_id: str, queue_id: str) -> None:
         queue_name = self.queue_names.get(queue_id, queue_id)
         pulled_at = self._pulled_at.pop(task_id, None)
+        self._make_way(task_id)
+        run_marker: str | None = None
         try:
-            self.client.call("tasks.started", {"task": task_id, "force": True, "status_message": "pulled by agent"})
+            answer = self.client.call("tasks.started", {"task": task_id, "force": True,
+                                                        "status_message": "pulled by agent"})
+            changed = (answer.get("fields") or {}).get("status_changed") if isinstance(answer, dict) else None
+            run_marker = str(changed) if changed else None
         except ApiCallError as exc:  # e.g. already started elsewhere: the executor decides
             log.debug("tasks.started (%s): %s", task_id, exc)
         sub_worker = f"{self.worker}:service:{task_id}" if self.opts.services_mode is not None else None
@@ -480,13 +488,34 @@ class Daemon:
                                                  FAILURE_CLASS: exc.failure_class})
             return
         with self._lock:
-            self.running[task_id] = Running(task_id, queue_id, handle, sub_worker)
+            self.running[task_id] = Running(task_id, queue_id, handle, sub_worker, run_marker)
         self.metrics.pickups.labels(queue_name).inc()
         log.info("running task %s from %s (%s)", task_id, queue_name, handle.describe())
         if sub_worker:
             self._tolerant_call("workers.register", {"worker": sub_worker, "queues": [queue_id],
                                                      "timeout": int(self.cfg.get("agent.worker_timeout_sec"))})
         self._report()
+
+    def _make_way(self, task_id: str) -> None:
+        """A task this daemon pulled while an earlier run of it is still recorded here (services mode: its executor
+        reported an infrastructure failure, the server put it back on the queue, and this daemon took the retry
+        before it saw that executor end): that run is settled first, so the new one does not overwrite it. Its
+        executor, whose run the server has already ended, gets agent.kill_grace_sec to exit, then is killed."""
+        earlier = self.running.get(task_id)
+        if earlier is None:
+            return
+        deadline = time.monotonic() + self._kill_grace()
+        while (code := earlier.handle.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if code is None:
+            log.warning("task %s: pulled again while its earlier executor still runs; ending that one", task_id)
+            earlier.handle.kill()
+            deadline = time.monotonic() + 2
+            while (code := earlier.handle.poll()) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        with self._lock:
+            self.running.pop(task_id, None)
+        self._after_exit(earlier, code if code is not None else -9)
 
     def _executor_env(self, sub_worker: str | None) -> dict[str, str]:
         """What the daemon adds to the executor's environment: who it works for, which GPUs, git credentials."""
@@ -542,7 +571,7 @@ class Daemon:
         """The server's side of an ended executor: a task it left in_progress fails; its sub-worker goes. The run's
         outcome and timeline (sent by its executor with the final status) go to the metrics."""
         ended = self._task_as_ended(run.task_id)
-        if ended is not None and ended.get("status") == TaskStatus.in_progress:
+        if ended is not None and ended.get("status") == TaskStatus.in_progress and self._still_ours(run, ended):
             ended.update({"status": TaskStatus.failed.value, FAILURE_CLASS: FailureClass.infrastructure.value,
                           failure.ATTEMPTS_FIELD: []})  # as failed just below
             reason = run.handle.start_failure  # a run that never started its executor says why
@@ -561,12 +590,19 @@ class Daemon:
             self.metrics.ended(ended)
         self._report()
 
+    @staticmethod
+    def _still_ours(run: Running, task: dict[str, Any]) -> bool:
+        """Whether the task is still in the run this daemon launched, not in a later one: after its executor reported
+        an infrastructure failure, the server put the task back on its queue and another daemon (or this one) may
+        have started the retry before this daemon saw its executor end."""
+        return run.run_marker is None or str(task.get("status_changed") or "") == run.run_marker
+
     def _task_as_ended(self, task_id: str) -> dict[str, Any] | None:
         """The task's status, failure class, attempts and timeline after its executor ended (None: gone, or the server
         did not answer)."""
         try:
             found = self.client.call("tasks.get_all", {"id": [task_id], "search_hidden": True, "only_fields": [
-                "status", failure.FIELD, failure.ATTEMPTS_FIELD, "timeline"]})["tasks"]
+                "status", "status_changed", failure.FIELD, failure.ATTEMPTS_FIELD, "timeline"]})["tasks"]
         except ConveyorError as exc:
             log.warning("task %s: could not read its status: %s", task_id, exc)
             return None
