@@ -26,8 +26,8 @@ from conveyor.agent.identity import Slot
 from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
 from conveyor.errors import ConveyorError, TaskFailure
+from conveyor.protocol.failure import ATTEMPTS_FIELD, FailureClass
 from conveyor.protocol.failure import FIELD as FAILURE_CLASS
-from conveyor.protocol.failure import FailureClass
 from conveyor.protocol.status import STOPPING, TaskStatus
 from conveyor.protocol.tags import QUEUE_LIMIT_NOTE
 from conveyor.runtimes.base import TaskRun
@@ -140,6 +140,7 @@ class ClusterGlue(Daemon):
             earlier.handle.cancel()
             with self._lock:
                 self.running.pop(task_id, None)
+        attempts = self._attempts_at_submission(task_id)
         try:
             handle = self.cluster.launch(TaskRun(task_id, queue_id, self.worker), {})
         except TaskFailure as exc:  # the template, the cluster's refusal: this task's fault, not the glue's
@@ -153,6 +154,9 @@ class ClusterGlue(Daemon):
             log.exception("task %s: giving it back to its queue", task_id)
             self._back_to_queue(task_id, queue_id)
             return
+        if attempts is not None and isinstance(handle, ClusterJob):
+            handle.record.attempts = attempts
+            handle.record.save_quietly()
         with self._lock:
             self.running[task_id] = Running(task_id, queue_id, handle)
         log.info("task %s from %s: %s", task_id, self.queue_names.get(queue_id, queue_id), handle.describe())
@@ -161,6 +165,16 @@ class ClusterGlue(Daemon):
         self._say(task_id, f"{handle.describe()} submitted")
         self._property(task_id, self.JOB_PROPERTY, handle.job_id)
         self._report()
+
+    def _attempts_at_submission(self, task_id: str) -> int | None:
+        """The number of the task's last failed run before its job (None: the server did not say)."""
+        try:
+            found = self.client.call("tasks.get_all", {"id": [task_id], "only_fields": [ATTEMPTS_FIELD],
+                                                       "search_hidden": True})["tasks"]
+        except ConveyorError as exc:
+            log.warning("task %s: could not read its attempts: %s", task_id, exc)
+            return None
+        return self._last_attempt(found[0]) if found else None
 
     def _property(self, task_id: str, name: str, value: str) -> None:
         """On the task, as the reference's Kubernetes glue records its pod: a user property."""
@@ -344,7 +358,7 @@ class ClusterGlue(Daemon):
         self.messages.pop(run.task_id, None)
         self.units.pop(run.task_id, None)
         try:
-            found = self.client.call("tasks.get_all", {"id": [run.task_id], "only_fields": ["status"],
+            found = self.client.call("tasks.get_all", {"id": [run.task_id], "only_fields": ["status", ATTEMPTS_FIELD],
                                                        "search_hidden": True})["tasks"]
         except ConveyorError as exc:  # the next look tries again (the job's end is kept)
             log.warning("task %s: could not read its status after %s ended: %s", run.task_id, job.describe(), exc)
@@ -354,7 +368,13 @@ class ClusterGlue(Daemon):
         status = found[0].get("status") if found else None
         reason = final.reason if final is not None else f"{job.describe()} ended"
         log.info("task %s: %s ended (%s)", run.task_id, job.describe(), reason)
-        if status is not None and not job.record.cancelled:
+        submitted_after = job.record.attempts
+        if found and submitted_after is not None and self._last_attempt(found[0]) != submitted_after:
+            # the job's executor failed the run and the server already recorded it (and queued a retry): that
+            # retry, queued or started elsewhere, is not this job's to fail
+            log.info("task %s: the run of %s failed and was recorded; its retry is %s", run.task_id,
+                     job.describe(), status)
+        elif status is not None and not job.record.cancelled:
             killed = final is not None and final.killed
             if status in (TaskStatus.queued.value, TaskStatus.in_progress.value) or (killed and status not in DONE):
                 if status == TaskStatus.queued.value:

@@ -608,6 +608,18 @@ class Daemon:
             return None
         return dict(found[0]) if found else None
 
+    @staticmethod
+    def _last_attempt(task: dict[str, Any]) -> int:
+        """The number of the task's last failed run (0: none): it grows with each failure the server records."""
+        attempts = task.get(failure.ATTEMPTS_FIELD)
+        if not isinstance(attempts, list) or not attempts:
+            return 0
+        last = attempts[-1]
+        try:
+            return int(last.get("attempt") or len(attempts)) if isinstance(last, dict) else len(attempts)
+        except (TypeError, ValueError):
+            return len(attempts)
+
     def _still_in_progress(self, task_id: str) -> bool:
         found = self._task_as_ended(task_id)
         return found is not None and found.get("status") == TaskStatus.in_progress

@@ -64,6 +64,9 @@ class JobRecord:
     job_id: str = ""
     cancelled: bool = False  # the glue cancelled it (the task was aborted or dequeued): its end is not a failure
     kind: str = "slurm"
+    # the number of the task's last failed attempt when the job was submitted (None: unknown): a higher one when the
+    # job ends means its executor's run failed and the server already re-queued the task (a retry), not ours to fail
+    attempts: int | None = None
 
     @staticmethod
     def folder(kind: str) -> Path:
