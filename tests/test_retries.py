@@ -315,3 +315,33 @@ def test_the_daemon_that_released_a_retried_run_leaves_the_retry_alone(
     finally:
         for daemon in daemons:
             daemon.stop()
+
+
+def test_a_failure_resent_after_its_retry_was_queued_changes_nothing(sqlite_server: ServerProcess) -> None:
+    """The client resends `tasks.failed` when its answer is lost (a read timeout, a 502): the resend reaches a task the
+    first one already put back on its queue. It is answered as a no-op (updated 0), records no attempt and leaves the
+    retry queued; once a runner pulled the retry, that runner's failure of it (a job that never started) counts."""
+    api = sqlite_server.client()
+    queue = api.call("queues.create", {"name": f"resent-{time.monotonic_ns()}"})["id"]
+    api.call("queues.update", {"queue": queue, "metadata": {"retries": {"key": "retries", "type": "int",
+                                                                        "value": "2"}}})
+    task = api.call("tasks.create", {"name": "resent", "type": "training"})["id"]
+    api.call("tasks.enqueue", {"task": task, "queue": queue})
+    assert api.call("queues.get_next_task", {"queue": queue})["entry"]["task"] == task
+    api.call("tasks.started", {"task": task, "force": True, "status_message": "Changed by conveyor box:0"})
+    failed = {"task": task, "force": True, "status_reason": "container failed to start",
+              "failure_class": "infrastructure", "status_message": "Changed by conveyor box:0"}
+    assert api.call("tasks.failed", failed)["fields"]["status"] == "queued"
+    resent = api.call("tasks.failed", failed)
+    assert resent["updated"] == 0, resent
+    doc = api.call("tasks.get_by_id", {"task": task})["task"]
+    assert doc["status"] == "queued" and [a["attempt"] for a in doc["attempts"]] == [1], doc["attempts"]
+    entries = api.call("queues.get_by_id", {"queue": queue})["queue"]["entries"]
+    assert [e["task"] for e in entries] == [task], "the resend took the retry off its queue"
+
+    assert api.call("queues.get_next_task", {"queue": queue})["entry"]["task"] == task
+    answer = api.call("tasks.failed", {"task": task, "force": True, "status_reason": "slurm job 3 ended before the "
+                                       "task started", "failure_class": "infrastructure"})
+    assert answer["updated"] == 1 and answer["fields"]["status"] == "queued", answer
+    doc = api.call("tasks.get_by_id", {"task": task})["task"]
+    assert [(a["attempt"], a["retried"]) for a in doc["attempts"]] == [(1, True), (2, True)], doc["attempts"]

@@ -34,6 +34,14 @@ log = logging.getLogger("conveyor.server")
 RETRY_MESSAGE = "retry by conveyor"  # status_message of the re-enqueue, in the task's status history
 
 
+def requeued_by_retry(doc: Document) -> bool:
+    """Whether the task is queued again by a retry (its last status change is the retry's re-enqueue)."""
+    history = doc.get("status_history")
+    last = history[-1] if isinstance(history, list) and history else None
+    return (doc.get("status") == TaskStatus.queued and isinstance(last, dict)
+            and last.get("status") == TaskStatus.queued and last.get("message") == RETRY_MESSAGE)
+
+
 def allowed(doc: Document, queue: Document | None) -> tuple[int, str]:
     """How many retries the task may have, and where that number comes from ("" when none is set). The task's
     `properties/retries` wins over its queue's metadata `retries`. A value that is not a whole number ≥ 0 is

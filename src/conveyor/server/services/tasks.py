@@ -18,6 +18,7 @@ from conveyor.server.model import queues, retries, task_edits, tasks, timeline
 from conveyor.server.ownership import require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
+from conveyor.server.store import sql
 from conveyor.server.store.documents import save_task
 
 S = TaskStatus
@@ -252,6 +253,8 @@ def failed(call: Call) -> dict[str, Any]:
     with call.store.write() as conn:
         doc = tasks.load(conn, task_id, lock=True)
         require_task_owner(call, conn, doc, "mark it failed", as_runner=True)
+        if _failure_of_an_ended_run(call, conn, doc):
+            return {"updated": 0, "fields": {}}
         if call.body.get("timeline") is not None:  # Conveyor's agent sends its run's timeline with the final status
             doc["timeline"] = timeline.checked(call.body["timeline"])
         was = tasks.status_of(doc)
@@ -269,6 +272,18 @@ def failed(call: Call) -> dict[str, Any]:
     if woken:
         call.state.wake([woken])
     return {"updated": 1, "fields": fields}
+
+
+def _failure_of_an_ended_run(call: Call, conn: Connection, doc: Document) -> bool:
+    """A `tasks.failed` that reaches a task a retry put back on its queue, and that no runner pulled since or another
+    one did: it reports the run the retry already ended (a resend, after its answer was lost, of the call that queued
+    the retry). Answered as a no-op, as the reference answers one (updated 0): it must not count as another attempt
+    nor take the retry off its queue. The runner that pulled the retry may fail it (a job that never started)."""
+    if not retries.requeued_by_retry(doc):
+        return False
+    row = sql.run(conn, "get_runner", {"id": doc["id"]}).fetchone()
+    runner = row[0] if row else None
+    return runner is None or call.identity is None or runner != call.identity.access_key
 
 
 @endpoint("tasks.completed")
