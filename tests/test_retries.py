@@ -345,3 +345,23 @@ def test_a_failure_resent_after_its_retry_was_queued_changes_nothing(sqlite_serv
     assert answer["updated"] == 1 and answer["fields"]["status"] == "queued", answer
     doc = api.call("tasks.get_by_id", {"task": task})["task"]
     assert [(a["attempt"], a["retried"]) for a in doc["attempts"]] == [(1, True), (2, True)], doc["attempts"]
+
+
+def test_a_retry_clears_the_failed_runs_timeline(sqlite_server: ServerProcess) -> None:
+    """The timeline the failed run sent with its failure is that run's: the retry starts without one, as after an
+    enqueue; a failure that is not retried keeps it."""
+    api = sqlite_server.client()
+    queue = api.call("queues.create", {"name": f"timeline-{time.monotonic_ns()}"})["id"]
+    task = api.call("tasks.create", {"name": "timed", "type": "training", "hyperparams": _retries_property(1)})["id"]
+    api.call("tasks.enqueue", {"task": task, "queue": queue})
+    spans = {"worker": "box:0", "marks": [{"mark": "pulled", "time": "2026-01-01T00:00:00+00:00", "after_sec": None}],
+             "durations": {"queued": 0.01}}
+    for retried in (True, False):
+        assert api.call("queues.get_next_task", {"queue": queue})["entry"]["task"] == task
+        api.call("tasks.started", {"task": task, "force": True, "status_message": "Changed by conveyor box:0"})
+        api.call("tasks.failed", {"task": task, "status_reason": "image pull failed", "failure_class": "infrastructure",
+                                  "status_message": "Changed by conveyor box:0", "timeline": spans})
+        doc = api.call("tasks.get_by_id", {"task": task})["task"]
+        assert doc["status"] == ("queued" if retried else "failed"), doc["status"]
+        assert ("timeline" not in doc or not doc["timeline"]) if retried else doc["timeline"]["durations"] == {
+            "queued": 0.01}, doc.get("timeline")

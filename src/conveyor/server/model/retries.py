@@ -104,6 +104,7 @@ def after_failure(conn: Connection, doc: Document, failure_class: FailureClass, 
     doc[RETRIES_USED_FIELD] = used + 1
     _log_line(conn, doc, f"{head}; retry {used + 1} of {limit} ({source}): back at the front of queue "
                          f"{queue.get('name', queue_id)}", "warning", worker)
+    doc.pop("timeline", None)  # the failed run's, as an enqueue clears it: the retry sends its own
     # straight from failed to queued: the failure stays in the status history, the failure class with the attempt
     set_status(conn, doc, TaskStatus.queued.value, force=True, user=user, reason=f"retry {used + 1} of {limit} "
                f"after: {reason}", message=RETRY_MESSAGE)
