@@ -365,3 +365,23 @@ def test_a_retry_clears_the_failed_runs_timeline(sqlite_server: ServerProcess) -
         assert doc["status"] == ("queued" if retried else "failed"), doc["status"]
         assert ("timeline" not in doc or not doc["timeline"]) if retried else doc["timeline"]["durations"] == {
             "queued": 0.01}, doc.get("timeline")
+
+
+def test_a_container_that_does_not_start_is_an_infrastructure_failure_and_retried(
+        sqlite_server: ServerProcess) -> None:
+    """`conveyor execute --docker` whose container could not start fails the task it runs (started by its daemon)
+    as the infrastructure's failure, and the task's retries put it back at the front of its queue."""
+    from conveyor.agent.container_execute import _fail
+
+    api = sqlite_server.client()
+    queue = api.call("queues.create", {"name": f"containers-{time.monotonic_ns()}"})["id"]
+    task = api.call("tasks.create", {"name": "boxed", "type": "training", "hyperparams": _retries_property(1)})["id"]
+    api.call("tasks.enqueue", {"task": task, "queue": queue})
+    assert api.call("queues.get_next_task", {"queue": queue})["entry"]["task"] == task
+    api.call("tasks.started", {"task": task, "force": True, "status_message": "pulled by agent"})
+    _fail(api, task, "container failed to start: no space left on device", settle=True)
+    doc = api.call("tasks.get_by_id", {"task": task})["task"]
+    assert doc["status"] == "queued", (doc["status"], doc.get("status_reason"))
+    assert [(a["attempt"], a["failure_class"], a["retried"]) for a in doc["attempts"]] == [
+        (1, "infrastructure", True)]
+    assert [e["task"] for e in api.call("queues.get_by_id", {"queue": queue})["queue"]["entries"]] == [task]

@@ -62,13 +62,14 @@ def execute_in_container(client: ApiCaller, cfg: Config, task_id: str, docker: S
 
 def _fail(client: ApiCaller, task_id: str, reason: str, settle: bool,
           failure_class: str = FailureClass.infrastructure.value) -> None:
+    """The container could not start: the task fails with the engine's reason, the infrastructure's failure unless
+    the launch said otherwise (an image that does not exist), and the server retries it as `retries` allow."""
     log.error("task %s: %s", task_id, reason)
     if not settle:
         return
-    try:
-        client.call("tasks.dequeue", {"task": task_id})
-    except ConveyorError as exc:  # not queued: nothing to take it out of
-        log.debug("tasks.dequeue (%s): %s", task_id, exc)
+    # straight to failed, never through tasks.dequeue first: a dequeue takes a running (or queued) task back to
+    # `created`, and a failure from `created` is no run's, so its class would be dropped and no retry made. The
+    # server takes a queued task off its queue as it fails it, and records the failure as an attempt.
     try:
         client.call("tasks.failed", {"task": task_id, "force": True, "status_reason": reason,
                                      FAILURE_CLASS: failure_class})
