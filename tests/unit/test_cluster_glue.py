@@ -70,3 +70,16 @@ def test_a_job_ended_before_its_task_started_fails_the_task(tmp_path: Path, monk
     _glue(api)._after_exit(Running("t1", "q", job), 1)
     assert [(b["task"], b["status_reason"], b["failure_class"]) for b in api.called("tasks.failed")] == [
         ("t1", "slurm: NODE_FAIL before the task started", "infrastructure")]
+
+
+@pytest.mark.parametrize(("end", "expected"), [("slurm: TIMEOUT after 00:05:00", "task"),
+                                               ("slurm: OUT_OF_MEMORY after 00:01:00", "task"),
+                                               ("slurm: PREEMPTED after 00:01:00", "infrastructure")])
+def test_a_job_that_hit_its_own_limits_fails_the_task_as_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str, expected: str) -> None:
+    monkeypatch.setenv("CONVEYOR_AGENT_DIR", str(tmp_path))
+    api = FakeApi()
+    api.tasks["t1"] = {"status": "in_progress", "attempts": []}
+    job = EndedJob(JobRecord("t1", "q", "slurm-glue", job_id="12", attempts=0), JobEnd(killed=True, reason=end))
+    _glue(api)._after_exit(Running("t1", "q", job), 1)
+    assert [(b["status_reason"], b["failure_class"]) for b in api.called("tasks.failed")] == [(end, expected)]

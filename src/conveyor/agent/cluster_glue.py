@@ -26,7 +26,7 @@ from conveyor.agent.identity import Slot
 from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
 from conveyor.errors import ConveyorError, TaskFailure
-from conveyor.protocol.failure import ATTEMPTS_FIELD, FailureClass
+from conveyor.protocol.failure import ATTEMPTS_FIELD, FailureClass, of_image, of_job_end
 from conveyor.protocol.failure import FIELD as FAILURE_CLASS
 from conveyor.protocol.status import STOPPING, TaskStatus
 from conveyor.protocol.tags import QUEUE_LIMIT_NOTE
@@ -260,7 +260,7 @@ class ClusterGlue(Daemon):
                 continue
             if view.fatal and view.phase == "pending":
                 job.cancel()
-                self._fail(run.task_id, f"{job.describe()}: {view.fatal}")
+                self._fail(run.task_id, f"{job.describe()}: {view.fatal}", of_image(view.fatal).value)
             elif view.phase == "pending":
                 self._say(run.task_id, f"{job.describe()} pending: {view.reason}")
             else:
@@ -377,9 +377,11 @@ class ClusterGlue(Daemon):
         elif status is not None and not job.record.cancelled:
             killed = final is not None and final.killed
             if status in (TaskStatus.queued.value, TaskStatus.in_progress.value) or (killed and status not in DONE):
+                # the task's own limits (its time, its memory) are its failure; the cluster's failures are not
+                failure_class = of_job_end(final.reason) if final is not None else FailureClass.infrastructure
                 if status == TaskStatus.queued.value:
                     reason += " before the task started"
-                self._fail(run.task_id, reason)
+                self._fail(run.task_id, reason, failure_class.value)
         self._job_ended(job, status)
         job.record.remove()
         self._report()

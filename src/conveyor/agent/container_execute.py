@@ -18,7 +18,7 @@ from conveyor.client.caller import ApiCaller
 from conveyor.config import Config
 from conveyor.errors import ConveyorError
 from conveyor.protocol.failure import FIELD as FAILURE_CLASS
-from conveyor.protocol.failure import FailureClass
+from conveyor.protocol.failure import FailureClass, of_image
 from conveyor.runtimes.base import TaskRun
 from conveyor.runtimes.container import ContainerRuntime, LaunchError
 
@@ -55,7 +55,7 @@ def execute_in_container(client: ApiCaller, cfg: Config, task_id: str, docker: S
     signal.signal(signal.SIGINT, on_signal)
     code = proc.wait()
     if proc.start_failure:
-        _fail(client, task_id, proc.start_failure, settle)
+        _fail(client, task_id, proc.start_failure, settle, of_image(proc.start_failure).value)
         return 1
     return 0 if code == 0 else 1
 

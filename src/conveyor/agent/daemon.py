@@ -572,16 +572,18 @@ class Daemon:
         outcome and timeline (sent by its executor with the final status) go to the metrics."""
         ended = self._task_as_ended(run.task_id)
         if ended is not None and ended.get("status") == TaskStatus.in_progress and self._still_ours(run, ended):
-            ended.update({"status": TaskStatus.failed.value, FAILURE_CLASS: FailureClass.infrastructure.value,
-                          failure.ATTEMPTS_FIELD: []})  # as failed just below
             reason = run.handle.start_failure  # a run that never started its executor says why
+            # a container whose image does not exist is the task's failure; anything else here the machine's
+            failure_class = failure.of_image(reason) if reason else FailureClass.infrastructure
+            ended.update({"status": TaskStatus.failed.value, FAILURE_CLASS: failure_class.value,
+                          failure.ATTEMPTS_FIELD: []})  # as failed just below
             if reason:
                 self._task_log(run.task_id, f"conveyor: {reason}\n", "error")
             # its executor never started, or died (killed, out of memory): the machine's fault, not the task's
             self._tolerant_call("tasks.failed", {"task": run.task_id, "force": True, "status_reason": reason or
                                                  f"the task's executor exited with code {code} "
                                                  "without reporting a final status",
-                                                 FAILURE_CLASS: FailureClass.infrastructure.value})
+                                                 FAILURE_CLASS: failure_class.value})
         if run.sub_worker:
             self._tolerant_call("workers.unregister", {"worker": run.sub_worker, "queues": []})
         if self.gpu_broker is not None:

@@ -10,6 +10,7 @@ How it travels (Conveyor additions a ClearML client never sends and ignores when
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 
@@ -34,7 +35,20 @@ _UNREACHABLE = ("could not resolve", "connection refused", "connection timed out
                 "failed to connect", "no route to host", "operation timed out", "timed out", "server is not reachable",
                 "temporary failure in name resolution", "name or service not known", "dns error",
                 "tcp connect error", "error sending request", "failed to establish a new connection",
-                "max retries exceeded", "connection reset", "could not connect", "failed to fetch")
+                "max retries exceeded", "connection reset", "could not connect", "failed to fetch",
+                # a git host or package index that answered, but failed to serve (a proxy, an overloaded server)
+                "returned error: 502", "returned error: 503", "returned error: 504", "rpc failed", "early eof",
+                "remote end hung up unexpectedly", "502 bad gateway", "503 service unavailable", "504 gateway timeout")
+
+# Words of a container engine (or of Kubernetes' image pull) when the image does not exist or may not be pulled: the
+# task names an image no other try will find.
+_IMAGE_MISSING = ("manifest unknown", "repository does not exist", "pull access denied", "no such image",
+                  "requested access to the resource is denied", "name unknown", "invalid reference format")
+
+# How a Slurm job or a Kubernetes pod ended when it hit the limits the task's own job asked for (its time limit, its
+# memory, its deadline): another try hits them again. The cluster's own failures (NODE_FAIL, PREEMPTED, BOOT_FAIL,
+# Evicted, a lost node) stay the infrastructure's.
+_OWN_LIMITS = re.compile(r"^slurm: (TIMEOUT|OUT_OF_MEMORY|DEADLINE)\b|^k8s: .*\b(OOMKilled|DeadlineExceeded)\b")
 
 
 def retries_count(raw: object) -> int | None:
@@ -80,3 +94,16 @@ def shown(reason: str, failure_class: object) -> str:
     if cls is None:
         return reason
     return f"{reason} [{cls.value}]" if reason else f"[{cls.value}]"
+
+
+def of_image(message: str) -> FailureClass:
+    """A container that could not start (or a pod whose image could not be pulled): the task's fault when its image
+    does not exist or may not be pulled, else the infrastructure's (the engine, the registry, the machine)."""
+    text = message.lower()
+    return FailureClass.task if any(word in text for word in _IMAGE_MISSING) else FailureClass.infrastructure
+
+
+def of_job_end(reason: str) -> FailureClass:
+    """A cluster job the cluster ended (`slurm: TIMEOUT after 00:05:00`, `k8s: pod p OOMKilled (exit code 137)`): the
+    task's fault when it hit its own limits, else the infrastructure's."""
+    return FailureClass.task if _OWN_LIMITS.search(reason) else FailureClass.infrastructure

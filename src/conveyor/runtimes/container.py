@@ -36,6 +36,7 @@ from typing import Any
 from conveyor.config import Config, hocon
 from conveyor.errors import TaskFailure, UserError
 from conveyor.progress import Log
+from conveyor.protocol.failure import of_image
 from conveyor.runtimes import container_args as cargs
 from conveyor.runtimes.base import Leftover, TaskRun
 from conveyor.runtimes.bundle import Bundle, BundleError, prepare
@@ -250,7 +251,8 @@ class ContainerRuntime:
         hint = ""
         if image == self.cfg.get("agent.default_docker.image"):
             hint = " (agent.default_docker.image: build it, e.g. .ci/images/build-base-image.sh, or set another)"
-        raise LaunchError(f"Unable to find image '{image}' locally, and pulling it failed: {_last_lines(pulled)}{hint}")
+        raise LaunchError(f"Unable to find image '{image}' locally, and pulling it failed: {_last_lines(pulled)}{hint}",
+                          failure_class=of_image(_last_lines(pulled)).value)
 
     def image_id(self, image: str) -> str | None:
         out = self._engine(["image", "inspect", "--format", "{{.Id}}", image], check=False)
