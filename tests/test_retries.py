@@ -385,3 +385,25 @@ def test_a_container_that_does_not_start_is_an_infrastructure_failure_and_retrie
     assert [(a["attempt"], a["failure_class"], a["retried"]) for a in doc["attempts"]] == [
         (1, "infrastructure", True)]
     assert [e["task"] for e in api.call("queues.get_by_id", {"queue": queue})["queue"]["entries"]] == [task]
+
+
+def test_a_container_whose_set_up_fails_is_retried(sqlite_server: ServerProcess,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The set-up inside a started container (before the task's code) fails the task its daemon started as the
+    infrastructure's failure: recorded as an attempt and retried, not taken back to `created` first."""
+    from conveyor.agent.container_start import _fail
+    from conveyor.config import load_config
+
+    for key, value in sqlite_server.env().items():
+        monkeypatch.setenv(key, value)
+    api = sqlite_server.client()
+    queue = api.call("queues.create", {"name": f"set-up-{time.monotonic_ns()}"})["id"]
+    task = api.call("tasks.create", {"name": "set-up", "type": "training", "hyperparams": _retries_property(1)})["id"]
+    api.call("tasks.enqueue", {"task": task, "queue": queue})
+    assert api.call("queues.get_next_task", {"queue": queue})["entry"]["task"] == task
+    api.call("tasks.started", {"task": task, "force": True, "status_message": "pulled by agent"})
+    assert _fail(load_config(), ["execute", "--id", task], "the container has no python3") == 1
+    doc = api.call("tasks.get_by_id", {"task": task})["task"]
+    assert doc["status"] == "queued", (doc["status"], doc.get("status_reason"))
+    assert [(a["attempt"], a["failure_class"], a["retried"]) for a in doc["attempts"]] == [
+        (1, "infrastructure", True)]

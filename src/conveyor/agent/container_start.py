@@ -175,11 +175,9 @@ def _fail(cfg: Config | None, argv: Sequence[str], reason: str) -> int:
         except ConveyorError as exc:
             log.warning("task %s: could not add to its log: %s", task, exc)
         try:
-            client.call("tasks.dequeue", {"task": task})
-        except ConveyorError as exc:  # not queued: started by the daemon, as it should be
-            log.debug("tasks.dequeue (%s): %s", task, exc)
-        try:
-            # the container's set-up (inside a started container, before the task's code): the machine's fault
+            # the container's set-up (inside a started container, before the task's code): the machine's fault;
+            # straight to failed (a tasks.dequeue first took a started task back to `created`, and a failure from
+            # `created` is no run's: no class, no retry)
             client.call("tasks.failed", {"task": task, "force": True, "status_reason": reason[:1000],
                                          FAILURE_CLASS: FailureClass.infrastructure.value})
         except ConveyorError as exc:
