@@ -352,3 +352,55 @@ def test_an_unreachable_server_is_logged_not_fatal(tmp_path: Path, caplog: pytes
     with caplog.at_level("WARNING", logger="conveyor.agent"):
         daemon._register()
     assert any("workers.register" in r.getMessage() and "Cannot reach" in r.getMessage() for r in caplog.records)
+
+
+class StampingApi(FakeApi):
+    """tasks.started answers the task's `status_changed`, as the server does: a new one each time it starts."""
+
+    def __init__(self, queues: Mapping[str, list[str]]):
+        super().__init__(queues)
+        self.stamps = 0
+
+    def tasks_started(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.stamps += 1
+        self.tasks[body["task"]]["status_changed"] = f"stamp-{self.stamps}"
+        super().tasks_started(body)
+        return {"updated": 1, "fields": {"status": "in_progress", "status_changed": f"stamp-{self.stamps}"}}
+
+
+@pytest.mark.parametrize("retried_elsewhere", [True, False])
+def test_an_executor_that_ended_fails_only_the_run_it_was(tmp_path: Path, retried_elsewhere: bool) -> None:
+    """The executor reported an infrastructure failure and exited; before the daemon saw it end, the server queued
+    the retry and another daemon started it: the task is in_progress again, but not in this daemon's run, which
+    must leave it alone. Still in this daemon's run, the task fails as an executor that died."""
+    api = StampingApi({"q": ["t1"]})
+    runtime = FakeRuntime(api, behaviour=lambda task: FakeRun(task, code=None))
+    daemon = make_daemon(tmp_path, api, runtime)
+    daemon._launch("t1", "q")
+    if retried_elsewhere:
+        api.tasks["t1"].update({"status": "in_progress", "status_changed": "stamp-of-another-daemon"})
+    runtime.handles[0].code = 1
+    daemon._reap_children()
+    failed = api.called("tasks.failed")
+    if retried_elsewhere:
+        assert failed == [] and api.status("t1")[0] == "in_progress"
+    else:
+        assert [(b["task"], b["failure_class"]) for b in failed] == [("t1", "infrastructure")]
+
+
+def test_a_task_pulled_again_while_its_earlier_run_is_recorded_settles_that_run_first(tmp_path: Path) -> None:
+    """Services mode: the executor failed the run, the server queued the retry, and this daemon pulled it before it
+    saw the executor end. The earlier run is settled (not failed: its task is queued again), then the retry runs
+    under its own handle instead of overwriting the earlier one."""
+    api = StampingApi({"q": ["t1"]})
+    runtime = FakeRuntime(api, behaviour=lambda task: FakeRun(task, code=None))
+    daemon = make_daemon(tmp_path, api, runtime, services_mode=0)
+    daemon._launch("t1", "q")
+    first = runtime.handles[0]
+    first.code = 1  # its executor reported the failure and exited; the server queued the retry
+    api.tasks["t1"]["status"] = "queued"
+    daemon._launch("t1", "q")
+    assert api.called("tasks.failed") == [], "the retry was failed as the earlier run's end"
+    assert [b["worker"] for b in api.called("workers.unregister")] == ["host:0:service:t1"]
+    assert daemon.running["t1"].handle is runtime.handles[1] and len(runtime.handles) == 2
+    assert api.status("t1")[0] == "in_progress"
