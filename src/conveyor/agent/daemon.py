@@ -643,8 +643,11 @@ class Daemon:
         against the capacity); for one gone, a task left in_progress fails with the runtime's reason."""
         for left in self.runtime.adopt(self.worker):
             if left.handle is not None:
+                found = self._task_as_ended(left.task_id)  # its run, as the server has it now: see _still_ours
+                marker = str(found["status_changed"]) if found is not None and found.get("status_changed") else None
                 with self._lock:
-                    self.running[left.task_id] = Running(left.task_id, left.queue_id, left.handle, left.sub_worker)
+                    self.running[left.task_id] = Running(left.task_id, left.queue_id, left.handle, left.sub_worker,
+                                                         marker)
                 if self.gpu_broker is not None:
                     self.gpu_broker.adopt(left.task_id, left.sub_worker)
                 log.info("adopted task %s (executor %s), left running by a previous daemon with this worker id",
