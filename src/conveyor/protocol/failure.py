@@ -1,6 +1,7 @@
 """Why a run failed, in two classes: `infrastructure` (the machine, the network, the cluster: another try may
 succeed) and `task` (the user's code or inputs: another try fails the same way). Only infrastructure failures are
-retried (`retries: N` on the task or its queue, server/model/retries.py).
+retried (`retries: N` on the task or its queue, server/model/retries.py). A cluster job that hit the task's own limits
+(its time, its memory) and an image that does not exist are the task's; a git host that fails to serve is not.
 
 How it travels (Conveyor additions a ClearML client never sends and ignores when it reads a task):
 - `tasks.failed` takes an optional `failure_class` beside `status_reason`;
