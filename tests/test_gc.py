@@ -229,3 +229,18 @@ def test_server_logs_of_ended_tasks_go_and_a_running_tasks_stay(server: ServerPr
                                      "2026-11-29 22:57:27 +0100 CET"])
 def test_image_ages_read_as_either_engine_writes_them(created: str) -> None:
     assert gc._timestamp(created) == 1795989447.0  # 2026-11-29 21:57:27 UTC: an image that old is collected
+
+
+def test_a_cache_entry_planted_to_point_outside_the_cache_loses_only_its_link(tmp_path: Path) -> None:
+    """Tasks run as the agent's user and may write in a shared cache: a link named like an entry that points at
+    someone's folder must not make gc delete that folder."""
+    cache = _cache(tmp_path)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    precious = _aged(tmp_path / "precious", 30, mib=1)
+    key = uuid.uuid5(uuid.NAMESPACE_DNS, "planted").hex * 2
+    (cache.root / key).symlink_to(precious)
+    planted = [e for e in cache.entries() if e.key == key]
+    assert planted, "the planted link is not seen as an entry: the check below would check nothing"
+    assert cache.remove(planted[0])
+    assert not (cache.root / key).is_symlink()
+    assert (precious / "data").stat().st_size == 1 << 20

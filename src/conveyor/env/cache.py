@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,6 +34,8 @@ from typing import IO, Any
 from conveyor.config import Config
 from conveyor.errors import InternalError
 from conveyor.progress import Log
+
+log = logging.getLogger(__name__)
 
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 META_FILE = ".conveyor-env.json"  # in each entry: what was built, for people and tools
@@ -250,6 +253,11 @@ class VenvCache:
             except OSError:
                 return False  # someone else evicted it
             self._unlink(link)  # first, so that nobody starts using what is being deleted
+            envs = (self.root / ENVS_DIR).resolve()
+            if target.parent != envs:  # a link planted to point elsewhere: only the link goes
+                log.warning("venv cache entry %s pointed outside %s (%s): removed the link only",
+                            entry.key, envs, target)
+                return True
             shutil.rmtree(target, ignore_errors=True)
             return True
         finally:
