@@ -129,11 +129,14 @@ def test_deeply_nested_body_is_a_clear_400(limited: ServerProcess) -> None:
             value = {"k": value}
         return value
 
-    status, _, msg = raw.error("tasks.create", {"name": "deep", "configuration": nested(300)})
+    status, _, msg = raw.error("tasks.create", {"name": "deep", "runtime": nested(300)})
     assert status == 400
     assert "more than 100 levels" in msg and "max_json_depth" in msg
-    tid = raw.ok("tasks.create", {"name": "fine", "configuration": nested(50)})["id"]
-    assert raw.ok("tasks.get_by_id", {"task": tid})["task"]["configuration"] == nested(50)
+    tid = raw.ok("tasks.create", {"name": "fine", "runtime": nested(50)})["id"]
+    assert raw.ok("tasks.get_by_id", {"task": tid})["task"]["runtime"] == nested(50)
+    # A configuration item holds name, value, type and description: anything else is refused, never dropped.
+    status, _, msg = raw.error("tasks.create", {"name": "odd", "configuration": {"k": {"value": "x", "k": {}}}})
+    assert status == 400 and "unknown field(s) 'k'" in msg
     events = "\n".join(json.dumps({"type": "log", "task": tid, "msg": "m", "x": nested(150)}) for _ in range(2))
     assert raw.error("events.add_batch", content=events.encode(), content_type="application/json-lines")[0] == 400
 

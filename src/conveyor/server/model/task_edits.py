@@ -32,6 +32,14 @@ def _text(value: Any) -> str:
     raise _invalid(f"value {value!r} must be a string, a number or a boolean")
 
 
+def _known_keys(item: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
+    """Refuse fields an item cannot hold, rather than store the item without them (data lost without a word)."""
+    unknown = sorted(str(key) for key in item if key not in allowed)
+    if unknown:
+        raise _invalid(f"{what}: unknown field(s) {', '.join(map(repr, unknown))}; an entry holds only "
+                       f"{', '.join(allowed)}")
+
+
 def _optional_str(item: dict[str, Any], key: str, what: str) -> str:
     value = item.get(key)
     if value is not None and not isinstance(value, str):
@@ -45,6 +53,7 @@ def param_entry(item: Any, *, section: str | None = None) -> dict[str, str]:
         raise _invalid(f"each hyper-parameter needs a non-empty string 'name' (got {item!r})")
     name = item["name"]
     what = f"hyper-parameter {name!r}"
+    _known_keys(item, PARAM_KEYS, what)
     sec = section if section is not None else (_optional_str(item, "section", what) or DEFAULT_SECTION)
     try:
         value = _text(item.get("value"))
@@ -98,6 +107,7 @@ def config_entry(item: Any) -> dict[str, str]:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"].strip():
         raise _invalid(f"each configuration item needs a non-empty string 'name' (got {item!r})")
     what = f"configuration item {item['name']!r}"
+    _known_keys(item, CONFIG_KEYS, what)
     entry = {key: _optional_str(item, key, what) for key in CONFIG_KEYS if key != "value"}
     value = item.get("value")
     if value is not None and not isinstance(value, str):
