@@ -20,8 +20,15 @@ UNITS = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
 INSTALLED = "/opt/conveyor/bin/conveyor"  # where the README installs Conveyor; verify needs ExecStart to exist
 CONVEYOR = Path(sys.executable).parent / "conveyor"
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="systemd-analyze missing (apt-get install systemd; .ci/run installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _systemd_analyze() -> None:
+    """Skip here without it, fail in CI (which must install it), like every engine a test needs."""
+    if shutil.which("systemd-analyze") is None:
+        from conftest import unavailable
+
+        unavailable("systemd-analyze is missing (apt-get install systemd)", ".ci/run must apt-install systemd")
 
 
 def _settings(unit: str) -> dict[str, list[str]]:

@@ -324,14 +324,6 @@ def test_reaping_leaves_a_task_that_another_worker_took_over(conn: Connection) -
     assert stored(conn, doc["id"])["status"] == "in_progress"
 
 
-def test_stats_history_keeps_the_newest_reports(conn: Connection) -> None:
-    for ts in range(5):
-        conn.execute(s.worker_stats.insert().values(worker="w", timestamp=float(ts), task=None, stats="{}"))
-    workers.trim_stats(conn, 2)
-    kept = conn.execute(select(s.worker_stats.c.timestamp).order_by(s.worker_stats.c.timestamp)).scalars().all()
-    assert kept == [3.0, 4.0]
-
-
 def test_a_report_on_a_task_the_worker_may_not_change_does_not_make_it_the_tasks_worker(conn: Connection) -> None:
     doc = make_task(conn)
     tasks.set_status(conn, doc, S.in_progress, force=False)

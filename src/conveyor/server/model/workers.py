@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Insert, Row, Table, delete, func, select, update
+from sqlalchemy import Insert, Row, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -125,12 +125,3 @@ def reap(conn: Connection, at: float, requeued: set[str] | None = None) -> list[
         forget(conn, worker)
     return lost
 
-
-def trim_stats(conn: Connection, keep: int) -> None:
-    """Keep only the newest `keep` stats reports of each worker."""
-    w = s.worker_stats.c
-    for (worker,) in conn.execute(select(w.worker).group_by(w.worker).having(func.count() > keep)).all():
-        cutoff = conn.execute(select(w.seq).where(w.worker == worker).order_by(w.seq.desc())
-                              .offset(keep).limit(1)).scalar()
-        if cutoff is not None:
-            conn.execute(delete(s.worker_stats).where(w.worker == worker, w.seq <= cutoff))
