@@ -21,10 +21,30 @@ def resolve_queue(conn: Connection, queue: str) -> str:
     """A queue id, or failing that an exact (case-insensitive) name; else 400/701 as the reference answers."""
     if sql.run(conn, "queue_exists", {"id": queue}).fetchone():
         return queue
+    return _by_name(conn, queue)
+
+
+def _by_name(conn: Connection, queue: str) -> str:
     rows = conn.execute(select(s.queues.c.id).where(func.lower(s.queues.c.name) == queue.lower())).all()
     if len(rows) == 1:
         return str(rows[0][0])
     raise errors.invalid_queue_id(queue)
+
+
+def queue_to_enqueue_on(conn: Connection, queue: str | None) -> tuple[str, Document]:
+    """(id, document) of the queue an enqueue names (an id or a name), or of the default queue when it names none:
+    the document is read once, for the entry limit too."""
+    if queue:
+        doc = get_queue(conn, queue)
+        if doc is not None:
+            return queue, doc
+        queue_id = _by_name(conn, queue)
+    else:
+        queue_id = default_queue_id(conn)
+    doc = get_queue(conn, queue_id)
+    if doc is None:  # deleted in between (SQLite serialises writers; PostgreSQL may get here)
+        raise errors.invalid_queue_id(queue or queue_id)
+    return queue_id, doc
 
 
 def _tagged_default(conn: Connection) -> str | None:

@@ -27,7 +27,6 @@ from conveyor.server.codec import Document
 from conveyor.server.model import events
 from conveyor.server.model.tasks import set_status
 from conveyor.server.store import schema as s
-from conveyor.server.store import sql
 from conveyor.server.store.documents import add_entry, get_queue, save_task
 
 log = logging.getLogger("conveyor.server")
@@ -107,8 +106,7 @@ def after_failure(conn: Connection, doc: Document, failure_class: FailureClass, 
     doc.pop("timeline", None)  # the failed run's, as an enqueue clears it: the retry sends its own
     # straight from failed to queued: the failure stays in the status history, the failure class with the attempt
     set_status(conn, doc, TaskStatus.queued.value, force=True, user=user, reason=f"retry {used + 1} of {limit} "
-               f"after: {reason}", message=RETRY_MESSAGE)
+               f"after: {reason}", message=RETRY_MESSAGE, forget_runner=True)
     add_entry(conn, queue_id, doc["id"], front=True)
-    sql.run(conn, "set_runner", {"id": doc["id"], "runner": None})
     log.warning("task %s: %s failure (%s): retry %d of %d", doc["id"], failure_class.value, reason, used + 1, limit)
     return str(queue_id)

@@ -14,7 +14,6 @@ from conveyor.protocol.task_types import TASK_TYPES
 from conveyor.server.codec import Document, iso, now, to_epoch
 from conveyor.server.model import queue_limits
 from conveyor.server.store import schema as s
-from conveyor.server.store import sql
 from conveyor.server.store.documents import add_entry, get_task, insert_task, remove_entries, save_task
 
 S = TaskStatus
@@ -106,8 +105,10 @@ def set_status(
     user: str = "",
     reason: str | None = None,
     message: str | None = None,
+    forget_runner: bool = False,
 ) -> Document:
     """Move a task along the status machine; returns the changed fields (the `fields` of the answer).
+    `forget_runner`: the task starts over (enqueue, reset, retry), so its last runner may no longer report on it.
 
     A task that leaves `queued` leaves its queue in the same transaction: a popped entry always names a queued task."""
     if isinstance(new_status, TaskStatus):  # stored and answered as its plain value
@@ -136,7 +137,7 @@ def set_status(
     if old == S.queued and new_status != S.queued:
         remove_entries(conn, doc["id"])
     _record_history(doc, old, new_status, user=user, reason=reason, message=message)
-    save_task(conn, doc)
+    save_task(conn, doc, forget_runner=forget_runner)
     fields = {"status": new_status, "status_changed": doc["status_changed"], "last_update": doc["last_update"]}
     for key in ("status_reason", "status_message", "started", "completed"):
         if key in doc:
@@ -201,8 +202,9 @@ def stop(conn: Connection, doc: Document, *, user: str, force: bool, reason: str
 
 
 def enqueue(conn: Connection, doc: Document, queue_id: str, *, user: str, force: bool, reason: str,
-            message: str) -> Document:
-    """Put a task at the back of a queue; its next pop names its next runner. Returns the changed fields."""
+            message: str, queue: Document | None = None) -> Document:
+    """Put a task at the back of a queue; its next pop names its next runner. Returns the changed fields.
+    `queue`: the queue's document, when the caller has read it already."""
     old = status_of(doc)
     if old == S.queued:
         raise errors.invalid_task_status(f"task {doc['id']} is already queued; dequeue it first")
@@ -213,10 +215,10 @@ def enqueue(conn: Connection, doc: Document, queue_id: str, *, user: str, force:
     doc["enqueue_status"] = old  # where a dequeue takes it back to
     doc.pop("timeline", None)  # the previous run's; the next run sends its own
     doc.pop(RETRIES_USED_FIELD, None)  # a user's enqueue gives the task its `retries` again
-    queue_limits.require_room(conn, queue_id)
-    fields = set_status(conn, doc, S.queued.value, force=True, user=user, reason=reason, message=message)
+    queue_limits.require_room(conn, queue_id, queue)
+    fields = set_status(conn, doc, S.queued.value, force=True, user=user, reason=reason, message=message,
+                        forget_runner=True)
     add_entry(conn, queue_id, doc["id"])
-    sql.run(conn, "set_runner", {"id": doc["id"], "runner": None})
     fields["execution.queue"] = queue_id
     return fields
 
@@ -264,8 +266,8 @@ def reset(conn: Connection, doc: Document, *, user: str, force: bool, clear_all:
         doc["models"] = {"input": [], "output": []}
     runtime = doc.get("runtime") or {}
     doc["runtime"] = {k: v for k, v in runtime.items() if not k.startswith("_")}
-    fields = set_status(conn, doc, S.created.value, force=True, user=user, reason=reason, message="")
-    sql.run(conn, "set_runner", {"id": task_id, "runner": None})
+    fields = set_status(conn, doc, S.created.value, force=True, user=user, reason=reason, message="",
+                        forget_runner=True)
     return dequeued, fields
 
 

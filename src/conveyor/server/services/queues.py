@@ -251,7 +251,8 @@ def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str
     """The head entry of the first non-empty queue, as `queues.get_next_task` answers it (see deliveries.pop). With
     `worker` (a long-polling Conveyor daemon), queues that worker is forced off are skipped."""
     runner = call.identity.access_key if call.identity is not None else None  # it may report on what it pulls
-    with call.store.write() as conn:
+    # The pop itself is one statement on PostgreSQL (deliveries.pop): no transaction around it is needed.
+    with call.store.write_statements() as conn:
         if worker:
             closed = forcing.closed_queues(conn, worker, queue_ids)
             queue_ids = [qid for qid in queue_ids if qid not in closed]
@@ -295,12 +296,14 @@ async def get_next_task(call: Call) -> dict[str, Any]:
     inline = call.store.inline
     keys = [*queue_ids, *map(forcing.queue_key, queue_ids), *([forcing.worker_key(worker)] if worker else [])]
 
+    def known_and_popped() -> dict[str, Any] | None:
+        _known_queues(call, queue_ids)
+        return pop(call, queue_ids, worker)
+
     async def attempt() -> dict[str, Any] | None:
         if inline:
-            _known_queues(call, queue_ids)
-            return pop(call, queue_ids, worker)
-        await run_in_threadpool(_known_queues, call, queue_ids)
-        return await run_in_threadpool(pop, call, queue_ids, worker)
+            return known_and_popped()
+        return await run_in_threadpool(known_and_popped)  # one hop to a thread per attempt
 
     if wait <= 0:
         return await attempt() or {}

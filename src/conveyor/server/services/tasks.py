@@ -323,11 +323,10 @@ def stop(call: Call) -> dict[str, Any]:
 def enqueue(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     with call.store.write() as conn:
-        queue = call.str("queue") or call.str("queue_name")
-        queue_id = queues.resolve_queue(conn, queue) if queue else queues.default_queue_id(conn)
+        queue_id, queue = queues.queue_to_enqueue_on(conn, call.str("queue") or call.str("queue_name"))
         doc = tasks.load(conn, task_id, lock=True)
         require_task_owner(call, conn, doc, "enqueue it")
-        fields = tasks.enqueue(conn, doc, queue_id, user=call.user, force=call.bool("force"),
+        fields = tasks.enqueue(conn, doc, queue_id, user=call.user, force=call.bool("force"), queue=queue,
                                reason=call.str("status_reason") or "", message=call.str("status_message") or "")
     call.state.wake([queue_id])
     return {"updated": 1, "queued": 1, "fields": fields}

@@ -48,8 +48,9 @@ def insert_task(conn: Connection, doc: dict[str, Any]) -> None:
     sql.run(conn, "insert_task", {"id": doc["id"], **task_columns(doc)})
 
 
-def save_task(conn: Connection, doc: dict[str, Any]) -> None:
-    sql.run(conn, "save_task", {"id": doc["id"], **task_columns(doc)})
+def save_task(conn: Connection, doc: dict[str, Any], *, forget_runner: bool = False) -> None:
+    """Write the task back; `forget_runner`: whoever pulled its last run may no longer report on it."""
+    sql.run(conn, "save_task_unrun" if forget_runner else "save_task", {"id": doc["id"], **task_columns(doc)})
 
 
 def get_queue(conn: Connection, queue_id: str) -> dict[str, Any] | None:
@@ -72,7 +73,6 @@ def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = Fa
     """Append (or prepend) an entry; on PostgreSQL the commit also NOTIFYs waiting servers."""
     added = time.time()
     sql.run(conn, "add_entry_front" if front else "add_entry_back", {"q": queue_id, "t": task_id, "a": added})
-    sql.run(conn, "notify", {"q": queue_id})
     count_enqueued(queue_id)
     return added
 
