@@ -8,7 +8,8 @@ credentials, as a second replica would); half the daemons talk to each. Every da
 all share one venv cache, so that a task costs a real run through the agent (`conveyor execute`: a standalone
 script, the cached empty environment, log shipping, final status) and little else. The queue allows 2 retries
 (its `retries` metadata), so that a run lost with a dead worker goes back to the queue; the agents' other
-settings are the defaults. The tasks are created first, then enqueued at once through both servers.
+settings are the defaults. The tasks are created and the daemons started first; the tasks are enqueued through
+both servers while the queue is paused (tagged force_workers:off), and the run starts when the tag is removed.
 
 Faults, by finished runs: at 25 % the daemon whose run started last is SIGKILLed and started again with the same
 worker id (it adopts the run its predecessor left: the run's code is held before its end until the new daemon is
@@ -25,7 +26,7 @@ Each task's code appends `start <time>` to a file named by its task id in a shar
 All but `completed` must be 0, and `completed` must be --tasks. Beside them: the killed daemons' in-flight tasks
 and whether their restarted daemons adopted them, and the tasks whose log lacks their `soak <id>` line.
 
-Throughput is finished runs (`end` lines) per minute over --window windows from the first enqueue (the last,
+Throughput is finished runs (`end` lines) per minute over --window windows from the lifted pause (the last,
 partial window left out): median and spread, and the whole run's average. The reference, measured in the same
 run, is the rate of the same daemons before the first fault; the rate after it is printed beside it. Each
 server's RSS is read after its start (before any task), just before the restart (the restarted one), and after
@@ -53,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from agentkit import FINAL, DaemonProcess, agent_env, create_task, log_text  # noqa: E402
 from conftest import ServerProcess, pg_database  # noqa: E402
+from conveyor.protocol.tags import QUEUE_PAUSED  # noqa: E402
 
 QUEUE = "soak"
 RETRIES = 2
@@ -122,7 +124,7 @@ class Soak:
         self.holds = root / "holds"
         self.holds.mkdir()
         self.daemons: list[DaemonProcess] = []
-        self.faults: list[tuple[float, str]] = []  # (time since the first enqueue, what happened)
+        self.faults: list[tuple[float, str]] = []  # (seconds since the pause was lifted, what happened)
         self.victims: list[dict[str, Any]] = []
         self.rss: dict[str, list[tuple[str, float]]] = {f"server {i + 1}": [] for i in range(len(servers))}
         self.cpu = {"servers": CpuMeter(), "daemons": CpuMeter()}
@@ -144,7 +146,9 @@ class Soak:
     def create_tasks(self) -> list[str]:
         client = self.servers[0].client()
         queue = client.call("queues.create", {"name": QUEUE})["id"]
-        client.call("queues.update", {"queue": queue, "metadata": {
+        # Paused (force_workers:off) until every task is queued: the run then starts at once on all daemons, and
+        # enqueueing does not compete with the runs for the CPU.
+        client.call("queues.update", {"queue": queue, "tags": [QUEUE_PAUSED], "metadata": {
             "retries": {"key": "retries", "type": "int", "value": str(RETRIES)}}})
         script = SCRIPT.format(runs=str(self.runs), holds=str(self.holds), sleep=self.args.sleep)
         tasks: list[str] = []
@@ -247,11 +251,13 @@ class Soak:
         print(f"{len(tasks)} tasks created; starting {self.args.daemons} daemons", flush=True)
         for i in range(self.args.daemons):
             self.daemons.append(self.start_daemon(i))  # one by one: those started are stopped if one fails
+        began = time.time()
+        self.enqueue(tasks)
+        print(f"enqueued in {time.time() - began:.1f} s; the queue's pause lifted", flush=True)
         for group, meter in self.cpu.items():
             meter.start(self.pids(group))
         t0 = time.time()
-        self.enqueue(tasks)
-        print(f"enqueued in {time.time() - t0:.1f} s", flush=True)
+        self.servers[0].client().call("queues.update", {"queue": self.queue, "tags": []})
         plan = [(0.25, "daemon"), (0.5, "server"), (0.75, "daemon")]
         killed: set[int] = set()
         client = self.servers[1].client(max_retries=60, backoff_max=1.0)
