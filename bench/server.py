@@ -1,4 +1,5 @@
-"""Server benchmark: enqueue+pop pairs per second (1 and 8 clients) and long-poll wake-up latency.
+"""Server benchmark: enqueue+pop pairs per second (1 and 8 clients), long-poll wake-up latency, log ingestion
+(log_ingestion.py) and the task list on a big database (task_listing.py).
 
     python bench/server.py [--db sqlite|postgresql|both] [--pairs 2000] [--samples 100] [--only pairs|logs|tasks]
                            [--shippers 16] [--log-seconds 10] [--big-tasks 1000000] [--ref-tasks 10000]
@@ -7,7 +8,9 @@ Each figure is printed with its ratio to a reference measured in the same run:
 - pairs/s against the same clients doing two `debug.ping` calls per pair (the HTTP floor: what the server's
   transport alone allows on this machine), and against the issue's target (1,000 pairs/s on SQLite with 8 clients);
 - wake-up latency against the reference agent's pickup, which polls every 5 s (mean wait 2.5 s), and the target
-  (p50 under 10 ms).
+  (p50 under 10 ms);
+- log lines/s against the same shippers sending the same bodies to `debug.ping`; task list latencies on the big
+  database against the same queries on a small one.
 Clients run in separate processes so that the client side is not one GIL; they share the machine's cores with the
 server, as agents on a small box would.
 """
