@@ -1,12 +1,16 @@
-"""Server benchmark: enqueue+pop pairs per second (1 and 8 clients) and long-poll wake-up latency.
+"""Server benchmark: enqueue+pop pairs per second (1 and 8 clients), long-poll wake-up latency, log ingestion
+(log_ingestion.py) and the task list on a big database (task_listing.py).
 
-    python bench/server.py [--db sqlite|postgresql|both] [--pairs 2000] [--samples 100]
+    python bench/server.py [--db sqlite|postgresql|both] [--pairs 2000] [--samples 100] [--only pairs|logs|tasks]
+                           [--shippers 16] [--log-seconds 10] [--big-tasks 1000000] [--ref-tasks 10000]
 
 Each figure is printed with its ratio to a reference measured in the same run:
 - pairs/s against the same clients doing two `debug.ping` calls per pair (the HTTP floor: what the server's
   transport alone allows on this machine), and against the issue's target (1,000 pairs/s on SQLite with 8 clients);
 - wake-up latency against the reference agent's pickup, which polls every 5 s (mean wait 2.5 s), and the target
-  (p50 under 10 ms); on PostgreSQL also across two server processes (enqueued through one, waited on the other).
+  (p50 under 10 ms); on PostgreSQL also across two server processes (enqueued through one, waited on the other);
+- log lines/s against the same shippers sending the same bodies to `debug.ping`; task list latencies on the big
+  database against the same queries on a small one.
 Clients run in separate processes so that the client side is not one GIL; they share the machine's cores with the
 server, as agents on a small box would.
 """
@@ -44,7 +48,14 @@ class LeanClient:
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     def call(self, endpoint: str, body: dict) -> dict:
-        self.conn.request("POST", f"/v2.31/{endpoint}", orjson.dumps(body), self.headers)
+        return self._post(endpoint, orjson.dumps(body), self.headers)
+
+    def post_lines(self, endpoint: str, lines: bytes) -> dict:
+        """A JSON-lines body, as the agent sends `events.add_batch`."""
+        return self._post(endpoint, lines, {**self.headers, "Content-Type": "application/json-lines"})
+
+    def _post(self, endpoint: str, body: bytes, headers: dict) -> dict:
+        self.conn.request("POST", f"/v2.31/{endpoint}", body, headers)
         response = self.conn.getresponse()
         payload = orjson.loads(response.read())
         if response.status != 200:
@@ -184,10 +195,40 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2000, help="enqueue+pop pairs per run")
     parser.add_argument("--samples", type=int, default=100, help="wake-ups to time")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=PARTS, action="append",
+                        help="run only this part (repeatable); default: all of " + ", ".join(PARTS))
+    parser.add_argument("--shippers", type=int, default=16, help="log shipper processes")
+    parser.add_argument("--log-batch", type=int, default=100, help="log events per events.add_batch call")
+    parser.add_argument("--log-seconds", type=float, default=10.0, help="length of one log ingestion run")
+    parser.add_argument("--big-tasks", type=int, default=1_000_000, help="tasks in the big task database")
+    parser.add_argument("--ref-tasks", type=int, default=10_000, help="tasks in the reference task database")
+    parser.add_argument("--calls", type=int, default=50, help="calls timed per task-list query kind")
     args = parser.parse_args()
+    parts = args.only or list(PARTS)
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     for db in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
-        run(db, args.pairs, args.samples, args.repeats)
+        if "pairs" in parts:
+            run(db, args.pairs, args.samples, args.repeats)
+        if "logs" in parts:
+            run_logs(db, args)
+        if "tasks" in parts:
+            import task_listing  # here: it imports this module
+
+            task_listing.report(db, args.big_tasks, args.ref_tasks, args.calls)
+
+
+PARTS = ("pairs", "logs", "tasks")
+
+
+def run_logs(db_name: str, args: argparse.Namespace) -> None:
+    import log_ingestion  # here: it imports this module
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        db = stack.enter_context(pg_database()) if db_name == "postgresql" else None
+        server = ServerProcess(Path(tmp) / "home", db=db).start(timeout=120)
+        stack.callback(server.stop)
+        print(f"\n== {db_name}: log ingestion ==")
+        log_ingestion.report(server, args.shippers, args.log_batch, args.log_seconds, args.repeats)
 
 
 if __name__ == "__main__":

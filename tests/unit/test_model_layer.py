@@ -381,6 +381,30 @@ def test_a_project_with_tasks_is_deleted_only_with_force_and_its_tasks_stay(conn
     assert gone.value.subcode == 401
 
 
+def test_project_stats_count_tasks_by_status_leaving_archived_ones_out(conn: Connection) -> None:
+    project_id = projects.create(conn, new_project("p"))
+    for status, system_tags in [(S.created, []), (S.created, ["archived"]), (S.failed, ["archived"]),
+                                (S.completed, ["pipeline", "archived"]), (S.completed, [])]:
+        tasks.create(conn, tasks.new_task("t", "training", user="u1", company="c") | {
+            "project": project_id, "status": status.value, "system_tags": system_tags})
+    assert projects.status_counts(conn, [project_id]) == {project_id: {"created": 1, "completed": 1}}
+    archived_only = projects.create(conn, new_project("q"))
+    tasks.create(conn, tasks.new_task("t", "training", user="u1", company="c") | {
+        "project": archived_only, "system_tags": ["archived"]})
+    assert projects.status_counts(conn, [archived_only]) == {}
+
+
+def test_a_retried_log_batch_is_stored_once_in_one_statement(conn: Connection) -> None:
+    doc = make_task(conn)
+    batch = [events.event_row({"task": doc["id"], "msg": f"line {n}\n", "conveyor_id": f"s-{n}"})
+             for n in range(1200)]  # more than one statement's worth
+    events.add(conn, doc, batch[:700])
+    events.add(conn, stored(conn, doc["id"]), batch + [batch[0]])
+    page, total, _ = events.page(conn, doc["id"], events.LOG, desc=False, limit=2000, from_timestamp=None,
+                                 after_seq=None)
+    assert total == 1200 and [e["msg"] for e in page] == [f"line {n}\n" for n in range(1200)]
+
+
 # --- events ---------------------------------------------------------------------------------------------------------
 def scalar(task_id: str, value: float, it: int, client_id: str | None = None) -> dict[str, object]:
     return events.event_row({"task": task_id, "type": events.SCALAR, "metric": "loss", "variant": "train",

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 
 from conveyor.server.codec import INT64_MAX, Document, dumps, iso, loads
 from conveyor.server.store import schema as s
+from conveyor.server.store import sql
 from conveyor.server.store.documents import save_task
 
 LOG = "log"
@@ -121,20 +122,17 @@ def _not_seen(conn: Connection, task_id: str, rows: list[dict[str, Any]]) -> lis
 
 
 def add(conn: Connection, doc: Document, rows: list[dict[str, Any]]) -> None:
-    """Store a task's validated events (`event_row`) but those already stored, and bring the task up to date."""
-    rows = _not_seen(conn, doc["id"], rows)
-    if not rows:
-        return
-    _update_task(doc, rows)
+    """Store a task's validated events (`event_row`) but those already stored, and bring the task up to date.
+    Only metrics change the task beyond its `last_update`, so only they are looked up first: a log batch is stored
+    with no read (the insert itself skips what is already there)."""
+    _update_task(doc, _not_seen(conn, doc["id"], [r for r in rows if r["type"] != LOG]))
     save_task(conn, doc)
-    conn.execute(s.events.insert(), rows)
+    sql.insert_events(conn, rows)
 
 
 def add_for_model(conn: Connection, model_id: str, rows: list[dict[str, Any]]) -> None:
     """Store a model's events (metrics reported on an OutputModel) but those already stored."""
-    rows = _not_seen(conn, model_id, rows)
-    if rows:
-        conn.execute(s.events.insert(), rows)
+    sql.insert_events(conn, rows)
 
 
 def event_out(r: Row[Any]) -> dict[str, Any]:

@@ -106,9 +106,16 @@ def status_counts(conn: Connection, project_ids: list[str]) -> dict[str, dict[st
     if not project_ids:
         return {}
     t = s.tasks.c
-    query = (select(t.project, t.status, func.count()).where(t.project.in_(project_ids))
-             .where(~t.system_tags.contains('"archived"')).group_by(t.project, t.status))
+    # All the tasks, less the archived ones: two counts read from indexes (ix_tasks_project_status and the partial
+    # ix_tasks_archived), where one count of the unarchived would read every task's row.
+    query = select(t.project, t.status, func.count()).where(t.project.in_(project_ids)).group_by(t.project, t.status)
     counts: dict[str, dict[str, int]] = {}
     for project, status, number in conn.execute(query):
         counts.setdefault(project, {})[status] = int(number)
-    return counts
+    for project, status, number in conn.execute(query.where(s.ARCHIVED)):
+        left = counts[project][status] - int(number)
+        if left:
+            counts[project][status] = left
+        else:
+            del counts[project][status]
+    return {project: by_status for project, by_status in counts.items() if by_status}

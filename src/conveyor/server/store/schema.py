@@ -1,6 +1,6 @@
 """One schema for SQLite and PostgreSQL. Documents are JSON text; what queries filter or sort on is a column."""
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, text
 
 metadata = MetaData()
 
@@ -47,6 +47,10 @@ projects = Table(
     Column("doc", Text, nullable=False),
 )
 
+# Whether a task is archived, as a literal: the partial index ix_tasks_archived serves the queries that say so in
+# these very words (a bound parameter would not match it).
+ARCHIVED = text("system_tags LIKE '%\"archived\"%'")
+
 tasks = Table(
     "tasks",
     metadata,
@@ -71,8 +75,12 @@ tasks = Table(
     # The access key that last pulled the task off a queue: its worker may report on the task (not in the doc,
     # which every reader sees; set by the pop, cleared by enqueue and reset).
     Column("runner", String(128)),
-    Index("ix_tasks_status", "status"),
-    Index("ix_tasks_project", "project"),
+    # The task list's filters in its default order (newest first); the projects page counts tasks by project and
+    # status from the last two alone (all, then the archived ones), never reading the documents.
+    Index("ix_tasks_status_created", "status", "created"),
+    Index("ix_tasks_project_created", "project", "created"),
+    Index("ix_tasks_project_status", "project", "status"),
+    Index("ix_tasks_archived", "project", "status", sqlite_where=ARCHIVED, postgresql_where=ARCHIVED),
     Index("ix_tasks_last_update", "last_update"),
     Index("ix_tasks_created", "created"),
     Index("ix_tasks_name", "name"),

@@ -9,14 +9,14 @@ psycopg's `%(name)s` once per dialect.
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from conveyor.server.store.database import StoreError
-from conveyor.server.store.schema import tasks
+from conveyor.server.store.schema import events, tasks
 
 _TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner")]  # runner: see set_runner
 
@@ -94,10 +94,33 @@ def statement(name: str, dialect: str) -> str:
 
 def run(conn: Connection, name: str, params: dict[str, Any]) -> Any:
     """Execute a named statement in `conn`'s transaction; returns the DBAPI cursor (rows are plain tuples)."""
-    dialect = conn.dialect.name
-    sql = statement(name, dialect)
-    if not sql:
-        return None
+    sql = statement(name, conn.dialect.name)
+    return _execute(conn, sql, params) if sql else None
+
+
+_EVENT_COLUMNS = [c.name for c in events.columns if c.name != "seq"]
+EVENTS_PER_INSERT = 500  # 6,000 parameters: within SQLite's and PostgreSQL's limits
+
+
+@lru_cache(maxsize=32)
+def _insert_events(count: int, dialect: str) -> str:
+    mark = "%s" if dialect == "postgresql" else "?"
+    row = f"({', '.join([mark] * len(_EVENT_COLUMNS))})"
+    return (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES {', '.join([row] * count)} "
+            "ON CONFLICT (task, client_id) DO NOTHING")
+
+
+def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Store events (`model.events.event_row` dicts) with one multi-row statement per 500: one round trip and one
+    statement for the database to run, where an executemany costs one of each per event (a log batch is hundreds).
+    An event whose client id its task already has is skipped: a batch retried after a lost answer adds it once."""
+    for start in range(0, len(rows), EVENTS_PER_INSERT):
+        chunk = rows[start:start + EVENTS_PER_INSERT]
+        params = tuple(row[c] for row in chunk for c in _EVENT_COLUMNS)
+        _execute(conn, _insert_events(len(chunk), conn.dialect.name), params)
+
+
+def _execute(conn: Connection, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> Any:
     raw = conn.connection.dbapi_connection
     if raw is None:  # only after the connection was invalidated, which ends its transaction first
         raise StoreError("the database connection was closed")
