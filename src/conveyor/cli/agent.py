@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from conveyor.runtimes.standby import STANDBY_FLAG
+
 
 class _EngineArgsParser(argparse.ArgumentParser):
     """`--docker [IMAGE [ENGINE ARGS...]]` (or --podman) as the reference reads it: the engine's own flags follow the
@@ -84,14 +86,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_daemon)
 
     e = sub.add_parser("execute", help="run one task here, now (clearml-agent execute)")
-    e.add_argument("--id", required=True, help="the task id")
+    e.add_argument("--id", help="the task id (required)")
     e.add_argument("--clone", action="store_true", help="run a clone of the task instead of the task itself")
     e.add_argument("--require-queue", action="store_true", help="refuse to run a task that was not queued")
     e.add_argument("--disable-monitoring", action="store_true", help=argparse.SUPPRESS)
     e.add_argument("--full-monitoring", action="store_true", help=argparse.SUPPRESS)
+    # a daemon's executor started ahead of its task, which comes on stdin (runtimes/standby.py)
+    e.add_argument(STANDBY_FLAG, action="store_true", help=argparse.SUPPRESS)
     _worker_args(e)
     _container_args(e)
-    e.set_defaults(func=run_execute)
+    e.set_defaults(func=run_execute, parser=e)
 
 
 def _setup_logging(level: str) -> None:
@@ -108,6 +112,13 @@ def run_execute(args: argparse.Namespace) -> int:
     from conveyor.agent.session import agent_client
     from conveyor.cli.common import config_of
 
+    if args.standby:
+        task_id = _standby()
+        if task_id is None:
+            return 0
+        args.id = task_id
+    if not args.id:
+        args.parser.error("the following arguments are required: --id")
     _setup_logging(args.log_level)
     cfg = config_of(args)
     gpus = "none" if args.cpu_only else args.gpus
@@ -122,6 +133,23 @@ def run_execute(args: argparse.Namespace) -> int:
                           git_user=args.git_user, git_pass=args.git_pass, require_queue=args.require_queue,
                           rank=_rank(), cluster_glue=_under_glue())
     return Executor(agent_client(cfg), cfg, opts).run()
+
+
+def _standby() -> str | None:
+    """Import what a run needs, then wait for the daemon's task (its id; None: the daemon went away first)."""
+    import importlib
+
+    from conveyor.runtimes.standby import await_task
+
+    # what the executor imports, and what its phases and first requests import late
+    for module in ("conveyor.agent.executor", "conveyor.agent.session", "conveyor.env.vcs", "conveyor.env.python",
+                   "httpcore", "h11", "encodings.idna", "uv"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # uv may be missing (then found on PATH): it is imported when needed, if ever
+            pass
+
+    return await_task()
 
 
 def _under_glue() -> bool:
