@@ -24,6 +24,9 @@ class Ahead(Generic[T]):
         except BaseException as exc:  # noqa: BLE001 - raised again in the thread that takes the result
             self._error = exc
 
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
     def result(self) -> T:
         """Wait for the work; its result, or its exception raised here."""
         self._thread.join()

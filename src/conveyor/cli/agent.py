@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from conveyor.runtimes.standby import STANDBY_FLAG
+
+if TYPE_CHECKING:
+    from conveyor.agent.session import PreparedClient
 
 
 class _EngineArgsParser(argparse.ArgumentParser):
@@ -112,8 +116,9 @@ def run_execute(args: argparse.Namespace) -> int:
     from conveyor.agent.session import agent_client
     from conveyor.cli.common import config_of
 
+    prepared: PreparedClient | None = None
     if args.standby:
-        task_id = _standby()
+        task_id, prepared = _standby(args)
         if task_id is None:
             return 0
         args.id = task_id
@@ -121,24 +126,29 @@ def run_execute(args: argparse.Namespace) -> int:
         args.parser.error("the following arguments are required: --id")
     _setup_logging(args.log_level)
     cfg = config_of(args)
+    client = (prepared.client_for(cfg) if prepared is not None else None) or agent_client(cfg)
     gpus = "none" if args.cpu_only else args.gpus
     if args.docker is not None:
         from conveyor.agent.container_execute import execute_in_container
 
         inner = [flag for flag, on in (("--clone", args.clone), ("--require-queue", args.require_queue)) if on]
-        return execute_in_container(agent_client(cfg), cfg, args.id, args.docker, podman=args.podman is True,
+        return execute_in_container(client, cfg, args.id, args.docker, podman=args.podman is True,
                                     gpus=gpus, git_user=args.git_user, git_pass=args.git_pass, execute_args=inner)
     opts = ExecuteOptions(task_id=args.id, clone=args.clone, worker_id=os.environ.get("CLEARML_WORKER_ID", ""),
                           under_daemon=os.environ.get("CONVEYOR_UNDER_DAEMON") == "1", gpus=gpus,
                           git_user=args.git_user, git_pass=args.git_pass, require_queue=args.require_queue,
                           rank=_rank(), cluster_glue=_under_glue())
-    return Executor(agent_client(cfg), cfg, opts).run()
+    return Executor(client, cfg, opts).run()
 
 
-def _standby() -> str | None:
-    """Import what a run needs, then wait for the daemon's task (its id; None: the daemon went away first)."""
+def _standby(args: argparse.Namespace) -> tuple[str | None, PreparedClient | None]:
+    """Import what a run needs and log in, then wait for the daemon's task: its id (None: the daemon went away
+    first), and the client, to be used if the task's environment configures the same one."""
     import importlib
 
+    from conveyor.agent.session import PreparedClient
+    from conveyor.cli.common import config_of
+    from conveyor.errors import ConveyorError
     from conveyor.runtimes.standby import await_task
 
     # what the executor imports, and what its phases and first requests import late
@@ -148,8 +158,11 @@ def _standby() -> str | None:
             importlib.import_module(module)
         except ImportError:  # uv may be missing (then found on PATH): it is imported when needed, if ever
             pass
-
-    return await_task()
+    try:
+        prepared: PreparedClient | None = PreparedClient(config_of(args))
+    except ConveyorError:  # a configuration the run itself will report
+        prepared = None
+    return await_task(), prepared
 
 
 def _under_glue() -> bool:

@@ -81,6 +81,7 @@ class LocalRuntime:
     config_file: str | None = None
     standby: bool = False
     _standby: Standby | None = field(default=None, init=False, repr=False)
+    _last_env: dict[str, str] | None = field(default=None, init=False, repr=False)  # the last executor's
 
     def _conveyor(self) -> list[str]:
         # a daemon run from Conveyor's bundle (a service pod): its executors too, through the bundle's launcher
@@ -105,10 +106,10 @@ class LocalRuntime:
             if self._standby is None:
                 self._standby = Standby(self.standby_command())
                 atexit.register(self._standby.close)
-            self._standby.refill()
+            self._standby.refill(self._last_env)
 
     def launch(self, run: TaskRun, env: Mapping[str, str]) -> LocalRun:
-        full_env = {**os.environ, **env}
+        full_env = self._last_env = {**os.environ, **env}
         proc = self._standby.take(run.task_id, full_env) if self._standby is not None else None
         try:
             if proc is None:

@@ -4,7 +4,8 @@ Starting Python and importing the executor costs more than the rest of a warm pi
 daemon waits for work. The daemon hands it one task: a line on its stdin with the task id and the whole environment
 the executor would have been started with, which it takes as its own before it reads its configuration. From there
 it is the very same `conveyor execute --id T`, in a process of its own (its own session, pid and run record). Its
-stdin closed without a task (the daemon stopped or died) ends it.
+stdin closed without a task (the daemon stopped or died) ends it. It starts with the last run's environment and logs
+in meanwhile; that session serves the task only if the task's environment configures the very same connection.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ class Standby:
         self.argv = argv
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def refill(self) -> None:
-        """Start a standby executor unless one waits already (a failure to start one only costs the next run)."""
+    def refill(self, env: Mapping[str, str] | None = None) -> None:
+        """Start a standby executor unless one waits already (a failure to start one only costs the next run). `env`:
+        the environment its task will likely get (the last one's), with which it prepares its connection."""
         if self.proc is not None and self.proc.poll() is None:
             return
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, start_new_session=True)
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, start_new_session=True,
+                                         env=None if env is None else dict(env))
         except OSError as exc:
             log.debug("no standby executor: %s", exc)
             self.proc = None
