@@ -64,18 +64,15 @@ class Standby:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
     def close(self) -> None:
-        """End the waiting standby (its stdin closes: it exits without running anything)."""
+        """End the waiting standby: it holds no task, and a stopping daemon must not wait for its imports."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
         with contextlib.suppress(OSError):
             if proc.stdin is not None:
                 proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+        proc.wait()
 
 
 def await_task(stream: BinaryIO | None = None) -> str | None:
