@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -184,12 +185,17 @@ def processes_with(marker: str) -> list[psutil.Process]:
 
 
 def executor_of(daemon: DaemonProcess, task: str, timeout: float = 60) -> psutil.Process:
-    """The `conveyor execute` process the daemon started for `task`."""
+    """The `conveyor execute` process the daemon started for `task`: by its command line, or by the daemon's run record
+    (a standby executor was started before its task was known)."""
+    record = Path(daemon.env["CONVEYOR_AGENT_DIR"]) / "runs" / f"{task}.json"
     deadline = time.time() + timeout
     while time.time() < deadline:
+        recorded = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            recorded = json.loads(record.read_text())["pid"]
         for child in psutil.Process(daemon.proc.pid).children():
             with contextlib.suppress(psutil.Error):
-                if task in child.cmdline() and "execute" in child.cmdline():
+                if "execute" in child.cmdline() and (task in child.cmdline() or child.pid == recorded):
                     return child
         time.sleep(0.05)
     raise AssertionError(f"no executor of {task} under the daemon:\n{daemon.output()}")

@@ -385,6 +385,16 @@ def test_files_with_substitutions_are_not_cached(env, home, tmp_path, monkeypatc
     assert not list((tmp_path / "cache").rglob("file-*.json"))
 
 
+def test_substitutions_in_comments_do_not_stop_the_cache(env, home, tmp_path):
+    # defaults.conf's comments name ${CLEARML_PRE_SETUP}: every process would parse it with pyhocon (~0.5 s)
+    write(home / "clearml.conf", '# from ${NOWHERE}, to include nothing\n  // ${NOR_HERE}\nagent.worker_name: "w"')
+    assert load_config(environ=env).get("agent.worker_name") == "w"
+    assert list((tmp_path / "cache" / "conveyor" / "config").glob("file-*.json"))
+    text = DEFAULTS_FILE.read_text()
+    hocon.parse(text, source="defaults.conf", hint="", cache_slot="defaults", environ=env)
+    assert (tmp_path / "cache" / "conveyor" / "config" / "defaults.json").is_file()
+
+
 def test_unwritable_cache_is_not_an_error(env, home, tmp_path):
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     write(home / "clearml.conf", 'agent.worker_name: "w"')

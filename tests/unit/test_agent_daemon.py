@@ -155,6 +155,9 @@ class FakeRuntime:
     def adopt(self, worker: str) -> list[Leftover]:
         return self.leftovers
 
+    def standby_pids(self) -> frozenset[int]:
+        return frozenset()
+
     def launch(self, run: TaskRun, env: Mapping[str, str]) -> RunHandle:
         self.launched.append(run)
         self.envs.append(env)

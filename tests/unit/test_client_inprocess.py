@@ -3,6 +3,7 @@ on a SQLite database in tmp_path. No subprocess, no port."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +81,13 @@ def test_tasks_update_changes_a_queued_tasks_message_and_name_not_its_status(
     assert answer["updated"] == 1
     assert task == {"id": created["id"], "name": "renamed", "status": "queued",
                     "status_message": "slurm job 7 pending: Resources"}
+
+
+def test_only_an_https_server_costs_a_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the CA bundle takes ~30 ms in every process that makes a client; a plain-http server never uses it."""
+    loaded: list[object] = []
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", lambda *args, **kw: loaded.append(args))
+    ApiClient("http://127.0.0.1:8008", "k", "s")
+    assert not loaded
+    ApiClient("https://api.example.invalid", "k", "s")
+    assert loaded

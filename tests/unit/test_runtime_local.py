@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from conveyor.errors import TaskFailure
-from conveyor.runtimes.base import Runtime, TaskRun
+from conveyor.runtimes.base import RunHandle, Runtime, TaskRun
 from conveyor.runtimes.local import LocalRuntime
 from conveyor.runtimes.run_records import RunRecord, runs_dir
 
@@ -65,3 +65,65 @@ def test_a_restarted_daemon_adopts_what_still_runs_and_reports_what_is_gone() ->
     assert (alive.queue_id, alive.sub_worker) == ("q", "host:0:service:alive")
     assert gone.handle is None and gone.reason == "its executor was gone when the agent restarted"
     assert not (runs_dir() / "gone.json").exists() and (runs_dir() / "other.json").exists()
+
+
+# A standby executor as `conveyor execute --standby` is one, without Conveyor's imports: it writes down the task it was
+# handed, a variable of the environment it got, and what its stdin is then.
+STANDBY = """
+import os, sys
+from conveyor.runtimes.standby import await_task
+task = await_task()
+if task is None:
+    sys.exit(0)
+out = sys.argv[1]
+with open(os.path.join(out, f"{task}.{os.getpid()}"), "w") as f:
+    f.write(f"{os.environ.get('HANDED')} {os.environ.get('ONLY_AT_START')} {os.readlink('/proc/self/fd/0')}")
+"""
+
+
+class StandbyRuntime(QuickRuntime):
+    def __init__(self, out: Path):
+        super().__init__([sys.executable, "-c", "import sys; sys.exit(0)"])
+        self.standby = True
+        self.out = out
+
+    def standby_command(self) -> list[str]:
+        return [sys.executable, "-c", STANDBY, str(self.out)]
+
+
+def ended(handle: RunHandle) -> int:
+    deadline = time.monotonic() + 20
+    while (code := handle.poll()) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert code is not None
+    return code
+
+
+def test_a_standby_executor_runs_the_task_with_the_environment_it_is_handed(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONLY_AT_START", "stale")
+    runtime = StandbyRuntime(tmp_path)
+    runtime.adopt("host:0")  # the first standby starts with the daemon
+    (first,) = runtime.standby_pids()
+    monkeypatch.delenv("ONLY_AT_START")
+    handle = runtime.launch(TaskRun("t1", "q", "host:0"), {"HANDED": "yes"})
+    assert handle.pid == first and json.loads((runs_dir() / "t1.json").read_text())["pid"] == first
+    (second,) = runtime.standby_pids()  # the next one starts at once, ready for the next task
+    assert second != first
+    assert ended(handle) == 0
+    # the daemon's environment as it is at launch, not as it was when the standby started
+    assert (tmp_path / f"t1.{first}").read_text() == "yes None /dev/null"
+    runtime._standby.close()  # type: ignore[union-attr]
+    assert not runtime.standby_pids() and not list(tmp_path.glob(f"*.{second}"))
+
+
+def test_without_a_live_standby_the_executor_is_started_for_the_task(tmp_path: Path) -> None:
+    runtime = StandbyRuntime(tmp_path)
+    runtime.adopt("host:0")
+    (pid,) = runtime.standby_pids()
+    psutil.Process(pid).kill()
+    psutil.Process(pid).wait(10)
+    handle = runtime.launch(TaskRun("t1", "q", "host:0"), {})
+    assert handle.pid != pid and ended(handle) == 0 and not list(tmp_path.glob("t1.*"))
+    assert runtime.standby_pids(), "a new standby once the run has ended"
+    runtime._standby.close()  # type: ignore[union-attr]

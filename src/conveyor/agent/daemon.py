@@ -549,7 +549,7 @@ class Daemon:
         """The executor sets the final status; if it died before it could, the task must not stay running, and
         whatever of the task it left behind (reparented to us, the subreaper) is ended."""
         if code != 0:
-            live = frozenset(pid for r in self.running.values() if (pid := r.handle.pid))
+            live = frozenset(pid for r in self.running.values() if (pid := r.handle.pid)) | self.runtime.standby_pids()
             left = end_orphans(self._kill_grace(), keep=live)
             if left:
                 log.warning("task %s: ended %d process(es) its executor left running", run.task_id, left)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from conveyor.agent import abort_callbacks
+from conveyor.agent.ahead import Ahead
 from conveyor.agent.entry_point import entry_argv, entry_dir, entry_file, task_python_version, with_python
 from conveyor.agent.folders import venvs_dir
 from conveyor.agent.logs import MAX_EVENT_BYTES, LogShipper, decode_output
@@ -109,6 +110,7 @@ class Executor:
         self.work_dir: Path | None = None
         self.timings: dict[str, float] = {}
         self.timeline = Timeline()  # sent with the final status
+        self._code_ahead: Ahead[str | None] | None = None  # the checkout begun while the start is reported
         self._task_env: dict[str, str] | None = None  # the entry point's environment and folder, once it runs
         self._task_cwd: Path | None = None
 
@@ -118,7 +120,7 @@ class Executor:
         self.timeline.mark("started")
         become_subreaper()  # whatever the task leaves behind stays ours to end
         self._install_signal_handlers()
-        task = self._start()
+        task = self._start(checkout_ahead=True)
         if task is None:
             return 1
         outcome = Outcome(TaskStatus.failed, "internal error", failure_class=FailureClass.infrastructure)
@@ -150,7 +152,9 @@ class Executor:
         return "".join(f"RANK {self.opts.rank}: {line}" for line in text.splitlines(keepends=True))
 
     # --- start ----------------------------------------------------------------------------------------------------
-    def _start(self) -> dict[str, Any] | None:
+    def _start(self, checkout_ahead: bool = False) -> dict[str, Any] | None:
+        """The task, started by this run (None: not to be run); with `checkout_ahead`, its code is checked out
+        meanwhile (the checkout needs none of these calls) and taken by `_execute`."""
         call = self.client.call
         task = call("tasks.get_by_id", {"task": self.task_id})["task"]
         self._mark_pickup(task)
@@ -166,6 +170,8 @@ class Executor:
             self.notice(f"conveyor: running task {self.task_id} (a clone of {self.opts.task_id})")
         if self.follower:
             return self._follow_rank_zero(task)
+        if checkout_ahead:
+            self._code_ahead = self._checkout_ahead(task)
         if not self.opts.clone:
             dequeued = call("tasks.dequeue", {"task": self.task_id, "new_status": TaskStatus.in_progress.value})
             # --require-queue (a glue's job): this run must be the one that took the task out of its queue, so that
@@ -189,6 +195,17 @@ class Executor:
             self._finish(Outcome(TaskStatus.failed, "can not run task without script information"))
             return None
         return task
+
+    def _checkout_ahead(self, task: dict[str, Any]) -> Ahead[str | None] | None:
+        """The task's code checked out in a thread while its start is reported; not where a refusal may follow
+        (--require-queue: another run of the task may hold its folder), nor after a setup script (what it exports
+        reaches git) or in a prebuilt image (nothing is checked out)."""
+        script = task.get("script")
+        if not script or self.opts.require_queue or self._setup_script(task) \
+                or prebuilt_environment(self.opts.task_id) is not None:
+            return None
+        self.work_dir = self._task_work_dir()
+        return Ahead(lambda: self._prepare_code(script, self._fresh_work_dir() / "code"), "checkout")
 
     def _mark_pickup(self, task: dict[str, Any]) -> None:
         """When the task was enqueued (its status history) and pulled (by our daemon, which says when)."""
@@ -234,22 +251,21 @@ class Executor:
     def _execute(self, task: dict[str, Any]) -> Outcome:
         """The phases, in order; an abort seen at a phase boundary ends it with the abort's outcome."""
         script: dict[str, Any] = task.get("script") or {}
-        self.work_dir = venvs_dir(self.cfg) / "tasks" / (self.task_id + (f"-rank{self.opts.rank}" if self.follower
-                                                                         else ""))
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-        self.work_dir.mkdir(parents=True)
-        code_dir = self.work_dir / "code"
+        ahead, self._code_ahead = self._code_ahead, None
+        if ahead is None:
+            self.work_dir = self._fresh_work_dir()
+        code_dir = self._task_work_dir() / "code"
         watcher = threading.Thread(target=self._watch, name="abort-watch", daemon=True)
         watcher.start()
         try:
             prebuilt = prebuilt_environment(self.opts.task_id)
             if prebuilt is not None:
                 return self._run_prebuilt(task, script, *prebuilt)
-            setup = ((task.get("container") or {}).get("setup_shell_script") or "").strip()
+            setup = self._setup_script(task)
             if setup:
                 with self.phase("setup shell script"):
                     self._run_setup_script(setup)
-            self._prepare_code(script, code_dir)
+            self._record_commit(ahead.result() if ahead is not None else self._prepare_code(script, code_dir))
             self.timeline.mark("code_ready")
             working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
             if not working_dir.is_dir() or code_dir.resolve() not in (working_dir, *working_dir.parents):
@@ -269,9 +285,22 @@ class Executor:
         finally:
             self._done.set()
 
-    def _prepare_code(self, script: dict[str, Any], code_dir: Path) -> None:
-        """The task's code in `code_dir`: its repository checked out (the commit recorded on the task when it named
-        none) with the uncommitted diff applied, or the script stored in the task itself."""
+    def _task_work_dir(self) -> Path:
+        return venvs_dir(self.cfg) / "tasks" / (self.task_id + (f"-rank{self.opts.rank}" if self.follower else ""))
+
+    def _fresh_work_dir(self) -> Path:
+        work_dir = self._task_work_dir()
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        return work_dir
+
+    @staticmethod
+    def _setup_script(task: dict[str, Any]) -> str:
+        return str((task.get("container") or {}).get("setup_shell_script") or "").strip()
+
+    def _prepare_code(self, script: dict[str, Any], code_dir: Path) -> str | None:
+        """The task's code in `code_dir`: its repository checked out with the uncommitted diff applied, or the script
+        stored in the task itself. Returns the commit checked out when the task named none (to record on it)."""
         from conveyor.env import vcs
 
         repository = (script.get("repository") or "").strip()
@@ -280,7 +309,7 @@ class Executor:
                 raise TaskFailure("the task has neither a repository nor a script (diff) to run")
             code_dir.mkdir(parents=True, exist_ok=True)
             vcs.write_standalone_script(code_dir, entry_file(script), script["diff"])
-            return
+            return None
         commit = script.get("version_num") or None
         with self.phase(f"git checkout of {scrub(repository)}"):
             try:
@@ -298,9 +327,12 @@ class Executor:
                     vcs.apply_diff(code_dir, diff, log=self.notice)
                 except vcs.VcsError as exc:
                     raise TaskFailure(f"failed applying the uncommitted diff: {exc}") from None
-        if not commit and not self.follower:
-            self.client.call("tasks.edit", {"task": self.task_id, "force": True,
-                                            "script": {"version_num": checkout.commit}})
+        return checkout.commit if not commit and not self.follower else None
+
+    def _record_commit(self, commit: str | None) -> None:
+        """The commit a task that named none ran, on the task (in this thread: after its start was reported)."""
+        if commit:
+            self.client.call("tasks.edit", {"task": self.task_id, "force": True, "script": {"version_num": commit}})
 
     def _build_environment(self, script: dict[str, Any], code_dir: Path, working_dir: Path) -> PythonEnv:
         from conveyor.env import python as pyenv

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from conveyor.runtimes.standby import STANDBY_FLAG
+
+if TYPE_CHECKING:
+    from conveyor.agent.session import PreparedClient
 
 
 class _EngineArgsParser(argparse.ArgumentParser):
@@ -84,14 +90,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_daemon)
 
     e = sub.add_parser("execute", help="run one task here, now (clearml-agent execute)")
-    e.add_argument("--id", required=True, help="the task id")
+    e.add_argument("--id", help="the task id (required)")
     e.add_argument("--clone", action="store_true", help="run a clone of the task instead of the task itself")
     e.add_argument("--require-queue", action="store_true", help="refuse to run a task that was not queued")
     e.add_argument("--disable-monitoring", action="store_true", help=argparse.SUPPRESS)
     e.add_argument("--full-monitoring", action="store_true", help=argparse.SUPPRESS)
+    # a daemon's executor started ahead of its task, which comes on stdin (runtimes/standby.py)
+    e.add_argument(STANDBY_FLAG, action="store_true", help=argparse.SUPPRESS)
     _worker_args(e)
     _container_args(e)
-    e.set_defaults(func=run_execute)
+    e.set_defaults(func=run_execute, parser=e)
 
 
 def _setup_logging(level: str) -> None:
@@ -108,20 +116,53 @@ def run_execute(args: argparse.Namespace) -> int:
     from conveyor.agent.session import agent_client
     from conveyor.cli.common import config_of
 
+    prepared: PreparedClient | None = None
+    if args.standby:
+        task_id, prepared = _standby(args)
+        if task_id is None:
+            return 0
+        args.id = task_id
+    if not args.id:
+        args.parser.error("the following arguments are required: --id")
     _setup_logging(args.log_level)
     cfg = config_of(args)
+    client = (prepared.client_for(cfg) if prepared is not None else None) or agent_client(cfg)
     gpus = "none" if args.cpu_only else args.gpus
     if args.docker is not None:
         from conveyor.agent.container_execute import execute_in_container
 
         inner = [flag for flag, on in (("--clone", args.clone), ("--require-queue", args.require_queue)) if on]
-        return execute_in_container(agent_client(cfg), cfg, args.id, args.docker, podman=args.podman is True,
+        return execute_in_container(client, cfg, args.id, args.docker, podman=args.podman is True,
                                     gpus=gpus, git_user=args.git_user, git_pass=args.git_pass, execute_args=inner)
     opts = ExecuteOptions(task_id=args.id, clone=args.clone, worker_id=os.environ.get("CLEARML_WORKER_ID", ""),
                           under_daemon=os.environ.get("CONVEYOR_UNDER_DAEMON") == "1", gpus=gpus,
                           git_user=args.git_user, git_pass=args.git_pass, require_queue=args.require_queue,
                           rank=_rank(), cluster_glue=_under_glue())
-    return Executor(agent_client(cfg), cfg, opts).run()
+    return Executor(client, cfg, opts).run()
+
+
+def _standby(args: argparse.Namespace) -> tuple[str | None, PreparedClient | None]:
+    """Import what a run needs and log in, then wait for the daemon's task: its id (None: the daemon went away
+    first), and the client, to be used if the task's environment configures the same one."""
+    import importlib
+
+    from conveyor.agent.session import PreparedClient
+    from conveyor.cli.common import config_of
+    from conveyor.errors import ConveyorError
+    from conveyor.runtimes.standby import await_task
+
+    # what the executor imports, and what its phases and first requests import late
+    for module in ("conveyor.agent.executor", "conveyor.agent.session", "conveyor.env.vcs", "conveyor.env.python",
+                   "httpcore", "h11", "encodings.idna", "uv"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # uv may be missing (then found on PATH): it is imported when needed, if ever
+            pass
+    try:
+        prepared: PreparedClient | None = PreparedClient(config_of(args))
+    except ConveyorError:  # a configuration the run itself will report
+        prepared = None
+    return await_task(), prepared
 
 
 def _under_glue() -> bool:

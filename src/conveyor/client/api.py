@@ -102,9 +102,12 @@ class ApiClient:
         self._credentials_hint = (f"check api.credentials in {display_path(cfg.path) if cfg.path else '~/clearml.conf'}"
                                   " or CLEARML_API_ACCESS_KEY/SECRET")
         worker = worker_header if worker_header is not None else socket.gethostname()
+        # Every request goes to `host` (redirects are not followed): a plain-http server never needs a TLS context,
+        # whose CA bundle costs ~30 ms to load in every process that makes a client.
+        secure = urlsplit(self.host).scheme == "https"
         self._http = httpx.Client(
             transport=transport,
-            verify=bool(pick(verify, "api.verify_certificate")),
+            verify=bool(pick(verify, "api.verify_certificate")) if secure else False,
             headers={"User-Agent": user_agent or f"conveyor-{__version__}",
                      "X-ClearML-Worker": worker, "X-Trains-Worker": worker},
         )

@@ -17,6 +17,8 @@ _CACHE_FORMAT = "1"  # bump when the cached shape changes
 # pyparsing appends "  (at char 25), (line:6, col:1)"; pyhocon's own errors end in "(line: 1, col: 4)"
 _POSITION = re.compile(r"\s*\(at char \d+\),?\s*|\s*\(line:\s*(\d+),\s*col:\s*(\d+)\)")
 _BARE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# a whole line that is a comment: what it says cannot change the parse (defaults.conf's comments name ${VARS})
+_COMMENT_LINE = re.compile(r"^[ \t]*(?:#|//).*$", re.MULTILINE)
 
 
 def parse(text: str, *, source: str, hint: str, cache_slot: str | None, environ: Mapping[str, str],
@@ -26,7 +28,8 @@ def parse(text: str, *, source: str, hint: str, cache_slot: str | None, environ:
     `cache_slot` names the disk-cache entry (one per file); text with substitutions or includes is never
     cached, since its meaning depends on more than the text.
     """
-    cacheable = cache_slot is not None and "${" not in text and "include" not in text
+    meaning = _COMMENT_LINE.sub("", text)
+    cacheable = cache_slot is not None and "${" not in meaning and "include" not in meaning
     digest = hashlib.sha256((_CACHE_FORMAT + text).encode()).hexdigest()
     cache_file = _cache_dir(environ) / f"{cache_slot}.json" if cacheable else None
     if cache_file is not None:

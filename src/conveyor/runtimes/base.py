@@ -78,3 +78,8 @@ class Runtime(Protocol):
         """Start the executor of `run` with `env` added to its environment. Raises TaskFailure (the task's status
         reason) when it cannot be started."""
         ...
+
+    def standby_pids(self) -> frozenset[int]:
+        """Local processes kept ready for the next run (a standby executor): no task's leftovers, left alone when the
+        daemon ends what a run left behind."""
+        ...

@@ -15,7 +15,7 @@ def runtime_for(cfg: Config, docker: Sequence[str] | None, *, podman: bool = Fal
     if docker is None:
         from conveyor.runtimes.local import LocalRuntime
 
-        return LocalRuntime(str(cfg.path) if cfg.path else None)
+        return LocalRuntime(str(cfg.path) if cfg.path else None, standby=bool(cfg.get("agent.standby_executor")))
     from conveyor.runtimes.container import ContainerRuntime
 
     return ContainerRuntime.from_cli(cfg, docker, podman=podman, gpus=gpus, fetch_task=fetch_task)

@@ -128,6 +128,9 @@ class ContainerRuntime:
     def describe(self) -> str:
         return f"tasks in {self.engine} containers"
 
+    def standby_pids(self) -> frozenset[int]:
+        return frozenset()
+
     def adopt(self, worker: str) -> list[Leftover]:
         """Nothing is adopted: the containers a killed daemon of this worker id left are removed (attach_worker), and
         their tasks, if still in progress, fail."""

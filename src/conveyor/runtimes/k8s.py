@@ -284,6 +284,9 @@ class K8sRuntime:
     def describe(self) -> str:
         return f"tasks as Kubernetes Jobs in namespace {self.namespace}"
 
+    def standby_pids(self) -> frozenset[int]:
+        return frozenset()
+
     def template_name(self, queue_id: str) -> str:
         return self.templates[queue_id].name
 

@@ -242,6 +242,9 @@ class SlurmRuntime:
     def describe(self) -> str:
         return "tasks as Slurm batch jobs" + (" in Singularity" if self.singularity_image else "")
 
+    def standby_pids(self) -> frozenset[int]:
+        return frozenset()
+
     def check(self) -> str:
         return self.cli.check()
 
