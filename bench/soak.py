@@ -38,6 +38,7 @@ tracebacks in the servers' and daemons' logs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -184,11 +185,12 @@ class Soak:
             for index, daemon in enumerate(self.daemons):
                 if index in avoid:
                     continue
+                # An executor is known by its run record: a standby executor's command line names no task.
+                tasks = _recorded_runs(Path(daemon.env["CONVEYOR_AGENT_DIR"]) / "runs")
                 try:
                     for child in psutil.Process(daemon.proc.pid).children():
-                        line = child.cmdline()
-                        if "execute" in line and "--id" in line:
-                            found.append((child.create_time(), index, child, line[line.index("--id") + 1]))
+                        if child.pid in tasks:
+                            found.append((child.create_time(), index, child, tasks[child.pid]))
                 except psutil.Error:
                     continue
             if found:
@@ -355,6 +357,8 @@ def report(soak: Soak, result: dict[str, Any], args: argparse.Namespace) -> int:
                      "still running yet NOT adopted" if victim["missed"] else
                      "its executor ended before the restarted daemon looked")
             print(f"  daemon {victim['daemon']}'s task {victim['task']}: {state}")
+        else:  # the kill tested nothing: no daemon had a run in flight to leave behind
+            print(f"  daemon {victim['daemon']} was killed with no run in flight found: the fault was NOT injected")
     print("  " + ", ".join(f"{name} {n}" for name, n in counts.items()))
     for line in result["odd"][:20]:
         print(f"    {line}")
@@ -384,11 +388,22 @@ def report(soak: Soak, result: dict[str, Any], args: argparse.Namespace) -> int:
     for name, readings in soak.rss.items():
         print(f"  {name} RSS: " + ", ".join(f"{mib:.0f} MiB {when}" for when, mib in readings))
     faults = counts["duplicates"] + counts["losses"] + counts["stuck"] + counts["log without its line"]
-    faults += sum(1 for v in soak.victims if v["missed"])
+    faults += sum(1 for v in soak.victims if v["missed"] or not v["task"])
     faults += len(result["tasks"]) - counts["completed"]
     print(f"\n{'all counts 0' if faults == 0 else f'{faults} faults counted'}")
     return faults
 
+
+
+def _recorded_runs(runs: Path) -> dict[int, str]:
+    """executor pid -> task, from a daemon's run records (`<agent dir>/runs/<task>.json`)."""
+    found: dict[int, str] = {}
+    for record in runs.glob("*.json"):
+        try:
+            found[int(json.loads(record.read_text())["pid"])] = record.stem
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or gone with its run
+    return found
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -395,6 +395,15 @@ def test_substitutions_in_comments_do_not_stop_the_cache(env, home, tmp_path):
     assert (tmp_path / "cache" / "conveyor" / "config" / "defaults.json").is_file()
 
 
+def test_a_comment_like_line_in_a_triple_quoted_string_is_text(env, home, tmp_path, monkeypatch):
+    # the line "#" belongs to the string, so the ${...} after it is a substitution: never cached
+    write(home / "clearml.conf", 'agent.worker_name: """x\n#""" ${WHO}')
+    monkeypatch.setenv("WHO", "a")
+    assert load_config(environ=env).get("agent.worker_name") == "x\n#a"
+    monkeypatch.setenv("WHO", "b")
+    assert load_config(environ=env).get("agent.worker_name") == "x\n#b"
+
+
 def test_unwritable_cache_is_not_an_error(env, home, tmp_path):
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     write(home / "clearml.conf", 'agent.worker_name: "w"')

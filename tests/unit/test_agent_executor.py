@@ -138,3 +138,26 @@ def test_a_missing_prebuilt_environment_fails_the_task_with_what_to_do(tmp_path:
     executor = make_executor(tmp_path, api)
     with pytest.raises(TaskFailure, match="rebuild the image with `conveyor build`"):
         executor._run_prebuilt(api.tasks["t1"], SCRIPT, tmp_path / "code", tmp_path / "python")
+
+
+def test_a_failed_start_waits_for_the_checkout_begun_meanwhile_and_removes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkout runs while the start is reported; a start that fails (the server gone) once left the checkout's
+    git running as the executor exited, and its folder on disk."""
+    api = api_with()
+    api.down.add("tasks.dequeue")
+    executor = make_executor(tmp_path, api)
+    finished = threading.Event()
+
+    def slow_checkout(script: dict[str, Any], code_dir: Path) -> str | None:
+        (code_dir / "train.py").parent.mkdir(parents=True, exist_ok=True)
+        (code_dir / "train.py").write_text("print('hi')\n")
+        threading.Event().wait(0.3)  # git still writing when the start call fails
+        finished.set()
+        return None
+
+    monkeypatch.setattr(executor, "_prepare_code", slow_checkout)
+    with pytest.raises(Exception, match="connection refused"):
+        executor.run()
+    assert finished.is_set(), "the checkout was cut off"
+    assert executor.work_dir is not None and not executor.work_dir.exists(), "the checkout was left on disk"

@@ -20,7 +20,7 @@ from conveyor.server.model import deliveries, events, forcing, projects, queues,
 from conveyor.server.store import Store
 from conveyor.server.store import schema as s
 from conveyor.server.store.database import sqlite_url
-from conveyor.server.store.documents import entries_of, get_task, insert_task
+from conveyor.server.store.documents import entries_of, get_task, insert_task, save_task
 
 S = TaskStatus
 
@@ -392,6 +392,28 @@ def test_project_stats_count_tasks_by_status_leaving_archived_ones_out(conn: Con
     tasks.create(conn, tasks.new_task("t", "training", user="u1", company="c") | {
         "project": archived_only, "system_tags": ["archived"]})
     assert projects.status_counts(conn, [archived_only]) == {}
+
+
+def test_project_counts_survive_a_task_changing_between_their_two_counts(conn: Connection) -> None:
+    """On PostgreSQL the counts of all tasks and of the archived ones read two snapshots: a task archived as it
+    completes in between (counted `in_progress`, then archived `completed`) once made a KeyError, a 500."""
+    project_id = projects.create(conn, new_project("racing"))
+    doc = tasks.new_task("t", "training", user="u1", company="c") | {"project": project_id,
+                                                                      "status": S.in_progress.value}
+    tasks.create(conn, doc)
+
+    class Between:  # the second count sees the task completed and archived
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def execute(self, query: object) -> object:
+            self.calls += 1
+            if self.calls == 2:
+                changed = stored(conn, doc["id"]) | {"status": S.completed.value, "system_tags": ["archived"]}
+                save_task(conn, changed)
+            return conn.execute(query)  # type: ignore[call-overload]
+
+    assert projects.status_counts(Between(), [project_id]) == {project_id: {"in_progress": 1}}  # type: ignore[arg-type]
 
 
 def test_a_retried_log_batch_is_stored_once_in_one_statement(conn: Connection) -> None:

@@ -120,7 +120,11 @@ class Executor:
         self.timeline.mark("started")
         become_subreaper()  # whatever the task leaves behind stays ours to end
         self._install_signal_handlers()
-        task = self._start(checkout_ahead=True)
+        try:
+            task = self._start(checkout_ahead=True)
+        except BaseException:
+            self._drop_code_ahead()
+            raise
         if task is None:
             return 1
         outcome = Outcome(TaskStatus.failed, "internal error", failure_class=FailureClass.infrastructure)
@@ -206,6 +210,17 @@ class Executor:
             return None
         self.work_dir = self._task_work_dir()
         return Ahead(lambda: self._prepare_code(script, self._fresh_work_dir() / "code"), "checkout")
+
+    def _drop_code_ahead(self) -> None:
+        """A start that failed: the checkout begun meanwhile is waited for (its git must not be cut off mid-write)
+        and its folder removed, since nothing will run it."""
+        ahead, self._code_ahead = self._code_ahead, None
+        if ahead is None:
+            return
+        with contextlib.suppress(BaseException):
+            ahead.result()
+        if self.work_dir is not None and not self.cfg.get("agent.keep_work_dirs"):
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _mark_pickup(self, task: dict[str, Any]) -> None:
         """When the task was enqueued (its status history) and pulled (by our daemon, which says when)."""

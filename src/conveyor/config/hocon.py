@@ -28,7 +28,8 @@ def parse(text: str, *, source: str, hint: str, cache_slot: str | None, environ:
     `cache_slot` names the disk-cache entry (one per file); text with substitutions or includes is never
     cached, since its meaning depends on more than the text.
     """
-    meaning = _COMMENT_LINE.sub("", text)
+    # (within a triple-quoted string a "comment" line is text, and what follows the string may substitute)
+    meaning = text if '"""' in text else _COMMENT_LINE.sub("", text)
     cacheable = cache_slot is not None and "${" not in meaning and "include" not in meaning
     digest = hashlib.sha256((_CACHE_FORMAT + text).encode()).hexdigest()
     cache_file = _cache_dir(environ) / f"{cache_slot}.json" if cacheable else None

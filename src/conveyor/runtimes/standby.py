@@ -16,12 +16,14 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
 STANDBY_FLAG = "--standby"
+HANDOFF_SEC = 10.0  # a standby that has not read its task by then is given up for a fresh executor
 
 
 class Standby:
@@ -48,11 +50,8 @@ class Standby:
         proc, self.proc = self.proc, None
         if proc is None or proc.stdin is None or proc.poll() is not None:
             return None
-        try:
-            proc.stdin.write(json.dumps({"task": task_id, "env": dict(env)}).encode() + b"\n")
-            proc.stdin.close()
-        except OSError as exc:  # it died since the poll: the caller starts the executor afresh
-            log.debug("standby executor pid %s: %s", proc.pid, exc)
+        handoff = json.dumps({"task": task_id, "env": dict(env)}).encode() + b"\n"
+        if not _handed(proc, handoff, HANDOFF_SEC):  # it died, or is stuck: the caller starts the executor afresh
             with contextlib.suppress(OSError):
                 proc.kill()
             proc.wait()
@@ -73,6 +72,30 @@ class Standby:
                 proc.stdin.close()
             proc.kill()
         proc.wait()
+
+
+def _handed(proc: subprocess.Popen[bytes], handoff: bytes, seconds: float) -> bool:
+    """The handoff written and the standby's stdin closed within `seconds`. From a thread: the standby reads it only
+    once its imports are done, and an environment larger than the pipe's buffer would hold the daemon's loop until
+    then, or for good if the standby hangs (a slow or stuck file system)."""
+    failed: list[OSError] = []
+
+    def write() -> None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(handoff)
+            proc.stdin.close()
+        except OSError as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=write, name="standby-handoff", daemon=True)
+    writer.start()
+    writer.join(seconds)
+    if writer.is_alive() or failed:
+        log.warning("standby executor pid %s did not take its task (%s): starting one afresh", proc.pid,
+                    failed[0] if failed else f"not read within {seconds:g} s")
+        return False
+    return True
 
 
 def await_task(stream: BinaryIO | None = None) -> str | None:

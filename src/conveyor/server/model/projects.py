@@ -112,10 +112,13 @@ def status_counts(conn: Connection, project_ids: list[str]) -> dict[str, dict[st
     counts: dict[str, dict[str, int]] = {}
     for project, status, number in conn.execute(query):
         counts.setdefault(project, {})[status] = int(number)
+    # On PostgreSQL each count reads its own snapshot (READ COMMITTED): a task archived, or changing status, between
+    # the two may be counted in one and not the other, so a count never goes below zero nor names a missing status.
     for project, status, number in conn.execute(query.where(s.ARCHIVED)):
-        left = counts[project][status] - int(number)
-        if left:
-            counts[project][status] = left
+        by_status = counts.get(project, {})
+        left = by_status.get(status, 0) - int(number)
+        if left > 0:
+            by_status[status] = left
         else:
-            del counts[project][status]
+            by_status.pop(status, None)
     return {project: by_status for project, by_status in counts.items() if by_status}

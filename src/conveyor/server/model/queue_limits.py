@@ -15,7 +15,8 @@ QUEUE_FULL = 706  # the subcode of the refusal
 
 def require_room(conn: Connection, queue_id: str, doc: Document | None = None) -> None:
     """Refuse an enqueue onto a queue that holds its `max_entries` already (none or 0: no limit). `doc`: the queue's
-    document, when the caller has read it in this transaction."""
+    document, when the caller has read it in this transaction. Enqueues already under way when a limit is first set
+    may still land past it (they read the queue without a limit); from then on the limit holds exactly."""
     if doc is None:
         doc = get_queue(conn, queue_id) or {}
     if not doc.get("max_entries"):

@@ -263,7 +263,14 @@ def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str
             return None
         answer: dict[str, Any] = {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}
         if call.bool("get_task_info"):
-            doc = get_task(conn, popped.task) or {}
+            try:
+                doc = get_task(conn, popped.task) or {}
+            except Exception:
+                # The pop committed by itself: a failed answer must not leave the task held for nobody.
+                with call.store.write() as back:
+                    deliveries.give_back(back, popped.task, popped.queue)
+                call.state.wake([popped.queue])
+                raise
             answer["task_info"] = {"company": doc.get("company", ""), "user": doc.get("user", "")}
         return answer
 

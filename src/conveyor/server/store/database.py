@@ -76,7 +76,7 @@ class Store:
         elif url.startswith("postgresql"):
             self.dialect = "postgresql"
             # No pre-ping: it is a round trip on every checkout. A connection that died with a restarted database
-            # fails its call with a 503, which clients retry, and SQLAlchemy then renews every pooled connection.
+            # fails its call with a 503, which clients retry, and the pool is then renewed (here and in sql.run).
             self._writer = create_engine(url, pool_size=16, max_overflow=48)
             self._reader = self._writer
             self._autocommit = self._writer.execution_options(isolation_level="AUTOCOMMIT")  # the same pool

@@ -129,5 +129,9 @@ def _execute(conn: Connection, sql: str, params: dict[str, Any] | tuple[Any, ...
     try:
         cursor.execute(sql, params)
     except dbapi.Error as exc:  # wrapped as SQLAlchemy does, so that callers see DataError, OperationalError, ...
+        if conn.dialect.is_disconnect(exc, raw, cursor):
+            # The database went away (a restart): the pool's other connections are as dead as this one. A fresh pool
+            # serves the next calls (this call fails with a 503, which clients retry), as SQLAlchemy does for Core.
+            conn.engine.dispose(close=False)
         raise DBAPIError.instance(sql, params, exc, dbapi.Error, hide_parameters=True, dialect=conn.dialect) from exc
     return cursor
