@@ -3,6 +3,7 @@
 
     python bench/server.py [--db sqlite|postgresql|both] [--pairs 2000] [--samples 100] [--only pairs|logs|tasks]
                            [--shippers 16] [--log-seconds 10] [--big-tasks 1000000] [--ref-tasks 10000]
+                           [--pg-synchronous-commit on|off]
 
 Each figure is printed with its ratio to a reference measured in the same run:
 - pairs/s against the same clients doing two `debug.ping` calls per pair (the HTTP floor: what the server's
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -146,12 +148,31 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+@contextlib.contextmanager
+def database(db_name: str) -> Iterator[str | None]:
+    """A fresh PostgreSQL database (None for SQLite), with the durability --pg-synchronous-commit asks for."""
+    if db_name != "postgresql":
+        yield None
+        return
+    with pg_database() as url:
+        if SYNCHRONOUS_COMMIT != "on":
+            import psycopg
+
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f"ALTER DATABASE {url.rsplit('/', 1)[1]} SET synchronous_commit = {SYNCHRONOUS_COMMIT}")
+        yield url
+
+
+def label(db_name: str) -> str:
+    return f"{db_name}, synchronous_commit={SYNCHRONOUS_COMMIT}" if db_name == "postgresql" else db_name
+
+
 def run(db_name: str, pairs: int, samples: int, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        db = stack.enter_context(pg_database()) if db_name == "postgresql" else None
+        db = stack.enter_context(database(db_name))
         server = ServerProcess(Path(tmp) / "home", db=db).start()
         stack.callback(server.stop)
-        print(f"\n== {db_name} ==")
+        print(f"\n== {label(db_name)} ==")
         for clients in (1, 8):
             rates, floors = [], []
             for _ in range(repeats):
@@ -203,7 +224,12 @@ def main() -> None:
     parser.add_argument("--big-tasks", type=int, default=1_000_000, help="tasks in the big task database")
     parser.add_argument("--ref-tasks", type=int, default=10_000, help="tasks in the reference task database")
     parser.add_argument("--calls", type=int, default=50, help="calls timed per task-list query kind")
+    parser.add_argument("--pg-synchronous-commit", choices=["on", "off"], default="on",
+                        help="PostgreSQL's durability for the pairs and logs parts: off shows what the commit's disk "
+                             "flush costs (the README's 'Running in production' says what it trades)")
     args = parser.parse_args()
+    global SYNCHRONOUS_COMMIT
+    SYNCHRONOUS_COMMIT = args.pg_synchronous_commit
     parts = args.only or list(PARTS)
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     for db in (["sqlite", "postgresql"] if args.db == "both" else [args.db]):
@@ -218,16 +244,17 @@ def main() -> None:
 
 
 PARTS = ("pairs", "logs", "tasks")
+SYNCHRONOUS_COMMIT = "on"  # --pg-synchronous-commit
 
 
 def run_logs(db_name: str, args: argparse.Namespace) -> None:
     import log_ingestion  # here: it imports this module
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        db = stack.enter_context(pg_database()) if db_name == "postgresql" else None
+        db = stack.enter_context(database(db_name))
         server = ServerProcess(Path(tmp) / "home", db=db).start(timeout=120)
         stack.callback(server.stop)
-        print(f"\n== {db_name}: log ingestion ==")
+        print(f"\n== {label(db_name)}: log ingestion ==")
         log_ingestion.report(server, args.shippers, args.log_batch, args.log_seconds, args.repeats)
 
 

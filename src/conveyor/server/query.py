@@ -78,7 +78,14 @@ def name_filter(call: Call, column: ColumnElement[Any], pattern: str) -> ColumnE
         raise errors.validation_error(f"Invalid regular expression in 'name': {pattern!r} ({exc})") from None
     call.name_pattern = pattern
     # An inline (?i), not flags="i": SQLite's REGEXP ignores flags; PostgreSQL reads it too.
-    return column.regexp_match(f"(?i){pattern}")
+    matches = column.regexp_match(f"(?i){pattern}")
+    like = patterns.like_prefilter(pattern)
+    if like is None:
+        return matches
+    # What every match holds, first: the database's LIKE (case-insensitive for ASCII on SQLite) drops the other
+    # names before the regex runs.
+    holds = column.ilike(like, escape="\\") if call.store.dialect == "postgresql" else column.like(like, escape="\\")
+    return and_(holds, matches)
 
 
 def fetch(call: Call, conn: Connection, query: Select[Any]) -> Sequence[Row[Any]]:
