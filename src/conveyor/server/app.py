@@ -25,6 +25,7 @@ from conveyor.server.files import FilesApp
 from conveyor.server.lifecycle import Background
 from conveyor.server.services import load_all
 from conveyor.server.state import ServerState
+from conveyor.server.threads import in_thread
 from conveyor.server.web import WEB_PATHS, WEB_PREFIXES
 from conveyor.server.web import routes as web_routes
 
@@ -254,10 +255,10 @@ class ApiApp:
                     watcher = asyncio.ensure_future(receive())
                     call.disconnected = watcher
                     data = await ep.handler(call)
-                elif state.store.inline and not ep.offload:
+                elif (state.store.inline or not ep.database) and not ep.offload:
                     data = ep.handler(call)
                 else:
-                    return 200, await run_in_threadpool(_answered, ep.handler, call, name, version)
+                    return 200, await in_thread(_answered, ep.handler, call, name, version)
         except errors.ApiError as err:
             return _error(name, version, err)
         except Exception as exc:

@@ -17,11 +17,11 @@ def _info(call: Call) -> dict[str, Any]:
                          "long_poll_max_sec": call.state.settings.long_poll_max_sec}}
 
 
-@endpoint("debug.ping", authorize=False)
+@endpoint("debug.ping", authorize=False, database=False)  # health checks: no thread, no database
 def ping(call: Call) -> dict[str, Any]:
     return {"msg": "Conveyor server", **_info(call)}
 
 
-@endpoint("server.info", authorize=False)
+@endpoint("server.info", authorize=False, database=False)
 def info(call: Call) -> dict[str, Any]:
     return _info(call)

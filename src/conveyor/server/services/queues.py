@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
-from starlette.concurrency import run_in_threadpool
 
 from conveyor.protocol import errors, failure
 from conveyor.protocol.status import TaskStatus
@@ -20,6 +19,7 @@ from conveyor.server.ownership import require_admin, require_task_owner
 from conveyor.server.services.registry import endpoint
 from conveyor.server.store import schema as s
 from conveyor.server.store.documents import add_entry, entries_of, get_queue, get_task
+from conveyor.server.threads import in_thread
 from conveyor.server.traffic import long_poll_waiting
 
 LISTING = q.Listing(s.queues, default_order=("name",), tag_columns=("tags", "system_tags"),
@@ -284,7 +284,7 @@ async def _give_back(call: Call, answer: dict[str, Any]) -> None:
     if call.store.inline:
         put_back()
     else:
-        await run_in_threadpool(put_back)
+        await in_thread(put_back)
 
 
 @endpoint("queues.get_next_task")
@@ -310,7 +310,7 @@ async def get_next_task(call: Call) -> dict[str, Any]:
     async def attempt() -> dict[str, Any] | None:
         if inline:
             return known_and_popped()
-        return await run_in_threadpool(known_and_popped)  # one hop to a thread per attempt
+        return await in_thread(known_and_popped)  # one hop to a thread per attempt
 
     if wait <= 0:
         return await attempt() or {}
