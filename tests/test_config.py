@@ -400,6 +400,20 @@ def test_substitutions_in_comments_do_not_stop_the_cache(env, home, tmp_path):
     assert (tmp_path / "cache" / "conveyor" / "config" / "defaults.json").is_file()
 
 
+def test_a_parse_that_found_no_settings_in_settings_is_not_kept(env, home, tmp_path, monkeypatch):
+    """Two threads parsing at once once got an empty tree from pyhocon, which the cache then served for good: every
+    later client found no credentials. Parses now take turns, and an empty result for a file with settings is never
+    cached."""
+    from pyhocon import ConfigFactory, ConfigTree
+
+    write(home / "clearml.conf", 'agent.worker_name: "w"')
+    real = ConfigFactory.parse_string
+    monkeypatch.setattr(ConfigFactory, "parse_string", lambda *a, **k: ConfigTree())
+    assert load_config(environ=env).get("agent.worker_name") != "w"  # the bad parse, as a race made it
+    monkeypatch.setattr(ConfigFactory, "parse_string", real)
+    assert load_config(environ=env).get("agent.worker_name") == "w"
+
+
 def test_unwritable_cache_is_not_an_error(env, home, tmp_path):
     (tmp_path / "cache").write_text("a file where the cache folder should be")
     write(home / "clearml.conf", 'agent.worker_name: "w"')

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ _CACHE_FORMAT = "1"  # bump when the cached shape changes
 # pyparsing appends "  (at char 25), (line:6, col:1)"; pyhocon's own errors end in "(line: 1, col: 4)"
 _POSITION = re.compile(r"\s*\(at char \d+\),?\s*|\s*\(line:\s*(\d+),\s*col:\s*(\d+)\)")
 _BARE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# pyhocon's parser (pyparsing) keeps state between calls: two threads parsing at once can get each other's result
+# (seen: a client made in one thread found no credentials in its file), so parses take turns
+_PARSING = threading.Lock()
 # a whole line that is a comment: what it says cannot change the parse (defaults.conf's comments name ${VARS})
 _COMMENT_LINE = re.compile(r"^[ \t]*(?:#|//).*$", re.MULTILINE)
 
@@ -41,7 +45,8 @@ def parse(text: str, *, source: str, hint: str, cache_slot: str | None, environ:
     from pyhocon import ConfigFactory, ConfigTree  # imported late: the import alone costs ~0.2 s
 
     try:
-        tree = ConfigFactory.parse_string(text, basedir=basedir)
+        with _PARSING:
+            tree = ConfigFactory.parse_string(text, basedir=basedir)
     # pyparsing and pyhocon raise many types; all mean "bad file". No chaining: their text may quote a secret.
     except Exception as exc:  # noqa: BLE001
         raise _parse_error(exc, source, hint) from None
@@ -49,7 +54,7 @@ def parse(text: str, *, source: str, hint: str, cache_slot: str | None, environ:
         raise ConfigError(f"{source}: the file must hold `key: value` settings, not a bare list — {hint}",
                           source=source)
     data = json.loads(json.dumps(tree.as_plain_ordered_dict()))  # plain dicts, lists and scalars only
-    if cache_file is not None:
+    if cache_file is not None and (data or not meaning.strip()):  # an empty result from settings is never kept
         _write_cache(cache_file, digest, data)
     return data
 
