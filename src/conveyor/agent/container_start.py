@@ -112,7 +112,7 @@ def _output(cfg: Config, argv: Sequence[str]) -> Iterator[Log]:
         yield out
     finally:
         if shipper is not None:
-            shipper.close(timeout=60)
+            shipper.close(timeout=float(cfg.get("agent.log_flush_timeout_sec")))
 
 
 @contextlib.contextmanager

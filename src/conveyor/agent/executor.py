@@ -682,7 +682,7 @@ class Executor:
             self._tolerant_call("workers.unregister", {"worker": self.worker, "queues": []})
 
     def _close_logs(self) -> None:
-        if self.logs is not None and not self.logs.close(timeout=60):
+        if self.logs is not None and not self.logs.close(timeout=float(self.cfg.get("agent.log_flush_timeout_sec"))):
             log.warning("task %s: some log lines could not be sent to the server", self.task_id)
 
     def _report(self, task_running: bool) -> None:
