@@ -18,8 +18,8 @@ _CACHE_FORMAT = "1"  # bump when the cached shape changes
 # pyparsing appends "  (at char 25), (line:6, col:1)"; pyhocon's own errors end in "(line: 1, col: 4)"
 _POSITION = re.compile(r"\s*\(at char \d+\),?\s*|\s*\(line:\s*(\d+),\s*col:\s*(\d+)\)")
 _BARE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-# pyhocon's parser (pyparsing) keeps state between calls: two threads parsing at once can get each other's result
-# (seen: a client made in one thread found no credentials in its file), so parses take turns
+# pyhocon's parser (pyparsing) keeps state between calls: two threads parsing at once got an empty tree (seen: clients
+# made in parallel threads found no credentials in their files), so parses take turns
 _PARSING = threading.Lock()
 # a whole line that is a comment: what it says cannot change the parse (defaults.conf's comments name ${VARS})
 _COMMENT_LINE = re.compile(r"^[ \t]*(?:#|//).*$", re.MULTILINE)

@@ -20,13 +20,14 @@ from conveyor.server.store.schema import events, tasks
 
 _TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner")]  # runner: see set_runner
 
-_ADD_ENTRY = ("INSERT INTO queue_entries (queue, task, added, position) "
+_SET_TASK = ", ".join(f"{c} = :{c}" for c in _TASK_COLUMNS)
+
+
+def _entry_add(edge: str, step: str) -> dict[str, str]:
+    """Add an entry past the queue's back (`edge` MAX, `step` + 1) or front (MIN, - 1)."""
+    insert = ("INSERT INTO queue_entries (queue, task, added, position) "
               "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
-              "COALESCE({edge} FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)")
-
-
-def _entry_add(edge: str) -> dict[str, str]:
-    insert = _ADD_ENTRY.replace("{edge}", edge)
+              f"COALESCE({edge}(position), 0) {step} FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)")
     return {"sqlite": insert,
             "postgresql": f"WITH added AS ({insert} RETURNING queue) "
                           "SELECT pg_notify('conveyor_queues', queue) FROM added"}
@@ -38,12 +39,11 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "postgresql": "SELECT doc FROM tasks WHERE id = :id FOR UPDATE",
         "sqlite": "SELECT doc FROM tasks WHERE id = :id",  # BEGIN IMMEDIATE already locks the database
     },
-    "save_task": f"UPDATE tasks SET {', '.join(f'{c} = :{c}' for c in _TASK_COLUMNS)} WHERE id = :id",
+    "save_task": f"UPDATE tasks SET {_SET_TASK} WHERE id = :id",
     "insert_task": f"INSERT INTO tasks (id, {', '.join(_TASK_COLUMNS)}) "
                    f"VALUES (:id, {', '.join(':' + c for c in _TASK_COLUMNS)})",
     # An enqueue, a reset or a retry saves the task and forgets its last runner in one statement.
-    "save_task_unrun": f"UPDATE tasks SET {', '.join(f'{c} = :{c}' for c in _TASK_COLUMNS)}, runner = NULL "
-                       "WHERE id = :id",
+    "save_task_unrun": f"UPDATE tasks SET {_SET_TASK}, runner = NULL WHERE id = :id",
     "set_runner": "UPDATE tasks SET runner = :runner WHERE id = :id",
     "get_runner": "SELECT runner FROM tasks WHERE id = :id",
     "queue_exists": "SELECT id FROM queues WHERE id = :id",
@@ -51,8 +51,8 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # Append or prepend in one statement, so that two concurrent adds cannot read the same edge position.
     # The casts keep PostgreSQL from deducing two types for the one parameter used twice.
     # On PostgreSQL the same statement NOTIFYs the other server processes (sent at commit): one round trip.
-    "add_entry_back": _entry_add("MAX(position), 0) + 1"),
-    "add_entry_front": _entry_add("MIN(position), 0) - 1"),
+    "add_entry_back": _entry_add("MAX", "+ 1"),
+    "add_entry_front": _entry_add("MIN", "- 1"),
     # A popped entry is remembered until its task leaves `queued` (see schema.deliveries); a task popped again
     # after a give-back replaces its earlier delivery.
     "record_delivery": "INSERT INTO deliveries (task, queue, added, delivered) VALUES (:t, :q, :a, :d) "
