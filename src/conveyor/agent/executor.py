@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -272,6 +272,7 @@ class Executor:
         code_dir = self._task_work_dir() / "code"
         watcher = threading.Thread(target=self._watch, name="abort-watch", daemon=True)
         watcher.start()
+        recorded: Ahead[None] | None = None
         try:
             prebuilt = prebuilt_environment(self.opts.task_id)
             if prebuilt is not None:
@@ -280,8 +281,11 @@ class Executor:
             if setup:
                 with self.phase("setup shell script"):
                     self._run_setup_script(setup)
-            self._record_commit(ahead.result() if ahead is not None else self._prepare_code(script, code_dir))
+            commit = ahead.result() if ahead is not None else self._prepare_code(script, code_dir)
             self.timeline.mark("code_ready")
+            # recorded while the environment is made; the reports made at the start wait for it (one edit at a time)
+            if commit:
+                recorded = Ahead(lambda: self._record_commit(commit), "record-commit")
             working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
             if not working_dir.is_dir() or code_dir.resolve() not in (working_dir, *working_dir.parents):
                 raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the repository")
@@ -289,15 +293,18 @@ class Executor:
             env = self._build_environment(script, code_dir, working_dir)
             self.timeline.mark("environment_ready")
             try:
-                if not self.follower:
-                    self._report_requirements(script, env)
-                    self._mark_running_entry_point()
-                return self._run_task(with_python(argv, env.python), working_dir, code_dir, task)
+                reports = [] if self.follower else [
+                    *([recorded.result] if recorded is not None else []),
+                    lambda: self._report_requirements(script, env), self._mark_running_entry_point]
+                return self._run_task(with_python(argv, env.python), working_dir, code_dir, task, reports)
             finally:
                 env.release()
         except _Aborted:
             return self._abort or Outcome(TaskStatus.stopped, "aborted")
         finally:
+            if recorded is not None:  # its edit ends before the task's end is reported
+                with contextlib.suppress(BaseException):
+                    recorded.result()
             self._done.set()
 
     def _task_work_dir(self) -> Path:
@@ -380,9 +387,8 @@ class Executor:
         if not working_dir.is_dir():
             raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the prebuilt code")
         argv = with_python(entry_argv(task, self.cfg, working_dir, self.notice), python)
-        if not self.follower:
-            self._mark_running_entry_point()
-        return self._run_task(argv, working_dir, code_dir, task)
+        return self._run_task(argv, working_dir, code_dir, task,
+                              [] if self.follower else [self._mark_running_entry_point])
 
     def _run_setup_script(self, text: str) -> None:
         """Run the task's setup shell script. It is sourced, as the reference runs it in the shell that then starts
@@ -490,10 +496,12 @@ class Executor:
         path.chmod(0o600)
         return path
 
-    def _run_task(self, argv: list[str], cwd: Path, code_dir: Path, task: dict[str, Any]) -> Outcome:
+    def _run_task(self, argv: list[str], cwd: Path, code_dir: Path, task: dict[str, Any],
+                  reports: Sequence[Callable[[], object]] = ()) -> Outcome:
         """Run the entry point to its end. The task ends when its main process ends: whatever of its process tree is
         left then (a `setsid` grandchild holding the output pipe, a daemonized one on /dev/null) is ended too, since
-        this process is their subreaper (process.py)."""
+        this process is their subreaper (process.py). `reports` (calls that say the entry point runs) are made while
+        its interpreter starts, and always before its end is."""
         self.notice(f"conveyor: running {shlex.join(argv)} in {cwd}")
         try:
             env = self._task_environment(code_dir, task)
@@ -503,7 +511,7 @@ class Executor:
             raise TaskFailure(f"could not start the entry point: {exc.strerror}") from None
         self._task_env, self._task_cwd = env, cwd
         ooms = oom_kills()
-        code = self._follow(proc)
+        code = self._follow(proc, reports)
         if self._abort is not None:
             return self._abort
         if code == 0:
@@ -517,11 +525,16 @@ class Executor:
             return Outcome(TaskStatus.failed, f"worker execution killed by signal {name}", code)
         return Outcome(TaskStatus.failed, f"worker execution exit code {code}", code)
 
-    def _follow(self, proc: subprocess.Popen[bytes]) -> int:
+    def _follow(self, proc: subprocess.Popen[bytes], reports: Sequence[Callable[[], object]] = ()) -> int:
         """Ship the process's output until its main process ends, then end what it left running; its exit code."""
         self.proc = proc
         pump = threading.Thread(target=self._pump, args=(proc,), name="output", daemon=True)
         pump.start()
+        for report in reports:  # in order: one edit of the task at a time
+            try:
+                report()
+            except Exception as exc:  # noqa: BLE001 - the task runs already: a report that failed does not stop it
+                log.warning("task %s: could not report on its start: %s", self.task_id, exc)
         code = proc.wait()
         left = end_orphans(float(self.cfg.get("agent.kill_grace_sec")))
         if left:

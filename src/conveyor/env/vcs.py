@@ -88,6 +88,14 @@ class _Want:
         return f"branch {self.branch}" if self.branch else "the default branch"
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What the task wants as the mirror holds it: the full commit sha and, for a branch, its name."""
+
+    sha: str
+    branch: str | None = None
+
+
 def _short_branch(branch: str | None) -> str | None:
     name = (branch or "").strip()
     # tasks record "main", "refs/heads/main" or the upstream "origin/main": all mean the remote's main
@@ -248,10 +256,9 @@ def _clone_cached(git: Git, url: str, mirror: Path, dest: Path, want: _Want, cfg
         _build_mirror(git, url, mirror, log)
         _fetch_lost_commit(git, mirror, want)
     try:
-        if not cold:
-            _refresh_mirror(git, url, mirror, want, cfg, log)
+        known = None if cold else _refresh_mirror(git, url, mirror, want, cfg, log)
         _copy_from_mirror(git, url, mirror, dest, log)
-        return _checkout(git, dest, url, want, may_fetch=False, log=log)
+        return _checkout(git, dest, url, want, may_fetch=False, log=log, known=known)
     except GitFailed as failed:
         if cold:
             raise VcsError(f"Could not check out {want.describe()} of {url} from the cache {mirror}: "
@@ -299,33 +306,37 @@ def _build_mirror(git: Git, url: str, mirror: Path, log: Log) -> None:
     log(f"git: cloned {url} into the cache in {_since(started)}")
 
 
-def _refresh_mirror(git: Git, url: str, mirror: Path, want: _Want, cfg: Config, log: Log) -> None:
-    """Fetch into the mirror only when it may lack what the task wants."""
+def _refresh_mirror(git: Git, url: str, mirror: Path, want: _Want, cfg: Config, log: Log) -> _Known | None:
+    """Fetch into the mirror only when it may lack what the task wants; what it wants when the mirror held it
+    without a fetch (a copy of the mirror has it too: the checkout needs no git call to find it)."""
     if want.commit:
-        if _has_commit(git, mirror, want.commit):
+        sha = git.ok("rev-parse", "--verify", "--quiet", f"{want.commit}^{{commit}}", cwd=mirror)
+        if sha:
             log(f"git: commit {want.commit[:12]} is in the cache of {url}; no fetch")
-            return
+            return _Known(sha)
         _fetch(git, url, mirror, cfg, log)
         _fetch_lost_commit(git, mirror, want)
         if not _has_commit(git, mirror, want.commit):
             _check_mirror(git, mirror)  # "not found" must mean not on the remote, not a broken cache
-        return
+        return None
     if want.tag:
-        if git.ok("rev-parse", "--verify", "--quiet", f"refs/tags/{want.tag}^{{commit}}", cwd=mirror):
+        sha = git.ok("rev-parse", "--verify", "--quiet", f"refs/tags/{want.tag}^{{commit}}", cwd=mirror)
+        if sha:
             log(f"git: tag {want.tag} is in the cache of {url}; no fetch")
-            return
+            return _Known(sha)
         _fetch(git, url, mirror, cfg, log)
         _check_mirror(git, mirror)
-        return
+        return None
     # a branch moves: ask the remote where it is now (one cheap round trip), fetch only when that is new
     name, sha = _remote_branch(git, url, mirror, want.branch)
     if want.branch is None and (mirror / "HEAD").read_text().strip() != f"ref: refs/heads/{name}":
         git.run("symbolic-ref", "HEAD", f"refs/heads/{name}", cwd=mirror)  # the remote changed its default
-    if _has_commit(git, mirror, sha):
-        git.run("update-ref", f"refs/heads/{name}", sha, cwd=mirror)
+    # git refuses to point a branch at a commit it does not have: the update is the question "is it here?" too
+    if git.run("update-ref", f"refs/heads/{name}", sha, cwd=mirror, check=False).returncode == 0:
         log(f"git: branch {name} ({sha[:7]}) is in the cache of {url}; no fetch")
-        return
+        return _Known(sha, name)
     _fetch(git, url, mirror, cfg, log)
+    return None
 
 
 def _fetch_lost_commit(git: Git, mirror: Path, want: _Want) -> None:
@@ -378,24 +389,26 @@ def _copy_from_mirror(git: Git, url: str, mirror: Path, dest: Path, log: Log) ->
 # ------------------------------------------------------------------------------------------------ checkout
 
 
-def _checkout(git: Git, dest: Path, url: str, want: _Want, *, may_fetch: bool, log: Log) -> tuple[str, str | None]:
-    """Check out what the task wants in `dest` (refs under origin/); (HEAD sha, branch)."""
+def _checkout(git: Git, dest: Path, url: str, want: _Want, *, may_fetch: bool, log: Log,
+              known: _Known | None = None) -> tuple[str, str | None]:
+    """Check out what the task wants in `dest` (refs under origin/); (HEAD sha, branch). `known`: the commit (and
+    branch) `dest` was just copied with, so that no git call has to find them again."""
     started = time.monotonic()
     branch = want.branch
-    if want.commit:
-        sha = _resolve_commit(git, dest, want.commit, may_fetch)
-        if sha is None:
+    if want.commit or want.tag:
+        sha = known.sha if known else (_resolve_commit(git, dest, want.commit, may_fetch) if want.commit else
+                                       git.ok("rev-parse", "--verify", "--quiet", f"refs/tags/{want.tag}^{{commit}}",
+                                              cwd=dest))
+        if sha is None and want.commit:
             raise VcsError(f"Commit '{want.commit}' not found in {url} — was it pushed? "
                            "Push it, or give the task a commit that is on the remote")
-        git.run("checkout", "--force", "--quiet", "--detach", sha, cwd=dest)
-    elif want.tag:
-        sha = git.ok("rev-parse", "--verify", "--quiet", f"refs/tags/{want.tag}^{{commit}}", cwd=dest)
         if sha is None:
-            raise VcsError(_missing("Tag", want.tag, url))
+            raise VcsError(_missing("Tag", str(want.tag), url))
         git.run("checkout", "--force", "--quiet", "--detach", sha, cwd=dest)
     else:
-        branch = branch or _default_branch(git, dest, url)
-        sha = git.ok("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{branch}^{{commit}}", cwd=dest)
+        branch = branch or (known.branch if known else None) or _default_branch(git, dest, url)
+        sha = known.sha if known else git.ok("rev-parse", "--verify", "--quiet",
+                                             f"refs/remotes/origin/{branch}^{{commit}}", cwd=dest)
         if sha is None:
             raise VcsError(_missing("Branch", branch, url))
         git.run("checkout", "--force", "--quiet", "-B", branch, f"origin/{branch}", cwd=dest)
