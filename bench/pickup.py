@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import signal
@@ -54,6 +55,7 @@ def measure(client, bare: Path, queue: str, count: int, timeout: float,  # noqa:
             timelines: list[dict[str, float]] | None = None) -> list[float]:
     """Enqueue → first line as the task printed it, per task; each run's timeline spans go to `timelines`."""
     latencies = []
+    gaps = random.Random(count)
     for i in range(count):
         task = create_task(client, name=f"pickup-{i}", repository=f"file://{bare}")
         sent = time.time()
@@ -68,7 +70,10 @@ def measure(client, bare: Path, queue: str, count: int, timeout: float,  # noqa:
             if not durations or "pickup" not in durations:
                 raise RuntimeError(f"task {task} has no startup timeline: {doc.get('timeline')!r}")
             timelines.append(durations)
-        time.sleep(0.2)
+        # the next enqueue at a random moment (a seeded 0.3-1.0 s), not in step with what the daemon does after a
+        # run (reaping it, readying the next executor), which a fixed pause locks onto: one run's p50 then differed
+        # from the next one's by 60 ms
+        time.sleep(gaps.uniform(0.3, 1.0))
     return latencies
 
 

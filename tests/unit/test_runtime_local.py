@@ -117,6 +117,17 @@ def test_a_standby_executor_runs_the_task_with_the_environment_it_is_handed(tmp_
     assert not runtime.standby_pids() and not list(tmp_path.glob(f"*.{second}"))
 
 
+def test_a_draining_daemon_keeps_no_standby_executor(tmp_path: Path) -> None:
+    runtime = StandbyRuntime(tmp_path)
+    runtime.adopt("host:0")
+    handle = runtime.launch(TaskRun("t1", "q", "host:0"), {})
+    (waiting,) = runtime.standby_pids()
+    runtime.drain()  # the daemon takes no more tasks: the waiting standby ends at once
+    assert not runtime.standby_pids() and not psutil.pid_exists(waiting)
+    assert ended(handle) == 0
+    assert not runtime.standby_pids(), "a run that ends while draining starts no standby"
+
+
 def test_without_a_live_standby_the_executor_is_started_for_the_task(tmp_path: Path) -> None:
     runtime = StandbyRuntime(tmp_path)
     runtime.adopt("host:0")
@@ -127,3 +138,19 @@ def test_without_a_live_standby_the_executor_is_started_for_the_task(tmp_path: P
     assert handle.pid != pid and ended(handle) == 0 and not list(tmp_path.glob("t1.*"))
     assert runtime.standby_pids(), "a new standby once the run has ended"
     runtime._standby.close()  # type: ignore[union-attr]
+
+
+def test_a_standby_settles_before_its_imports_unless_its_task_comes_first() -> None:
+    from conveyor.runtimes.standby import settle
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as stream, os.fdopen(write_end, "wb") as writer:
+        started = time.monotonic()
+        settle(stream, 0.3)  # nothing written: it waits the whole time, leaving the CPU to the run just launched
+        assert 0.25 < time.monotonic() - started < 2
+        writer.write(b'{"task": "t1", "env": {}}\n')
+        writer.flush()
+        started = time.monotonic()
+        settle(stream, 30)  # its task came: no wait at all
+        assert time.monotonic() - started < 1
+        assert stream.readline().startswith(b'{"task": "t1"')

@@ -149,8 +149,9 @@ def _standby(args: argparse.Namespace) -> tuple[str | None, PreparedClient | Non
     from conveyor.agent.session import PreparedClient
     from conveyor.cli.common import config_of
     from conveyor.errors import ConveyorError
-    from conveyor.runtimes.standby import await_task
+    from conveyor.runtimes.standby import await_task, settle
 
+    settle()
     # what the executor imports, and what its phases and first requests import late
     for module in ("conveyor.agent.executor", "conveyor.agent.session", "conveyor.env.vcs", "conveyor.env.python",
                    "httpcore", "h11", "encodings.idna", "uv"):
