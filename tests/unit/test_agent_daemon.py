@@ -158,6 +158,9 @@ class FakeRuntime:
     def standby_pids(self) -> frozenset[int]:
         return frozenset()
 
+    def drain(self) -> None:
+        self.drained = True
+
     def launch(self, run: TaskRun, env: Mapping[str, str]) -> RunHandle:
         self.launched.append(run)
         self.envs.append(env)

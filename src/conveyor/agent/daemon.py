@@ -149,6 +149,7 @@ class Daemon:
             try:
                 self._loop()
             finally:
+                self.runtime.drain()  # its standby executor, if any, would wait for a task that will not come
                 self._wind_down()
         finally:
             self.metrics.close()

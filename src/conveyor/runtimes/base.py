@@ -83,3 +83,8 @@ class Runtime(Protocol):
         """Local processes kept ready for the next run (a standby executor): no task's leftovers, left alone when the
         daemon ends what a run left behind."""
         ...
+
+    def drain(self) -> None:
+        """No task will be launched any more (the daemon stops taking work): what is kept ready for one ends, and
+        nothing is made ready again."""
+        ...

@@ -131,6 +131,9 @@ class ContainerRuntime:
     def standby_pids(self) -> frozenset[int]:
         return frozenset()
 
+    def drain(self) -> None:
+        """Nothing is kept ready for a next task."""
+
     def adopt(self, worker: str) -> list[Leftover]:
         """Nothing is adopted: the containers a killed daemon of this worker id left are removed (attach_worker), and
         their tasks, if still in progress, fail."""

@@ -287,6 +287,9 @@ class K8sRuntime:
     def standby_pids(self) -> frozenset[int]:
         return frozenset()
 
+    def drain(self) -> None:
+        """Nothing is kept ready for a next task."""
+
     def template_name(self, queue_id: str) -> str:
         return self.templates[queue_id].name
 

@@ -82,6 +82,7 @@ class LocalRuntime:
     standby: bool = False
     _standby: Standby | None = field(default=None, init=False, repr=False)
     _last_env: dict[str, str] | None = field(default=None, init=False, repr=False)  # the last executor's
+    _draining: bool = field(default=False, init=False, repr=False)
 
     def _conveyor(self) -> list[str]:
         # a daemon run from Conveyor's bundle (a service pod): its executors too, through the bundle's launcher
@@ -101,8 +102,14 @@ class LocalRuntime:
         pid = self._standby.pid if self._standby is not None else None
         return frozenset() if pid is None else frozenset({pid})
 
+    def drain(self) -> None:
+        """The waiting standby ends (it holds no task), and a run that ends now starts none."""
+        self._draining = True
+        if self._standby is not None:
+            self._standby.close()
+
     def _ready_next(self) -> None:
-        if self.standby:
+        if self.standby and not self._draining:
             if self._standby is None:
                 self._standby = Standby(self.standby_command())
                 atexit.register(self._standby.close)

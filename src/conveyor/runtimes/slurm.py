@@ -245,6 +245,9 @@ class SlurmRuntime:
     def standby_pids(self) -> frozenset[int]:
         return frozenset()
 
+    def drain(self) -> None:
+        """Nothing is kept ready for a next task."""
+
     def check(self) -> str:
         return self.cli.check()
 
