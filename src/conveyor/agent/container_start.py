@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,6 +36,12 @@ from conveyor.protocol.status import STOPPING, TaskStatus
 
 log = logging.getLogger("conveyor.agent.container_start")
 
+# Set by the abort watch before it ends the package manager, whose failure must then not be reported as the task's
+# (a `tasks.failed` racing the watch's `tasks.stopped` made an aborted task `failed`); the watch exits the process
+# once it has reported the stop, or the set-up gives up waiting for it after STOP_REPORT_SEC.
+_STOPPING = threading.Event()
+STOP_REPORT_SEC = 120.0
+
 
 def main(argv: Sequence[str]) -> int:
     bundle = Path(conveyor.__file__).resolve().parents[2]  # <bundle>/site/conveyor/__init__.py
@@ -47,6 +54,9 @@ def main(argv: Sequence[str]) -> int:
         with _abort_watch(cfg, argv):
             python = prepare_image(cfg, image_path, argv)
     except (ImageEnvError, ConfigError) as exc:
+        if _STOPPING.is_set():  # the abort ended the package manager: the watch reports the stop and exits
+            time.sleep(STOP_REPORT_SEC)  # the watch's os._exit ends the process before this does
+            return 1
         return _fail(cfg, argv, f"container set-up failed: {exc}")
     os.environ[TASK_PYTHON_ENV] = python.path
     os.environ[TASK_PYTHON_VERSION_ENV] = python.version
@@ -146,6 +156,7 @@ def _abort_watch(cfg: Config, argv: Sequence[str]) -> Iterator[None]:
             reason = "task was stopped by tasks.stop" if status == TaskStatus.in_progress else \
                 f"the task's status changed to {status or 'deleted'} elsewhere"
             _say(f"conveyor: stopping the container set-up: {reason}")
+            _STOPPING.set()
             end_orphans(float(cfg.get("agent.kill_grace_sec")))
             if status == TaskStatus.in_progress:
                 try:
