@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agentkit import (
     DaemonProcess,
     agent_env,
@@ -95,6 +97,7 @@ print(source.id, *clones)
     return source, clones
 
 
+@pytest.mark.slow  # the same path as tests/test_task_edit.py's test of that name, run by the reference agent too
 def test_edited_args_reach_an_argparse_script_through_the_sdk(sqlite_server: ServerProcess, tmp_path: Path) -> None:
     """Issue: the agent wrote `--foo_bar 7 --layers '[4, 5]'` on the command line and argparse refused it. Like the
     reference, the agent leaves argv alone and the SDK in the task applies the edited Args; clearml-agent 3.x, run

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 import gluekit
@@ -99,6 +100,8 @@ def test_a_task_runs_to_completed_through_a_job(k8s: K8s, namespace: str, sqlite
     glue.stop()
 
 
+# a minute of pods; the per-queue overrides and max_pods are also in tests/unit/test_k8s_templates.py
+@pytest.mark.slow
 def test_two_queues_get_the_pods_of_their_templates_and_max_pods_holds(k8s: K8s, namespace: str,
                                                                        sqlite_server: ServerProcess,
                                                                        tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import gluekit
 from agentkit import DaemonProcess, agent_env, log_text, wait_final, wait_for_line
 from conftest import ServerProcess
@@ -322,6 +324,8 @@ def test_every_rank_runs_and_only_rank_0_reports(slurm: None, sqlite_server: Ser
     glue.stop()
 
 
+# Slurm's smallest time limit is a minute; the class of a TIMEOUT is also in tests/unit/test_failure_classes.py
+@pytest.mark.slow
 def test_a_job_past_its_time_limit_fails_the_task_with_timeout(slurm: None, sqlite_server: ServerProcess,
                                                                tmp_path: Path) -> None:
     """Slurm's limits are whole minutes and it checks them every 30 s: this takes 60 to 90 s."""
@@ -364,6 +368,7 @@ def test_a_job_slurm_ended_while_the_glue_was_down_fails_its_task_at_restart(
     glue.stop()
 
 
+@pytest.mark.slow  # the limit itself is also held in test_max_jobs_2_keeps_at_most_2_jobs_and_runs_all_5
 def test_a_queue_limit_from_the_config_file(slurm: None, sqlite_server: ServerProcess, tmp_path: Path) -> None:
     """agent.slurm.queues.<name>.max_jobs: one job at a time from `one_q`, while `any_q` takes more."""
     conf = tmp_path / "glue.conf"
