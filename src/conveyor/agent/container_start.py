@@ -157,15 +157,16 @@ def _abort_watch(cfg: Config, argv: Sequence[str]) -> Iterator[None]:
                 f"the task's status changed to {status or 'deleted'} elsewhere"
             _say(f"conveyor: stopping the container set-up: {reason}")
             _STOPPING.set()
-            end_orphans(float(cfg.get("agent.kill_grace_sec")))
-            if status == TaskStatus.in_progress:
-                try:
+            try:
+                end_orphans(float(cfg.get("agent.kill_grace_sec")))
+                if status == TaskStatus.in_progress:
                     send_line(client, task, os.environ.get("CLEARML_WORKER_ID", ""),
                               f"conveyor: stopped during the container set-up: {reason}\n", "error")
                     client.call("tasks.stopped", {"task": task, "force": True, "status_reason": reason})
-                except ConveyorError as exc:
-                    log.warning("task %s: could not mark it stopped: %s", task, exc)
-            os._exit(1)
+            except Exception as exc:  # noqa: BLE001 - logged; the set-up waits for this thread's exit below
+                log.warning("task %s: could not mark it stopped: %s", task, exc)
+            finally:
+                os._exit(1)
 
     threading.Thread(target=watch, name="abort-watch", daemon=True).start()
     try:

@@ -149,7 +149,10 @@ class Daemon:
             try:
                 self._loop()
             finally:
-                self.runtime.drain()  # its standby executor, if any, would wait for a task that will not come
+                try:
+                    self.runtime.drain()  # its standby executor, if any, would wait for a task that will not come
+                except Exception as exc:  # noqa: BLE001 - logged; the running tasks are still waited for
+                    log.warning("could not end the standby executor: %s", exc)
                 self._wind_down()
         finally:
             self.metrics.close()

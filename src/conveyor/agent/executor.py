@@ -283,7 +283,7 @@ class Executor:
                     self._run_setup_script(setup)
             commit = ahead.result() if ahead is not None else self._prepare_code(script, code_dir)
             self.timeline.mark("code_ready")
-            # recorded while the environment is made; the reports made at the start wait for it (one edit at a time)
+            # recorded while the environment is made, and on the task before its code runs (as the reference has it)
             if commit:
                 recorded = Ahead(lambda: self._record_commit(commit), "record-commit")
             working_dir = (code_dir / (script.get("working_dir") or ".")).resolve()
@@ -293,10 +293,13 @@ class Executor:
             env = self._build_environment(script, code_dir, working_dir)
             self.timeline.mark("environment_ready")
             try:
-                reports = [] if self.follower else [
-                    *([recorded.result] if recorded is not None else []),
-                    lambda: self._report_requirements(script, env), self._mark_running_entry_point]
-                return self._run_task(with_python(argv, env.python), working_dir, code_dir, task, reports)
+                if recorded is not None:
+                    recorded.result()  # a failed edit fails the task, as it did before the environment was made
+                if self.follower:
+                    return self._run_task(with_python(argv, env.python), working_dir, code_dir, task)
+                self._mark_running_entry_point()
+                return self._run_task(with_python(argv, env.python), working_dir, code_dir, task,
+                                      [lambda: self._report_requirements(script, env)])
             finally:
                 env.release()
         except _Aborted:
@@ -373,6 +376,8 @@ class Executor:
                                   failure_class=exc.failure_class) from None
 
     def _mark_running_entry_point(self) -> None:
+        if self._abort is not None:  # a forced `started` would take an aborted (perhaps re-enqueued) task back
+            raise _Aborted()
         self.client.call("tasks.started", {"task": self.task_id, "force": True,
                                            "status_reason": "worker starting task execution",
                                            "status_message": self.status_message})
@@ -387,8 +392,9 @@ class Executor:
         if not working_dir.is_dir():
             raise TaskFailure(f"working directory {script.get('working_dir')!r} does not exist in the prebuilt code")
         argv = with_python(entry_argv(task, self.cfg, working_dir, self.notice), python)
-        return self._run_task(argv, working_dir, code_dir, task,
-                              [] if self.follower else [self._mark_running_entry_point])
+        if not self.follower:
+            self._mark_running_entry_point()
+        return self._run_task(argv, working_dir, code_dir, task)
 
     def _run_setup_script(self, text: str) -> None:
         """Run the task's setup shell script. It is sourced, as the reference runs it in the shell that then starts
@@ -500,8 +506,8 @@ class Executor:
                   reports: Sequence[Callable[[], object]] = ()) -> Outcome:
         """Run the entry point to its end. The task ends when its main process ends: whatever of its process tree is
         left then (a `setsid` grandchild holding the output pipe, a daemonized one on /dev/null) is ended too, since
-        this process is their subreaper (process.py). `reports` (calls that say the entry point runs) are made while
-        its interpreter starts, and always before its end is."""
+        this process is their subreaper (process.py). `reports` (calls that need not precede the entry point) are made
+        while its interpreter starts, and always before its end is."""
         self.notice(f"conveyor: running {shlex.join(argv)} in {cwd}")
         try:
             env = self._task_environment(code_dir, task)
@@ -530,11 +536,13 @@ class Executor:
         self.proc = proc
         pump = threading.Thread(target=self._pump, args=(proc,), name="output", daemon=True)
         pump.start()
-        for report in reports:  # in order: one edit of the task at a time
+        for report in reports:  # in order: one edit of the task at a time; none once the run is aborted
+            if self._abort is not None:
+                break
             try:
                 report()
             except Exception as exc:  # noqa: BLE001 - the task runs already: a report that failed does not stop it
-                log.warning("task %s: could not report on its start: %s", self.task_id, exc)
+                self.notice(f"conveyor: could not report on the task's start: {exc}", "warning")
         code = proc.wait()
         left = end_orphans(float(self.cfg.get("agent.kill_grace_sec")))
         if left:
