@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -299,7 +299,7 @@ class Executor:
                     return self._run_task(with_python(argv, env.python), working_dir, code_dir, task)
                 self._mark_running_entry_point()
                 return self._run_task(with_python(argv, env.python), working_dir, code_dir, task,
-                                      [lambda: self._report_requirements(script, env)])
+                                      lambda: self._report_requirements(script, env))
             finally:
                 env.release()
         except _Aborted:
@@ -503,10 +503,10 @@ class Executor:
         return path
 
     def _run_task(self, argv: list[str], cwd: Path, code_dir: Path, task: dict[str, Any],
-                  reports: Sequence[Callable[[], object]] = ()) -> Outcome:
+                  report: Callable[[], object] | None = None) -> Outcome:
         """Run the entry point to its end. The task ends when its main process ends: whatever of its process tree is
         left then (a `setsid` grandchild holding the output pipe, a daemonized one on /dev/null) is ended too, since
-        this process is their subreaper (process.py). `reports` (calls that need not precede the entry point) are made
+        this process is their subreaper (process.py). `report` (a call that need not precede the entry point) is made
         while its interpreter starts, and always before its end is."""
         self.notice(f"conveyor: running {shlex.join(argv)} in {cwd}")
         try:
@@ -517,7 +517,7 @@ class Executor:
             raise TaskFailure(f"could not start the entry point: {exc.strerror}") from None
         self._task_env, self._task_cwd = env, cwd
         ooms = oom_kills()
-        code = self._follow(proc, reports)
+        code = self._follow(proc, report)
         if self._abort is not None:
             return self._abort
         if code == 0:
@@ -531,14 +531,12 @@ class Executor:
             return Outcome(TaskStatus.failed, f"worker execution killed by signal {name}", code)
         return Outcome(TaskStatus.failed, f"worker execution exit code {code}", code)
 
-    def _follow(self, proc: subprocess.Popen[bytes], reports: Sequence[Callable[[], object]] = ()) -> int:
+    def _follow(self, proc: subprocess.Popen[bytes], report: Callable[[], object] | None = None) -> int:
         """Ship the process's output until its main process ends, then end what it left running; its exit code."""
         self.proc = proc
         pump = threading.Thread(target=self._pump, args=(proc,), name="output", daemon=True)
         pump.start()
-        for report in reports:  # in order: one edit of the task at a time; none once the run is aborted
-            if self._abort is not None:
-                break
+        if report is not None and self._abort is None:  # none once the run is aborted
             try:
                 report()
             except Exception as exc:  # noqa: BLE001 - the task runs already: a report that failed does not stop it

@@ -310,17 +310,17 @@ def _refresh_mirror(git: Git, url: str, mirror: Path, want: _Want, cfg: Config, 
     """Fetch into the mirror only when it may lack what the task wants; what it wants when the mirror held it
     without a fetch (a copy of the mirror has it too: the checkout needs no git call to find it)."""
     if want.commit:
-        sha = git.ok("rev-parse", "--verify", "--quiet", f"{want.commit}^{{commit}}", cwd=mirror)
+        sha = _commit_sha(git, mirror, want.commit)
         if sha:
             log(f"git: commit {want.commit[:12]} is in the cache of {url}; no fetch")
             return _Known(sha)
         _fetch(git, url, mirror, cfg, log)
         _fetch_lost_commit(git, mirror, want)
-        if not _has_commit(git, mirror, want.commit):
+        if _commit_sha(git, mirror, want.commit) is None:
             _check_mirror(git, mirror)  # "not found" must mean not on the remote, not a broken cache
         return None
     if want.tag:
-        sha = git.ok("rev-parse", "--verify", "--quiet", f"refs/tags/{want.tag}^{{commit}}", cwd=mirror)
+        sha = _commit_sha(git, mirror, f"refs/tags/{want.tag}")
         if sha:
             log(f"git: tag {want.tag} is in the cache of {url}; no fetch")
             return _Known(sha)
@@ -341,7 +341,7 @@ def _refresh_mirror(git: Git, url: str, mirror: Path, want: _Want, cfg: Config, 
 
 def _fetch_lost_commit(git: Git, mirror: Path, want: _Want) -> None:
     """A commit no branch or tag holds (force-push, pull-request ref): servers usually serve it by its sha."""
-    if want.commit and _FULL_SHA_RE.match(want.commit) and not _has_commit(git, mirror, want.commit):
+    if want.commit and _FULL_SHA_RE.match(want.commit) and _commit_sha(git, mirror, want.commit) is None:
         # under a ref of its own, so that gc keeps it (fetches prune only branches and tags)
         git.run("fetch", "--quiet", "origin", f"+{want.commit}:refs/conveyor/commits/{want.commit}", cwd=mirror,
                 check=False, remote=True)
@@ -395,20 +395,20 @@ def _checkout(git: Git, dest: Path, url: str, want: _Want, *, may_fetch: bool, l
     branch) `dest` was just copied with, so that no git call has to find them again."""
     started = time.monotonic()
     branch = want.branch
-    if want.commit or want.tag:
-        sha = known.sha if known else (_resolve_commit(git, dest, want.commit, may_fetch) if want.commit else
-                                       git.ok("rev-parse", "--verify", "--quiet", f"refs/tags/{want.tag}^{{commit}}",
-                                              cwd=dest))
-        if sha is None and want.commit:
+    if want.commit:
+        sha = known.sha if known else _resolve_commit(git, dest, want.commit, may_fetch)
+        if sha is None:
             raise VcsError(f"Commit '{want.commit}' not found in {url} — was it pushed? "
                            "Push it, or give the task a commit that is on the remote")
+        git.run("checkout", "--force", "--quiet", "--detach", sha, cwd=dest)
+    elif want.tag:
+        sha = known.sha if known else _commit_sha(git, dest, f"refs/tags/{want.tag}")
         if sha is None:
-            raise VcsError(_missing("Tag", str(want.tag), url))
+            raise VcsError(_missing("Tag", want.tag, url))
         git.run("checkout", "--force", "--quiet", "--detach", sha, cwd=dest)
     else:
         branch = branch or (known.branch if known else None) or _default_branch(git, dest, url)
-        sha = known.sha if known else git.ok("rev-parse", "--verify", "--quiet",
-                                             f"refs/remotes/origin/{branch}^{{commit}}", cwd=dest)
+        sha = known.sha if known else _commit_sha(git, dest, f"refs/remotes/origin/{branch}")
         if sha is None:
             raise VcsError(_missing("Branch", branch, url))
         git.run("checkout", "--force", "--quiet", "-B", branch, f"origin/{branch}", cwd=dest)
@@ -418,10 +418,10 @@ def _checkout(git: Git, dest: Path, url: str, want: _Want, *, may_fetch: bool, l
 
 
 def _resolve_commit(git: Git, dest: Path, commit: str, may_fetch: bool) -> str | None:
-    sha = git.ok("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}", cwd=dest)
+    sha = _commit_sha(git, dest, commit)
     if sha is None and may_fetch and _FULL_SHA_RE.match(commit):
         git.run("fetch", "--quiet", "origin", commit, cwd=dest, check=False, remote=True)
-        sha = git.ok("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}", cwd=dest)
+        sha = _commit_sha(git, dest, commit)
     return sha
 
 
@@ -450,8 +450,9 @@ def _update_submodules(git: Git, dest: Path, url: str, config: list[str], log: L
 # ------------------------------------------------------------------------------------------------- helpers
 
 
-def _has_commit(git: Git, repo: Path, commit: str) -> bool:
-    return git.ok("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}", cwd=repo) is not None
+def _commit_sha(git: Git, repo: Path, rev: str) -> str | None:
+    """The full sha of the commit `rev` (a sha, abbreviated or not, or a ref) names in `repo`; None when it has none."""
+    return git.ok("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", cwd=repo)
 
 
 def _check_mirror(git: Git, mirror: Path) -> None:
