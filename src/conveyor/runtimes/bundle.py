@@ -47,7 +47,8 @@ from conveyor.progress import Log
 CONTAINER_DIR = "/opt/conveyor"  # where the bundle is mounted in containers
 READY = "READY"
 FORMAT = 3  # bump when the layout changes, so that old bundles stop matching
-SERVER_ONLY = {"starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "python-multipart"}  # not for execute
+# not for execute
+SERVER_ONLY = {"starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "psycopg-pool", "python-multipart"}
 PREPARE_TIMEOUT_SEC = 900  # a wait for another process's preparation of the same bundle
 UNUSED_DAYS = 14  # a bundle no container started from for this long is removed (each Conveyor upgrade makes one)
 _TOUCH_EVERY_SEC = 3600  # READY's mtime is the last use, refreshed at most this often

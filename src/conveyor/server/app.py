@@ -251,9 +251,10 @@ class ApiApp:
                 if ep.authorize:
                     call.identity = state.auth.verify(headers.get("authorization"))
                 if ep.is_async:
-                    # After the body, the only message left to receive is the client's disconnect.
-                    watcher = asyncio.ensure_future(receive())
-                    call.disconnected = watcher
+                    if ep.watches:
+                        # After the body, the only message left to receive is the client's disconnect.
+                        watcher = asyncio.ensure_future(receive())
+                        call.disconnected = watcher
                     data = await ep.handler(call)
                 elif (state.store.inline or not ep.database) and not ep.offload:
                     data = ep.handler(call)

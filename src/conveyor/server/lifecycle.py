@@ -5,9 +5,11 @@ old worker reports and samples)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.model import deliveries, queue_metrics, worker_stats, workers
@@ -69,6 +71,16 @@ def requeue_unstarted(state: ServerState) -> list[str]:
     return requeued
 
 
+def _failed(what: str, exc: Exception) -> None:
+    """A database that is restarting or out of reach is a line in the log (the next sweep tries again); anything else
+    is a bug, logged with its traceback."""
+    if isinstance(exc, OperationalError):
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else exc.__class__.__name__
+        log.warning("%s: database unavailable: %s", what, reason)
+    else:
+        log.error("%s", what, exc_info=exc)
+
+
 class Background:
     def __init__(self, state: ServerState):
         self.state = state
@@ -81,14 +93,17 @@ class Background:
         if self.state.store.dialect == "postgresql":
             self._listener = PgListener(self.state.store.pg_dsn, self.state.signals)
             self._listener.start()
-            await run_in_threadpool(self._listener.ready.wait, 10)
+            with contextlib.suppress(asyncio.TimeoutError):  # it goes on trying; the server serves meanwhile
+                await asyncio.wait_for(self._listener.ready.wait(), 10)
+            await self.state.store.open_on_loop()
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def stop(self) -> None:
         if self._reaper:
             self._reaper.cancel()
         if self._listener:
-            self._listener.stop()
+            await self._listener.stop()
+        await self.state.store.close_on_loop()
 
     async def _reap_forever(self) -> None:
         while True:
@@ -97,17 +112,17 @@ class Background:
                 lost = await run_in_threadpool(reap, self.state)
                 for task_id in lost:
                     log.warning("task %s failed: its worker stopped reporting", task_id)
-            except Exception:  # a database hiccup must not end the loop
-                log.exception("reaping workers failed")
+            except Exception as exc:  # noqa: BLE001 - logged by _failed; a database hiccup must not end the loop
+                _failed("reaping workers failed", exc)
             try:
                 # Folding scans the raw history: every tenth sweep is often enough (reports fold after an hour).
                 fold = self._sweeps % FOLD_EVERY == 0
                 self._sweeps += 1
                 self._slot = await run_in_threadpool(keep_history, self.state, self._slot, fold)
-            except Exception:
-                log.exception("keeping the stats history failed")
+            except Exception as exc:  # noqa: BLE001 - logged by _failed
+                _failed("keeping the stats history failed", exc)
             try:
                 for task_id in await run_in_threadpool(requeue_unstarted, self.state):
                     log.warning("task %s was popped but never started: back at the front of its queue", task_id)
-            except Exception:
-                log.exception("putting back unstarted tasks failed")
+            except Exception as exc:  # noqa: BLE001 - logged by _failed
+                _failed("putting back unstarted tasks failed", exc)

@@ -20,8 +20,13 @@ def require_admin(call: Call, doing: str) -> None:
         raise errors.forbidden(f"only an admin can {doing}; you are {_who(call)}")
 
 
+def owns(call: Call, doc: Document) -> bool:
+    """An admin, or the document's owner: who may change it without more to look up."""
+    return call.is_admin or bool(call.user and doc.get("user") == call.user)
+
+
 def may_change_task(call: Call, conn: Connection, doc: Document, *, as_runner: bool = False) -> bool:
-    if call.is_admin or (call.user and doc.get("user") == call.user):
+    if owns(call, doc):
         return True
     if as_runner and call.identity is not None:
         row = sql.run(conn, "get_runner", {"id": doc["id"]}).fetchone()
@@ -39,7 +44,7 @@ def require_task_owner(call: Call, conn: Connection, doc: Document, doing: str, 
 
 def require_owner(call: Call, conn: Connection, doc: Document, kind: str, doing: str) -> None:
     """The same rule for other owned documents (projects)."""
-    if call.is_admin or (call.user and doc.get("user") == call.user):
+    if owns(call, doc):
         return
     owner = user_name(conn, doc.get("user"))
     raise errors.forbidden(f"{kind} {doc.get('name') or doc['id']} belongs to {owner}; only its owner or an admin "

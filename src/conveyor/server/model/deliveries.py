@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
@@ -17,6 +18,9 @@ from conveyor.server.store import schema as s
 from conveyor.server.store import sql
 from conveyor.server.store.documents import add_entry, get_queue, get_task, record_delivery, return_delivery
 from conveyor.server.traffic import count_dequeued
+
+if TYPE_CHECKING:
+    from conveyor.server.store.async_pg import AsyncPg
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,17 @@ def pop(conn: Connection, queue_ids: list[str], *, runner: str | None) -> Popped
             record_delivery(conn, task_id, queue_id, added)
         count_dequeued(queue_id)
         return Popped(task_id, queue_id, added)
+    return None
+
+
+async def pop_on_loop(pg: AsyncPg, queue_ids: list[str], *, runner: str | None) -> Popped | None:
+    """`pop` on PostgreSQL's event-loop connections (store/async_pg.py): the same one statement per queue."""
+    for queue_id in queue_ids:
+        rows = await pg.fetch("pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": runner})
+        if rows:
+            task_id, added = rows[0]
+            count_dequeued(queue_id)
+            return Popped(task_id, queue_id, added)
     return None
 
 

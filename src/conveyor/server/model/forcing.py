@@ -5,6 +5,9 @@ made while the daemon was between two looks cannot slip a task through."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
@@ -12,6 +15,9 @@ from conveyor.protocol.tags import QUEUE_FORCED_ON, QUEUE_PAUSED
 from conveyor.server.codec import loads, now
 from conveyor.server.store import schema as s
 from conveyor.server.store import sql
+
+if TYPE_CHECKING:
+    from conveyor.server.store.async_pg import AsyncPg
 
 FORCE_KEY = "force"
 POLICY_PREFIX = "policy:"  # a wake-up key: not an entry to pop, but a reason for the waiting daemon to look again
@@ -33,18 +39,34 @@ def announce(conn: Connection, key: str) -> None:
 def worker_forced_off(conn: Connection, worker: str) -> bool:
     c = s.runtime_properties.c
     row = conn.execute(select(c.value, c.expires).where(c.worker == worker, c.key == FORCE_KEY)).first()
-    if row is None:
-        return False
-    return bool(row.value.strip().lower() == "off" and (row.expires is None or row.expires > now()))
+    return row is not None and forces_off(row.value, row.expires)
+
+
+def forces_off(value: str | None, expires: float | None) -> bool:
+    """Whether a `force` property (its value and expiry; None: not set) keeps its worker off now."""
+    return value is not None and value.strip().lower() == "off" and (expires is None or expires > now())
 
 
 def closed_queues(conn: Connection, worker: str | None, queue_ids: list[str]) -> set[str]:
     """Of `queue_ids`, those `worker` must not pull from now: tagged off, or (untagged on) with the worker forced
     off by its runtime property."""
     off = worker_forced_off(conn, worker) if worker else False
+    return closed_of(conn.execute(select(s.queues.c.id, s.queues.c.tags).where(s.queues.c.id.in_(queue_ids))).all(),
+                     off)
+
+
+async def closed_on_loop(pg: AsyncPg, worker: str, queue_ids: list[str]) -> set[str]:
+    """`closed_queues` on PostgreSQL's event-loop connections, in one statement."""
+    rows = await pg.fetch("pull_policy", {"w": worker, "ids": queue_ids})
+    off = bool(rows) and forces_off(rows[0][2], rows[0][3])
+    return closed_of(((qid, tags) for qid, tags, _, _ in rows), off)
+
+
+def closed_of(queue_tags: Iterable[tuple[str, str]], worker_off: bool) -> set[str]:
+    """`closed_queues` from each queue's (id, tags as stored) and whether the worker is forced off."""
     closed = set()
-    for qid, tags in conn.execute(select(s.queues.c.id, s.queues.c.tags).where(s.queues.c.id.in_(queue_ids))).all():
-        tags = loads(tags) or []
-        if QUEUE_PAUSED in tags or (off and QUEUE_FORCED_ON not in tags):
+    for qid, stored in queue_tags:
+        tags = loads(stored) or []
+        if QUEUE_PAUSED in tags or (worker_off and QUEUE_FORCED_ON not in tags):
             closed.add(qid)
     return closed

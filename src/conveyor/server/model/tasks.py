@@ -111,6 +111,17 @@ def set_status(
     `forget_runner`: the task starts over (enqueue, reset, retry), so its last runner may no longer report on it.
 
     A task that leaves `queued` leaves its queue in the same transaction: a popped entry always names a queued task."""
+    old = status_of(doc)
+    fields = change_status(doc, new_status, force=force, user=user, reason=reason, message=message)
+    if old == S.queued and fields["status"] != S.queued:
+        remove_entries(conn, doc["id"])
+    save_task(conn, doc, forget_runner=forget_runner)
+    return fields
+
+
+def change_status(doc: Document, new_status: str, *, force: bool, user: str = "", reason: str | None = None,
+                  message: str | None = None) -> Document:
+    """The document's side of `set_status`, which also writes it: returns the changed fields."""
     if isinstance(new_status, TaskStatus):  # stored and answered as its plain value
         new_status = new_status.value
     old = status_of(doc)
@@ -134,10 +145,7 @@ def set_status(
         doc["completed"] = iso(ts)
         if doc.get("started"):
             doc["active_duration"] = int(ts - (to_epoch(doc["started"]) or ts))
-    if old == S.queued and new_status != S.queued:
-        remove_entries(conn, doc["id"])
     _record_history(doc, old, new_status, user=user, reason=reason, message=message)
-    save_task(conn, doc, forget_runner=forget_runner)
     fields = {"status": new_status, "status_changed": doc["status_changed"], "last_update": doc["last_update"]}
     for key in ("status_reason", "status_message", "started", "completed"):
         if key in doc:
@@ -205,6 +213,16 @@ def enqueue(conn: Connection, doc: Document, queue_id: str, *, user: str, force:
             message: str, queue: Document | None = None) -> Document:
     """Put a task at the back of a queue; its next pop names its next runner. Returns the changed fields.
     `queue`: the queue's document, when the caller has read it already."""
+    fields = to_queued(doc, queue_id, user=user, force=force, reason=reason, message=message)
+    queue_limits.require_room(conn, queue_id, queue)
+    save_task(conn, doc, forget_runner=True)
+    add_entry(conn, queue_id, doc["id"])
+    return fields
+
+
+def to_queued(doc: Document, queue_id: str, *, user: str, force: bool, reason: str, message: str) -> Document:
+    """The document's side of an enqueue (the caller writes the task, forgetting its runner, and adds the entry):
+    returns the changed fields, or refuses a task that is queued already or running (without `force`)."""
     old = status_of(doc)
     if old == S.queued:
         raise errors.invalid_task_status(f"task {doc['id']} is already queued; dequeue it first")
@@ -215,10 +233,7 @@ def enqueue(conn: Connection, doc: Document, queue_id: str, *, user: str, force:
     doc["enqueue_status"] = old  # where a dequeue takes it back to
     doc.pop("timeline", None)  # the previous run's; the next run sends its own
     doc.pop(RETRIES_USED_FIELD, None)  # a user's enqueue gives the task its `retries` again
-    queue_limits.require_room(conn, queue_id, queue)
-    fields = set_status(conn, doc, S.queued.value, force=True, user=user, reason=reason, message=message,
-                        forget_runner=True)
-    add_entry(conn, queue_id, doc["id"])
+    fields = change_status(doc, S.queued.value, force=True, user=user, reason=reason, message=message)
     fields["execution.queue"] = queue_id
     return fields
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -21,6 +21,9 @@ from conveyor.server.store import schema as s
 from conveyor.server.store.documents import add_entry, entries_of, get_queue, get_task
 from conveyor.server.threads import in_thread
 from conveyor.server.traffic import long_poll_waiting
+
+if TYPE_CHECKING:
+    from conveyor.server.store.async_pg import AsyncPg
 
 LISTING = q.Listing(s.queues, default_order=("name",), tag_columns=("tags", "system_tags"),
                     order={"id": "id", "name": "name", "created": "created", "last_update": "last_update"})
@@ -275,6 +278,29 @@ def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str
         return answer
 
 
+async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: str | None) -> dict[str, Any] | None:
+    """`pop` on PostgreSQL's event-loop connections: no thread, and no transaction around its statements."""
+    if worker:
+        closed = await forcing.closed_on_loop(pg, worker, queue_ids)
+        queue_ids = [qid for qid in queue_ids if qid not in closed]
+        if not queue_ids:
+            return None
+    runner = call.identity.access_key if call.identity is not None else None
+    popped = await deliveries.pop_on_loop(pg, queue_ids, runner=runner)
+    if popped is None:
+        return None
+    answer: dict[str, Any] = {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}
+    if call.bool("get_task_info"):
+        try:
+            rows = await pg.fetch("get_task", {"id": popped.task})
+        except Exception:
+            await _give_back(call, answer)  # the pop committed by itself: the task must not stay held for nobody
+            raise
+        doc = loads(rows[0][0]) if rows else {}
+        answer["task_info"] = {"company": doc.get("company", ""), "user": doc.get("user", "")}
+    return answer
+
+
 async def _give_back(call: Call, answer: dict[str, Any]) -> None:
     def put_back() -> None:
         with call.store.write() as conn:
@@ -287,7 +313,7 @@ async def _give_back(call: Call, answer: dict[str, Any]) -> None:
         await in_thread(put_back)
 
 
-@endpoint("queues.get_next_task")
+@endpoint("queues.get_next_task", watches=True)
 async def get_next_task(call: Call) -> dict[str, Any]:
     """ClearML's pop; our additions: `wait` (seconds) holds the request until an entry arrives, `queues` (a list,
     in priority order) pops from the first non-empty one, and `worker` names the waiting worker: a change of its
@@ -310,6 +336,9 @@ async def get_next_task(call: Call) -> dict[str, Any]:
     async def attempt() -> dict[str, Any] | None:
         if inline:
             return known_and_popped()
+        pg = call.store.on_loop
+        if pg is not None and call.state.known_queues.issuperset(queue_ids):
+            return await _pop_on_loop(call, pg, queue_ids, worker)
         return await in_thread(known_and_popped)  # one hop to a thread per attempt
 
     if wait <= 0:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -13,13 +14,18 @@ from conveyor.protocol.status import TaskStatus
 from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server import query as q
 from conveyor.server.call import Call
-from conveyor.server.codec import Document, iso, now
+from conveyor.server.codec import Document, iso, loads, now
 from conveyor.server.model import queues, retries, task_edits, tasks, timeline
-from conveyor.server.ownership import require_task_owner
+from conveyor.server.ownership import owns, require_task_owner
 from conveyor.server.services.registry import endpoint
+from conveyor.server.store import known_docs, sql
 from conveyor.server.store import schema as s
-from conveyor.server.store import sql
-from conveyor.server.store.documents import save_task
+from conveyor.server.store.documents import save_task, task_columns
+from conveyor.server.threads import in_thread
+from conveyor.server.traffic import count_enqueued
+
+if TYPE_CHECKING:
+    from conveyor.server.store.async_pg import AsyncPg
 
 S = TaskStatus
 
@@ -320,16 +326,65 @@ def stop(call: Call) -> dict[str, Any]:
 
 
 @endpoint("tasks.enqueue")
-def enqueue(call: Call) -> dict[str, Any]:
+async def enqueue(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
+    queue = call.str("queue") or call.str("queue_name")
+    pg = call.store.on_loop
+    if pg is not None and queue:
+        answer = await _enqueue_on_loop(call, pg, task_id, queue)
+        if answer is not None:
+            return answer
+    if call.store.inline:
+        return _enqueue(call, task_id, queue)
+    return await in_thread(_enqueue, call, task_id, queue)
+
+
+def _enqueue(call: Call, task_id: str, queue: str | None) -> dict[str, Any]:
     with call.store.write() as conn:
-        queue_id, queue = queues.queue_to_enqueue_on(conn, call.str("queue") or call.str("queue_name"))
+        queue_id, queue_doc = queues.queue_to_enqueue_on(conn, queue)
         doc = tasks.load(conn, task_id, lock=True)
         require_task_owner(call, conn, doc, "enqueue it")
-        fields = tasks.enqueue(conn, doc, queue_id, user=call.user, force=call.bool("force"), queue=queue,
+        fields = tasks.enqueue(conn, doc, queue_id, user=call.user, force=call.bool("force"), queue=queue_doc,
                                reason=call.str("status_reason") or "", message=call.str("status_message") or "")
     call.state.wake([queue_id])
     return {"updated": 1, "queued": 1, "fields": fields}
+
+
+ENQUEUE_READS = 3  # reads of a task that changes under the enqueue each time, before the locked path takes over
+
+
+async def _enqueue_on_loop(call: Call, pg: AsyncPg, task_id: str, queue_id: str) -> dict[str, Any] | None:
+    """The enqueue on PostgreSQL's event-loop connections: one statement that saves the task only if it is still as
+    this process knew it (known_docs.py), and adds its entry; else a read and that statement again. None leaves the
+    call to `_enqueue` (a transaction, the task locked): a queue named by its name, missing or with an entry limit,
+    a task missing or not the caller's (the error says why), or a task that changed under each read."""
+    stored = known_docs.TASKS.get(task_id)
+    guessed = stored is not None  # only what was read decides a refusal
+    for _ in range(ENQUEUE_READS + guessed):
+        if stored is None:
+            ((queue_doc, stored),) = await pg.fetch("enqueue_read", {"q": queue_id, "t": task_id})
+            if queue_doc is None or stored is None or loads(queue_doc).get("max_entries"):
+                return None
+            guessed = False
+        doc = loads(stored)
+        if not owns(call, doc):
+            return None
+        try:
+            fields = tasks.to_queued(doc, queue_id, user=call.user, force=call.bool("force"),
+                                     reason=call.str("status_reason") or "", message=call.str("status_message") or "")
+        except errors.ApiError:
+            if not guessed:
+                raise
+            stored = None
+            continue
+        columns = task_columns(doc)
+        if await pg.fetch("enqueue_write", {"id": task_id, "old": stored, "q": queue_id, "a": time.time(), **columns}):
+            known_docs.TASKS.remember(task_id, columns["doc"])
+            count_enqueued(queue_id)
+            call.state.wake([queue_id])
+            return {"updated": 1, "queued": 1, "fields": fields}
+        stored = None  # changed since, or its queue cannot take it: read both
+    return None
 
 
 @endpoint("tasks.dequeue")

@@ -7,20 +7,20 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 
-from conveyor.errors import InternalError, map_exceptions
+from conveyor.errors import map_exceptions
+from conveyor.server.store.errors import StoreError
 from conveyor.server.store.patterns import sqlite_regexp
 
+if TYPE_CHECKING:
+    from conveyor.server.store.async_pg import AsyncPg
+
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-class StoreError(InternalError):
-    """A database that cannot be opened or migrated; the message says which and what to do."""
 
 
 def _sqlite_engine(url: str, begin: str) -> Engine:
@@ -83,6 +83,8 @@ class Store:
             self._write_lock = None
         else:
             raise StoreError(f"Unsupported database URL scheme in {self.safe_url}: use sqlite:///PATH or postgresql://…")
+        # PostgreSQL's hot calls on the event loop (async_pg.py), once the server's loop has opened it.
+        self.on_loop: AsyncPg | None = None
 
     @property
     def safe_url(self) -> str:
@@ -99,7 +101,7 @@ class Store:
 
     @property
     def pg_dsn(self) -> str:
-        """A libpq connection string for the LISTEN connection."""
+        """A libpq connection string, for the LISTEN connection and the event loop's pool."""
         return make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
 
     @contextmanager
@@ -147,6 +149,20 @@ class Store:
                 self._read_conn = self._reader.connect()
             with self._read_conn.begin():
                 yield self._read_conn
+
+    async def open_on_loop(self) -> None:
+        """Open the event loop's connections (PostgreSQL; SQLite calls run on the loop already)."""
+        if self.dialect == "postgresql" and self.on_loop is None:
+            from conveyor.server.store.async_pg import AsyncPg
+
+            pool = AsyncPg(self.pg_dsn)
+            await pool.open()
+            self.on_loop = pool
+
+    async def close_on_loop(self) -> None:
+        pool, self.on_loop = self.on_loop, None
+        if pool is not None:
+            await pool.close()
 
     def migrate(self) -> None:
         """Bring the schema to the newest version (Alembic); safe when several servers start at once."""

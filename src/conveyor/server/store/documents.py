@@ -11,8 +11,8 @@ from sqlalchemy.engine import Connection
 from conveyor.protocol.status import TaskStatus
 from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server.codec import dumps, iso, loads, to_epoch
+from conveyor.server.store import known_docs, sql
 from conveyor.server.store import schema as s
-from conveyor.server.store import sql
 from conveyor.server.traffic import count_enqueued
 
 
@@ -41,16 +41,29 @@ def task_columns(doc: dict[str, Any]) -> dict[str, Any]:
 
 def get_task(conn: Connection, task_id: str, *, lock: bool = False) -> dict[str, Any] | None:
     row = sql.run(conn, "get_task_locked" if lock else "get_task", {"id": task_id}).fetchone()
-    return loads(row[0]) if row else None
+    if row is None:
+        return None
+    _known(conn, task_id, row[0])
+    return loads(row[0])
 
 
 def insert_task(conn: Connection, doc: dict[str, Any]) -> None:
-    sql.run(conn, "insert_task", {"id": doc["id"], **task_columns(doc)})
+    columns = task_columns(doc)
+    sql.run(conn, "insert_task", {"id": doc["id"], **columns})
+    _known(conn, doc["id"], columns["doc"])
 
 
 def save_task(conn: Connection, doc: dict[str, Any], *, forget_runner: bool = False) -> None:
     """Write the task back; `forget_runner`: whoever pulled its last run may no longer report on it."""
-    sql.run(conn, "save_task_unrun" if forget_runner else "save_task", {"id": doc["id"], **task_columns(doc)})
+    columns = task_columns(doc)
+    sql.run(conn, "save_task_unrun" if forget_runner else "save_task", {"id": doc["id"], **columns})
+    _known(conn, doc["id"], columns["doc"])
+
+
+def _known(conn: Connection, task_id: str, text: str) -> None:
+    """PostgreSQL's enqueue saves a task it knows in one statement (known_docs.py); SQLite's reads cost nothing."""
+    if conn.dialect.name == "postgresql":
+        known_docs.TASKS.remember(task_id, text)
 
 
 def get_queue(conn: Connection, queue_id: str) -> dict[str, Any] | None:

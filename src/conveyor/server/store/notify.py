@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import defaultdict
@@ -75,35 +76,37 @@ class QueueSignals:
 
 
 class PgListener:
-    """LISTENs on PostgreSQL in a thread and forwards each queue id to the local signals."""
+    """LISTENs on PostgreSQL from the event loop and passes each queue id to the local signals: a notification costs
+    the loop one read, where a listening thread took the interpreter lock from the loop for each one."""
 
     def __init__(self, dsn: str, signals: QueueSignals):
         self.dsn = dsn
         self.signals = signals
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pg-listen", daemon=True)
-        self.ready = threading.Event()
+        self.ready = asyncio.Event()  # set once the first LISTEN is in place
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._task = asyncio.ensure_future(self._run())
 
-    def stop(self) -> None:
-        self._stop.set()
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
         import psycopg
 
         backoff = 0.2
-        while not self._stop.is_set():
+        while True:
             try:
-                with psycopg.connect(self.dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
                     self.ready.set()
                     backoff = 0.2
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            self.signals.notify(note.payload)
-            except Exception as exc:  # noqa: BLE001 - logged; whatever broke the connection, the loop reconnects
+                    async for note in conn.notifies():
+                        self.signals.notify(note.payload)
+            except psycopg.Error as exc:  # the database restarted or is out of reach: listen again once it is back
                 log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc.__class__.__name__)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

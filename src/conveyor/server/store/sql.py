@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from conveyor.server.store.database import StoreError
+from conveyor.server.store.errors import StoreError
 from conveyor.server.store.schema import events, tasks
 
 _TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner")]  # runner: see set_runner
@@ -71,6 +71,22 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "ran AS (UPDATE tasks SET runner = CAST(:runner AS VARCHAR) FROM popped "
         "WHERE tasks.id = popped.task AND CAST(:runner AS VARCHAR) IS NOT NULL) "
         "SELECT task, added FROM popped"),
+    # PostgreSQL's enqueue on the event loop (services/tasks.py): the task saved (runner forgotten) and its entry
+    # added in one statement that commits by itself. The save holds only if the document is still the one the
+    # enqueue knew (known_docs.py) or read, and the queue exists with no entry limit: otherwise it saves nothing,
+    # and the enqueue reads again, or leaves the call to the locked path.
+    "enqueue_read": "SELECT (SELECT doc FROM queues WHERE id = :q), (SELECT doc FROM tasks WHERE id = :t)",
+    "enqueue_write": (
+        f"WITH saved AS (UPDATE tasks SET {_SET_TASK}, runner = NULL WHERE id = :id AND doc = :old AND EXISTS "
+        "(SELECT 1 FROM queues WHERE id = CAST(:q AS VARCHAR) "
+        "AND COALESCE(CAST(queues.doc AS jsonb) ->> 'max_entries', '0') = '0') RETURNING id), "
+        "added AS (INSERT INTO queue_entries (queue, task, added, position) "
+        "SELECT CAST(:q AS VARCHAR), id, CAST(:a AS DOUBLE PRECISION), COALESCE((SELECT MAX(position) "
+        "FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)), 0) + 1 FROM saved RETURNING queue) "
+        "SELECT pg_notify('conveyor_queues', queue) FROM added"),
+    # What a named worker's pop must respect (model.forcing): each queue's tags, and the worker's `force` property.
+    "pull_policy": ("SELECT q.id, q.tags, f.value, f.expires FROM queues q LEFT JOIN runtime_properties f "
+                    "ON f.worker = :w AND f.key = 'force' WHERE q.id = ANY(:ids)"),
     # Delete and return the head entry of one queue: two workers never get one entry.
     "pop": {
         "postgresql": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
