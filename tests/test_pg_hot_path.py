@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -72,19 +73,25 @@ def _changing(store: Store, task: str, change: Callable[[Connection, Document], 
     return run
 
 
-def _enqueue(store: Store, pg: AsyncPg, task: str, queue: str) -> dict[str, Any]:
+def _on_loop(store: Store, pg: AsyncPg, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """`endpoint` answered as the server answers it, with `pg` as the event loop's connections."""
     async def run() -> dict[str, Any]:
         await pg.open()
         store.on_loop = pg
         try:
-            call = Call("tasks.enqueue", "2.31", {"task": task, "queue": queue}, ServerState(store, None, None),  # type: ignore[arg-type]
-                        identity=ADMIN)
-            return await load_all()["tasks.enqueue"].handler(call)  # type: ignore[no-any-return]
+            state = ServerState(store, None, SimpleNamespace(long_poll_max_sec=30.0))  # type: ignore[arg-type]
+            state.known_queues.update(q for q in (body.get("queue"),) if q)
+            call = Call(endpoint, "2.31", body, state, identity=ADMIN)
+            return await load_all()[endpoint].handler(call)  # type: ignore[no-any-return]
         finally:
             store.on_loop = None
             await pg.close()
 
     return asyncio.run(run())
+
+
+def _enqueue(store: Store, pg: AsyncPg, task: str, queue: str) -> dict[str, Any]:
+    return _on_loop(store, pg, "tasks.enqueue", {"task": task, "queue": queue})
 
 
 def test_an_enqueue_keeps_a_change_made_between_its_read_and_its_write(store: Store) -> None:
@@ -151,6 +158,42 @@ def test_an_enqueue_onto_a_full_queue_is_refused_even_when_the_task_is_known(sto
         doc = get_task(conn, task)
         assert doc is not None and doc["status"] == "created"
         assert [e["task"] for e in entries_of(conn, [limited])[limited]] == [other["id"]]
+
+
+def test_queues_and_tasks_that_the_fast_path_cannot_take_are_enqueued_all_the_same(store: Store) -> None:
+    """A queue whose document holds what PostgreSQL's jsonb refuses (a NUL escape in its display name, which any user
+    may set), and a task document too large to handle on the event loop (it goes to the locked path, in a thread)."""
+    with store.write() as conn:
+        odd = queues.create(conn, "odd", user=ADMIN.user, company="c", tags=[], system_tags=[],
+                            display_name="nul \u0000 here")
+        big = tasks.new_task("big", "training", user=ADMIN.user, company="c")
+        big["script"] = {"diff": "+" + "x" * (known_docs.MAX_DOC_BYTES + 1)}
+        insert_task(conn, big)
+    task, _ = _task_and_queue(store)
+    assert _enqueue(store, Meddling(store.pg_dsn, lambda: None), task, odd)["queued"] == 1
+    pg = Meddling(store.pg_dsn, lambda: None)
+    assert _enqueue(store, pg, big["id"], odd)["queued"] == 1
+    assert pg.statements == ["enqueue_read"]  # not known, not fetched: the locked path did the rest
+    with store.read() as conn:
+        assert [e["task"] for e in entries_of(conn, [odd])[odd]] == [task, big["id"]]
+
+
+def test_a_pop_with_task_info_names_the_owner_whatever_the_document_holds(store: Store) -> None:
+    task, queue = _task_and_queue(store)
+    with store.write() as conn:
+        odd = tasks.new_task("odd", "training", user=ADMIN.user, company="c")
+        odd["hyperparams"] = {"Args": {"sep": {"value": "\x00"}}}  # stored as \u0000, which json cannot read
+        insert_task(conn, odd)
+        for each in (task, odd["id"]):
+            doc = get_task(conn, each, lock=True)
+            assert doc is not None
+            tasks.enqueue(conn, doc, queue, user=ADMIN.user, force=False, reason="", message="")
+    for expected in (task, odd["id"]):
+        pg = Meddling(store.pg_dsn, lambda: None)
+        answer = _on_loop(store, pg, "queues.get_next_task", {"queue": queue, "get_task_info": True})
+        assert answer["entry"]["task"] == expected
+        assert answer["task_info"] == {"company": "c", "user": ADMIN.user}
+        assert pg.statements == ["pop_and_deliver", "task_owner"]
 
 
 def test_calls_come_back_after_the_database_drops_every_connection(tmp_path: Path, pg_url: str) -> None:

@@ -93,17 +93,24 @@ class Background:
         if self.state.store.dialect == "postgresql":
             self._listener = PgListener(self.state.store.pg_dsn, self.state.signals)
             self._listener.start()
-            with contextlib.suppress(asyncio.TimeoutError):  # it goes on trying; the server serves meanwhile
+            # Long-polls miss other servers' enqueues until it listens: wait for it a while, then it keeps trying.
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._listener.ready.wait(), 10)
-            await self.state.store.open_on_loop()
+            try:
+                await self.state.store.open_on_loop()
+            except Exception as exc:  # noqa: BLE001 - the calls it would serve go through threads instead
+                log.warning("PostgreSQL connections for the event loop could not be opened (%s): pops and enqueues "
+                            "are served from threads", exc)
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def stop(self) -> None:
         if self._reaper:
             self._reaper.cancel()
-        if self._listener:
-            await self._listener.stop()
-        await self.state.store.close_on_loop()
+        try:
+            if self._listener:
+                await self._listener.stop()
+        finally:
+            await self.state.store.close_on_loop()
 
     async def _reap_forever(self) -> None:
         while True:

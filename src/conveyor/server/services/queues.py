@@ -292,12 +292,14 @@ async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: st
     answer: dict[str, Any] = {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}
     if call.bool("get_task_info"):
         try:
-            rows = await pg.fetch("get_task", {"id": popped.task})
+            rows = await pg.fetch("task_owner", {"id": popped.task})
         except Exception:
             await _give_back(call, answer)  # the pop committed by itself: the task must not stay held for nobody
             raise
-        doc = loads(rows[0][0]) if rows else {}
-        answer["task_info"] = {"company": doc.get("company", ""), "user": doc.get("user", "")}
+        company, user, unread = rows[0] if rows else ("", "", None)
+        if unread is not None:
+            company = loads(unread).get("company", "")
+        answer["task_info"] = {"company": company or "", "user": user or ""}
     return answer
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from conveyor.protocol import errors, failure
+from conveyor.protocol.ids import looks_like_id
 from conveyor.protocol.status import TaskStatus
 from conveyor.protocol.task_types import DEFAULT_TASK_TYPE
 from conveyor.server import query as q
@@ -330,7 +331,7 @@ async def enqueue(call: Call) -> dict[str, Any]:
     task_id = call.str("task", required=True)
     queue = call.str("queue") or call.str("queue_name")
     pg = call.store.on_loop
-    if pg is not None and queue:
+    if pg is not None and queue and looks_like_id(queue):  # a queue's name is resolved on the locked path
         answer = await _enqueue_on_loop(call, pg, task_id, queue)
         if answer is not None:
             return answer
@@ -350,6 +351,7 @@ def _enqueue(call: Call, task_id: str, queue: str | None) -> dict[str, Any]:
     return {"updated": 1, "queued": 1, "fields": fields}
 
 
+NUL = "\\u0000"  # as JSON escapes it: the enqueue leaves a queue whose document holds one to the locked path
 ENQUEUE_READS = 3  # reads of a task that changes under the enqueue each time, before the locked path takes over
 
 
@@ -362,9 +364,10 @@ async def _enqueue_on_loop(call: Call, pg: AsyncPg, task_id: str, queue_id: str)
     guessed = stored is not None  # only what was read decides a refusal
     for _ in range(ENQUEUE_READS + guessed):
         if stored is None:
-            ((queue_doc, stored),) = await pg.fetch("enqueue_read", {"q": queue_id, "t": task_id})
-            if queue_doc is None or stored is None or loads(queue_doc).get("max_entries"):
-                return None
+            ((queue_doc, stored),) = await pg.fetch("enqueue_read", {"q": queue_id, "t": task_id,
+                                                                    "most": known_docs.MAX_DOC_BYTES})
+            if queue_doc is None or stored is None or NUL in queue_doc or loads(queue_doc).get("max_entries"):
+                return None  # the locked path says what is missing, or handles what the write cannot
             guessed = False
         doc = loads(stored)
         if not owns(call, doc):

@@ -26,6 +26,9 @@ log = logging.getLogger("conveyor.server")
 POOL_SIZE = 4  # connections opened at start; calls beyond them wait for one, up to POOL_MAX connections
 POOL_MAX = 16
 CHECKOUT_TIMEOUT_SEC = 10.0
+# A row held by a long transaction (a psql session) makes these calls fail with a 503, which clients retry, rather
+# than each holding one of the pool's few connections while it waits.
+LOCK_TIMEOUT_MS = 5000
 
 
 class AsyncPg:
@@ -33,7 +36,8 @@ class AsyncPg:
 
     def __init__(self, dsn: str):
         self._pool = AsyncConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_MAX, open=False,
-                                         kwargs={"autocommit": True}, timeout=CHECKOUT_TIMEOUT_SEC,
+                                         kwargs={"autocommit": True, "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
+                                         timeout=CHECKOUT_TIMEOUT_SEC,
                                          name="conveyor-api")
         self._checking: asyncio.Task[None] | None = None
 

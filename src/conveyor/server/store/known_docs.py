@@ -12,7 +12,9 @@ import threading
 from collections import OrderedDict
 
 MAX_BYTES = 16 << 20  # the copies kept, the least recently used going first
-MAX_DOC_BYTES = 256 << 10  # larger documents are not kept: their enqueues read them
+# Larger documents are neither kept nor read on the event loop (parsing and writing one back would hold up every
+# other call): their enqueues take the locked path, in a thread.
+MAX_DOC_BYTES = 64 << 10
 
 
 class KnownDocs:

@@ -108,5 +108,7 @@ class PgListener:
                         self.signals.notify(note.payload)
             except psycopg.Error as exc:  # the database restarted or is out of reach: listen again once it is back
                 log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc.__class__.__name__)
+            except Exception:  # a bug: logged, and listening goes on (other servers' wake-ups depend on it)
+                log.exception("PostgreSQL LISTEN failed; reconnecting")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

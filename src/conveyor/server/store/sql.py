@@ -75,15 +75,21 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # added in one statement that commits by itself. The save holds only if the document is still the one the
     # enqueue knew (known_docs.py) or read, and the queue exists with no entry limit: otherwise it saves nothing,
     # and the enqueue reads again, or leaves the call to the locked path.
-    "enqueue_read": "SELECT (SELECT doc FROM queues WHERE id = :q), (SELECT doc FROM tasks WHERE id = :t)",
+    # A task document too large to handle on the event loop reads as none: the locked path takes it, in a thread.
+    "enqueue_read": ("SELECT (SELECT doc FROM queues WHERE id = :q), "
+                     "(SELECT CASE WHEN length(doc) <= :most THEN doc END FROM tasks WHERE id = :t)"),
     "enqueue_write": (
         f"WITH saved AS (UPDATE tasks SET {_SET_TASK}, runner = NULL WHERE id = :id AND doc = :old AND EXISTS "
         "(SELECT 1 FROM queues WHERE id = CAST(:q AS VARCHAR) "
-        "AND COALESCE(CAST(queues.doc AS jsonb) ->> 'max_entries', '0') = '0') RETURNING id), "
+        "AND CASE WHEN strpos(queues.doc, '\\u0000') > 0 THEN false "  # json refuses to read those: locked path
+        "ELSE COALESCE(CAST(queues.doc AS json) ->> 'max_entries', '0') = '0' END) RETURNING id), "
         "added AS (INSERT INTO queue_entries (queue, task, added, position) "
         "SELECT CAST(:q AS VARCHAR), id, CAST(:a AS DOUBLE PRECISION), COALESCE((SELECT MAX(position) "
         "FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)), 0) + 1 FROM saved RETURNING queue) "
         "SELECT pg_notify('conveyor_queues', queue) FROM added"),
+    # What `get_task_info` answers about a popped task, without its whole document unless json cannot read it.
+    "task_owner": ("SELECT CASE WHEN strpos(doc, '\\u0000') = 0 THEN CAST(doc AS json) ->> 'company' END, user_id, "
+                   "CASE WHEN strpos(doc, '\\u0000') > 0 THEN doc END FROM tasks WHERE id = :id"),
     # What a named worker's pop must respect (model.forcing): each queue's tags, and the worker's `force` property.
     "pull_policy": ("SELECT q.id, q.tags, f.value, f.expires FROM queues q LEFT JOIN runtime_properties f "
                     "ON f.worker = :w AND f.key = 'force' WHERE q.id = ANY(:ids)"),
