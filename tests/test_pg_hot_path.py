@@ -4,6 +4,7 @@ it read it, and what happens when the database drops every connection."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -234,5 +235,31 @@ def test_calls_come_back_after_the_database_drops_every_connection(tmp_path: Pat
         assert until_ok("tasks.get_by_id", {"task": made[0]})["task"]["status"] == "queued"  # the threads' pool too
         assert set(statuses) <= {200, 503}
         assert "Traceback" not in server.log_path.read_text()
+    finally:
+        server.stop()
+
+
+def test_a_slow_read_of_the_credentials_holds_up_no_other_call(tmp_path: Path, pg_url: str) -> None:
+    """Every few seconds a server re-reads the credentials (revocations, role changes); on PostgreSQL that read is
+    made off the event loop, so a call waiting on it (here: on a lock a psql session holds) stalls nothing else."""
+    server = ServerProcess(tmp_path / "home", db=pg_url).start()
+    try:
+        api = server.client()
+        queue = api.call("queues.create", {"name": "locked-out"})["id"]
+        with psycopg.connect(pg_url) as blocker:
+            blocker.execute("LOCK TABLE credentials IN ACCESS EXCLUSIVE MODE")
+            time.sleep(2.5)  # past the server's refresh interval: the next authorized call reads the credentials
+            waiting: dict[str, Any] = {}
+            reader = threading.Thread(target=lambda: waiting.update(
+                api.call("queues.get_next_task", {"queue": queue}, timeout=30) or {"answered": True}))
+            reader.start()
+            time.sleep(0.5)
+            began = time.monotonic()
+            assert httpx.get(f"{server.url}/debug.ping", timeout=10).status_code == 200
+            assert time.monotonic() - began < 1.0
+            assert reader.is_alive()  # still waiting on the lock
+            blocker.rollback()
+        reader.join(20)
+        assert waiting == {"answered": True}
     finally:
         server.stop()

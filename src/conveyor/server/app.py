@@ -249,7 +249,11 @@ class ApiApp:
                 client = scope.get("client")
                 call = Call(name, version, body, state, headers=headers, client_ip=client[0] if client else "")
                 if ep.authorize:
-                    call.identity = state.auth.verify(headers.get("authorization"))
+                    header = headers.get("authorization")
+                    if state.store.inline:
+                        call.identity = state.auth.verify(header)
+                    else:  # a read of the credentials (every few seconds, or a new key) is made in a thread
+                        call.identity = state.auth.known(header) or await in_thread(state.auth.verify, header)
                 if ep.is_async:
                     if ep.watches:
                         # After the body, the only message left to receive is the client's disconnect.
