@@ -80,7 +80,7 @@ def _on_loop(store: Store, pg: AsyncPg, endpoint: str, body: dict[str, Any]) -> 
         await pg.open()
         store.on_loop = pg
         try:
-            state = ServerState(store, None, SimpleNamespace(long_poll_max_sec=30.0))  # type: ignore[arg-type]
+            state = ServerState(store, None, SimpleNamespace(long_poll_max_sec=30.0, retry_elsewhere_sec=30.0))  # type: ignore[arg-type]
             state.known_queues.update(q for q in (body.get("queue"),) if q)
             call = Call(endpoint, "2.31", body, state, identity=ADMIN)
             return await load_all()[endpoint].handler(call)  # type: ignore[no-any-return]

@@ -236,6 +236,48 @@ def test_the_server_decides_retries_on_both_databases(server: ServerProcess) -> 
         api.call("tasks.failed", {"task": odd, "failure_class": "flaky", "force": True})
 
 
+def test_a_retried_task_goes_to_another_worker_first(tmp_path: Path, db_url: str | None) -> None:
+    """The worker a run failed on skips its retry for retry_elsewhere_sec (it takes the next entry instead), so that a
+    broken machine does not burn the retries; another worker, or an anonymous pop (clearml-agent), takes it at once,
+    and once the time is up the worker it failed on may too (a queue served by one worker still runs it)."""
+    server = ServerProcess(tmp_path / "home", db=db_url,
+                           extra_env={"CONVEYOR__SERVER__RETRY_ELSEWHERE_SEC": "3"}).start()
+    try:
+        api = server.client()
+        queue = api.call("queues.create", {"name": "elsewhere"})["id"]
+        api.call("queues.update", {"queue": queue, "metadata": {"retries": {"key": "retries", "value": "3"}}})
+        first, second, third = (api.call("tasks.create", {"name": n, "type": "training"})["id"]
+                                for n in ("first", "second", "third"))
+        for t in (first, second, third):
+            api.call("tasks.enqueue", {"task": t, "queue": queue})
+
+        def pop(worker: str | None) -> str | None:
+            body = {"queue": queue, **({"worker": worker} if worker else {})}
+            return (api.call("queues.get_next_task", body).get("entry") or {}).get("task")
+
+        def fail_on(worker: str, task: str) -> None:
+            changed = f"Changed by conveyor {worker}"
+            api.call("tasks.started", {"task": task, "force": True, "status_message": changed})
+            api.call("tasks.failed", {"task": task, "status_reason": "container failed to start",
+                                      "failure_class": "infrastructure", "status_message": changed})
+
+        assert pop("box:0") == first
+        fail_on("box:0", first)
+        assert pop("box:0") == second  # the retry is at the front, but box:0 skips it
+        assert pop("other:0") == first
+        fail_on("other:0", first)
+        assert pop(None) == first  # an anonymous pop takes it at once
+        fail_on("box:0", first)
+        assert pop("box:0") == third
+        assert pop("box:0") is None  # only the retry is left: box:0 waits it out
+        time.sleep(3.2)
+        assert pop("box:0") == first
+        attempts = api.call("tasks.get_by_id", {"task": first})["task"]["attempts"]
+        assert [a["worker"] for a in attempts] == ["box:0", "other:0", "box:0"]
+    finally:
+        server.stop()
+
+
 def test_the_ui_shows_the_class_with_the_reason_and_the_attempts(ui: Any, sqlite_server: ServerProcess) -> None:  # noqa: F811
     """The task page's header: the reason with its class, and each failed attempt; the task list: the reason with
     its class."""

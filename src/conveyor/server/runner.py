@@ -59,6 +59,7 @@ def settings_from(cfg: Config) -> ServerSettings:
         task_update_timeout_sec=int(cfg.get("conveyor.server.task_update_timeout_sec")),
         reap_interval_sec=float(cfg.get("conveyor.server.reap_interval_sec")),
         unstarted_requeue_sec=float(cfg.get("conveyor.server.unstarted_requeue_sec")),
+        retry_elsewhere_sec=float(cfg.get("conveyor.server.retry_elsewhere_sec")),
         max_request_body_mb=float(cfg.get("conveyor.server.max_request_body_mb")),
         max_json_depth=int(cfg.get("conveyor.server.max_json_depth")),
         default_page_size=int(cfg.get("conveyor.server.default_page_size")),

@@ -22,6 +22,7 @@ class ServerSettings:
     task_update_timeout_sec: int  # a task whose worker was not heard from this long is stopped outright
     reap_interval_sec: float
     unstarted_requeue_sec: float  # a popped task not started within this is put back at the front of its queue
+    retry_elsewhere_sec: float  # the worker a retried task failed on skips it this long
     max_request_body_mb: float  # larger API bodies are refused with 413 while they stream in
     max_json_depth: int  # deeper nesting in a body is a 400
     default_page_size: int  # items of a get_all that asks for no page (and names no ids)

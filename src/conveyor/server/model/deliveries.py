@@ -30,20 +30,24 @@ class Popped:
     added: float  # when the entry was added (epoch seconds)
 
 
-def pop(conn: Connection, queue_ids: list[str], *, runner: str | None) -> Popped | None:
+def pop(conn: Connection, queue_ids: list[str], *, runner: str | None, worker: str | None = None,
+        elsewhere_sec: float = 0.0) -> Popped | None:
     """Take the head entry of the first non-empty queue (in the given order), atomically, and record its delivery.
 
     The task itself is not read: every status change that takes a task out of `queued` (stop, dequeue, reset,
     delete) removes its entries in the same transaction, so a popped entry always names a queued task. `runner`
-    (the popping access key) may then report on the task."""
+    (the popping access key) may then report on the task. `worker` (the popping worker, when it says) skips an entry
+    that a retry put back after a failure on it, for `elsewhere_sec` after the retry."""
+    skip = {"w": worker, "since": time.time() - elsewhere_sec}
     for queue_id in queue_ids:
         if conn.dialect.name == "postgresql":  # one statement, one round trip
-            row = sql.run(conn, "pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": runner}).fetchone()
+            params = {"q": queue_id, "d": time.time(), "runner": runner, **skip}
+            row = sql.run(conn, "pop_and_deliver", params).fetchone()
             if row is None:
                 continue
             task_id, added = row
         else:  # SQLite has no data-modifying CTEs; under BEGIN IMMEDIATE three local statements cost little
-            row = sql.run(conn, "pop", {"q": queue_id}).fetchone()
+            row = sql.run(conn, "pop", {"q": queue_id, **skip}).fetchone()
             if row is None:
                 continue
             task_id, added = row
@@ -55,10 +59,12 @@ def pop(conn: Connection, queue_ids: list[str], *, runner: str | None) -> Popped
     return None
 
 
-async def pop_on_loop(pg: AsyncPg, queue_ids: list[str], *, runner: str | None) -> Popped | None:
+async def pop_on_loop(pg: AsyncPg, queue_ids: list[str], *, runner: str | None, worker: str | None = None,
+                      elsewhere_sec: float = 0.0) -> Popped | None:
     """`pop` on PostgreSQL's event-loop connections (store/async_pg.py): the same one statement per queue."""
+    skip = {"w": worker, "since": time.time() - elsewhere_sec}
     for queue_id in queue_ids:
-        rows = await pg.fetch("pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": runner})
+        rows = await pg.fetch("pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": runner, **skip})
         if rows:
             task_id, added = rows[0]
             count_dequeued(queue_id)

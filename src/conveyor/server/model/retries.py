@@ -107,6 +107,6 @@ def after_failure(conn: Connection, doc: Document, failure_class: FailureClass, 
     # straight from failed to queued: the failure stays in the status history, the failure class with the attempt
     set_status(conn, doc, TaskStatus.queued.value, force=True, user=user, reason=f"retry {used + 1} of {limit} "
                f"after: {reason}", message=RETRY_MESSAGE, forget_runner=True)
-    add_entry(conn, queue_id, doc["id"], front=True)
+    add_entry(conn, queue_id, doc["id"], front=True, avoid=worker)  # other workers first (retry_elsewhere_sec)
     log.warning("task %s: %s failure (%s): retry %d of %d", doc["id"], failure_class.value, reason, used + 1, limit)
     return str(queue_id)

@@ -261,7 +261,8 @@ def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str
             queue_ids = [qid for qid in queue_ids if qid not in closed]
             if not queue_ids:
                 return None
-        popped = deliveries.pop(conn, queue_ids, runner=runner)
+        popped = deliveries.pop(conn, queue_ids, runner=runner, worker=worker,
+                                elsewhere_sec=call.state.settings.retry_elsewhere_sec)
         if popped is None:
             return None
         answer: dict[str, Any] = {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}
@@ -286,7 +287,8 @@ async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: st
         if not queue_ids:
             return None
     runner = call.identity.access_key if call.identity is not None else None
-    popped = await deliveries.pop_on_loop(pg, queue_ids, runner=runner)
+    popped = await deliveries.pop_on_loop(pg, queue_ids, runner=runner, worker=worker,
+                                          elsewhere_sec=call.state.settings.retry_elsewhere_sec)
     if popped is None:
         return None
     answer: dict[str, Any] = {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}

@@ -82,10 +82,12 @@ def queue_columns(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = False) -> float:
-    """Append (or prepend) an entry; on PostgreSQL the commit also NOTIFYs waiting servers."""
+def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = False, avoid: str | None = None) -> float:
+    """Append (or prepend) an entry; on PostgreSQL the commit also NOTIFYs waiting servers. `avoid`: a worker that
+    skips the entry for a while (a retry's, after a failure on that worker)."""
     added = time.time()
-    sql.run(conn, "add_entry_front" if front else "add_entry_back", {"q": queue_id, "t": task_id, "a": added})
+    sql.run(conn, "add_entry_front" if front else "add_entry_back",
+            {"q": queue_id, "t": task_id, "a": added, "v": avoid})
     count_enqueued(queue_id)
     return added
 

@@ -107,6 +107,8 @@ queue_entries = Table(
     Column("task", ID, nullable=False),
     Column("added", Float, nullable=False),
     Column("position", Float, nullable=False),
+    # a worker that skips this entry until `added` + retry_elsewhere_sec (a retry's, after a failure on it)
+    Column("avoid", NAME),
     Index("ix_queue_entries_order", "queue", "position", "seq"),
     Index("ix_queue_entries_task", "task"),
 )

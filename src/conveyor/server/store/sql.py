@@ -23,11 +23,18 @@ _TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner")
 _SET_TASK = ", ".join(f"{c} = :{c}" for c in _TASK_COLUMNS)
 
 
+# Which entries a pop may take: all but one whose `avoid` names the popping worker (`:w`; None: an anonymous pop, as
+# clearml-agent's) and that is younger than `:since` (a retry's entry, the worker it failed on skipping it a while).
+_TAKEABLE = ("(avoid IS NULL OR CAST(:w AS VARCHAR) IS NULL OR avoid <> CAST(:w AS VARCHAR) "
+             "OR added < CAST(:since AS DOUBLE PRECISION))")
+
+
 def _entry_add(edge: str, step: str) -> dict[str, str]:
     """Add an entry past the queue's back (`edge` MAX, `step` + 1) or front (MIN, - 1)."""
-    insert = ("INSERT INTO queue_entries (queue, task, added, position) "
+    insert = ("INSERT INTO queue_entries (queue, task, added, position, avoid) "
               "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
-              f"COALESCE({edge}(position), 0) {step} FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)")
+              f"COALESCE({edge}(position), 0) {step}, CAST(:v AS VARCHAR) FROM queue_entries "
+              "WHERE queue = CAST(:q AS VARCHAR)")
     return {"sqlite": insert,
             "postgresql": f"WITH added AS ({insert} RETURNING queue) "
                           "SELECT pg_notify('conveyor_queues', queue) FROM added"}
@@ -64,7 +71,7 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # modifying CTEs run whether or not the final SELECT reads them.
     "pop_and_deliver": (
         "WITH popped AS (DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-        "ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added, queue), "
+        f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added, queue), "
         "delivered AS (INSERT INTO deliveries (task, queue, added, delivered) "
         "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM popped ON CONFLICT (task) DO UPDATE "
         "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
@@ -96,10 +103,10 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # Delete and return the head entry of one queue: two workers never get one entry.
     "pop": {
         "postgresql": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-                      "ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added",
+                      f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added",
         # Under BEGIN IMMEDIATE the whole database is write-locked, so the sub-select cannot race.
         "sqlite": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-                  "ORDER BY position, seq LIMIT 1) RETURNING task, added",
+                  f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1) RETURNING task, added",
     },
 }
 
