@@ -239,9 +239,10 @@ def test_calls_come_back_after_the_database_drops_every_connection(tmp_path: Pat
         server.stop()
 
 
-def test_a_slow_read_of_the_credentials_holds_up_no_other_call(tmp_path: Path, pg_url: str) -> None:
+def test_a_slow_read_of_the_credentials_leaves_the_event_loop_free(tmp_path: Path, pg_url: str) -> None:
     """Every few seconds a server re-reads the credentials (revocations, role changes); on PostgreSQL that read is
-    made off the event loop, so a call waiting on it (here: on a lock a psql session holds) stalls nothing else."""
+    made off the event loop. While it waits (here: on a lock a psql session holds), logged-in calls wait for it (an
+    identity is never served stale), but the loop stays free: health checks answer, and answers in flight go out."""
     server = ServerProcess(tmp_path / "home", db=pg_url).start()
     try:
         api = server.client()

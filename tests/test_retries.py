@@ -245,7 +245,7 @@ def test_a_retried_task_goes_to_another_worker_first(tmp_path: Path, db_url: str
     try:
         api = server.client()
         queue = api.call("queues.create", {"name": "elsewhere"})["id"]
-        api.call("queues.update", {"queue": queue, "metadata": {"retries": {"key": "retries", "value": "3"}}})
+        api.call("queues.update", {"queue": queue, "metadata": {"retries": {"key": "retries", "value": "9"}}})
         first, second, third = (api.call("tasks.create", {"name": n, "type": "training"})["id"]
                                 for n in ("first", "second", "third"))
         for t in (first, second, third):
@@ -255,25 +255,28 @@ def test_a_retried_task_goes_to_another_worker_first(tmp_path: Path, db_url: str
             body = {"queue": queue, **({"worker": worker} if worker else {})}
             return (api.call("queues.get_next_task", body).get("entry") or {}).get("task")
 
-        def fail_on(worker: str, task: str) -> None:
-            changed = f"Changed by conveyor {worker}"
-            api.call("tasks.started", {"task": task, "force": True, "status_message": changed})
+        def fail(task: str) -> None:  # as the daemon reports a run it could not start: naming no worker
             api.call("tasks.failed", {"task": task, "status_reason": "container failed to start",
-                                      "failure_class": "infrastructure", "status_message": changed})
+                                      "failure_class": "infrastructure", "force": True})
 
         assert pop("box:0") == first
-        fail_on("box:0", first)
+        fail(first)
         assert pop("box:0") == second  # the retry is at the front, but box:0 skips it
         assert pop("other:0") == first
-        fail_on("other:0", first)
-        assert pop(None) == first  # an anonymous pop takes it at once
-        fail_on("box:0", first)
+        fail(first)
+        assert pop("box:0") == first  # other:0 failed it this time: box:0 may take it
+        fail(first)
+        assert pop(None) == first  # an anonymous pop (clearml-agent) takes it at once
+        api.call("tasks.started", {"task": first, "force": True})
+        fail(first)  # no worker pulled that run by name: nobody skips the retry
+        assert pop("box:0") == first
+        fail(first)
         assert pop("box:0") == third
         assert pop("box:0") is None  # only the retry is left: box:0 waits it out
         time.sleep(3.2)
         assert pop("box:0") == first
         attempts = api.call("tasks.get_by_id", {"task": first})["task"]["attempts"]
-        assert [a["worker"] for a in attempts] == ["box:0", "other:0", "box:0"]
+        assert [a["worker"] for a in attempts] == ["box:0", "other:0", "box:0", None, "box:0"]
     finally:
         server.stop()
 

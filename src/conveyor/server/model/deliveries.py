@@ -52,7 +52,7 @@ def pop(conn: Connection, queue_ids: list[str], *, runner: str | None, worker: s
                 continue
             task_id, added = row
             if runner is not None:
-                sql.run(conn, "set_runner", {"id": task_id, "runner": runner})
+                sql.run(conn, "set_runner", {"id": task_id, "runner": runner, "w": worker})
             record_delivery(conn, task_id, queue_id, added)
         count_dequeued(queue_id)
         return Popped(task_id, queue_id, added)

@@ -27,6 +27,7 @@ from conveyor.server.codec import Document
 from conveyor.server.model import events
 from conveyor.server.model.tasks import set_status
 from conveyor.server.store import schema as s
+from conveyor.server.store import sql
 from conveyor.server.store.documents import add_entry, get_queue, save_task
 
 log = logging.getLogger("conveyor.server")
@@ -71,6 +72,9 @@ def after_failure(conn: Connection, doc: Document, failure_class: FailureClass, 
                   user: str = "") -> str | None:
     """Record the failed run of `doc` (already `failed`, locked) as an attempt and, for an infrastructure failure
     with retries left, put it back at the front of its queue. Returns that queue (to wake), or None."""
+    row = sql.run(conn, "get_puller", {"id": doc["id"]}).fetchone()
+    puller = row[0] if row else None  # the worker that pulled this run: where the retry goes last
+    worker = worker or puller
     attempts = doc.get(ATTEMPTS_FIELD)
     attempts = attempts if isinstance(attempts, list) else []
     number = len(attempts) + 1
@@ -107,6 +111,6 @@ def after_failure(conn: Connection, doc: Document, failure_class: FailureClass, 
     # straight from failed to queued: the failure stays in the status history, the failure class with the attempt
     set_status(conn, doc, TaskStatus.queued.value, force=True, user=user, reason=f"retry {used + 1} of {limit} "
                f"after: {reason}", message=RETRY_MESSAGE, forget_runner=True)
-    add_entry(conn, queue_id, doc["id"], front=True, avoid=worker)  # other workers first (retry_elsewhere_sec)
+    add_entry(conn, queue_id, doc["id"], front=True, avoid=puller)  # other workers first (retry_elsewhere_sec)
     log.warning("task %s: %s failure (%s): retry %d of %d", doc["id"], failure_class.value, reason, used + 1, limit)
     return str(queue_id)

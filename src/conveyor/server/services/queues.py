@@ -317,6 +317,9 @@ async def _give_back(call: Call, answer: dict[str, Any]) -> None:
         await in_thread(put_back)
 
 
+WORKER_ID_MAX = 512  # the length of tasks.puller
+
+
 @endpoint("queues.get_next_task", watches=True)
 async def get_next_task(call: Call) -> dict[str, Any]:
     """ClearML's pop; our additions: `wait` (seconds) holds the request until an entry arrives, `queues` (a list,
@@ -330,6 +333,8 @@ async def get_next_task(call: Call) -> dict[str, Any]:
         raise errors.missing_field("queue")
     wait = min(call.float("wait", 0.0) or 0.0, call.state.settings.long_poll_max_sec)
     worker = call.str("worker")
+    if worker and len(worker) > WORKER_ID_MAX:
+        raise errors.validation_error(f"Validation error: field 'worker' holds at most {WORKER_ID_MAX} characters")
     inline = call.store.inline
     keys = [*queue_ids, *map(forcing.queue_key, queue_ids), *([forcing.worker_key(worker)] if worker else [])]
 

@@ -31,12 +31,18 @@ CHECKOUT_TIMEOUT_SEC = 10.0
 LOCK_TIMEOUT_MS = 5000
 
 
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    # A statement, not the connection's `options`: those would replace any the database URL sets (a search_path), and
+    # poolers such as PgBouncer refuse them.
+    await conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+
+
 class AsyncPg:
     """A pool of autocommit connections to the store's PostgreSQL database, opened on the server's event loop."""
 
     def __init__(self, dsn: str):
         self._pool = AsyncConnectionPool(dsn, min_size=POOL_SIZE, max_size=POOL_MAX, open=False,
-                                         kwargs={"autocommit": True, "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
+                                         kwargs={"autocommit": True}, configure=_configure,
                                          timeout=CHECKOUT_TIMEOUT_SEC,
                                          name="conveyor-api")
         self._checking: asyncio.Task[None] | None = None

@@ -75,6 +75,9 @@ tasks = Table(
     # The access key that last pulled the task off a queue: its worker may report on the task (not in the doc,
     # which every reader sees; set by the pop, cleared by enqueue and reset).
     Column("runner", String(128)),
+    # The worker that pulled the task's current run, when it named itself (Conveyor's daemon does): the worker a
+    # retry skips for a while (queue_entries.avoid). Set and cleared with `runner`.
+    Column("puller", NAME),
     # The task list's filters in its default order (newest first); the projects page counts tasks by project and
     # status from the last two alone (all, then the archived ones), never reading the documents.
     Index("ix_tasks_status_created", "status", "created"),

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from conveyor.server.store.errors import StoreError
 from conveyor.server.store.schema import events, tasks
 
-_TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner")]  # runner: see set_runner
+_TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner", "puller")]  # see set_runner
 
 _SET_TASK = ", ".join(f"{c} = :{c}" for c in _TASK_COLUMNS)
 
@@ -50,9 +50,10 @@ QUERIES: dict[str, str | dict[str, str]] = {
     "insert_task": f"INSERT INTO tasks (id, {', '.join(_TASK_COLUMNS)}) "
                    f"VALUES (:id, {', '.join(':' + c for c in _TASK_COLUMNS)})",
     # An enqueue, a reset or a retry saves the task and forgets its last runner in one statement.
-    "save_task_unrun": f"UPDATE tasks SET {_SET_TASK}, runner = NULL WHERE id = :id",
-    "set_runner": "UPDATE tasks SET runner = :runner WHERE id = :id",
+    "save_task_unrun": f"UPDATE tasks SET {_SET_TASK}, runner = NULL, puller = NULL WHERE id = :id",
+    "set_runner": "UPDATE tasks SET runner = :runner, puller = :w WHERE id = :id",
     "get_runner": "SELECT runner FROM tasks WHERE id = :id",
+    "get_puller": "SELECT puller FROM tasks WHERE id = :id",
     "queue_exists": "SELECT id FROM queues WHERE id = :id",
     "get_queue": "SELECT doc FROM queues WHERE id = :id",
     # Append or prepend in one statement, so that two concurrent adds cannot read the same edge position.
@@ -75,7 +76,7 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "delivered AS (INSERT INTO deliveries (task, queue, added, delivered) "
         "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM popped ON CONFLICT (task) DO UPDATE "
         "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
-        "ran AS (UPDATE tasks SET runner = CAST(:runner AS VARCHAR) FROM popped "
+        "ran AS (UPDATE tasks SET runner = CAST(:runner AS VARCHAR), puller = CAST(:w AS VARCHAR) FROM popped "
         "WHERE tasks.id = popped.task AND CAST(:runner AS VARCHAR) IS NOT NULL) "
         "SELECT task, added FROM popped"),
     # PostgreSQL's enqueue on the event loop (services/tasks.py): the task saved (runner forgotten) and its entry
@@ -86,7 +87,8 @@ QUERIES: dict[str, str | dict[str, str]] = {
     "enqueue_read": ("SELECT (SELECT doc FROM queues WHERE id = :q), "
                      "(SELECT CASE WHEN length(doc) <= :most THEN doc END FROM tasks WHERE id = :t)"),
     "enqueue_write": (
-        f"WITH saved AS (UPDATE tasks SET {_SET_TASK}, runner = NULL WHERE id = :id AND doc = :old AND EXISTS "
+        f"WITH saved AS (UPDATE tasks SET {_SET_TASK}, runner = NULL, puller = NULL WHERE id = :id AND doc = :old "
+        "AND EXISTS "
         "(SELECT 1 FROM queues WHERE id = CAST(:q AS VARCHAR) "
         "AND CASE WHEN strpos(queues.doc, '\\u0000') > 0 THEN false "  # json refuses to read those: locked path
         "ELSE COALESCE(CAST(queues.doc AS json) ->> 'max_entries', '0') = '0' END) RETURNING id), "
