@@ -9,9 +9,11 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentkit import DaemonProcess, agent_env, create_task, enqueue, make_repo, wait_final, wait_status
@@ -93,22 +95,31 @@ def wait_for_series(prometheus: str, promql: str, timeout: float = 30) -> list[d
                          f"{httpx.get(f'{prometheus}/api/v1/targets').text}")
 
 
-def test_prometheus_scrapes_the_server_and_a_daemon(sqlite_server: ServerProcess, tmp_path: Path) -> None:
+@pytest.fixture
+def retrying_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server that hands a retry straight back to the worker it failed on (the one daemon here; by default it waits
+    conveyor.server.retry_elsewhere_sec for another worker first)."""
+    proc = ServerProcess(tmp_path / "home", extra_env={"CONVEYOR__SERVER__RETRY_ELSEWHERE_SEC": "0"}).start()
+    yield proc
+    proc.stop()
+
+
+def test_prometheus_scrapes_the_server_and_a_daemon(retrying_server: ServerProcess, tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
     if binary is None:
         unavailable("prometheus is not installed", ".ci/run must apt-install prometheus")
     agent_port, prometheus_port = free_port(), free_port()
     config = tmp_path / "prometheus.yml"
-    config.write_text(PROMETHEUS_CONFIG.format(server=sqlite_server.port, agent=agent_port))
+    config.write_text(PROMETHEUS_CONFIG.format(server=retrying_server.port, agent=agent_port))
     log = open(tmp_path / "prometheus.log", "wb")
     prometheus = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                    f"--web.listen-address=127.0.0.1:{prometheus_port}"],
                                   stdout=log, stderr=subprocess.STDOUT)
-    env = agent_env(sqlite_server, tmp_path, CLEARML_AGENT__AGENT__METRICS_PORT=str(agent_port))
-    daemon = DaemonProcess(sqlite_server, tmp_path, "--queue", "default", env=env)
+    env = agent_env(retrying_server, tmp_path, CLEARML_AGENT__AGENT__METRICS_PORT=str(agent_port))
+    daemon = DaemonProcess(retrying_server, tmp_path, "--queue", "default", env=env)
     url = f"http://127.0.0.1:{prometheus_port}"
     try:
-        client = sqlite_server.client()
+        client = retrying_server.client()
         _work, bare = make_repo(tmp_path / "repos", {"train.py": "print('metered')\n"})
         task = create_task(client, repository=f"file://{bare}")
         enqueue(client, task)
