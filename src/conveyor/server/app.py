@@ -25,6 +25,7 @@ from conveyor.server.files import FilesApp
 from conveyor.server.lifecycle import Background
 from conveyor.server.services import load_all
 from conveyor.server.state import ServerState
+from conveyor.server.store.errors import first_line
 from conveyor.server.threads import in_thread
 from conveyor.server.web import WEB_PATHS, WEB_PREFIXES
 from conveyor.server.web import routes as web_routes
@@ -139,22 +140,16 @@ def _check_depth(value: Any, limit: int) -> None:
                 stack.append((child, depth + 1))
 
 
-def _first_line(exc: DBAPIError) -> str:
-    """What the database said, in one line (its messages run on with details and hints)."""
-    lines = str(exc.orig).strip().splitlines() if exc.orig else []
-    return lines[0] if lines else exc.__class__.__name__
-
-
 @functools.cache  # once per endpoint (names reach here only once known), not on every call
 def _database_errors(name: str) -> dict[type[BaseException], ErrorFactory]:
     """How the database's errors reach the caller of `name`: the one translation at the API's boundary."""
 
     def unavailable(exc: BaseException) -> errors.ApiError:  # restarting or unreachable: clients retry 503s
-        log.warning("%s: database unavailable: %s", name, _first_line(exc) if isinstance(exc, DBAPIError) else exc)
+        log.warning("%s: database unavailable: %s", name, first_line(exc) if isinstance(exc, DBAPIError) else exc)
         return errors.ApiError(503, 0, "Database unavailable, retry later")
 
     def invalid_value(exc: BaseException) -> errors.ApiError:  # a value the database cannot hold or use (PostgreSQL)
-        reason = _first_line(exc) if isinstance(exc, DBAPIError) else exc.__class__.__name__
+        reason = first_line(exc) if isinstance(exc, DBAPIError) else exc.__class__.__name__
         return errors.bad_request(f"Invalid value in the request: {reason} (names hold at most 512 characters; "
                                   "regular expressions must also be valid PostgreSQL ones)")
 

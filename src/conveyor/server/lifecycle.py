@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.server.model import deliveries, queue_metrics, worker_stats, workers
 from conveyor.server.state import ServerState
+from conveyor.server.store.errors import first_line
 from conveyor.server.store.notify import PgListener
 
 log = logging.getLogger("conveyor.server")
@@ -75,8 +76,7 @@ def _failed(what: str, exc: Exception) -> None:
     """A database that is restarting or out of reach is a line in the log (the next sweep tries again); anything else
     is a bug, logged with its traceback."""
     if isinstance(exc, OperationalError):
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else exc.__class__.__name__
-        log.warning("%s: database unavailable: %s", what, reason)
+        log.warning("%s: database unavailable: %s", what, first_line(exc))
     else:
         log.error("%s", what, exc_info=exc)
 

@@ -253,7 +253,6 @@ def _known_queues(call: Call, queue_ids: list[str]) -> None:
 def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str, Any] | None:
     """The head entry of the first non-empty queue, as `queues.get_next_task` answers it (see deliveries.pop). With
     `worker` (a long-polling Conveyor daemon), queues that worker is forced off are skipped."""
-    runner = call.identity.access_key if call.identity is not None else None  # it may report on what it pulls
     # The pop itself is one statement on PostgreSQL (deliveries.pop): no transaction around it is needed.
     with call.store.write_statements() as conn:
         if worker:
@@ -261,11 +260,11 @@ def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str
             queue_ids = [qid for qid in queue_ids if qid not in closed]
             if not queue_ids:
                 return None
-        popped = deliveries.pop(conn, queue_ids, runner=runner, worker=worker,
+        popped = deliveries.pop(conn, queue_ids, runner=_runner(call), worker=worker,
                                 elsewhere_sec=call.state.settings.retry_elsewhere_sec)
         if popped is None:
             return None
-        answer: dict[str, Any] = {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}
+        answer = _answer(popped)
         if call.bool("get_task_info"):
             try:
                 doc = get_task(conn, popped.task) or {}
@@ -279,6 +278,15 @@ def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str
         return answer
 
 
+def _runner(call: Call) -> str | None:
+    """The popping access key: it may report on what it pulls."""
+    return call.identity.access_key if call.identity is not None else None
+
+
+def _answer(popped: deliveries.Popped) -> dict[str, Any]:
+    return {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}
+
+
 async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: str | None) -> dict[str, Any] | None:
     """`pop` on PostgreSQL's event-loop connections: no thread, and no transaction around its statements."""
     if worker:
@@ -286,12 +294,11 @@ async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: st
         queue_ids = [qid for qid in queue_ids if qid not in closed]
         if not queue_ids:
             return None
-    runner = call.identity.access_key if call.identity is not None else None
-    popped = await deliveries.pop_on_loop(pg, queue_ids, runner=runner, worker=worker,
+    popped = await deliveries.pop_on_loop(pg, queue_ids, runner=_runner(call), worker=worker,
                                           elsewhere_sec=call.state.settings.retry_elsewhere_sec)
     if popped is None:
         return None
-    answer: dict[str, Any] = {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}
+    answer = _answer(popped)
     if call.bool("get_task_info"):
         try:
             rows = await pg.fetch("task_owner", {"id": popped.task})
