@@ -1,4 +1,4 @@
-"""Server benchmark: enqueue+pop pairs per second (1 and 8 clients), long-poll wake-up latency, log ingestion
+"""Server benchmark: enqueue+pop pairs per second (1, 8 and 32 clients), long-poll wake-up latency, log ingestion
 (log_ingestion.py) and the task list on a big database (task_listing.py).
 
     python bench/server.py [--db sqlite|postgresql|both] [--pairs 2000] [--samples 100] [--only pairs|logs|tasks]
@@ -173,7 +173,7 @@ def run(db_name: str, pairs: int, samples: int, repeats: int) -> None:
         server = ServerProcess(Path(tmp) / "home", db=db).start()
         stack.callback(server.stop)
         print(f"\n== {label(db_name)} ==")
-        for clients in (1, 8):
+        for clients in (1, 8, 32):
             rates, floors = [], []
             for _ in range(repeats):
                 rate, lost = pairs_per_second(server, clients, pairs, "pairs")

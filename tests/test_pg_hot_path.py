@@ -24,9 +24,10 @@ from conveyor.server.codec import Document, dumps
 from conveyor.server.model import queues, tasks
 from conveyor.server.services import load_all
 from conveyor.server.state import ServerState
-from conveyor.server.store import Store, known_docs
-from conveyor.server.store.async_pg import AsyncPg
+from conveyor.server.store import Store, known_docs, notify
+from conveyor.server.store.async_pg import AsyncPg, PopRequest
 from conveyor.server.store.documents import entries_of, get_task, insert_task, save_task
+from conveyor.server.store.notify import CATCH_UP_SEC, HELLO, LISTENER_APP, PEERS_CHECK_SEC, PgListener, QueueSignals
 
 ADMIN = Identity(user="u-admin", user_name="admin", company="c", access_key="K", role="admin")
 
@@ -76,14 +77,22 @@ def _changing(store: Store, task: str, change: Callable[[Connection, Document], 
 
 def _on_loop(store: Store, pg: AsyncPg, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
     """`endpoint` answered as the server answers it, with `pg` as the event loop's connections."""
-    async def run() -> dict[str, Any]:
+    return _all_on_loop(store, pg, [(endpoint, body)])[0]
+
+
+def _all_on_loop(store: Store, pg: AsyncPg, calls: list[tuple[str, dict[str, Any]]],
+                 identities: list[Identity] | None = None) -> list[dict[str, Any]]:
+    """The calls made at once (in this order), answered as the server answers them."""
+    async def run() -> list[dict[str, Any]]:
         await pg.open()
         store.on_loop = pg
         try:
             state = ServerState(store, None, SimpleNamespace(long_poll_max_sec=30.0, retry_elsewhere_sec=30.0))  # type: ignore[arg-type]
-            state.known_queues.update(q for q in (body.get("queue"),) if q)
-            call = Call(endpoint, "2.31", body, state, identity=ADMIN)
-            return await load_all()[endpoint].handler(call)  # type: ignore[no-any-return]
+            state.known_queues.update(body["queue"] for _, body in calls if body.get("queue"))
+            handlers = load_all()
+            return list(await asyncio.gather(*(
+                handlers[endpoint].handler(Call(endpoint, "2.31", body, state, identity=who))
+                for (endpoint, body), who in zip(calls, identities or [ADMIN] * len(calls), strict=True))))
         finally:
             store.on_loop = None
             await pg.close()
@@ -264,3 +273,174 @@ def test_a_slow_read_of_the_credentials_leaves_the_event_loop_free(tmp_path: Pat
         assert waiting == {"answered": True}
     finally:
         server.stop()
+
+
+def _tasks(store: Store, count: int) -> list[str]:
+    with store.write() as conn:
+        made = [tasks.new_task(f"t{i}", "training", user=ADMIN.user, company="c") for i in range(count)]
+        for doc in made:
+            insert_task(conn, doc)
+    return [doc["id"] for doc in made]
+
+
+def test_concurrent_enqueues_and_pops_share_statements_in_order_and_lose_nothing(store: Store) -> None:
+    """Calls that arrive together go to the database together: 30 enqueues onto two queues in one statement, then
+    more pops than entries in one statement per queue. Each queue keeps the order the enqueues came in, each entry
+    goes to one pop, in that order, and each popped task is delivered to its popper."""
+    with store.write() as conn:
+        first = queues.create(conn, "first", user=ADMIN.user, company="c", tags=[], system_tags=[])
+        second = queues.create(conn, "second", user=ADMIN.user, company="c", tags=[], system_tags=[])
+    made = _tasks(store, 30)
+    onto = {task: (first if i % 3 else second) for i, task in enumerate(made)}
+    pg = Meddling(store.pg_dsn, lambda: None)
+    answers = _all_on_loop(store, pg, [("tasks.enqueue", {"task": t, "queue": onto[t]}) for t in made])
+    assert [a["queued"] for a in answers] == [1] * 30
+    assert pg.statements == ["enqueue_many"]
+    with store.read() as conn:
+        entries = entries_of(conn, [first, second])
+    assert [e["task"] for e in entries[first]] == [t for t in made if onto[t] == first]
+    assert [e["task"] for e in entries[second]] == [t for t in made if onto[t] == second]
+
+    pg = Meddling(store.pg_dsn, lambda: None)
+    pops = _all_on_loop(store, pg, [("queues.get_next_task", {"queue": first})] * 25)
+    assert pg.statements == ["pop_many"]
+    expected = [e["task"] for e in entries[first]]
+    assert [p.get("entry", {}).get("task") for p in pops] == expected + [None] * (25 - len(expected))
+    with store.read() as conn:
+        assert entries_of(conn, [first])[first] == []
+        delivered = dict(conn.exec_driver_sql("SELECT task, queue FROM deliveries").all())
+        runners = dict(conn.exec_driver_sql("SELECT id, runner FROM tasks WHERE runner IS NOT NULL").all())
+    assert delivered == {t: first for t in expected}
+    assert runners == {t: ADMIN.access_key for t in expected}
+
+
+def test_pops_together_leave_a_retry_to_the_workers_that_may_take_it(store: Store) -> None:
+    """A retry's entry at the head of the queue, held back from the worker it failed on: of three pops made at once,
+    that worker gets the next entry, another worker the retry, and an anonymous pop the one after."""
+    with store.write() as conn:
+        queue = queues.create(conn, "retrying", user=ADMIN.user, company="c", tags=[], system_tags=[])
+    retry, *others = _tasks(store, 4)
+    _all_on_loop(store, AsyncPg(store.pg_dsn), [("tasks.enqueue", {"task": t, "queue": queue}) for t in others])
+    _on_loop(store, AsyncPg(store.pg_dsn), "tasks.enqueue", {"task": retry, "queue": queue})
+    with store.write() as conn:  # as retries.after_failure puts it back: at the front, held back from w-a
+        conn.exec_driver_sql("UPDATE queue_entries SET position = -1, avoid = 'w-a' WHERE task = %(t)s", {"t": retry})
+    pg = Meddling(store.pg_dsn, lambda: None)
+
+    async def pop_together() -> list[tuple[str, float] | None]:
+        await pg.open()
+        try:
+            since = time.time() - 30
+            return list(await asyncio.gather(*(pg.pop(queue, PopRequest(runner="K", worker=w, since=since))
+                                               for w in ("w-a", "w-b", None))))
+        finally:
+            await pg.close()
+
+    popped = [p[0] if p else None for p in asyncio.run(pop_together())]
+    assert popped == [others[0], retry, others[1]]
+    assert pg.statements == ["pop_many"] + ["pop_and_deliver"] * 3
+    with store.read() as conn:
+        assert [e["task"] for e in entries_of(conn, [queue])[queue]] == [others[2]]
+
+
+def test_a_pop_whose_caller_is_gone_puts_its_entry_back(store: Store) -> None:
+    """A pop cancelled (its client went away) after its statement was sent: the entry it took goes back to the front
+    of the queue, and no delivery is left waiting for an answer that never went out."""
+    with store.write() as conn:
+        queue = queues.create(conn, "gone", user=ADMIN.user, company="c", tags=[], system_tags=[])
+    made = _tasks(store, 2)
+    _all_on_loop(store, AsyncPg(store.pg_dsn), [("tasks.enqueue", {"task": t, "queue": queue}) for t in made])
+
+    async def cancelled_pop() -> None:
+        pg = AsyncPg(store.pg_dsn)
+        await pg.open()
+        try:
+            pop = asyncio.ensure_future(pg.pop(queue, PopRequest(runner="K", worker=None, since=0.0)))
+            await asyncio.sleep(0)  # the statement is on its way
+            pop.cancel()
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if not pg._pops:  # noqa: SLF001 - the pops of that queue are all answered
+                    break
+        finally:
+            await pg.close()
+
+    asyncio.run(cancelled_pop())
+    with store.read() as conn:
+        assert [e["task"] for e in entries_of(conn, [queue])[queue]] == made
+        assert conn.exec_driver_sql("SELECT count(*) FROM deliveries").scalar() == 0
+
+
+def test_a_lone_server_sends_no_notify_and_a_second_one_is_woken_all_the_same(tmp_path: Path, pg_url: str) -> None:
+    """A server process that no other one listens to wakes its own long-polls without PostgreSQL's NOTIFY; once a
+    second server process listens, the first one's enqueues NOTIFY again and wake the second one's long-polls."""
+    first = ServerProcess(tmp_path / "first", db=pg_url).start()
+    second: ServerProcess | None = None
+    try:
+        api = first.client()
+        queue = api.call("queues.create", {"name": "lone"})["id"]
+        made = [api.call("tasks.create", {"name": f"t{i}", "type": "training"})["id"] for i in range(2)]
+        with psycopg.connect(pg_url, autocommit=True, application_name="a test listening") as listening:
+            listening.execute("LISTEN conveyor_queues")
+            time.sleep(2 * PEERS_CHECK_SEC)  # the first server has looked for others by now
+            api.call("tasks.enqueue", {"task": made[0], "queue": queue})
+            heard = [n.payload for n in listening.notifies(timeout=1.0)]
+            assert queue not in heard
+            assert api.call("queues.get_next_task", {"queue": queue, "wait": 5})["entry"]["task"] == made[0]
+
+            second = ServerProcess(tmp_path / "second", db=pg_url)
+            second.home.mkdir(parents=True)
+            second.config_file.write_text(first.config_file.read_text())
+            second.start()
+            waiting: dict[str, Any] = {}
+            waiter = threading.Thread(target=lambda: waiting.update(second.client().call(  # type: ignore[union-attr]
+                "queues.get_next_task", {"queue": queue, "wait": 20}, timeout=30)))
+            waiter.start()
+            time.sleep(0.5)  # parked in its long-poll
+            began = time.monotonic()
+            api.call("tasks.enqueue", {"task": made[1], "queue": queue})
+            waiter.join(30)
+            assert waiting["entry"]["task"] == made[1]
+            assert time.monotonic() - began < 1.0  # woken, not found by a later look
+            assert queue in [n.payload for n in listening.notifies(timeout=1.0)]
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_listener_hears_of_a_newcomer_at_once_and_looks_again_after_it_began(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HELLO of a server process that begins to listen turns the others' NOTIFYs back on before their next
+    check (here a minute away), and a process's long-polls look again a while after it began to listen, for what
+    an enqueue sent without a NOTIFY meanwhile."""
+    monkeypatch.setattr(notify, "PEERS_CHECK_SEC", 60.0)
+    async def run() -> tuple[bool, float, str, float]:
+        loop = asyncio.get_running_loop()
+        signals = QueueSignals()
+        signals.bind(loop)
+        listener = PgListener(pg_url, signals)
+        listener.start()
+        try:
+            await asyncio.wait_for(listener.ready.wait(), 10)
+            began = loop.time()
+            with signals.listen(["some-queue"]) as woken:
+                await asyncio.sleep(0.2)
+                alone = not listener.peers.others
+                newcomer = await psycopg.AsyncConnection.connect(pg_url, autocommit=True,
+                                                                 application_name=LISTENER_APP)
+                async with newcomer:
+                    await newcomer.execute("LISTEN conveyor_queues")
+                    hello = loop.time()
+                    await newcomer.execute("SELECT pg_notify('conveyor_queues', %s)", (HELLO,))
+                    while not listener.peers.others:
+                        await asyncio.sleep(0.005)
+                    heard_after = loop.time() - hello
+                    reason = await asyncio.wait_for(woken, CATCH_UP_SEC + 2)
+                    return alone, heard_after, reason, loop.time() - began
+        finally:
+            await listener.stop()
+
+    alone, heard_after, reason, woken_after = asyncio.run(run())
+    assert alone
+    assert heard_after < 0.3
+    assert reason == "" and CATCH_UP_SEC - 0.5 < woken_after < CATCH_UP_SEC + 1

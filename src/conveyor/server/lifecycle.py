@@ -98,6 +98,8 @@ class Background:
                 await asyncio.wait_for(self._listener.ready.wait(), 10)
             try:
                 await self.state.store.open_on_loop()
+                if self.state.store.on_loop is not None:
+                    self.state.store.on_loop.peers = self._listener.peers
             except Exception as exc:  # noqa: BLE001 - the calls it would serve go through threads instead
                 log.warning("PostgreSQL connections for the event loop could not be opened (%s): pops and enqueues "
                             "are served from threads", exc)

@@ -61,14 +61,16 @@ def pop(conn: Connection, queue_ids: list[str], *, runner: str | None, worker: s
 
 async def pop_on_loop(pg: AsyncPg, queue_ids: list[str], *, runner: str | None, worker: str | None = None,
                       elsewhere_sec: float = 0.0) -> Popped | None:
-    """`pop` on PostgreSQL's event-loop connections (store/async_pg.py): the same one statement per queue."""
-    skip = {"w": worker, "since": time.time() - elsewhere_sec}
+    """`pop` on PostgreSQL's event-loop connections (store/async_pg.py): one statement per queue, shared by the
+    concurrent pops of that queue."""
+    from conveyor.server.store.async_pg import PopRequest  # psycopg: only a PostgreSQL server loads it
+
+    request = PopRequest(runner=runner, worker=worker, since=time.time() - elsewhere_sec)
     for queue_id in queue_ids:
-        rows = await pg.fetch("pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": runner, **skip})
-        if rows:
-            task_id, added = rows[0]
+        popped = await pg.pop(queue_id, request)
+        if popped is not None:
             count_dequeued(queue_id)
-            return Popped(task_id, queue_id, added)
+            return Popped(popped[0], queue_id, popped[1])
     return None
 
 

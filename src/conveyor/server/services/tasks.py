@@ -381,7 +381,7 @@ async def _enqueue_on_loop(call: Call, pg: AsyncPg, task_id: str, queue_id: str)
             stored = None
             continue
         columns = task_columns(doc)
-        if await pg.fetch("enqueue_write", {"id": task_id, "old": stored, "q": queue_id, "a": time.time(), **columns}):
+        if await pg.enqueue({"id": task_id, "old": stored, "q": queue_id, "a": time.time(), **columns}):
             known_docs.TASKS.remember(task_id, columns["doc"])
             count_enqueued(queue_id)
             call.state.wake([queue_id])

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.exc import DBAPIError
 
+from conveyor.server.codec import dumps
+from conveyor.server.store.coalescing import Coalescer
+from conveyor.server.store.notify import Peers
 from conveyor.server.store.sql import statement
 
 log = logging.getLogger("conveyor.server")
@@ -37,6 +42,13 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
 
 
+@dataclass(frozen=True)
+class PopRequest:
+    runner: str | None  # the popping access key, which may then report on the task
+    worker: str | None  # the popping worker, when it says: it skips an entry held back from it (a retry's `avoid`)
+    since: float  # entries held back from a worker are those added after this (epoch seconds)
+
+
 class AsyncPg:
     """A pool of autocommit connections to the store's PostgreSQL database, opened on the server's event loop."""
 
@@ -46,6 +58,13 @@ class AsyncPg:
                                          timeout=CHECKOUT_TIMEOUT_SEC,
                                          name="conveyor-api")
         self._checking: asyncio.Task[None] | None = None
+        self._enqueues: Coalescer[dict[str, Any], bool] = Coalescer(self._enqueue_many)
+        self._pops: dict[str, Coalescer[PopRequest, tuple[str, float] | None]] = {}
+        self.peers: Peers | None = None  # set by the server's LISTEN (store/notify.py): whether to NOTIFY others
+
+    def _enqueue_statement(self, name: str) -> str:
+        """`name`, or its twin without the NOTIFY while no other server process listens."""
+        return f"{name}_quiet" if self.peers is not None and not self.peers.others else name
 
     async def open(self) -> None:
         await self._pool.open(wait=True, timeout=CHECKOUT_TIMEOUT_SEC)
@@ -64,6 +83,64 @@ class AsyncPg:
             if isinstance(exc, psycopg.OperationalError):
                 self._check_soon()
             raise DBAPIError.instance(sql, params, exc, psycopg.Error, hide_parameters=True) from exc
+
+    async def enqueue(self, row: dict[str, Any]) -> bool:
+        """Save a task and add its entry, if its stored document is still `row["old"]` and its queue takes it
+        (`enqueue_write`); concurrent enqueues share one statement. True when it was enqueued."""
+        return await self._enqueues(row)
+
+    async def _enqueue_many(self, rows: list[dict[str, Any]]) -> list[bool]:
+        if len(rows) == 1:
+            return [bool(await self.fetch(self._enqueue_statement("enqueue_write"), rows[0]))]
+        # One task twice in a statement would be saved from either row: a later row waits for the next statement.
+        first: dict[str, dict[str, Any]] = {}
+        later = []
+        for row in rows:
+            if row["id"] in first:
+                later.append(row)
+            else:
+                first[row["id"]] = row
+        batch = list(first.values())
+        rows_json = dumps([{**row, "n": n} for n, row in enumerate(batch)])
+        enqueued = {task for task, _ in await self.fetch(self._enqueue_statement("enqueue_many"), {"rows": rows_json})}
+        done = {id(row): row["id"] in enqueued for row in batch}
+        for row in later:
+            done[id(row)] = (await self._enqueue_many([row]))[0]
+        return [done[id(row)] for row in rows]
+
+    async def pop(self, queue_id: str, request: PopRequest) -> tuple[str, float] | None:
+        """Take the head entry of one queue for `request` and record its delivery (`pop_and_deliver`): (task, added),
+        or None when there is none it may take; concurrent pops of one queue share one statement."""
+        pops = self._pops.get(queue_id)
+        if pops is None:
+            pops = self._pops[queue_id] = Coalescer(
+                lambda requests: self._pop_many(queue_id, requests),
+                orphaned=lambda _, popped: self._give_back(queue_id, popped),
+                on_idle=lambda: self._forget_pops(queue_id))
+        return await pops(request)
+
+    def _forget_pops(self, queue_id: str) -> None:
+        self._pops.pop(queue_id, None)
+
+    async def _pop_many(self, queue_id: str, requests: list[PopRequest]) -> list[tuple[str, float] | None]:
+        if len(requests) > 1:
+            rows = await self.fetch("pop_many", {
+                "q": queue_id, "k": len(requests), "since": requests[0].since, "d": time.time(),
+                "runner": [r.runner for r in requests], "w": [r.worker for r in requests]})
+            if all(n for n, _, _ in rows):  # no entry held back from some worker (a retry's): the head went in order
+                got = {n: (task, added) for n, task, added in rows}
+                return [got.get(n) for n in range(1, len(requests) + 1)]
+        answers: list[tuple[str, float] | None] = []
+        for r in requests:
+            rows = await self.fetch("pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": r.runner,
+                                                        "w": r.worker, "since": r.since})
+            answers.append((rows[0][0], rows[0][1]) if rows else None)
+        return answers
+
+    async def _give_back(self, queue_id: str, popped: tuple[str, float] | None) -> None:
+        """A pop whose caller stopped waiting: its entry goes back to the front of the queue."""
+        if popped is not None:
+            await self.fetch("give_back", {"t": popped[0], "q": queue_id, "a": time.time()})
 
     def _check_soon(self) -> None:
         """After a lost connection (the database restarted), find the pool's other dead connections now rather than

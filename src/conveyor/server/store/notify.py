@@ -9,6 +9,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 log = logging.getLogger("conveyor.server")
 
@@ -31,6 +32,10 @@ class QueueSignals:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake_all)
+
+    def wake_all(self) -> None:
+        """Every waiting request looks at its queues again (on the loop's thread)."""
+        self._wake_all()
 
     def _wake_all(self) -> None:
         for waiters in list(self._waiters.values()):
@@ -75,20 +80,45 @@ class QueueSignals:
                 fut.set_result(queue_id)
 
 
+LISTENER_APP = "conveyor-listen"  # the application_name of each server process's LISTEN connection
+HELLO = "conveyor:hello"  # a payload no queue id takes: a server process has just begun to listen
+PEERS_CHECK_SEC = 1.0
+# After it begins to listen, a server process's long-polls look again once, this long after: an enqueue through
+# another process that did not know of it yet sent no NOTIFY (Peers).
+CATCH_UP_SEC = 2.5 * PEERS_CHECK_SEC
+
+
+class Peers:
+    """Whether another server process listens on this database: when none does, the event loop's enqueues send no
+    NOTIFY. Unknown (the LISTEN connection down, the check refused) counts as yes."""
+
+    def __init__(self) -> None:
+        self.others = True
+
+
 class PgListener:
     """LISTENs on PostgreSQL from the event loop and passes each queue id to the local signals: a notification costs
-    the loop one read, where a listening thread took the interpreter lock from the loop for each one."""
+    the loop one read, where a listening thread took the interpreter lock from the loop for each one.
+
+    It also keeps `peers` up to date: every second it asks PostgreSQL whether another server process's LISTEN
+    connection is open, and a process that begins to listen says so (HELLO), so that the others send their NOTIFYs
+    again at once. What an enqueue sent in between without one, the newcomer's long-polls find when they look again
+    (CATCH_UP_SEC), as they do after the connection was lost and notifications with it."""
 
     def __init__(self, dsn: str, signals: QueueSignals):
         self.dsn = dsn
         self.signals = signals
+        self.peers = Peers()
         self.ready = asyncio.Event()  # set once the first LISTEN is in place
         self._task: asyncio.Task[None] | None = None
+        self._catch_up: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
+        if self._catch_up is not None:
+            self._catch_up.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -100,15 +130,42 @@ class PgListener:
         backoff = 0.2
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True,
+                                                                 application_name=LISTENER_APP) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, HELLO))
                     self.ready.set()
                     backoff = 0.2
-                    async for note in conn.notifies():
-                        self.signals.notify(note.payload)
+                    loop = asyncio.get_running_loop()
+                    self._catch_up = loop.call_later(CATCH_UP_SEC, self.signals.wake_all)
+                    await self._listen(conn)
             except psycopg.Error as exc:  # the database restarted or is out of reach: listen again once it is back
                 log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc.__class__.__name__)
             except Exception:  # a bug: logged, and listening goes on (other servers' wake-ups depend on it)
                 log.exception("PostgreSQL LISTEN failed; reconnecting")
+            self.peers.others = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    async def _listen(self, conn: Any) -> None:
+        own = conn.info.backend_pid
+        while True:
+            self.peers.others = await self._others_listen(conn)
+            async for note in conn.notifies(timeout=PEERS_CHECK_SEC):
+                if note.payload == HELLO:
+                    if note.pid != own:
+                        self.peers.others = True
+                    continue
+                self.signals.notify(note.payload)
+
+    async def _others_listen(self, conn: Any) -> bool:
+        import psycopg
+
+        try:
+            cursor = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = %s AND pid <> pg_backend_pid()", (LISTENER_APP,))
+            row = await cursor.fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            return True
+        return row is None or row[0] > 0

@@ -12,6 +12,7 @@ import re
 from functools import cache, lru_cache
 from typing import Any
 
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -27,6 +28,14 @@ _SET_TASK = ", ".join(f"{c} = :{c}" for c in _TASK_COLUMNS)
 # clearml-agent's) and that is younger than `:since` (a retry's entry, the worker it failed on skipping it a while).
 _TAKEABLE = ("(avoid IS NULL OR CAST(:w AS VARCHAR) IS NULL OR avoid <> CAST(:w AS VARCHAR) "
              "OR added < CAST(:since AS DOUBLE PRECISION))")
+
+
+def _record_columns() -> str:
+    """`json_to_recordset`'s columns for an enqueue's row: the task's columns, with their types, and its own (the
+    stored document it expects, the queue, when, and its number among the rows)."""
+    own = {"id": "VARCHAR", "old": "TEXT", "q": "VARCHAR", "a": "DOUBLE PRECISION", "n": "INTEGER"}
+    return ", ".join([f"{n} {t}" for n, t in own.items()]
+                     + [f"{c} {tasks.c[c].type.compile(dialect=postgresql.dialect())}" for c in _TASK_COLUMNS])
 
 
 def _entry_add(edge: str, step: str) -> dict[str, str]:
@@ -96,6 +105,49 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "SELECT CAST(:q AS VARCHAR), id, CAST(:a AS DOUBLE PRECISION), COALESCE((SELECT MAX(position) "
         "FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)), 0) + 1 FROM saved RETURNING queue) "
         "SELECT pg_notify('conveyor_queues', queue) FROM added"),
+    # The same for several enqueues at once (store/coalescing.py): `:rows`, a JSON list with one object per enqueue
+    # (a JSON text costs a fraction of arrays of documents to send and to read); the entries of one queue added in
+    # the order of the rows (`n`). It returns the tasks it enqueued.
+    "enqueue_many": (
+        f"WITH v AS (SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS v({_record_columns()})), "
+        "ok AS (SELECT id FROM queues WHERE id IN (SELECT q FROM v) "
+        "AND CASE WHEN strpos(queues.doc, '\\u0000') > 0 THEN false "
+        "ELSE COALESCE(CAST(queues.doc AS json) ->> 'max_entries', '0') = '0' END), "
+        f"saved AS (UPDATE tasks SET {', '.join(f'{c} = v.{c}' for c in _TASK_COLUMNS)}, runner = NULL, "
+        "puller = NULL FROM v WHERE tasks.id = v.id AND tasks.doc = v.old AND v.q IN (SELECT id FROM ok) "
+        "RETURNING tasks.id, v.q, v.a, v.n), "
+        "added AS (INSERT INTO queue_entries (queue, task, added, position) SELECT q, id, a, "
+        "COALESCE((SELECT MAX(position) FROM queue_entries e WHERE e.queue = saved.q), 0) "
+        "+ row_number() OVER (PARTITION BY q ORDER BY n) FROM saved RETURNING queue, task) "
+        "SELECT task, pg_notify('conveyor_queues', queue) FROM added"),
+    # Several pops of one queue at once (store/coalescing.py): the `:k` head entries go to the pops in order (the
+    # arrays `:runner` and `:w`, one element a pop). While an entry of the queue is held back from some worker (a
+    # retry's `avoid`), it pops nothing and answers a row numbered 0: each pop then runs `pop_and_deliver`, which
+    # knows who may take what.
+    "pop_many": (
+        "WITH req AS (SELECT * FROM unnest(CAST(:runner AS VARCHAR[]), CAST(:w AS VARCHAR[])) WITH ORDINALITY "
+        "AS r(runner, w, n)), "
+        "held AS (SELECT 1 FROM queue_entries WHERE queue = CAST(:q AS VARCHAR) AND avoid IS NOT NULL "
+        "AND added >= CAST(:since AS DOUBLE PRECISION) LIMIT 1), "
+        "head AS (SELECT seq FROM queue_entries WHERE queue = CAST(:q AS VARCHAR) AND NOT EXISTS "
+        "(SELECT 1 FROM held) ORDER BY position, seq LIMIT :k FOR UPDATE SKIP LOCKED), "
+        "popped AS (DELETE FROM queue_entries e USING head WHERE e.seq = head.seq "
+        "RETURNING e.task, e.added, e.queue, e.position, e.seq), "
+        "given AS (SELECT p.task, p.added, p.queue, req.runner, req.w, req.n FROM (SELECT *, row_number() OVER "
+        "(ORDER BY position, seq) AS n FROM popped) p JOIN req ON req.n = p.n), "
+        "delivered AS (INSERT INTO deliveries (task, queue, added, delivered) "
+        "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM given ON CONFLICT (task) DO UPDATE "
+        "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
+        "ran AS (UPDATE tasks SET runner = given.runner, puller = given.w FROM given "
+        "WHERE tasks.id = given.task AND given.runner IS NOT NULL) "
+        "SELECT n, task, added FROM given UNION ALL SELECT 0, NULL, NULL FROM held"),
+    # A popped entry whose answer reached nobody goes back to the front of its queue (documents.return_delivery).
+    "give_back": {"postgresql": (
+        "WITH forgotten AS (DELETE FROM deliveries WHERE task = CAST(:t AS VARCHAR)), "
+        "added AS (INSERT INTO queue_entries (queue, task, added, position) "
+        "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
+        "COALESCE(MIN(position), 0) - 1 FROM queue_entries WHERE queue = CAST(:q AS VARCHAR) RETURNING queue) "
+        "SELECT pg_notify('conveyor_queues', queue) FROM added")},
     # What `get_task_info` answers about a popped task, without its whole document unless json cannot read it.
     "task_owner": ("SELECT CASE WHEN strpos(doc, '\\u0000') = 0 THEN CAST(doc AS json) ->> 'company' END, user_id, "
                    "CASE WHEN strpos(doc, '\\u0000') > 0 THEN doc END FROM tasks WHERE id = :id"),
@@ -111,6 +163,14 @@ QUERIES: dict[str, str | dict[str, str]] = {
                   f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1) RETURNING task, added",
     },
 }
+
+# The enqueues on the event loop without their NOTIFY, for a server process that no other one listens to (its own
+# long-polls it wakes itself): PostgreSQL's delivery of a notification to the server's own LISTEN connection, and the
+# server's read of it, cost a tenth of an enqueue+pop pair (store/notify.py `Peers`).
+for _name in ("enqueue_write", "enqueue_many"):
+    _text = QUERIES[_name]
+    assert isinstance(_text, str) and "pg_notify('conveyor_queues', queue)" in _text
+    QUERIES[f"{_name}_quiet"] = _text.replace("pg_notify('conveyor_queues', queue)", "queue")
 
 _PARAM = re.compile(r"(?<![:\w]):([a-z_]+)")
 
