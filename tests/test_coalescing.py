@@ -13,27 +13,36 @@ from conveyor.server.store.coalescing import Coalescer
 class Statements:
     """A stand-in for the database: records each statement's items; an item "bad" fails any statement holding it."""
 
-    def __init__(self) -> None:
+    def __init__(self, gated: bool = False) -> None:
         self.batches: list[list[str]] = []
-        self.release = asyncio.Event()
+        self.gated = gated
+        self.tickets = asyncio.Semaphore(0)  # gated: a statement waits for a ticket, as for the database's answer
 
-    async def run_many(self, items: list[str]) -> list[str]:
+    def release(self) -> None:
+        self.tickets.release()
+
+    async def run_many(self, items: list[str]) -> list[str | Exception]:
         self.batches.append(items)
-        await self.release.wait()
+        if self.gated:
+            await self.tickets.acquire()
+        if "down" in items:
+            raise ConnectionError("the database is out of reach")
         if "bad" in items:
             raise ValueError(f"refused: {len(items)} items")
-        return [item.upper() for item in items]
+        # "own": a statement of its own that failed after the others committed (a pop one by one)
+        return [KeyError(item) if item.startswith("own") else item.upper() for item in items]
 
 
 def test_the_first_call_goes_alone_and_those_arriving_meanwhile_go_together() -> None:
     async def run() -> tuple[list[str], list[list[str]]]:
-        db = Statements()
+        db = Statements(gated=True)
         together = Coalescer(db.run_many)
         first = asyncio.ensure_future(together("a"))
         await asyncio.sleep(0.01)  # its statement is in flight
         later = [asyncio.ensure_future(together(x)) for x in ("b", "c", "d")]
         await asyncio.sleep(0.01)
-        db.release.set()
+        db.release()
+        db.release()
         answers = await asyncio.gather(first, *later)
         return answers, db.batches
 
@@ -45,7 +54,6 @@ def test_the_first_call_goes_alone_and_those_arriving_meanwhile_go_together() ->
 def test_a_statement_holds_at_most_its_limit() -> None:
     async def run() -> list[list[str]]:
         db = Statements()
-        db.release.set()
         together = Coalescer(db.run_many, most=2)
         await asyncio.gather(*(together(x) for x in "abcde"))
         return db.batches
@@ -58,8 +66,7 @@ def test_a_failed_statement_gives_each_call_its_own_answer() -> None:
     the bad one's caller gets its own error."""
     async def run() -> tuple[list[object], list[list[str]]]:
         db = Statements()
-        db.release.set()
-        together = Coalescer(db.run_many)
+        together = Coalescer(db.run_many, split_on=lambda exc: isinstance(exc, ValueError))
         answers = await asyncio.gather(*(together(x) for x in ("a", "bad", "c")), return_exceptions=True)
         return answers, db.batches
 
@@ -69,33 +76,72 @@ def test_a_failed_statement_gives_each_call_its_own_answer() -> None:
     assert batches == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
 
 
-def test_what_a_cancelled_call_was_given_is_handed_back() -> None:
-    async def run() -> tuple[list[tuple[str, str]], str]:
+def test_an_error_that_is_not_one_rows_answers_every_call_at_once() -> None:
+    """The database out of reach: every call of the statement gets that error, none waits for a statement of its
+    own to fail in turn."""
+    async def run() -> tuple[list[object], list[list[str]]]:
         db = Statements()
+        together = Coalescer(db.run_many, split_on=lambda exc: isinstance(exc, ValueError))
+        answers = await asyncio.gather(*(together(x) for x in ("a", "down", "c")), return_exceptions=True)
+        return answers, db.batches
+
+    answers, batches = asyncio.run(run())
+    assert all(isinstance(a, ConnectionError) for a in answers)
+    assert batches == [["a", "down", "c"]]
+
+
+def test_an_items_own_error_goes_to_its_caller_alone_and_the_others_are_not_run_again() -> None:
+    async def run() -> tuple[list[object], list[list[str]]]:
+        db = Statements()
+        together = Coalescer(db.run_many)
+        answers = await asyncio.gather(*(together(x) for x in ("a", "own-b", "c")), return_exceptions=True)
+        return answers, db.batches
+
+    answers, batches = asyncio.run(run())
+    assert answers[0] == "A" and answers[2] == "C" and isinstance(answers[1], KeyError)
+    assert batches == [["a", "own-b", "c"]]
+
+
+def test_what_cancelled_calls_were_given_is_handed_back_last_first() -> None:
+    """Two pops whose callers left while their statement ran: their entries go back to the front of the queue one
+    after the other, the second first, so that the queue keeps its order. A call whose caller left before its
+    statement began is not run."""
+    async def run() -> tuple[list[tuple[str, str]], str, list[list[str]]]:
+        db = Statements(gated=True)
         handed_back: list[tuple[str, str]] = []
 
         async def orphaned(item: str, result: str) -> None:
             handed_back.append((item, result))
 
         together = Coalescer(db.run_many, orphaned=orphaned)
-        gone = asyncio.ensure_future(together("a"))
-        kept = asyncio.ensure_future(together("b"))
+        first = asyncio.ensure_future(together("a"))
+        await asyncio.sleep(0.01)  # "a" is in flight
+        gone = [asyncio.ensure_future(together(x)) for x in ("b", "c")]
+        kept = asyncio.ensure_future(together("d"))
+        never = asyncio.ensure_future(together("e"))
         await asyncio.sleep(0.01)
-        gone.cancel()
-        db.release.set()
+        never.cancel()  # before its statement
+        db.release()
+        await first
+        await asyncio.sleep(0.01)  # "b", "c", "d" in flight
+        for call in gone:
+            call.cancel()
+        db.release()
         answer = await kept
-        with pytest.raises(asyncio.CancelledError):
-            await gone
-        return handed_back, answer
+        for call in [*gone, never]:
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        return handed_back, answer, db.batches
 
-    handed_back, answer = asyncio.run(run())
-    assert handed_back == [("a", "A")] and answer == "B"
+    handed_back, answer, batches = asyncio.run(run())
+    assert answer == "D"
+    assert handed_back == [("c", "C"), ("b", "B")]
+    assert batches == [["a"], ["b", "c", "d"]]
 
 
 def test_it_reports_idle_once_every_call_is_answered() -> None:
     async def run() -> tuple[int, bool]:
         db = Statements()
-        db.release.set()
         idle: list[bool] = []
         together: Coalescer[str, str] = Coalescer(db.run_many, on_idle=lambda: idle.append(True))
         await asyncio.gather(together("a"), together("b"))

@@ -15,18 +15,19 @@ import httpx
 import psycopg
 import pytest
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DataError
 
 from conftest import ServerProcess
 from conveyor.protocol.errors import ApiError
 from conveyor.server.auth import Identity
 from conveyor.server.call import Call
-from conveyor.server.codec import Document, dumps
+from conveyor.server.codec import Document, dumps, loads
 from conveyor.server.model import queues, tasks
 from conveyor.server.services import load_all
 from conveyor.server.state import ServerState
 from conveyor.server.store import Store, known_docs, notify
 from conveyor.server.store.async_pg import AsyncPg, PopRequest
-from conveyor.server.store.documents import entries_of, get_task, insert_task, save_task
+from conveyor.server.store.documents import entries_of, get_task, insert_task, save_task, task_columns
 from conveyor.server.store.notify import CATCH_UP_SEC, HELLO, LISTENER_APP, PEERS_CHECK_SEC, PgListener, QueueSignals
 
 ADMIN = Identity(user="u-admin", user_name="admin", company="c", access_key="K", role="admin")
@@ -302,7 +303,9 @@ def test_concurrent_enqueues_and_pops_share_statements_in_order_and_lose_nothing
     assert [e["task"] for e in entries[second]] == [t for t in made if onto[t] == second]
 
     pg = Meddling(store.pg_dsn, lambda: None)
-    pops = _all_on_loop(store, pg, [("queues.get_next_task", {"queue": first})] * 25)
+    poppers = [Identity(user="u-admin", user_name="admin", company="c", access_key=f"K{i}", role="admin")
+               for i in range(25)]
+    pops = _all_on_loop(store, pg, [("queues.get_next_task", {"queue": first})] * 25, poppers)
     assert pg.statements == ["pop_many"]
     expected = [e["task"] for e in entries[first]]
     assert [p.get("entry", {}).get("task") for p in pops] == expected + [None] * (25 - len(expected))
@@ -311,7 +314,7 @@ def test_concurrent_enqueues_and_pops_share_statements_in_order_and_lose_nothing
         delivered = dict(conn.exec_driver_sql("SELECT task, queue FROM deliveries").all())
         runners = dict(conn.exec_driver_sql("SELECT id, runner FROM tasks WHERE runner IS NOT NULL").all())
     assert delivered == {t: first for t in expected}
-    assert runners == {t: ADMIN.access_key for t in expected}
+    assert runners == {t: f"K{i}" for i, t in enumerate(expected)}  # each popper may report on what it got
 
 
 def test_pops_together_leave_a_retry_to_the_workers_that_may_take_it(store: Store) -> None:
@@ -343,31 +346,104 @@ def test_pops_together_leave_a_retry_to_the_workers_that_may_take_it(store: Stor
 
 
 def test_a_pop_whose_caller_is_gone_puts_its_entry_back(store: Store) -> None:
-    """A pop cancelled (its client went away) after its statement was sent: the entry it took goes back to the front
-    of the queue, and no delivery is left waiting for an answer that never went out."""
+    """A pop cancelled (its client went away) while its statement runs: the entry it took goes back to the front of
+    the queue, and no delivery is left waiting for an answer that never went out."""
     with store.write() as conn:
         queue = queues.create(conn, "gone", user=ADMIN.user, company="c", tags=[], system_tags=[])
     made = _tasks(store, 2)
     _all_on_loop(store, AsyncPg(store.pg_dsn), [("tasks.enqueue", {"task": t, "queue": queue}) for t in made])
 
-    async def cancelled_pop() -> None:
-        pg = AsyncPg(store.pg_dsn)
+    class Slow(Meddling):
+        """Holds the pop's statement until the test lets it go."""
+
+        def __init__(self, dsn: str) -> None:
+            super().__init__(dsn, lambda: None)
+            self.sent, self.go = asyncio.Event(), asyncio.Event()
+
+        async def fetch(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+            if name == "pop_and_deliver":
+                self.sent.set()
+                await self.go.wait()
+            return await super().fetch(name, params)
+
+    async def cancelled_pop() -> list[str]:
+        pg = Slow(store.pg_dsn)
         await pg.open()
         try:
             pop = asyncio.ensure_future(pg.pop(queue, PopRequest(runner="K", worker=None, since=0.0)))
-            await asyncio.sleep(0)  # the statement is on its way
+            await asyncio.wait_for(pg.sent.wait(), 5)
             pop.cancel()
+            pg.go.set()
             for _ in range(100):
                 await asyncio.sleep(0.05)
                 if not pg._pops:  # noqa: SLF001 - the pops of that queue are all answered
                     break
+            return pg.statements
         finally:
             await pg.close()
 
-    asyncio.run(cancelled_pop())
+    assert asyncio.run(cancelled_pop()) == ["pop_and_deliver", "give_back"]
     with store.read() as conn:
         assert [e["task"] for e in entries_of(conn, [queue])[queue]] == made
         assert conn.exec_driver_sql("SELECT count(*) FROM deliveries").scalar() == 0
+
+
+def _rows_to_enqueue(store: Store, tasks_: list[str], queue: str) -> list[dict[str, Any]]:
+    """What the enqueue hands AsyncPg.enqueue for each task: its stored document and the one to save."""
+    rows = []
+    for task in tasks_:
+        stored = known_docs.TASKS.get(task)
+        assert stored is not None
+        doc = loads(stored)
+        doc["status"] = "queued"
+        rows.append({"id": task, "old": stored, "q": queue, "a": time.time(), **task_columns(doc)})
+    return rows
+
+
+def _enqueue_together(store: Store, rows: list[dict[str, Any]]) -> tuple[list[object], list[str], float]:
+    pg = Meddling(store.pg_dsn, lambda: None)
+
+    async def run() -> tuple[list[object], float]:
+        await pg.open()
+        try:
+            began = time.monotonic()
+            answers = await asyncio.gather(*(pg.enqueue(row) for row in rows), return_exceptions=True)
+            return answers, time.monotonic() - began
+        finally:
+            await pg.close()
+
+    answers, took = asyncio.run(run())
+    return answers, pg.statements, took
+
+
+def test_a_bad_row_fails_its_own_enqueue_and_not_those_it_shared_a_statement_with(store: Store) -> None:
+    with store.write() as conn:
+        queue = queues.create(conn, "mixed", user=ADMIN.user, company="c", tags=[], system_tags=[])
+    rows = _rows_to_enqueue(store, _tasks(store, 3), queue)
+    rows[1]["a"] = "not a time"  # what PostgreSQL refuses for that row alone
+    answers, statements, _ = _enqueue_together(store, rows)
+    assert answers[0] is True and answers[2] is True
+    assert isinstance(answers[1], DataError)
+    assert statements == ["enqueue_many", "enqueue_write", "enqueue_write", "enqueue_write"]
+    with store.read() as conn:
+        assert [e["task"] for e in entries_of(conn, [queue])[queue]] == [rows[0]["id"], rows[2]["id"]]
+
+
+def test_a_task_locked_by_a_transaction_in_progress_holds_up_no_other_enqueue(store: Store, pg_url: str) -> None:
+    """A task row held by a long transaction (a psql session): the enqueues sharing its statement go through at
+    once, and that task's own is left to the locked path (it answers "not enqueued here")."""
+    with store.write() as conn:
+        queue = queues.create(conn, "locks", user=ADMIN.user, company="c", tags=[], system_tags=[])
+    rows = _rows_to_enqueue(store, _tasks(store, 3), queue)
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("SELECT id FROM tasks WHERE id = %s FOR UPDATE", (rows[0]["id"],))
+        answers, statements, took = _enqueue_together(store, rows)
+        holder.rollback()
+    assert answers == [False, True, True]
+    assert statements == ["enqueue_many"]
+    assert took < 1.0  # not the 5 s lock timeout
+    with store.read() as conn:
+        assert [e["task"] for e in entries_of(conn, [queue])[queue]] == [rows[1]["id"], rows[2]["id"]]
 
 
 def test_a_lone_server_sends_no_notify_and_a_second_one_is_woken_all_the_same(tmp_path: Path, pg_url: str) -> None:
@@ -381,6 +457,7 @@ def test_a_lone_server_sends_no_notify_and_a_second_one_is_woken_all_the_same(tm
         made = [api.call("tasks.create", {"name": f"t{i}", "type": "training"})["id"] for i in range(2)]
         with psycopg.connect(pg_url, autocommit=True, application_name="a test listening") as listening:
             listening.execute("LISTEN conveyor_queues")
+            listening.execute("SELECT 1")  # a session whose last statement is that LISTEN counts as a server's
             time.sleep(2 * PEERS_CHECK_SEC)  # the first server has looked for others by now
             api.call("tasks.enqueue", {"task": made[0], "queue": queue})
             heard = [n.payload for n in listening.notifies(timeout=1.0)]
@@ -425,14 +502,14 @@ def test_a_listener_hears_of_a_newcomer_at_once_and_looks_again_after_it_began(
             began = loop.time()
             with signals.listen(["some-queue"]) as woken:
                 await asyncio.sleep(0.2)
-                alone = not listener.peers.others
+                alone = listener.peers.quiet
                 newcomer = await psycopg.AsyncConnection.connect(pg_url, autocommit=True,
                                                                  application_name=LISTENER_APP)
                 async with newcomer:
                     await newcomer.execute("LISTEN conveyor_queues")
                     hello = loop.time()
                     await newcomer.execute("SELECT pg_notify('conveyor_queues', %s)", (HELLO,))
-                    while not listener.peers.others:
+                    while listener.peers.quiet:
                         await asyncio.sleep(0.005)
                     heard_after = loop.time() - hello
                     reason = await asyncio.wait_for(woken, CATCH_UP_SEC + 2)

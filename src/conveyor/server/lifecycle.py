@@ -100,6 +100,7 @@ class Background:
                 await self.state.store.open_on_loop()
                 if self.state.store.on_loop is not None:
                     self.state.store.on_loop.peers = self._listener.peers
+                    self.state.store.on_loop.woken = self.state.wake
             except Exception as exc:  # noqa: BLE001 - the calls it would serve go through threads instead
                 log.warning("PostgreSQL connections for the event loop could not be opened (%s): pops and enqueues "
                             "are served from threads", exc)

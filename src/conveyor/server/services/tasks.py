@@ -383,8 +383,7 @@ async def _enqueue_on_loop(call: Call, pg: AsyncPg, task_id: str, queue_id: str)
         columns = task_columns(doc)
         if await pg.enqueue({"id": task_id, "old": stored, "q": queue_id, "a": time.time(), **columns}):
             known_docs.TASKS.remember(task_id, columns["doc"])
-            count_enqueued(queue_id)
-            call.state.wake([queue_id])
+            count_enqueued(queue_id)  # the statement woke this process's long-polls (AsyncPg.woken)
             return {"updated": 1, "queued": 1, "fields": fields}
         stored = None  # changed since, or its queue cannot take it: read both
     return None

@@ -12,14 +12,16 @@ applies to these calls too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from conveyor.server.codec import dumps
 from conveyor.server.store.coalescing import Coalescer
@@ -49,6 +51,17 @@ class PopRequest:
     since: float  # entries held back from a worker are those added after this (epoch seconds)
 
 
+def _one_rows_error(exc: Exception) -> bool:
+    """An error that one row's values can cause: a statement for several is then run again one by one, so that the
+    call with that row alone fails."""
+    return isinstance(exc, (DataError, IntegrityError))
+
+
+def _named(statement_name: str, quiet: bool) -> str:
+    """The statement, or its twin without the NOTIFY (sql.py) while no other server process listens."""
+    return f"{statement_name}_quiet" if quiet else statement_name
+
+
 class AsyncPg:
     """A pool of autocommit connections to the store's PostgreSQL database, opened on the server's event loop."""
 
@@ -58,13 +71,12 @@ class AsyncPg:
                                          timeout=CHECKOUT_TIMEOUT_SEC,
                                          name="conveyor-api")
         self._checking: asyncio.Task[None] | None = None
-        self._enqueues: Coalescer[dict[str, Any], bool] = Coalescer(self._enqueue_many)
+        self._enqueues: Coalescer[dict[str, Any], bool] = Coalescer(self._enqueue_many, split_on=_one_rows_error)
         self._pops: dict[str, Coalescer[PopRequest, tuple[str, float] | None]] = {}
         self.peers: Peers | None = None  # set by the server's LISTEN (store/notify.py): whether to NOTIFY others
-
-    def _enqueue_statement(self, name: str) -> str:
-        """`name`, or its twin without the NOTIFY while no other server process listens."""
-        return f"{name}_quiet" if self.peers is not None and not self.peers.others else name
+        # This process's long-polls, woken by the enqueues themselves: a call cancelled after its statement was sent
+        # cannot leave them asleep (no NOTIFY may come back to wake them).
+        self.woken: Callable[[list[str]], None] = lambda _: None
 
     async def open(self) -> None:
         await self._pool.open(wait=True, timeout=CHECKOUT_TIMEOUT_SEC)
@@ -89,10 +101,8 @@ class AsyncPg:
         (`enqueue_write`); concurrent enqueues share one statement. True when it was enqueued."""
         return await self._enqueues(row)
 
-    async def _enqueue_many(self, rows: list[dict[str, Any]]) -> list[bool]:
-        if len(rows) == 1:
-            return [bool(await self.fetch(self._enqueue_statement("enqueue_write"), rows[0]))]
-        # One task twice in a statement would be saved from either row: a later row waits for the next statement.
+    async def _enqueue_many(self, rows: list[dict[str, Any]]) -> list[bool | Exception]:
+        # One task twice in a statement would be saved from either row: a later row goes in a statement of its own.
         first: dict[str, dict[str, Any]] = {}
         later = []
         for row in rows:
@@ -101,12 +111,30 @@ class AsyncPg:
             else:
                 first[row["id"]] = row
         batch = list(first.values())
-        rows_json = dumps([{**row, "n": n} for n, row in enumerate(batch)])
-        enqueued = {task for task, _ in await self.fetch(self._enqueue_statement("enqueue_many"), {"rows": rows_json})}
-        done = {id(row): row["id"] in enqueued for row in batch}
-        for row in later:
-            done[id(row)] = (await self._enqueue_many([row]))[0]
-        return [done[id(row)] for row in rows]
+        quiet = self.peers is not None and self.peers.quiet
+        if len(batch) == 1:
+            enqueued = {batch[0]["id"]} if await self.fetch(_named("enqueue_write", quiet), batch[0]) else set()
+        else:
+            rows_json = dumps([{**row, "n": n} for n, row in enumerate(batch)])
+            enqueued = {task for task, _ in await self.fetch(_named("enqueue_many", quiet), {"rows": rows_json})}
+        outcome: dict[int, bool | Exception] = {id(row): row["id"] in enqueued for row in batch}
+        await self._enqueued({row["q"] for row in batch if row["id"] in enqueued}, quiet)
+        for row in later:  # the statement above committed: an error here is this row's alone
+            try:
+                outcome[id(row)] = (await self._enqueue_many([row]))[0]
+            except Exception as exc:  # noqa: BLE001 - its caller raises it
+                outcome[id(row)] = exc
+        return [outcome[id(row)] for row in rows]
+
+    async def _enqueued(self, queue_ids: set[str], quiet: bool) -> None:
+        """Wake this process's long-polls on the queues that got entries; and where the statement went without its
+        NOTIFY but another server process has begun to listen since, send it now."""
+        if not queue_ids:
+            return
+        self.woken(sorted(queue_ids))
+        if quiet and self.peers is not None and not self.peers.quiet:
+            with contextlib.suppress(Exception):  # the newcomer's long-polls look again soon (notify.CATCH_UP_SEC)
+                await self.fetch("notify_queues", {"qs": sorted(queue_ids)})
 
     async def pop(self, queue_id: str, request: PopRequest) -> tuple[str, float] | None:
         """Take the head entry of one queue for `request` and record its delivery (`pop_and_deliver`): (task, added),
@@ -114,7 +142,7 @@ class AsyncPg:
         pops = self._pops.get(queue_id)
         if pops is None:
             pops = self._pops[queue_id] = Coalescer(
-                lambda requests: self._pop_many(queue_id, requests),
+                lambda requests: self._pop_many(queue_id, requests), split_on=_one_rows_error,
                 orphaned=lambda _, popped: self._give_back(queue_id, popped),
                 on_idle=lambda: self._forget_pops(queue_id))
         return await pops(request)
@@ -122,18 +150,27 @@ class AsyncPg:
     def _forget_pops(self, queue_id: str) -> None:
         self._pops.pop(queue_id, None)
 
-    async def _pop_many(self, queue_id: str, requests: list[PopRequest]) -> list[tuple[str, float] | None]:
+    async def _pop_many(self, queue_id: str,
+                        requests: list[PopRequest]) -> list[tuple[str, float] | None | Exception]:
         if len(requests) > 1:
             rows = await self.fetch("pop_many", {
-                "q": queue_id, "k": len(requests), "since": requests[0].since, "d": time.time(),
+                "q": queue_id, "k": len(requests), "since": min(r.since for r in requests), "d": time.time(),
                 "runner": [r.runner for r in requests], "w": [r.worker for r in requests]})
             if all(n for n, _, _ in rows):  # no entry held back from some worker (a retry's): the head went in order
                 got = {n: (task, added) for n, task, added in rows}
                 return [got.get(n) for n in range(1, len(requests) + 1)]
-        answers: list[tuple[str, float] | None] = []
+        # One statement a pop, each committing by itself: a failed one is its pop's alone (those before it took
+        # their entries).
+        answers: list[tuple[str, float] | None | Exception] = []
         for r in requests:
-            rows = await self.fetch("pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": r.runner,
-                                                        "w": r.worker, "since": r.since})
+            try:
+                rows = await self.fetch("pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": r.runner,
+                                                            "w": r.worker, "since": r.since})
+            except Exception as exc:  # noqa: BLE001 - its caller raises it
+                if len(requests) == 1:
+                    raise
+                answers.append(exc)
+                continue
             answers.append((rows[0][0], rows[0][1]) if rows else None)
         return answers
 

@@ -22,17 +22,22 @@ MOST_PER_STATEMENT = 64
 
 class Coalescer(Generic[Item, Result]):
     """`await coalescer(item)` runs `run_many(items)` over the items pending together, and answers each with its
-    result (`run_many` answers one result per item, in order). When a statement fails, its items are run again one
-    by one, so that each call gets its own answer: its own error, or a success that another item's bad value had
-    failed.
+    outcome: `run_many` returns one per item, in order, a result or the error of that item's own statement.
+
+    When `run_many` raises, its one statement failed as a whole and nothing of it holds. An error that one item's
+    values can cause (`split_on`: a bad value, a constraint) is found by running the items again one by one, so that
+    each call gets its own answer; any other (the database out of reach, a lock timeout) answers every call at once,
+    rather than making each wait for it in turn.
 
     `orphaned(item, result)` takes a result whose caller stopped waiting (cancelled), as a pop's entry that must go
-    back to its queue."""
+    back to its queue. An item whose caller is gone before its statement starts is not run at all."""
 
-    def __init__(self, run_many: Callable[[list[Item]], Awaitable[list[Result]]], *,
+    def __init__(self, run_many: Callable[[list[Item]], Awaitable[list[Result | Exception]]], *,
+                 split_on: Callable[[Exception], bool] = lambda _: True,
                  orphaned: Callable[[Item, Result], Awaitable[None]] | None = None,
                  most: int = MOST_PER_STATEMENT, on_idle: Callable[[], None] | None = None):
         self._run_many = run_many
+        self._split_on = split_on
         self._orphaned = orphaned
         self._most = most
         self._on_idle = on_idle
@@ -54,7 +59,9 @@ class Coalescer(Generic[Item, Result]):
         try:
             while self._pending:
                 batch, self._pending = self._pending[:self._most], self._pending[self._most:]
-                await self._run(batch)
+                batch = [one for one in batch if not one[1].done()]  # callers gone: nothing to do for them
+                if batch:
+                    await self._run(batch)
         finally:
             self._draining = None
             if self._pending:  # only after an unexpected error above: the calls left must not wait forever
@@ -63,34 +70,31 @@ class Coalescer(Generic[Item, Result]):
                 self._on_idle()
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        orphans: list[tuple[Item, Result]] = []
         try:
-            results = await self._run_many([item for item, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - handed to the callers, each of which raises it
-            if len(batch) == 1:
-                await self._answer(batch[0], error=exc)
-                return
-            for one in batch:  # each call's own answer: its own error, or its success
-                await self._run([one])
-            return
-        except BaseException as exc:  # cancelled (the server stops): the callers must not wait forever
-            for _, future in batch:
+            try:
+                outcomes = await self._run_many([item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to the callers, each of which raises it
+                if len(batch) > 1 and self._split_on(exc):
+                    for one in batch:
+                        await self._run([one])
+                    return
+                outcomes = [exc] * len(batch)
+            for (item, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():  # its caller is gone
+                    if not isinstance(outcome, Exception):
+                        orphans.append((item, outcome))
+                elif isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+        finally:
+            for _, future in batch:  # cancelled (the server stops) or a bug: no caller may wait forever
                 if not future.done():
-                    future.set_exception(exc)
-            raise
-        for one, result in zip(batch, results, strict=True):
-            await self._answer(one, result=result)
-
-    async def _answer(self, one: tuple[Item, asyncio.Future[Result]], *, result: Result | None = None,
-                      error: Exception | None = None) -> None:
-        item, future = one
-        if future.done():  # its caller is gone
-            if error is None and self._orphaned is not None:
-                try:
-                    await self._orphaned(item, result)  # type: ignore[arg-type]
-                except Exception:  # noqa: BLE001 - the stale-delivery sweep puts it back later
-                    log.warning("could not hand back what a cancelled call was given", exc_info=True)
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
+                    future.cancel()
+            if orphans and self._orphaned is not None:
+                for item, result in reversed(orphans):  # each goes back in front of the one after it
+                    try:
+                        await self._orphaned(item, result)
+                    except Exception:  # noqa: BLE001 - the stale-delivery sweep puts it back later
+                        log.warning("could not hand back what a cancelled call was given", exc_info=True)

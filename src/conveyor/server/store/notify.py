@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -89,11 +90,19 @@ CATCH_UP_SEC = 2.5 * PEERS_CHECK_SEC
 
 
 class Peers:
-    """Whether another server process listens on this database: when none does, the event loop's enqueues send no
-    NOTIFY. Unknown (the LISTEN connection down, the check refused) counts as yes."""
+    """Whether another server process listens on this database: while none does, the event loop's enqueues send no
+    NOTIFY. Unknown counts as yes: the LISTEN connection down, the check refused or late, or its last answer older
+    than two checks."""
 
     def __init__(self) -> None:
-        self.others = True
+        self._alone_until = 0.0  # time.monotonic()
+
+    @property
+    def quiet(self) -> bool:
+        return time.monotonic() < self._alone_until
+
+    def alone(self, alone: bool) -> None:
+        self._alone_until = time.monotonic() + 2 * PEERS_CHECK_SEC if alone else 0.0
 
 
 class PgListener:
@@ -139,32 +148,34 @@ class PgListener:
                     loop = asyncio.get_running_loop()
                     self._catch_up = loop.call_later(CATCH_UP_SEC, self.signals.wake_all)
                     await self._listen(conn)
-            except psycopg.Error as exc:  # the database restarted or is out of reach: listen again once it is back
+            except (psycopg.Error, asyncio.TimeoutError) as exc:  # the database restarted, is out of reach, or stalls
                 log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc.__class__.__name__)
             except Exception:  # a bug: logged, and listening goes on (other servers' wake-ups depend on it)
                 log.exception("PostgreSQL LISTEN failed; reconnecting")
-            self.peers.others = True
+            self.peers.alone(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
     async def _listen(self, conn: Any) -> None:
         own = conn.info.backend_pid
         while True:
-            self.peers.others = await self._others_listen(conn)
+            self.peers.alone(not await asyncio.wait_for(self._others_listen(conn), 2 * PEERS_CHECK_SEC))
             async for note in conn.notifies(timeout=PEERS_CHECK_SEC):
                 if note.payload == HELLO:
                     if note.pid != own:
-                        self.peers.others = True
+                        self.peers.alone(False)
                     continue
                 self.signals.notify(note.payload)
 
     async def _others_listen(self, conn: Any) -> bool:
+        """Whether another server process's LISTEN connection is open: by its application name (a pooler may add to
+        it), or by its last statement for those of a release before this one."""
         import psycopg
 
         try:
             cursor = await conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = %s AND pid <> pg_backend_pid()", (LISTENER_APP,))
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND (application_name LIKE %s OR query = %s)", (LISTENER_APP + "%", f"LISTEN {CHANNEL}"))
             row = await cursor.fetchone()
         except psycopg.errors.InsufficientPrivilege:
             return True

@@ -91,13 +91,16 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # PostgreSQL's enqueue on the event loop (services/tasks.py): the task saved (runner forgotten) and its entry
     # added in one statement that commits by itself. The save holds only if the document is still the one the
     # enqueue knew (known_docs.py) or read, and the queue exists with no entry limit: otherwise it saves nothing,
-    # and the enqueue reads again, or leaves the call to the locked path.
+    # and the enqueue reads again, or leaves the call to the locked path. A task row locked by a transaction in
+    # progress is skipped, not waited for: the locked path waits for it, in a thread, rather than every enqueue that
+    # shares the statement.
     # A task document too large to handle on the event loop reads as none: the locked path takes it, in a thread.
     "enqueue_read": ("SELECT (SELECT doc FROM queues WHERE id = :q), "
                      "(SELECT CASE WHEN length(doc) <= :most THEN doc END FROM tasks WHERE id = :t)"),
     "enqueue_write": (
-        f"WITH saved AS (UPDATE tasks SET {_SET_TASK}, runner = NULL, puller = NULL WHERE id = :id AND doc = :old "
-        "AND EXISTS "
+        "WITH held AS (SELECT id FROM tasks WHERE id = CAST(:id AS VARCHAR) FOR UPDATE SKIP LOCKED), "
+        f"saved AS (UPDATE tasks SET {_SET_TASK}, runner = NULL, puller = NULL WHERE id = (SELECT id FROM held) "
+        "AND doc = :old AND EXISTS "
         "(SELECT 1 FROM queues WHERE id = CAST(:q AS VARCHAR) "
         "AND CASE WHEN strpos(queues.doc, '\\u0000') > 0 THEN false "  # json refuses to read those: locked path
         "ELSE COALESCE(CAST(queues.doc AS json) ->> 'max_entries', '0') = '0' END) RETURNING id), "
@@ -113,8 +116,10 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "ok AS (SELECT id FROM queues WHERE id IN (SELECT q FROM v) "
         "AND CASE WHEN strpos(queues.doc, '\\u0000') > 0 THEN false "
         "ELSE COALESCE(CAST(queues.doc AS json) ->> 'max_entries', '0') = '0' END), "
+        "held AS (SELECT id FROM tasks WHERE id IN (SELECT id FROM v) FOR UPDATE SKIP LOCKED), "
         f"saved AS (UPDATE tasks SET {', '.join(f'{c} = v.{c}' for c in _TASK_COLUMNS)}, runner = NULL, "
-        "puller = NULL FROM v WHERE tasks.id = v.id AND tasks.doc = v.old AND v.q IN (SELECT id FROM ok) "
+        "puller = NULL FROM v WHERE tasks.id = v.id AND tasks.id IN (SELECT id FROM held) AND tasks.doc = v.old "
+        "AND v.q IN (SELECT id FROM ok) "
         "RETURNING tasks.id, v.q, v.a, v.n), "
         "added AS (INSERT INTO queue_entries (queue, task, added, position) SELECT q, id, a, "
         "COALESCE((SELECT MAX(position) FROM queue_entries e WHERE e.queue = saved.q), 0) "
@@ -141,6 +146,9 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "ran AS (UPDATE tasks SET runner = given.runner, puller = given.w FROM given "
         "WHERE tasks.id = given.task AND given.runner IS NOT NULL) "
         "SELECT n, task, added FROM given UNION ALL SELECT 0, NULL, NULL FROM held"),
+    # The NOTIFYs of enqueues that went without them (`enqueue_write_quiet`) when another server process has begun
+    # to listen meanwhile.
+    "notify_queues": "SELECT pg_notify('conveyor_queues', q) FROM unnest(CAST(:qs AS VARCHAR[])) AS q",
     # A popped entry whose answer reached nobody goes back to the front of its queue (documents.return_delivery).
     "give_back": {"postgresql": (
         "WITH forgotten AS (DELETE FROM deliveries WHERE task = CAST(:t AS VARCHAR)), "
