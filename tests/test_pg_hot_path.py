@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 
 from conftest import ServerProcess
 from conveyor.protocol.errors import ApiError
@@ -29,6 +29,7 @@ from conveyor.server.store import Store, known_docs, notify
 from conveyor.server.store.async_pg import AsyncPg, PopRequest
 from conveyor.server.store.documents import entries_of, get_task, insert_task, save_task, task_columns
 from conveyor.server.store.notify import CATCH_UP_SEC, HELLO, LISTENER_APP, PEERS_CHECK_SEC, PgListener, QueueSignals
+from conveyor.server.store.sql import LOCK_TIMEOUT_MS
 
 ADMIN = Identity(user="u-admin", user_name="admin", company="c", access_key="K", role="admin")
 
@@ -446,6 +447,23 @@ def test_a_task_locked_by_a_transaction_in_progress_holds_up_no_other_enqueue(st
         assert [e["task"] for e in entries_of(conn, [queue])[queue]] == [rows[1]["id"], rows[2]["id"]]
 
 
+def test_an_enqueue_of_a_task_locked_by_a_transaction_is_a_retryable_error_after_a_while(store: Store,
+                                                                                        pg_url: str) -> None:
+    """The event loop's statement skips the locked task, and the locked path it leaves the call to waits for the lock
+    as long as the loop's statements would have (LOCK_TIMEOUT_MS), then fails as an unreachable database does (a
+    503 that clients retry): no thread is held for as long as the psql session stays open."""
+    task, queue = _task_and_queue(store)
+    with psycopg.connect(pg_url) as holder:
+        holder.execute("SELECT id FROM tasks WHERE id = %s FOR UPDATE", (task,))
+        began = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            _enqueue(store, AsyncPg(store.pg_dsn), task, queue)
+        took = time.monotonic() - began
+        holder.rollback()
+    assert LOCK_TIMEOUT_MS / 1000 - 0.5 < took < LOCK_TIMEOUT_MS / 1000 + 4
+    assert _enqueue(store, AsyncPg(store.pg_dsn), task, queue)["queued"] == 1  # once the lock is gone
+
+
 def test_a_lone_server_sends_no_notify_and_a_second_one_is_woken_all_the_same(tmp_path: Path, pg_url: str) -> None:
     """A server process that no other one listens to wakes its own long-polls without PostgreSQL's NOTIFY; once a
     second server process listens, the first one's enqueues NOTIFY again and wake the second one's long-polls."""
@@ -509,7 +527,7 @@ def test_a_listener_hears_of_a_newcomer_at_once_and_looks_again_after_it_began(
                     await newcomer.execute("LISTEN conveyor_queues")
                     hello = loop.time()
                     await newcomer.execute("SELECT pg_notify('conveyor_queues', %s)", (HELLO,))
-                    while listener.peers.quiet:
+                    while listener.peers.quiet and loop.time() - hello < 5:
                         await asyncio.sleep(0.005)
                     heard_after = loop.time() - hello
                     reason = await asyncio.wait_for(woken, CATCH_UP_SEC + 2)
@@ -521,3 +539,25 @@ def test_a_listener_hears_of_a_newcomer_at_once_and_looks_again_after_it_began(
     assert alone
     assert heard_after < 0.3
     assert reason == "" and CATCH_UP_SEC - 0.5 < woken_after < CATCH_UP_SEC + 1
+
+
+def test_any_session_whose_last_statement_listens_counts_as_another_server(pg_url: str) -> None:
+    """A server process of an earlier release (no application name, no HELLO) is known by its LISTEN connection's
+    last statement: within a check, the lone process sends its NOTIFYs again."""
+    async def run() -> tuple[bool, bool]:
+        signals = QueueSignals()
+        signals.bind(asyncio.get_running_loop())
+        listener = PgListener(pg_url, signals)
+        listener.start()
+        try:
+            await asyncio.wait_for(listener.ready.wait(), 10)
+            await asyncio.sleep(0.3)
+            alone = listener.peers.quiet
+            async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as older:
+                await older.execute("LISTEN conveyor_queues")
+                await asyncio.sleep(2.5 * PEERS_CHECK_SEC)
+                return alone, listener.peers.quiet
+        finally:
+            await listener.stop()
+
+    assert asyncio.run(run()) == (True, False)

@@ -26,16 +26,13 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from conveyor.server.codec import dumps
 from conveyor.server.store.coalescing import Coalescer
 from conveyor.server.store.notify import Peers
-from conveyor.server.store.sql import statement
+from conveyor.server.store.sql import LOCK_TIMEOUT_MS, statement
 
 log = logging.getLogger("conveyor.server")
 
 POOL_SIZE = 4  # connections opened at start; calls beyond them wait for one, up to POOL_MAX connections
 POOL_MAX = 16
 CHECKOUT_TIMEOUT_SEC = 10.0
-# A row held by a long transaction (a psql session) makes these calls fail with a 503, which clients retry, rather
-# than each holding one of the pool's few connections while it waits.
-LOCK_TIMEOUT_MS = 5000
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -112,13 +109,14 @@ class AsyncPg:
                 first[row["id"]] = row
         batch = list(first.values())
         quiet = self.peers is not None and self.peers.quiet
+        arrivals = self.peers.arrivals if self.peers is not None else 0
         if len(batch) == 1:
             enqueued = {batch[0]["id"]} if await self.fetch(_named("enqueue_write", quiet), batch[0]) else set()
         else:
             rows_json = dumps([{**row, "n": n} for n, row in enumerate(batch)])
             enqueued = {task for task, _ in await self.fetch(_named("enqueue_many", quiet), {"rows": rows_json})}
         outcome: dict[int, bool | Exception] = {id(row): row["id"] in enqueued for row in batch}
-        await self._enqueued({row["q"] for row in batch if row["id"] in enqueued}, quiet)
+        await self._enqueued({row["q"] for row in batch if row["id"] in enqueued}, quiet, arrivals)
         for row in later:  # the statement above committed: an error here is this row's alone
             try:
                 outcome[id(row)] = (await self._enqueue_many([row]))[0]
@@ -126,13 +124,13 @@ class AsyncPg:
                 outcome[id(row)] = exc
         return [outcome[id(row)] for row in rows]
 
-    async def _enqueued(self, queue_ids: set[str], quiet: bool) -> None:
+    async def _enqueued(self, queue_ids: set[str], quiet: bool, arrivals: int) -> None:
         """Wake this process's long-polls on the queues that got entries; and where the statement went without its
         NOTIFY but another server process has begun to listen since, send it now."""
         if not queue_ids:
             return
         self.woken(sorted(queue_ids))
-        if quiet and self.peers is not None and not self.peers.quiet:
+        if quiet and self.peers is not None and self.peers.arrivals != arrivals:
             with contextlib.suppress(Exception):  # the newcomer's long-polls look again soon (notify.CATCH_UP_SEC)
                 await self.fetch("notify_queues", {"qs": sorted(queue_ids)})
 
@@ -169,8 +167,12 @@ class AsyncPg:
             except Exception as exc:  # noqa: BLE001 - its caller raises it
                 if len(requests) == 1:
                     raise
-                answers.append(exc)
-                continue
+                if _one_rows_error(exc):
+                    answers.append(exc)
+                    continue
+                # the database out of reach: the pops left get that answer now, not each after a wait of its own
+                answers += [exc] * (len(requests) - len(answers))
+                break
             answers.append((rows[0][0], rows[0][1]) if rows else None)
         return answers
 

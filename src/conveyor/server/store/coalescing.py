@@ -77,7 +77,8 @@ class Coalescer(Generic[Item, Result]):
             except Exception as exc:  # noqa: BLE001 - handed to the callers, each of which raises it
                 if len(batch) > 1 and self._split_on(exc):
                     for one in batch:
-                        await self._run([one])
+                        if not one[1].done():
+                            await self._run([one])
                     return
                 outcomes = [exc] * len(batch)
             for (item, future), outcome in zip(batch, outcomes, strict=True):
@@ -88,8 +89,13 @@ class Coalescer(Generic[Item, Result]):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+        except Exception as exc:  # a bug: each caller gets it, and the log says where
+            log.exception("a shared statement's answers could not be handed out")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
         finally:
-            for _, future in batch:  # cancelled (the server stops) or a bug: no caller may wait forever
+            for _, future in batch:  # cancelled (the server stops): no caller may wait forever
                 if not future.done():
                     future.cancel()
             if orphans and self._orphaned is not None:

@@ -96,12 +96,15 @@ class Peers:
 
     def __init__(self) -> None:
         self._alone_until = 0.0  # time.monotonic()
+        self.arrivals = 0  # counts each time another process was found listening: an enqueue sent quiet NOTIFYs after
 
     @property
     def quiet(self) -> bool:
         return time.monotonic() < self._alone_until
 
     def alone(self, alone: bool) -> None:
+        if not alone:
+            self.arrivals += 1
         self._alone_until = time.monotonic() + 2 * PEERS_CHECK_SEC if alone else 0.0
 
 
@@ -141,6 +144,9 @@ class PgListener:
             try:
                 async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True,
                                                                  application_name=LISTENER_APP) as conn:
+                    # Its own statements (the check) end after a while, on the server: a stalled connection is
+                    # dropped and opened again rather than holding the check up.
+                    await conn.execute(f"SET statement_timeout = {int(2000 * PEERS_CHECK_SEC)}")
                     await conn.execute(f"LISTEN {CHANNEL}")
                     await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, HELLO))
                     self.ready.set()
@@ -152,14 +158,14 @@ class PgListener:
                 log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc.__class__.__name__)
             except Exception:  # a bug: logged, and listening goes on (other servers' wake-ups depend on it)
                 log.exception("PostgreSQL LISTEN failed; reconnecting")
-            self.peers.alone(False)
+            self.peers.alone(False)  # unknown: NOTIFY
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
     async def _listen(self, conn: Any) -> None:
         own = conn.info.backend_pid
         while True:
-            self.peers.alone(not await asyncio.wait_for(self._others_listen(conn), 2 * PEERS_CHECK_SEC))
+            self.peers.alone(not await asyncio.wait_for(self._others_listen(conn), 5 * PEERS_CHECK_SEC))
             async for note in conn.notifies(timeout=PEERS_CHECK_SEC):
                 if note.payload == HELLO:
                     if note.pid != own:
@@ -169,7 +175,7 @@ class PgListener:
 
     async def _others_listen(self, conn: Any) -> bool:
         """Whether another server process's LISTEN connection is open: by its application name (a pooler may add to
-        it), or by its last statement for those of a release before this one."""
+        it), or by its last statement (a LISTEN, whatever its release or name)."""
         import psycopg
 
         try:
@@ -177,6 +183,9 @@ class PgListener:
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
                 "AND (application_name LIKE %s OR query = %s)", (LISTENER_APP + "%", f"LISTEN {CHANNEL}"))
             row = await cursor.fetchone()
+            # LISTEN again, a no-op but for what pg_stat_activity shows other processes: this connection's last
+            # statement, by which a server process of any release, and one under any application name, knows it.
+            await conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.errors.InsufficientPrivilege:
             return True
         return row is None or row[0] > 0

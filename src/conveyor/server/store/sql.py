@@ -19,6 +19,10 @@ from sqlalchemy.exc import DBAPIError
 from conveyor.server.store.errors import StoreError
 from conveyor.server.store.schema import events, tasks
 
+# A row held by a long transaction (a psql session) makes the hot calls fail with a 503, which clients retry, rather
+# than each holding one of the pool's few connections, or a thread, while it waits.
+LOCK_TIMEOUT_MS = 5000
+
 _TASK_COLUMNS = [c.name for c in tasks.columns if c.name not in ("id", "runner", "puller")]  # see set_runner
 
 _SET_TASK = ", ".join(f"{c} = :{c}" for c in _TASK_COLUMNS)
