@@ -90,7 +90,7 @@ def _all_on_loop(store: Store, pg: AsyncPg, calls: list[tuple[str, dict[str, Any
         store.on_loop = pg
         try:
             state = ServerState(store, None, SimpleNamespace(long_poll_max_sec=30.0, retry_elsewhere_sec=30.0))  # type: ignore[arg-type]
-            state.known_queues.update(body["queue"] for _, body in calls if body.get("queue"))
+            state.known_queues.update(q for _, body in calls for q in [body.get("queue"), *body.get("queues", [])] if q)
             handlers = load_all()
             return list(await asyncio.gather(*(
                 handlers[endpoint].handler(Call(endpoint, "2.31", body, state, identity=who))
@@ -344,6 +344,33 @@ def test_pops_together_leave_a_retry_to_the_workers_that_may_take_it(store: Stor
     assert pg.statements == ["pop_many"] + ["pop_and_deliver"] * 3
     with store.read() as conn:
         assert [e["task"] for e in entries_of(conn, [queue])[queue]] == [others[2]]
+
+
+def test_named_workers_pops_share_their_forcing_check_and_each_keeps_its_own(store: Store) -> None:
+    """Pops that name their worker check whether it, or a queue, is forced off: made at once, they share that check's
+    statement, and each still obeys its own answer: a worker forced off gets nothing, nor does one pulling from a
+    paused queue alone, while the others get the entries in queue order."""
+    with store.write() as conn:
+        open_queue = queues.create(conn, "open", user=ADMIN.user, company="c", tags=[], system_tags=[])
+        paused = queues.create(conn, "paused", user=ADMIN.user, company="c", tags=["force_workers:off"],
+                               system_tags=[])
+        conn.exec_driver_sql("INSERT INTO runtime_properties (worker, key, value, expires) "
+                             "VALUES ('w-off', 'force', 'off', NULL)")
+    made = _tasks(store, 4)
+    _all_on_loop(store, AsyncPg(store.pg_dsn), [("tasks.enqueue", {"task": t, "queue": open_queue}) for t in made[:3]]
+                 + [("tasks.enqueue", {"task": made[3], "queue": paused})])
+    pg = Meddling(store.pg_dsn, lambda: None)
+    pops = _all_on_loop(store, pg, [
+        ("queues.get_next_task", {"queue": open_queue, "worker": "w-1"}),
+        ("queues.get_next_task", {"queue": open_queue, "worker": "w-off"}),
+        ("queues.get_next_task", {"queue": paused, "worker": "w-2"}),
+        ("queues.get_next_task", {"queues": [paused, open_queue], "worker": "w-3"}),
+    ])
+    assert [p.get("entry", {}).get("task") for p in pops] == [made[0], None, None, made[1]]
+    assert pg.statements[0] == "pull_policies" and "pull_policy" not in pg.statements
+    with store.read() as conn:
+        assert [e["task"] for e in entries_of(conn, [paused])[paused]] == [made[3]]
+        assert [e["task"] for e in entries_of(conn, [open_queue])[open_queue]] == [made[2]]
 
 
 def test_a_pop_whose_caller_is_gone_puts_its_entry_back(store: Store) -> None:

@@ -56,8 +56,8 @@ def closed_queues(conn: Connection, worker: str | None, queue_ids: list[str]) ->
 
 
 async def closed_on_loop(pg: AsyncPg, worker: str, queue_ids: list[str]) -> set[str]:
-    """`closed_queues` on PostgreSQL's event-loop connections, in one statement."""
-    rows = await pg.fetch("pull_policy", {"w": worker, "ids": queue_ids})
+    """`closed_queues` on PostgreSQL's event-loop connections, in one statement (shared by concurrent pops)."""
+    rows = await pg.pull_policy(worker, queue_ids)
     off = bool(rows) and forces_off(rows[0][2], rows[0][3])
     return closed_of(((qid, tags) for qid, tags, _, _ in rows), off)
 

@@ -70,6 +70,8 @@ class AsyncPg:
         self._checking: asyncio.Task[None] | None = None
         self._enqueues: Coalescer[dict[str, Any], bool] = Coalescer(self._enqueue_many, split_on=_one_rows_error)
         self._pops: dict[str, Coalescer[PopRequest, tuple[str, float] | None]] = {}
+        self._policies: Coalescer[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = Coalescer(
+            self._pull_policies, split_on=_one_rows_error)
         self.peers: Peers | None = None  # set by the server's LISTEN (store/notify.py): whether to NOTIFY others
         # This process's long-polls, woken by the enqueues themselves: a call cancelled after its statement was sent
         # cannot leave them asleep (no NOTIFY may come back to wake them).
@@ -133,6 +135,21 @@ class AsyncPg:
         if quiet and self.peers is not None and self.peers.arrivals != arrivals:
             with contextlib.suppress(Exception):  # the newcomer's long-polls look again soon (notify.CATCH_UP_SEC)
                 await self.fetch("notify_queues", {"qs": sorted(queue_ids)})
+
+    async def pull_policy(self, worker: str, queue_ids: list[str]) -> list[tuple[Any, ...]]:
+        """What a named worker's pop must respect (`pull_policy`): (queue, its tags, the worker's `force` value and
+        expiry) for each of the queues that exists; concurrent ones share one statement."""
+        return await self._policies((worker, tuple(queue_ids)))
+
+    async def _pull_policies(self, asked: list[tuple[str, tuple[str, ...]]]) -> list[list[tuple[Any, ...]] | Exception]:
+        if len(asked) == 1:
+            worker, ids = asked[0]
+            return [await self.fetch("pull_policy", {"w": worker, "ids": list(ids)})]
+        reqs = dumps([{"n": n, "w": worker, "ids": list(ids)} for n, (worker, ids) in enumerate(asked)])
+        rows: list[list[tuple[Any, ...]]] = [[] for _ in asked]
+        for n, *row in await self.fetch("pull_policies", {"reqs": reqs}):
+            rows[n].append(tuple(row))
+        return list(rows)
 
     async def pop(self, queue_id: str, request: PopRequest) -> tuple[str, float] | None:
         """Take the head entry of one queue for `request` and record its delivery (`pop_and_deliver`): (task, added),

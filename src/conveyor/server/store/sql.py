@@ -166,6 +166,11 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # What a named worker's pop must respect (model.forcing): each queue's tags, and the worker's `force` property.
     "pull_policy": ("SELECT q.id, q.tags, f.value, f.expires FROM queues q LEFT JOIN runtime_properties f "
                     "ON f.worker = :w AND f.key = 'force' WHERE q.id = ANY(:ids)"),
+    # The same for several pops at once (store/coalescing.py): `:reqs`, a JSON list of {n, w, ids}; rows numbered n.
+    "pull_policies": ("SELECT r.n, q.id, q.tags, f.value, f.expires FROM json_to_recordset(CAST(:reqs AS json)) "
+                      "AS r(n INTEGER, w VARCHAR, ids json) "
+                      "CROSS JOIN LATERAL json_array_elements_text(r.ids) AS i(id) JOIN queues q ON q.id = i.id "
+                      "LEFT JOIN runtime_properties f ON f.worker = r.w AND f.key = 'force'"),
     # Delete and return the head entry of one queue: two workers never get one entry.
     "pop": {
         "postgresql": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
