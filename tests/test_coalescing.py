@@ -61,16 +61,22 @@ def test_a_statement_holds_at_most_its_limit() -> None:
     assert asyncio.run(run()) == [["a", "b"], ["c", "d"], ["e"]]
 
 
-def test_a_failed_statement_gives_each_call_its_own_answer() -> None:
-    """One bad item fails the statement it shares: the items are run again one by one, so the others succeed and
-    the bad one's caller gets its own error."""
+def _all_at_once(items: tuple[str, ...]) -> tuple[list[object], list[list[str]]]:
+    """The calls made at once, each item's answer (or error), and the statements run; a bad value (ValueError)
+    splits a statement."""
     async def run() -> tuple[list[object], list[list[str]]]:
         db = Statements()
         together = Coalescer(db.run_many, split_on=lambda exc: isinstance(exc, ValueError))
-        answers = await asyncio.gather(*(together(x) for x in ("a", "bad", "c")), return_exceptions=True)
+        answers = await asyncio.gather(*(together(x) for x in items), return_exceptions=True)
         return answers, db.batches
 
-    answers, batches = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_failed_statement_gives_each_call_its_own_answer() -> None:
+    """One bad item fails the statement it shares: the items are run again one by one, so the others succeed and
+    the bad one's caller gets its own error."""
+    answers, batches = _all_at_once(("a", "bad", "c"))
     assert answers[0] == "A" and answers[2] == "C"
     assert isinstance(answers[1], ValueError) and str(answers[1]) == "refused: 1 items"
     assert batches == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
@@ -79,25 +85,13 @@ def test_a_failed_statement_gives_each_call_its_own_answer() -> None:
 def test_an_error_that_is_not_one_rows_answers_every_call_at_once() -> None:
     """The database out of reach: every call of the statement gets that error, none waits for a statement of its
     own to fail in turn."""
-    async def run() -> tuple[list[object], list[list[str]]]:
-        db = Statements()
-        together = Coalescer(db.run_many, split_on=lambda exc: isinstance(exc, ValueError))
-        answers = await asyncio.gather(*(together(x) for x in ("a", "down", "c")), return_exceptions=True)
-        return answers, db.batches
-
-    answers, batches = asyncio.run(run())
+    answers, batches = _all_at_once(("a", "down", "c"))
     assert all(isinstance(a, ConnectionError) for a in answers)
     assert batches == [["a", "down", "c"]]
 
 
 def test_an_items_own_error_goes_to_its_caller_alone_and_the_others_are_not_run_again() -> None:
-    async def run() -> tuple[list[object], list[list[str]]]:
-        db = Statements()
-        together = Coalescer(db.run_many)
-        answers = await asyncio.gather(*(together(x) for x in ("a", "own-b", "c")), return_exceptions=True)
-        return answers, db.batches
-
-    answers, batches = asyncio.run(run())
+    answers, batches = _all_at_once(("a", "own-b", "c"))
     assert answers[0] == "A" and answers[2] == "C" and isinstance(answers[1], KeyError)
     assert batches == [["a", "own-b", "c"]]
 
@@ -139,13 +133,17 @@ def test_what_cancelled_calls_were_given_is_handed_back_last_first() -> None:
     assert batches == [["a"], ["b", "c", "d"]]
 
 
-def test_it_reports_idle_once_every_call_is_answered() -> None:
-    async def run() -> tuple[int, bool]:
+def test_it_reports_idle_once_every_call_is_answered_and_serves_calls_after() -> None:
+    """AsyncPg forgets a queue's coalescer when it reports idle: that must come once all its calls are answered,
+    and a later call must be served all the same."""
+    async def run() -> tuple[list[int], str]:
         db = Statements()
-        idle: list[bool] = []
-        together: Coalescer[str, str] = Coalescer(db.run_many, on_idle=lambda: idle.append(True))
+        idle_after: list[int] = []
+        together: Coalescer[str, str] = Coalescer(db.run_many, on_idle=lambda: idle_after.append(len(db.batches)))
         await asyncio.gather(together("a"), together("b"))
         await asyncio.sleep(0)
-        return len(idle), together.idle
+        later = await together("c")
+        await asyncio.sleep(0)
+        return idle_after, later
 
-    assert asyncio.run(run()) == (1, True)
+    assert asyncio.run(run()) == ([1, 2], "C")

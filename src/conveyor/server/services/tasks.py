@@ -343,8 +343,8 @@ async def enqueue(call: Call) -> dict[str, Any]:
 def _enqueue(call: Call, task_id: str, queue: str | None) -> dict[str, Any]:
     with call.store.write() as conn:
         if conn.dialect.name == "postgresql":
-            # As on the event loop: a task row held by a long transaction (a psql session,
-            # which the loop's statement skips) makes the enqueue a 503 that clients retry, not a thread held forever.
+            # As on the event loop: a task row held by a long transaction (a psql session, which the loop's statement
+            # skips) makes the enqueue a 503 that clients retry, not a thread held forever.
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {sql.LOCK_TIMEOUT_MS}")
         queue_id, queue_doc = queues.queue_to_enqueue_on(conn, queue)
         doc = tasks.load(conn, task_id, lock=True)

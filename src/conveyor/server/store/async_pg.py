@@ -196,7 +196,7 @@ class AsyncPg:
     async def _give_back(self, queue_id: str, popped: tuple[str, float] | None) -> None:
         """A pop whose caller stopped waiting: its entry goes back to the front of the queue."""
         if popped is not None:
-            await self.fetch("give_back", {"t": popped[0], "q": queue_id, "a": time.time()})
+            await self.fetch("give_back", {"t": popped[0], "q": queue_id, "a": time.time(), "v": None})
 
     def _check_soon(self) -> None:
         """After a lost connection (the database restarted), find the pool's other dead connections now rather than

@@ -44,10 +44,6 @@ class Coalescer(Generic[Item, Result]):
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._draining: asyncio.Task[None] | None = None
 
-    @property
-    def idle(self) -> bool:
-        return self._draining is None and not self._pending
-
     async def __call__(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))

@@ -42,15 +42,25 @@ def _record_columns() -> str:
                      + [f"{c} {tasks.c[c].type.compile(dialect=postgresql.dialect())}" for c in _TASK_COLUMNS])
 
 
-def _entry_add(edge: str, step: str) -> dict[str, str]:
+def _entry_insert(edge: str, step: str) -> str:
     """Add an entry past the queue's back (`edge` MAX, `step` + 1) or front (MIN, - 1)."""
-    insert = ("INSERT INTO queue_entries (queue, task, added, position, avoid) "
-              "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
-              f"COALESCE({edge}(position), 0) {step}, CAST(:v AS VARCHAR) FROM queue_entries "
-              "WHERE queue = CAST(:q AS VARCHAR)")
+    return ("INSERT INTO queue_entries (queue, task, added, position, avoid) "
+            "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
+            f"COALESCE({edge}(position), 0) {step}, CAST(:v AS VARCHAR) FROM queue_entries "
+            "WHERE queue = CAST(:q AS VARCHAR)")
+
+
+def _entry_add(edge: str, step: str) -> dict[str, str]:
+    insert = _entry_insert(edge, step)
     return {"sqlite": insert,
             "postgresql": f"WITH added AS ({insert} RETURNING queue) "
                           "SELECT pg_notify('conveyor_queues', queue) FROM added"}
+
+
+# Whether a queue (its row as `queues`) takes an entry from the event loop's enqueue: no entry limit to count, and
+# a document that PostgreSQL's json can read (a NUL escape it refuses leaves the call to the locked path).
+_QUEUE_TAKES = ("CASE WHEN strpos(queues.doc, '\\u0000') > 0 THEN false "
+                "ELSE COALESCE(CAST(queues.doc AS json) ->> 'max_entries', '0') = '0' END")
 
 
 QUERIES: dict[str, str | dict[str, str]] = {
@@ -105,9 +115,7 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "WITH held AS (SELECT id FROM tasks WHERE id = CAST(:id AS VARCHAR) FOR UPDATE SKIP LOCKED), "
         f"saved AS (UPDATE tasks SET {_SET_TASK}, runner = NULL, puller = NULL WHERE id = (SELECT id FROM held) "
         "AND doc = :old AND EXISTS "
-        "(SELECT 1 FROM queues WHERE id = CAST(:q AS VARCHAR) "
-        "AND CASE WHEN strpos(queues.doc, '\\u0000') > 0 THEN false "  # json refuses to read those: locked path
-        "ELSE COALESCE(CAST(queues.doc AS json) ->> 'max_entries', '0') = '0' END) RETURNING id), "
+        f"(SELECT 1 FROM queues WHERE id = CAST(:q AS VARCHAR) AND {_QUEUE_TAKES}) RETURNING id), "
         "added AS (INSERT INTO queue_entries (queue, task, added, position) "
         "SELECT CAST(:q AS VARCHAR), id, CAST(:a AS DOUBLE PRECISION), COALESCE((SELECT MAX(position) "
         "FROM queue_entries WHERE queue = CAST(:q AS VARCHAR)), 0) + 1 FROM saved RETURNING queue) "
@@ -117,9 +125,7 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # the order of the rows (`n`). It returns the tasks it enqueued.
     "enqueue_many": (
         f"WITH v AS (SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS v({_record_columns()})), "
-        "ok AS (SELECT id FROM queues WHERE id IN (SELECT q FROM v) "
-        "AND CASE WHEN strpos(queues.doc, '\\u0000') > 0 THEN false "
-        "ELSE COALESCE(CAST(queues.doc AS json) ->> 'max_entries', '0') = '0' END), "
+        f"ok AS (SELECT id FROM queues WHERE id IN (SELECT q FROM v) AND {_QUEUE_TAKES}), "
         "held AS (SELECT id FROM tasks WHERE id IN (SELECT id FROM v) FOR UPDATE SKIP LOCKED), "
         f"saved AS (UPDATE tasks SET {', '.join(f'{c} = v.{c}' for c in _TASK_COLUMNS)}, runner = NULL, "
         "puller = NULL FROM v WHERE tasks.id = v.id AND tasks.id IN (SELECT id FROM held) AND tasks.doc = v.old "
@@ -156,9 +162,7 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # A popped entry whose answer reached nobody goes back to the front of its queue (documents.return_delivery).
     "give_back": {"postgresql": (
         "WITH forgotten AS (DELETE FROM deliveries WHERE task = CAST(:t AS VARCHAR)), "
-        "added AS (INSERT INTO queue_entries (queue, task, added, position) "
-        "SELECT CAST(:q AS VARCHAR), CAST(:t AS VARCHAR), CAST(:a AS DOUBLE PRECISION), "
-        "COALESCE(MIN(position), 0) - 1 FROM queue_entries WHERE queue = CAST(:q AS VARCHAR) RETURNING queue) "
+        f"added AS ({_entry_insert('MIN', '- 1')} RETURNING queue) "
         "SELECT pg_notify('conveyor_queues', queue) FROM added")},
     # What `get_task_info` answers about a popped task, without its whole document unless json cannot read it.
     "task_owner": ("SELECT CASE WHEN strpos(doc, '\\u0000') = 0 THEN CAST(doc AS json) ->> 'company' END, user_id, "
