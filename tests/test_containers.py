@@ -143,6 +143,12 @@ def test_task_runs_in_a_container_with_arguments_and_setup_script(
     assert not (home / ".ssh" / "known_hosts").exists(), "the container wrote into the host's ~/.ssh"
     assert "python /root/.clearml/venvs-cache/" in text  # the task's venv: in the image's own cache folder
     assert f"in container conveyor-{task[:12]}" in daemon.output()
+    notes = [p.read_text() for p in (tmp_path / "venvs-builds" / "image-uses").iterdir()]
+    assert f"{engine} {BASE_IMAGE}\n" in notes, notes  # `conveyor gc` ages images by this last use
+    time.sleep(1.1)
+    gc = subprocess.run([sys.executable, "-m", "conveyor", "gc", "--older-than", "1s", "--only", "venvs",
+                         "--dry-run"], env=daemon.env, capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0 and f"{tmp_path / 'venvs-cache' / 'images'}/" in gc.stdout, gc.stdout + gc.stderr
     assert not containers_of(engine, task)
     assert not list(Path(tempfile.gettempdir()).glob(f"conveyor-run-{task[:12]}-*")), "the run's files were left"
 

@@ -16,7 +16,9 @@ import pytest
 
 from conftest import ServerProcess
 from conveyor.agent import gc
+from conveyor.config.loader import load_config
 from conveyor.env.cache import FileLock, Lease, VenvCache
+from conveyor.runtimes import image_uses
 
 DAY = 86400.0
 
@@ -67,6 +69,13 @@ def test_old_venvs_and_folders_go_and_what_a_task_uses_stays(tmp_path: Path, age
     cache = _cache(tmp_path)
     old = _cached(cache, "old", 30)
     old.release()
+    # container runs' venvs: a cache per image (runtimes/container.py mounts it)
+    image_cache = VenvCache(cache.root / gc.IMAGE_CACHES / ("ab" * 16), max_entries=10, free_space_gb=0,
+                            lock_timeout=5, build_wait=30)
+    old_in_image = _cached(image_cache, "old-in-image", 30)
+    old_in_image.release()
+    fresh_in_image = _cached(image_cache, "fresh-in-image", 1)
+    fresh_in_image.release()
     busy = _cached(cache, "busy", 30)  # a running task holds it
     fresh = _cached(cache, "fresh", 1)
     fresh.release()
@@ -83,7 +92,7 @@ def test_old_venvs_and_folders_go_and_what_a_task_uses_stays(tmp_path: Path, age
     try:
         dry = _gc(agent_conf, "--older-than", "14d", "--dry-run")
         assert dry.returncode == 0, dry.stderr
-        for path in (old.path, build, work):
+        for path in (old.path, old_in_image.path, build, work):
             assert "would remove  " in dry.stdout and str(path) in dry.stdout and path.exists()
         assert "would free" in dry.stdout and "(3 in use, kept)" in dry.stdout, dry.stdout
         assert old.path.exists() and (cache.root / old.key).is_symlink()
@@ -91,6 +100,8 @@ def test_old_venvs_and_folders_go_and_what_a_task_uses_stays(tmp_path: Path, age
         done = _gc(agent_conf, "--older-than", "14d")
         assert done.returncode == 0, done.stderr
         assert not old.path.exists() and not (cache.root / old.key).exists()
+        assert not old_in_image.path.exists() and not (image_cache.root / old_in_image.key).exists()
+        assert fresh_in_image.path.exists()
         assert not build.exists() and not work.exists()
         assert busy.path.exists() and (cache.root / busy.key).is_symlink()  # still in the cache
         assert worked_in.exists() and slot.exists() and other.exists() and young.exists() and fresh.path.exists()
@@ -175,10 +186,11 @@ def _image_exists(name: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", name], capture_output=True, timeout=60).returncode == 0
 
 
-def test_conveyors_images_go_and_one_a_container_uses_stays(docker_images: dict[str, str]) -> None:
+def test_conveyors_images_go_and_one_a_container_uses_stays(docker_images: dict[str, str], agent_conf: Path) -> None:
     # The engine's real listing; the pass is limited to this test's images (others' tests build images too)
+    cfg = load_config(agent_conf, environ={})
     ours = {f"docker:{name}" for name in docker_images.values()}
-    items = [item for item in gc.image_items(("docker",)) if item.name in ours]
+    items = [item for item in gc.image_items(cfg, ("docker",)) if item.name in ours]
     assert {item.name for item in items} == ours - {f"docker:{docker_images['foreign']}"}
     assert all(item.size > 0 and abs(item.last_used - time.time()) < 600 for item in items)
     time.sleep(1.1)
@@ -188,6 +200,25 @@ def test_conveyors_images_go_and_one_a_container_uses_stays(docker_images: dict[
     assert outcomes[f"docker:{docker_images['used']}"] == "in use by a container"
     assert not _image_exists(docker_images["built"]) and not _image_exists(docker_images["bundle"])
     assert _image_exists(docker_images["used"]) and _image_exists(docker_images["foreign"])
+
+
+def test_an_image_is_aged_by_its_last_use_not_its_creation(docker_images: dict[str, str], agent_conf: Path) -> None:
+    cfg = load_config(agent_conf, environ={})
+    time.sleep(1.1)  # every image is now over a second old
+    image_uses.record(cfg, "docker", [docker_images["built"]])  # as a container run of it notes (test_containers)
+
+    def planned() -> set[str]:
+        ours = {f"docker:{name}" for name in docker_images.values()}
+        items = [item for item in gc.image_items(cfg, ("docker",)) if item.name in ours]
+        return {o.item.name for o in gc.plan(items, older_than=1, max_size=None)}
+
+    assert planned() == {f"docker:{docker_images['bundle']}", f"docker:{docker_images['used']}"}
+    time.sleep(1.1)
+    assert f"docker:{docker_images['built']}" in planned()  # its last use is a second old now too
+    built = [i for i in gc.image_items(cfg, ("docker",)) if i.name == f"docker:{docker_images['built']}"]
+    outcomes = {o.item.name: o.kept for o in gc.run(gc.plan(built, older_than=1, max_size=None), dry_run=False)}
+    assert outcomes == {f"docker:{docker_images['built']}": None}
+    assert image_uses.last_use(cfg, "docker", [docker_images["built"]]) is None  # its note went with it
 
 
 def test_server_logs_of_ended_tasks_go_and_a_running_tasks_stay(server: ServerProcess, tmp_path: Path,

@@ -2,7 +2,8 @@
 
 Three kinds of things, each with its own notion of "in use", which gc never removes:
 
-- venv cache entries (env/cache.py): in use while a task holds its lease (the entry's shared use lock);
+- venv cache entries (env/cache.py): in use while a task holds its lease (the entry's shared use lock); those of
+  container runs too, a cache per image under `<agent.venvs_cache.path>/images` (runtimes/container.py);
 - build folders under agent.venvs_dir: `build-<task>` (`conveyor build`), `tasks/<task>` (work folders kept by
   agent.keep_work_dirs) and the uncached venv slots `<python>[.n]` (in use while their `.lock` is held); a folder
   some process works in (its cwd) is in use;
@@ -10,8 +11,9 @@ Three kinds of things, each with its own notion of "in use", which gc never remo
   images (conveyor/bundle:*), in docker and podman; one a container (even a stopped one) uses stays — the engine
   refuses to remove it.
 
-Age is the time since last use where Conveyor records one (a cache entry's symlink is touched on every hit), else
-since the last change of the folder or the image's creation. Size pruning removes least recently used first.
+Age is the time since last use where Conveyor records one (a cache entry's symlink is touched on every hit; a
+container run notes its image, runtimes/image_uses.py), else since the last change of the folder or the image's
+creation. Size pruning removes least recently used first.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from conveyor.config import Config
 from conveyor.env.cache import Entry, FileLock, VenvCache
 from conveyor.errors import UserError
+from conveyor.runtimes import image_uses
 
 log = logging.getLogger("conveyor.gc")
 
@@ -101,12 +104,21 @@ def tree_size(path: Path) -> int:
 
 # --- venv cache -----------------------------------------------------------------------------------------------------
 
+IMAGE_CACHES = "images"  # runtimes/container.py: the venv cache of container runs, a folder per image
+
+
 def venv_cache_items(cfg: Config) -> list[Item]:
     cache = VenvCache.from_config(cfg)
     if cache is None:
         return []
-    return [Item("venv-cache", str(entry.path), tree_size(entry.path), entry.last_used, *_cache_checks(cache, entry))
-            for entry in cache.entries()]
+    caches = [cache]
+    per_image = cache.root / IMAGE_CACHES
+    if per_image.is_dir():
+        caches += [VenvCache(path, max_entries=cache.max_entries, free_space_gb=cache.free_space_gb,
+                             lock_timeout=cache.lock_timeout, build_wait=cache.build_wait)
+                   for path in sorted(per_image.iterdir()) if path.is_dir() and not path.is_symlink()]
+    return [Item("venv-cache", str(entry.path), tree_size(entry.path), entry.last_used, *_cache_checks(each, entry))
+            for each in caches for entry in each.entries()]
 
 
 def _cache_checks(cache: VenvCache, entry: Entry) -> tuple[Callable[[], str | None], Callable[[], str | None]]:
@@ -199,7 +211,7 @@ def _folder_checks(path: Path, lock_path: Path | None, busy: list[Path]
 
 # --- images ---------------------------------------------------------------------------------------------------------
 
-def image_items(engines: tuple[str, ...] = ENGINES) -> list[Item]:
+def image_items(cfg: Config, engines: tuple[str, ...] = ENGINES) -> list[Item]:
     items = []
     for engine in engines:
         if shutil.which(engine) is None:
@@ -207,7 +219,7 @@ def image_items(engines: tuple[str, ...] = ENGINES) -> list[Item]:
         ids = _engine_lines(engine, ["image", "ls", "-q", "--no-trunc", "--filter", f"label={BUILT_IMAGE_LABEL}"])
         ids += _engine_lines(engine, ["image", "ls", "-q", "--no-trunc", BUNDLE_IMAGES])
         for image_id in dict.fromkeys(ids):
-            image = _inspect(engine, image_id)
+            image = _inspect(cfg, engine, image_id)
             if image is not None:
                 items.append(image)
     return items
@@ -226,7 +238,7 @@ def _engine_lines(engine: str, args: list[str], split: bool = True) -> list[str]
     return done.stdout.split() if split else done.stdout.splitlines()
 
 
-def _inspect(engine: str, image_id: str) -> Item | None:
+def _inspect(cfg: Config, engine: str, image_id: str) -> Item | None:
     # one line, fields apart by "|": podman prints Created as Go's time ("2026-11-29 21:57:27.1 +0000 UTC"), docker
     # as RFC 3339; json for the tags works in both
     lines = _engine_lines(engine, ["image", "inspect", "--format", "{{.Size}}|{{.Created}}|{{json .RepoTags}}",
@@ -239,8 +251,10 @@ def _inspect(engine: str, image_id: str) -> Item | None:
     except ValueError:
         return None
     refs = tags or [image_id]
-    return Item("image", f"{engine}:{refs[0]}" if tags else f"{engine}:{image_id[:19]}", size, _timestamp(fields[1]),
-                _image_remover(engine, refs))
+    created = _timestamp(fields[1])
+    used = image_uses.last_use(cfg, engine, [image_id, *tags])
+    return Item("image", f"{engine}:{refs[0]}" if tags else f"{engine}:{image_id[:19]}", size,
+                max(created, used or created), _image_remover(cfg, engine, refs, [image_id, *tags]))
 
 
 def _timestamp(text: str) -> float:
@@ -255,11 +269,12 @@ def _timestamp(text: str) -> float:
     return datetime.fromisoformat(f"{found.group(1)}T{found.group(2)}{zone}").timestamp()
 
 
-def _image_remover(engine: str, refs: list[str]) -> Callable[[], str | None]:
+def _image_remover(cfg: Config, engine: str, refs: list[str], noted: list[str]) -> Callable[[], str | None]:
     def remove() -> str | None:
         done = subprocess.run([engine, "image", "rm", *refs], capture_output=True, text=True,
                               timeout=ENGINE_TIMEOUT_SEC)
         if done.returncode == 0:
+            image_uses.forget(cfg, engine, noted)
             return None
         why = (done.stderr.strip().splitlines() or ["refused"])[-1]
         return "in use by a container" if "container" in why else why[:200]

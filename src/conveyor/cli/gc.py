@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         kinds = set(args.only or ("venvs", "folders", "images"))
         items = [*(gc.venv_cache_items(cfg) if "venvs" in kinds else []),
                  *(gc.build_folder_items(cfg) if "folders" in kinds else []),
-                 *(gc.image_items() if "images" in kinds else [])]
+                 *(gc.image_items(cfg) if "images" in kinds else [])]
         outcomes = gc.run(gc.plan(items, older_than=older_than, max_size=max_size), dry_run=args.dry_run)
         gone = [o for o in outcomes if o.kept is None]
         print_table(("", "KIND", "SIZE", "WHY", "WHAT"),

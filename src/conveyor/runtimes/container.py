@@ -38,6 +38,7 @@ from conveyor.errors import TaskFailure, UserError
 from conveyor.progress import Log
 from conveyor.protocol.failure import of_image
 from conveyor.runtimes import container_args as cargs
+from conveyor.runtimes import image_uses
 from conveyor.runtimes.base import Leftover, TaskRun
 from conveyor.runtimes.bundle import Bundle, BundleError, prepare
 
@@ -192,6 +193,7 @@ class ContainerRuntime:
         env = dict(env or {})
         image, agent_args, task_args = self.resolve_image(task)
         image_id = self.ensure_image(image)
+        image_uses.record(self.cfg, self.engine, (image_id, image))  # `conveyor gc` ages images by last use
         bundle = self.prepare_bundle()
         merged = cargs.merge(
             agent_args, task_args, filters=_listed(self.cfg.get("agent.docker_args_filters")),

@@ -29,6 +29,7 @@ from typing import Any
 
 from conveyor.config import Config, hocon
 from conveyor.errors import TaskFailure, UserError
+from conveyor.runtimes import image_uses
 from conveyor.runtimes.base import Leftover, TaskRun
 from conveyor.runtimes.bundle import Bundle, BundleError, current, prepare
 from conveyor.runtimes.cluster import ClusterError, ClusterJob, JobEnd, JobRecord, JobView, adopt_jobs
@@ -438,6 +439,7 @@ class K8sRuntime:
             record.remove()
             raise
         self.api.forget()
+        image_uses.record(self.cfg, "docker", [self.conveyor_image])  # the pods' init container runs it
         record.job_id = job_name
         record.save_quietly()
         return KubeJob(self, record)
