@@ -66,6 +66,31 @@ def test_server_metrics_follow_queues_tasks_and_long_polls(server: ServerProcess
     assert key not in text and secret not in text
 
 
+def test_queue_series_stay_bounded_and_end_with_their_queue(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "home", extra_env={"CONVEYOR__SERVER__METRICS_MAX_QUEUES": "3"}).start()
+    try:
+        client = server.client()
+        made = [client.call("queues.create", {"name": name})["id"] for name in ("first", "second", "third", "fourth")]
+        for queue in made[2:]:  # the default queue, "first" and "second" get series of their own; these two, one
+            client.call("tasks.enqueue", {"task": create_task(client, name="t"), "queue": queue})
+        time.sleep(1.1)  # the database figures are cached for a second
+        seen = scrape(server.url)
+        labels = {dict(labels).get("queue") for (name, labels) in seen if name == "conveyor_queue_entries"}
+        assert labels == {"default", "first", "second", "(other queues)"}, labels
+        assert seen[("conveyor_queue_entries", (("queue", "(other queues)"),))] == 2
+        assert seen[("conveyor_queue_enqueued_total", (("queue", "(other queues)"),))] == 2
+        assert seen[("conveyor_queue_oldest_entry_age_seconds", (("queue", "(other queues)"),))] >= 1.0
+
+        client.call("queues.delete", {"queue": made[1], "force": True})  # "second": its series end
+        time.sleep(1.1)
+        seen = scrape(server.url)
+        labels = {dict(labels).get("queue") for (name, labels) in seen if name.startswith("conveyor_queue_")}
+        assert labels == {"default", "first", "third", "(other queues)"}, labels
+        assert seen[("conveyor_queue_entries", (("queue", "third"),))] == 1
+    finally:
+        server.stop()
+
+
 PROMETHEUS_CONFIG = """\
 global:
   scrape_interval: 1s

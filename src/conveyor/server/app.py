@@ -172,7 +172,7 @@ class ApiApp:
         self.state = state
         self.web = web
         self.files = files
-        self.metrics = metrics.ServerMetrics(state.store)
+        self.metrics = metrics.ServerMetrics(state.store, max_queues=state.settings.metrics_max_queues)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]

@@ -4,7 +4,11 @@ What the database knows (queue depths and their oldest entry's age, tasks by sta
 scrape time with a few grouped queries and kept for `CACHE_SEC`, so that several scrapers, or several server
 processes on one database, cost the database little; each process adds its own counters (`server/traffic.py`).
 No secret is a label: queues by name, endpoints by name, statuses. The endpoint needs no credentials, like most
-exporters (the README says how to keep it to the monitoring network)."""
+exporters (the README says how to keep it to the monitoring network).
+
+Series stay bounded whatever users do: endpoints are the known ones, and queues beyond `max_queues` (the first made
+keep their own series, so that no queue's series moves between labels as queues come and go) are summed into one
+series labelled OTHER_QUEUES; a deleted queue's series end with it."""
 
 from __future__ import annotations
 
@@ -25,17 +29,19 @@ from conveyor.server.store import schema as s
 PATH = "/metrics"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 CACHE_SEC = 1.0  # database figures are this fresh at most: a scrape storm reads the database once a second
+OTHER_QUEUES = "(other queues)"  # the label of the queues beyond max_queues (a queue of this very name: its id)
 
 
 class _DatabaseFigures(Collector):
     """Queue, task and worker figures from the database, plus this process's per-queue counters by queue name."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, max_queues: int):
         self.store = store
+        self.max_queues = max_queues
         self._lock = threading.Lock()
         self._read_at = float("-inf")
         self._metrics: list[Metric] = []
-        self._names: dict[str, str] = {}  # queue id -> name, for the counters kept by id
+        self._labels: dict[str, str] = {}  # queue id -> its label (its name, or OTHER_QUEUES), for the counters
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
@@ -52,18 +58,26 @@ class _DatabaseFigures(Collector):
                                    "Age of each queue's oldest entry (0 when it is empty)", labels=["queue"])
         statuses = GaugeMetricFamily("conveyor_tasks", "Tasks by status", labels=["status"])
         e, w = s.queue_entries.c, s.workers.c
+        q = s.queues.c
         with self.store.read() as conn:
-            names = {r.id: r.name for r in conn.execute(select(s.queues.c.id, s.queues.c.name))}
+            names = {r.id: r.name for r in conn.execute(select(q.id, q.name).order_by(q.created, q.id))}
             entries = {r.queue: (int(r.n), float(r.first)) for r in conn.execute(
                 select(e.queue, func.count().label("n"), func.min(e.added).label("first")).group_by(e.queue))}
             by_status = {r.status: int(r.n) for r in conn.execute(
                 select(s.tasks.c.status, func.count().label("n")).group_by(s.tasks.c.status))}
             alive = conn.execute(select(func.count()).where(w.last_seen + w.timeout > now)).scalar() or 0
-        self._names = names
-        for queue_id, name in sorted(names.items(), key=lambda item: item[1]):
+        gone = set(self._labels) - set(names)
+        if gone:
+            traffic.forget(gone)
+        self._labels = labels = _queue_labels(names, self.max_queues)
+        by_label: dict[str, tuple[int, float]] = {}  # label -> (entries, oldest entry's added)
+        for queue_id, label in labels.items():
             n, first = entries.get(queue_id, (0, now))
-            depth.add_metric([name], n)
-            oldest.add_metric([name], max(now - first, 0.0) if n else 0.0)
+            had_n, had_first = by_label.get(label, (0, now))
+            by_label[label] = (had_n + n, min(had_first, first))
+        for label, (n, first) in sorted(by_label.items()):
+            depth.add_metric([label], n)
+            oldest.add_metric([label], max(now - first, 0.0) if n else 0.0)
         for status in [t.value for t in TaskStatus] + sorted(set(by_status) - {t.value for t in TaskStatus}):
             statuses.add_metric([status], by_status.get(status, 0))
         workers = GaugeMetricFamily("conveyor_workers_alive", "Workers heard from within their timeout",
@@ -77,20 +91,32 @@ class _DatabaseFigures(Collector):
         popped = CounterMetricFamily("conveyor_queue_dequeued",
                                      "Entries popped from each queue by this server process", labels=["queue"])
         for family, counts in ((added, enqueued), (popped, dequeued)):
-            for queue_id in sorted(set(counts) | set(self._names)):
-                family.add_metric([self._names.get(queue_id, queue_id)], counts.get(queue_id, 0))
+            by_label: dict[str, int] = dict.fromkeys(self._labels.values(), 0)
+            for queue_id, count in counts.items():
+                label = self._labels.get(queue_id)  # None: a queue made since the last read (counted next time)
+                if label is not None:
+                    by_label[label] += count
+            for label, count in sorted(by_label.items()):
+                family.add_metric([label], count)
         polls = GaugeMetricFamily("conveyor_long_poll_waiting",
                                   "Long-polls (queues.get_next_task with wait) held by this server process now",
                                   value=waiting)
         return [added, popped, polls]
 
 
+def _queue_labels(names: dict[str, str], max_queues: int) -> dict[str, str]:
+    """Each queue's label: its name for the first `max_queues` of `names` (in the order made), OTHER_QUEUES for the
+    rest."""
+    return {queue_id: OTHER_QUEUES if n >= max_queues else queue_id if name == OTHER_QUEUES else name
+            for n, (queue_id, name) in enumerate(names.items())}
+
+
 class ServerMetrics:
     """One per server process: its own series and the database's, in one answer."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, max_queues: int = 200):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_DatabaseFigures(store))
+        self.registry.register(_DatabaseFigures(store, max_queues))
 
     def exposition(self) -> bytes:
         return generate_latest(traffic.REGISTRY) + generate_latest(self.registry)

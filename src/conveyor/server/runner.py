@@ -65,6 +65,7 @@ def settings_from(cfg: Config) -> ServerSettings:
         default_page_size=int(cfg.get("conveyor.server.default_page_size")),
         max_page_size=int(cfg.get("conveyor.server.max_page_size")),
         name_filter_timeout_sec=float(cfg.get("conveyor.server.name_filter_timeout_sec")),
+        metrics_max_queues=int(cfg.get("conveyor.server.metrics_max_queues")),
     )
 
 

@@ -28,6 +28,7 @@ class ServerSettings:
     default_page_size: int  # items of a get_all that asks for no page (and names no ids)
     max_page_size: int  # the largest page_size a get_all may ask for
     name_filter_timeout_sec: float  # a name regex that takes longer is refused with 400
+    metrics_max_queues: int = 200  # GET /metrics labels this many queues one by one, the rest as one series
 
 
 class ServerState:

@@ -42,6 +42,14 @@ def counts() -> tuple[dict[str, int], dict[str, int], int]:
         return dict(enqueued), dict(dequeued), _waiting
 
 
+def forget(queue_ids: set[str]) -> None:
+    """Drop the counts of queues that are gone."""
+    with _lock:
+        for queue_id in queue_ids:
+            enqueued.pop(queue_id, None)
+            dequeued.pop(queue_id, None)
+
+
 @contextmanager
 def long_poll_waiting() -> Iterator[None]:
     global _waiting
