@@ -380,6 +380,10 @@ def test_a_pop_whose_caller_is_gone_puts_its_entry_back(store: Store) -> None:
         queue = queues.create(conn, "gone", user=ADMIN.user, company="c", tags=[], system_tags=[])
     made = _tasks(store, 2)
     _all_on_loop(store, AsyncPg(store.pg_dsn), [("tasks.enqueue", {"task": t, "queue": queue}) for t in made])
+    held_since = time.time() - 5  # the head is a retry's entry, held back from the worker it failed on
+    with store.write() as conn:
+        conn.exec_driver_sql("UPDATE queue_entries SET avoid = 'box:0', added = %(a)s WHERE task = %(t)s",
+                             {"a": held_since, "t": made[0]})
 
     class Slow(Meddling):
         """Holds the pop's statement until the test lets it go."""
@@ -414,6 +418,9 @@ def test_a_pop_whose_caller_is_gone_puts_its_entry_back(store: Store) -> None:
     with store.read() as conn:
         assert [e["task"] for e in entries_of(conn, [queue])[queue]] == made
         assert conn.exec_driver_sql("SELECT count(*) FROM deliveries").scalar() == 0
+        # back as it was: still held back from box:0, for what is left of its hold
+        assert conn.exec_driver_sql("SELECT avoid, added FROM queue_entries WHERE task = %(t)s",
+                                    {"t": made[0]}).one() == ("box:0", held_since)
 
 
 def _rows_to_enqueue(store: Store, tasks_: list[str], queue: str) -> list[dict[str, Any]]:

@@ -28,6 +28,10 @@ from agentkit import (
 from browserkit import ui  # noqa: F401 - the fixture
 from conftest import ServerProcess, free_port
 from conveyor.client.errors import ApiCallError
+from conveyor.server.model import deliveries, queues
+from conveyor.server.store import Store
+from conveyor.server.store.database import sqlite_url
+from conveyor.server.store.documents import add_entry
 
 # Once per machine: the first run (no marker file yet) hangs until it is killed, the next one completes.
 ONCE_HANGS = r"""
@@ -273,12 +277,36 @@ def test_a_retried_task_goes_to_another_worker_first(tmp_path: Path, db_url: str
         fail(first)
         assert pop("box:0") == third
         assert pop("box:0") is None  # only the retry is left: box:0 waits it out
-        time.sleep(3.2)
-        assert pop("box:0") == first
+        # a lone worker's long-poll is woken when the hold ends (no enqueue wakes it), not at the end of its wait
+        began = time.monotonic()
+        got = api.call("queues.get_next_task", {"queue": queue, "worker": "box:0", "wait": 20}, timeout=30)
+        assert got.get("entry", {}).get("task") == first and time.monotonic() - began < 4.5, got
         attempts = api.call("tasks.get_by_id", {"task": first})["task"]["attempts"]
         assert [a["worker"] for a in attempts] == ["box:0", "other:0", "box:0", None, "box:0"]
     finally:
         server.stop()
+
+
+def test_an_entry_given_back_keeps_its_hold_and_its_age(db_url: str | None, tmp_path: Path) -> None:
+    """A retry's entry popped by another worker whose answer reached nobody (its long-poll client left) goes back to
+    the front as it was: still held back from the worker it failed on, for what is left of the hold."""
+    store = Store(db_url or sqlite_url(tmp_path))
+    store.migrate()
+    try:
+        with store.write() as conn:
+            queue = queues.create(conn, "held", user="u", company="c", tags=[], system_tags=[])
+            add_entry(conn, queue, "t1", front=True, avoid="box:0")  # the retry of a run that failed on box:0
+        with store.write_statements() as conn:
+            popped = deliveries.pop(conn, [queue], runner=None, worker="other:0", elsewhere_sec=30)
+        assert popped is not None and popped.avoid == "box:0"
+        with store.write() as conn:
+            deliveries.give_back(conn, popped)
+        with store.write_statements() as conn:
+            assert deliveries.pop(conn, [queue], runner=None, worker="box:0", elsewhere_sec=30) is None
+            again = deliveries.pop(conn, [queue], runner=None, worker="other:0", elsewhere_sec=30)
+        assert again == popped  # the same entry: its task, queue, age and hold
+    finally:
+        store.dispose()
 
 
 def test_the_ui_shows_the_class_with_the_reason_and_the_attempts(ui: Any, sqlite_server: ServerProcess) -> None:  # noqa: F811

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 
 from conveyor.protocol.status import TaskStatus
@@ -28,6 +28,7 @@ class Popped:
     task: str
     queue: str
     added: float  # when the entry was added (epoch seconds)
+    avoid: str | None = None  # the worker the entry was held back from (a retry's): a give-back keeps it so
 
 
 def pop(conn: Connection, queue_ids: list[str], *, runner: str | None, worker: str | None = None,
@@ -45,17 +46,17 @@ def pop(conn: Connection, queue_ids: list[str], *, runner: str | None, worker: s
             row = sql.run(conn, "pop_and_deliver", params).fetchone()
             if row is None:
                 continue
-            task_id, added = row
+            task_id, added, avoid = row
         else:  # SQLite has no data-modifying CTEs; under BEGIN IMMEDIATE three local statements cost little
             row = sql.run(conn, "pop", {"q": queue_id, **skip}).fetchone()
             if row is None:
                 continue
-            task_id, added = row
+            task_id, added, avoid = row
             if runner is not None:
                 sql.run(conn, "set_runner", {"id": task_id, "runner": runner, "w": worker})
             record_delivery(conn, task_id, queue_id, added)
         count_dequeued(queue_id)
-        return Popped(task_id, queue_id, added)
+        return Popped(task_id, queue_id, added, avoid)
     return None
 
 
@@ -70,13 +71,32 @@ async def pop_on_loop(pg: AsyncPg, queue_ids: list[str], *, runner: str | None, 
         popped = await pg.pop(queue_id, request)
         if popped is not None:
             count_dequeued(queue_id)
-            return Popped(popped[0], queue_id, popped[1])
+            return Popped(popped[0], queue_id, popped[1], popped[2])
     return None
 
 
-def give_back(conn: Connection, task_id: str, queue_id: str) -> None:
-    """A pop whose answer could not be handed over: the task goes back to the front of its queue."""
-    return_delivery(conn, task_id, queue_id)
+def held_back_until(conn: Connection, queue_ids: list[str], worker: str, elsewhere_sec: float) -> float | None:
+    """When the first entry of these queues held back from `worker` (a retry's) may go to it (epoch seconds), or None
+    when none is."""
+    e = s.queue_entries.c
+    since = time.time() - elsewhere_sec
+    first = conn.execute(select(func.min(e.added)).where(e.queue.in_(queue_ids), e.avoid == worker,
+                                                         e.added >= since)).scalar()
+    return None if first is None else float(first) + elsewhere_sec
+
+
+async def held_back_until_on_loop(pg: AsyncPg, queue_ids: list[str], worker: str, elsewhere_sec: float
+                                  ) -> float | None:
+    """`held_back_until` on PostgreSQL's event-loop connections."""
+    rows = await pg.fetch("held_back", {"ids": queue_ids, "w": worker, "since": time.time() - elsewhere_sec})
+    first = rows[0][0] if rows else None
+    return None if first is None else float(first) + elsewhere_sec
+
+
+def give_back(conn: Connection, popped: Popped) -> None:
+    """A pop whose answer could not be handed over: the entry goes back to the front of its queue as it was (when it
+    was added, and the worker it is held back from)."""
+    return_delivery(conn, popped.task, popped.queue, popped.added, popped.avoid)
 
 
 def stale(conn: Connection, older_than: float) -> list[tuple[str, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -250,7 +251,10 @@ def _known_queues(call: Call, queue_ids: list[str]) -> None:
     known.update(found)
 
 
-def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str, Any] | None:
+Handed = tuple[dict[str, Any], deliveries.Popped]  # a pop's answer, and the entry it took (to give back if unheard)
+
+
+def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> Handed | None:
     """The head entry of the first non-empty queue, as `queues.get_next_task` answers it (see deliveries.pop). With
     `worker` (a long-polling Conveyor daemon), queues that worker is forced off are skipped."""
     # The pop itself is one statement on PostgreSQL (deliveries.pop): no transaction around it is needed.
@@ -271,11 +275,11 @@ def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> dict[str
             except Exception:
                 # The pop committed by itself: a failed answer must not leave the task held for nobody.
                 with call.store.write() as back:
-                    deliveries.give_back(back, popped.task, popped.queue)
+                    deliveries.give_back(back, popped)
                 call.state.wake([popped.queue])
                 raise
             answer["task_info"] = {"company": doc.get("company", ""), "user": doc.get("user", "")}
-        return answer
+        return answer, popped
 
 
 def _runner(call: Call) -> str | None:
@@ -287,7 +291,7 @@ def _answer(popped: deliveries.Popped) -> dict[str, Any]:
     return {"entry": {"task": popped.task, "added": iso(popped.added)}, "queue": popped.queue}
 
 
-async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: str | None) -> dict[str, Any] | None:
+async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: str | None) -> Handed | None:
     """`pop` on PostgreSQL's event-loop connections: no thread, and no transaction around its statements."""
     if worker:
         closed = await forcing.closed_on_loop(pg, worker, queue_ids)
@@ -303,20 +307,20 @@ async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: st
         try:
             rows = await pg.fetch("task_owner", {"id": popped.task})
         except Exception:
-            await _give_back(call, answer)  # the pop committed by itself: the task must not stay held for nobody
+            await _give_back(call, popped)  # the pop committed by itself: the task must not stay held for nobody
             raise
         company, user, unread = rows[0] if rows else ("", "", None)
         if unread is not None:
             company = loads(unread).get("company", "")
         answer["task_info"] = {"company": company or "", "user": user or ""}
-    return answer
+    return answer, popped
 
 
-async def _give_back(call: Call, answer: dict[str, Any]) -> None:
+async def _give_back(call: Call, popped: deliveries.Popped) -> None:
     def put_back() -> None:
         with call.store.write() as conn:
-            deliveries.give_back(conn, answer["entry"]["task"], answer["queue"])
-        call.state.wake([answer["queue"]])
+            deliveries.give_back(conn, popped)
+        call.state.wake([popped.queue])
 
     if call.store.inline:
         put_back()
@@ -325,6 +329,7 @@ async def _give_back(call: Call, answer: dict[str, Any]) -> None:
 
 
 WORKER_ID_MAX = 512  # the length of tasks.puller
+RELEASE_MARGIN_SEC = 0.05  # past the end of a retry's hold, so that the next look finds it takeable
 
 
 @endpoint("queues.get_next_task", watches=True)
@@ -345,11 +350,11 @@ async def get_next_task(call: Call) -> dict[str, Any]:
     inline = call.store.inline
     keys = [*queue_ids, *map(forcing.queue_key, queue_ids), *([forcing.worker_key(worker)] if worker else [])]
 
-    def known_and_popped() -> dict[str, Any] | None:
+    def known_and_popped() -> Handed | None:
         _known_queues(call, queue_ids)
         return pop(call, queue_ids, worker)
 
-    async def attempt() -> dict[str, Any] | None:
+    async def attempt() -> Handed | None:
         if inline:
             return known_and_popped()
         pg = call.store.on_loop
@@ -358,13 +363,30 @@ async def get_next_task(call: Call) -> dict[str, Any]:
         return await in_thread(known_and_popped)  # one hop to a thread per attempt
 
     if wait <= 0:
-        return await attempt() or {}
+        handed = await attempt()
+        return handed[0] if handed else {}
+
+    async def held_back_until() -> float | None:
+        """When an entry held back from this worker (a retry's, after a failure on it) may go to it: no enqueue
+        wakes the long-poll then."""
+        elsewhere = call.state.settings.retry_elsewhere_sec
+        if not worker or elsewhere <= 0:
+            return None
+        pg = call.store.on_loop
+        if pg is not None:
+            return await deliveries.held_back_until_on_loop(pg, queue_ids, worker, elsewhere)
+
+        def read() -> float | None:
+            with call.store.read() as conn:
+                return deliveries.held_back_until(conn, queue_ids, worker, elsewhere)
+        return read() if inline else await in_thread(read)
+
     with long_poll_waiting():
-        return await _wait_for_entry(call, wait, keys, attempt)
+        return await _wait_for_entry(call, wait, keys, attempt, held_back_until)
 
 
-async def _wait_for_entry(call: Call, wait: float, keys: list[str],
-                          attempt: Callable[[], Awaitable[dict[str, Any] | None]]) -> dict[str, Any]:
+async def _wait_for_entry(call: Call, wait: float, keys: list[str], attempt: Callable[[], Awaitable[Handed | None]],
+                          held_back_until: Callable[[], Awaitable[float | None]]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     gone = call.disconnected  # completes when the waiting client closes its connection
@@ -372,18 +394,22 @@ async def _wait_for_entry(call: Call, wait: float, keys: list[str],
         with call.state.signals.listen(keys) as woken:
             if (gone is not None and gone.done()) or call.state.signals.closing:
                 return {}  # nobody to hand an entry to, or the server is stopping: leave it in the queue
-            answer = await attempt()
-            if answer:
+            handed = await attempt()
+            if handed:
+                answer, popped = handed
                 if gone is not None:
                     # A disconnect the server has seen but not yet passed to `gone` lands within one loop turn.
                     await asyncio.sleep(0)
                 if gone is not None and gone.done():
-                    await _give_back(call, answer)  # the waiter left while we popped: keep the task queued
+                    await _give_back(call, popped)  # the waiter left while we popped: keep the task queued
                     return {}
                 return answer
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return {}
+            released = await held_back_until()
+            if released is not None:  # look again when that entry may go to this worker
+                remaining = min(remaining, max(released - time.time(), 0.0) + RELEASE_MARGIN_SEC)
             await asyncio.wait([woken, gone] if gone is not None else [woken], timeout=remaining,
                                return_when=asyncio.FIRST_COMPLETED)
             if (not woken.done() and loop.time() >= deadline) or call.state.signals.closing:

@@ -41,6 +41,9 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
 
 
+Pop = tuple[str, float, str | None]  # a popped entry: (task, when it was added, the worker it is held back from)
+
+
 @dataclass(frozen=True)
 class PopRequest:
     runner: str | None  # the popping access key, which may then report on the task
@@ -69,7 +72,7 @@ class AsyncPg:
                                          name="conveyor-api")
         self._checking: asyncio.Task[None] | None = None
         self._enqueues: Coalescer[dict[str, Any], bool] = Coalescer(self._enqueue_many, split_on=_one_rows_error)
-        self._pops: dict[str, Coalescer[PopRequest, tuple[str, float] | None]] = {}
+        self._pops: dict[str, Coalescer[PopRequest, Pop | None]] = {}
         self._policies: Coalescer[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = Coalescer(
             self._pull_policies, split_on=_one_rows_error)
         self.peers: Peers | None = None  # set by the server's LISTEN (store/notify.py): whether to NOTIFY others
@@ -151,9 +154,9 @@ class AsyncPg:
             rows[n].append(tuple(row))
         return list(rows)
 
-    async def pop(self, queue_id: str, request: PopRequest) -> tuple[str, float] | None:
-        """Take the head entry of one queue for `request` and record its delivery (`pop_and_deliver`): (task, added),
-        or None when there is none it may take; concurrent pops of one queue share one statement."""
+    async def pop(self, queue_id: str, request: PopRequest) -> Pop | None:
+        """Take the head entry of one queue for `request` and record its delivery (`pop_and_deliver`): (task, added,
+        avoid), or None when there is none it may take; concurrent pops of one queue share one statement."""
         pops = self._pops.get(queue_id)
         if pops is None:
             pops = self._pops[queue_id] = Coalescer(
@@ -166,17 +169,17 @@ class AsyncPg:
         self._pops.pop(queue_id, None)
 
     async def _pop_many(self, queue_id: str,
-                        requests: list[PopRequest]) -> list[tuple[str, float] | None | Exception]:
+                        requests: list[PopRequest]) -> list[Pop | None | Exception]:
         if len(requests) > 1:
             rows = await self.fetch("pop_many", {
                 "q": queue_id, "k": len(requests), "since": min(r.since for r in requests), "d": time.time(),
                 "runner": [r.runner for r in requests], "w": [r.worker for r in requests]})
-            if all(n for n, _, _ in rows):  # no entry held back from some worker (a retry's): the head went in order
-                got = {n: (task, added) for n, task, added in rows}
+            if all(n for n, *_ in rows):  # no entry held back from some worker (a retry's): the head went in order
+                got = {n: (task, added, avoid) for n, task, added, avoid in rows}
                 return [got.get(n) for n in range(1, len(requests) + 1)]
         # One statement a pop, each committing by itself: a failed one is its pop's alone (those before it took
         # their entries).
-        answers: list[tuple[str, float] | None | Exception] = []
+        answers: list[Pop | None | Exception] = []
         for r in requests:
             try:
                 rows = await self.fetch("pop_and_deliver", {"q": queue_id, "d": time.time(), "runner": r.runner,
@@ -190,13 +193,13 @@ class AsyncPg:
                 # the database out of reach: the pops left get that answer now, not each after a wait of its own
                 answers += [exc] * (len(requests) - len(answers))
                 break
-            answers.append((rows[0][0], rows[0][1]) if rows else None)
+            answers.append((rows[0][0], rows[0][1], rows[0][2]) if rows else None)
         return answers
 
-    async def _give_back(self, queue_id: str, popped: tuple[str, float] | None) -> None:
-        """A pop whose caller stopped waiting: its entry goes back to the front of the queue."""
+    async def _give_back(self, queue_id: str, popped: Pop | None) -> None:
+        """A pop whose caller stopped waiting: its entry goes back to the front of the queue, as it was."""
         if popped is not None:
-            await self.fetch("give_back", {"t": popped[0], "q": queue_id, "a": time.time(), "v": None})
+            await self.fetch("give_back", {"t": popped[0], "q": queue_id, "a": popped[1], "v": popped[2]})
 
     def _check_soon(self) -> None:
         """After a lost connection (the database restarted), find the pool's other dead connections now rather than

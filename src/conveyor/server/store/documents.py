@@ -82,10 +82,12 @@ def queue_columns(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = False, avoid: str | None = None) -> float:
+def add_entry(conn: Connection, queue_id: str, task_id: str, *, front: bool = False, avoid: str | None = None,
+              added: float | None = None) -> float:
     """Append (or prepend) an entry; on PostgreSQL the commit also NOTIFYs waiting servers. `avoid`: a worker that
-    skips the entry for a while (a retry's, after a failure on that worker)."""
-    added = time.time()
+    skips the entry for a while (a retry's, after a failure on that worker), until `added` (default now) plus
+    conveyor.server.retry_elsewhere_sec."""
+    added = time.time() if added is None else added
     sql.run(conn, "add_entry_front" if front else "add_entry_back",
             {"q": queue_id, "t": task_id, "a": added, "v": avoid})
     count_enqueued(queue_id)
@@ -107,10 +109,10 @@ def record_delivery(conn: Connection, task_id: str, queue_id: str, added: float)
     sql.run(conn, "record_delivery", {"t": task_id, "q": queue_id, "a": added, "d": time.time()})
 
 
-def return_delivery(conn: Connection, task_id: str, queue_id: str) -> None:
-    """A popped entry whose answer did not reach its client goes back to the front of its queue."""
+def return_delivery(conn: Connection, task_id: str, queue_id: str, added: float, avoid: str | None) -> None:
+    """A popped entry whose answer did not reach its client goes back to the front of its queue, as it was."""
     sql.run(conn, "forget_delivery", {"t": task_id})
-    add_entry(conn, queue_id, task_id, front=True)
+    add_entry(conn, queue_id, task_id, front=True, avoid=avoid, added=added)
 
 
 def entries_of(conn: Connection, queue_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

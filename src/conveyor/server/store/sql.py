@@ -95,13 +95,13 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # modifying CTEs run whether or not the final SELECT reads them.
     "pop_and_deliver": (
         "WITH popped AS (DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-        f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added, queue), "
+        f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added, queue, avoid), "
         "delivered AS (INSERT INTO deliveries (task, queue, added, delivered) "
         "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM popped ON CONFLICT (task) DO UPDATE "
         "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
         "ran AS (UPDATE tasks SET runner = CAST(:runner AS VARCHAR), puller = CAST(:w AS VARCHAR) FROM popped "
         "WHERE tasks.id = popped.task AND CAST(:runner AS VARCHAR) IS NOT NULL) "
-        "SELECT task, added FROM popped"),
+        "SELECT task, added, avoid FROM popped"),
     # PostgreSQL's enqueue on the event loop (services/tasks.py): the task saved (runner forgotten) and its entry
     # added in one statement that commits by itself. The save holds only if the document is still the one the
     # enqueue knew (known_docs.py) or read, and the queue exists with no entry limit: otherwise it saves nothing,
@@ -147,15 +147,15 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "head AS (SELECT seq FROM queue_entries WHERE queue = CAST(:q AS VARCHAR) AND NOT EXISTS "
         "(SELECT 1 FROM held) ORDER BY position, seq LIMIT :k FOR UPDATE SKIP LOCKED), "
         "popped AS (DELETE FROM queue_entries e USING head WHERE e.seq = head.seq "
-        "RETURNING e.task, e.added, e.queue, e.position, e.seq), "
-        "given AS (SELECT p.task, p.added, p.queue, req.runner, req.w, req.n FROM (SELECT *, row_number() OVER "
-        "(ORDER BY position, seq) AS n FROM popped) p JOIN req ON req.n = p.n), "
+        "RETURNING e.task, e.added, e.queue, e.position, e.seq, e.avoid), "
+        "given AS (SELECT p.task, p.added, p.queue, p.avoid, req.runner, req.w, req.n FROM "
+        "(SELECT *, row_number() OVER (ORDER BY position, seq) AS n FROM popped) p JOIN req ON req.n = p.n), "
         "delivered AS (INSERT INTO deliveries (task, queue, added, delivered) "
         "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM given ON CONFLICT (task) DO UPDATE "
         "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
         "ran AS (UPDATE tasks SET runner = given.runner, puller = given.w FROM given "
         "WHERE tasks.id = given.task AND given.runner IS NOT NULL) "
-        "SELECT n, task, added FROM given UNION ALL SELECT 0, NULL, NULL FROM held"),
+        "SELECT n, task, added, avoid FROM given UNION ALL SELECT 0, NULL, NULL, NULL FROM held"),
     # The NOTIFYs of enqueues that went without them (`enqueue_write_quiet`) when another server process has begun
     # to listen meanwhile.
     "notify_queues": "SELECT pg_notify('conveyor_queues', q) FROM unnest(CAST(:qs AS VARCHAR[])) AS q",
@@ -175,13 +175,18 @@ QUERIES: dict[str, str | dict[str, str]] = {
                       "AS r(n INTEGER, w VARCHAR, ids json) "
                       "CROSS JOIN LATERAL json_array_elements_text(r.ids) AS i(id) JOIN queues q ON q.id = i.id "
                       "LEFT JOIN runtime_properties f ON f.worker = r.w AND f.key = 'force'"),
+    # When the first entry of these queues held back from worker `:w` was added (a retry's, held back since `:since`):
+    # its long-poll wakes when that entry may go to it.
+    "held_back": ("SELECT MIN(added) FROM queue_entries WHERE queue = ANY(CAST(:ids AS VARCHAR[])) "
+                  "AND avoid = CAST(:w AS VARCHAR) AND added >= CAST(:since AS DOUBLE PRECISION)"),
     # Delete and return the head entry of one queue: two workers never get one entry.
     "pop": {
         "postgresql": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-                      f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added",
+                      f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                      "RETURNING task, added, avoid",
         # Under BEGIN IMMEDIATE the whole database is write-locked, so the sub-select cannot race.
         "sqlite": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-                  f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1) RETURNING task, added",
+                  f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1) RETURNING task, added, avoid",
     },
 }
 
