@@ -35,16 +35,17 @@ ADMIN = Identity(user="u-admin", user_name="admin", company="c", access_key="K",
 
 
 class Meddling(AsyncPg):
-    """Runs `meddle` once, just before the enqueue's write: another client's change landing between read and write."""
+    """Runs `meddle` once, just before the write (`before`): another client's change landing between read and write."""
 
-    def __init__(self, dsn: str, meddle: Callable[[], None]):
+    def __init__(self, dsn: str, meddle: Callable[[], None], before: str = "enqueue_write"):
         super().__init__(dsn)
         self.meddle: Callable[[], None] | None = meddle
+        self.before = before
         self.statements: list[str] = []
 
     async def fetch(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         self.statements.append(name)
-        if name == "enqueue_write" and self.meddle is not None:
+        if name == self.before and self.meddle is not None:
             meddle, self.meddle = self.meddle, None
             await asyncio.to_thread(meddle)
         return await super().fetch(name, params)
@@ -123,6 +124,72 @@ def test_an_enqueue_keeps_a_change_made_between_its_read_and_its_write(store: St
         entries = entries_of(conn, [queue])[queue]
     assert doc is not None and (doc["name"], doc["status"]) == ("renamed meanwhile", "queued")
     assert [e["task"] for e in entries] == [task]
+
+
+def _log(task: str, lines: list[str], run: str = "r1") -> dict[str, Any]:
+    return {"requests": [{"type": "log", "task": task, "level": "info", "worker": "w", "msg": line,
+                          "conveyor_id": f"{run}-{n}"} for n, line in enumerate(lines)]}
+
+
+def _stored_log(store: Store, task: str) -> list[str]:
+    with store.read() as conn:
+        return [r[0] for r in conn.exec_driver_sql(
+            "SELECT msg FROM events WHERE task = %(t)s ORDER BY seq", {"t": task}).all()]
+
+
+def test_a_log_batch_is_one_statement_that_keeps_a_change_made_meanwhile(store: Store) -> None:
+    """A log batch on the event loop saves the task's last_update only if the task is still as this process knew it,
+    and stores its lines in the same statement; a change landing between (a rename) survives, and a batch sent again
+    (its answer lost) adds nothing twice."""
+    task, _ = _task_and_queue(store)
+    with store.read() as conn:
+        before = get_task(conn, task)
+    assert before is not None
+
+    def rename(conn: Connection, doc: Document) -> None:
+        doc["name"] = "renamed meanwhile"
+        save_task(conn, doc)
+
+    time.sleep(0.01)
+    pg = Meddling(store.pg_dsn, _changing(store, task, rename), before="log_batch_write")
+    lines = ["epoch 1\n", "epoch 2\n", "done\n"]
+    assert _on_loop(store, pg, "events.add_batch", _log(task, lines)) == {"added": 3, "errors": 0, "errors_info": {}}
+    assert pg.statements == ["log_batch_write", "task_for_events", "log_batch_write"]
+    with store.read() as conn:
+        after = get_task(conn, task)
+    assert after is not None and after["name"] == "renamed meanwhile" and after["last_update"] > before["last_update"]
+    assert _stored_log(store, task) == lines
+
+    again = Meddling(store.pg_dsn, lambda: None)
+    assert _on_loop(store, again, "events.add_batch", _log(task, lines))["added"] == 3
+    assert again.statements == ["log_batch_write"]  # it knew the task as it saved it
+    assert _stored_log(store, task) == lines  # each line once
+
+    mixed = Meddling(store.pg_dsn, lambda: None)  # metrics change more of the task: its transaction, in a thread
+    scalar = {"type": "training_stats_scalar", "task": task, "iter": 3, "metric": "loss", "variant": "v", "value": 0.5}
+    assert _on_loop(store, mixed, "events.add_batch", {"requests": [scalar]})["added"] == 1
+    assert mixed.statements == []
+    with store.read() as conn:
+        assert (get_task(conn, task) or {})["last_iteration"] == 3
+
+
+def test_a_log_batch_is_refused_to_a_stranger_and_taken_from_the_tasks_runner(store: Store) -> None:
+    task, _ = _task_and_queue(store)
+    bob = Identity(user="u-bob", user_name="bob", company="c", access_key="BOB", role="user")
+    pg = Meddling(store.pg_dsn, lambda: None)
+    with pytest.raises(ApiError) as refused:
+        _all_on_loop(store, pg, [("events.add_batch", _log(task, ["not mine\n"]))], identities=[bob])
+    assert refused.value.code == 403 and "only its owner or an admin can report events" in refused.value.msg
+    assert pg.statements == ["log_batch_write", "task_for_events"]  # what it read decided: the thread says why
+    assert _stored_log(store, task) == []
+
+    with store.write() as conn:  # bob's agent pulled the task off a queue: its runner
+        conn.exec_driver_sql("UPDATE tasks SET runner = 'BOB' WHERE id = %(t)s", {"t": task})
+    pulled = Meddling(store.pg_dsn, lambda: None)
+    assert _all_on_loop(store, pulled, [("events.add_batch", _log(task, ["training\n"]))],
+                        identities=[bob])[0]["added"] == 1
+    assert pulled.statements == ["log_batch_write"]
+    assert _stored_log(store, task) == ["training\n"]
 
 
 def test_a_task_started_between_the_read_and_the_write_is_not_enqueued(store: Store) -> None:

@@ -79,7 +79,8 @@ def event_row(event: object) -> dict[str, Any]:
     return row
 
 
-def _update_task(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+def update_task(doc: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """What a task's new events change in it: its last iteration, last metrics and `last_update`."""
     iters = [r["iter"] for r in rows if r["iter"] is not None]
     if iters:
         doc["last_iteration"] = max(int(doc.get("last_iteration") or 0), max(iters))
@@ -125,7 +126,7 @@ def add(conn: Connection, doc: Document, rows: list[dict[str, Any]]) -> None:
     """Store a task's validated events (`event_row`) but those already stored, and bring the task up to date.
     Only metrics change the task beyond its `last_update`, so only they are looked up first: a log batch is stored
     with no read (the insert itself skips what is already there)."""
-    _update_task(doc, _not_seen(conn, doc["id"], [r for r in rows if r["type"] != LOG]))
+    update_task(doc, _not_seen(conn, doc["id"], [r for r in rows if r["type"] != LOG]))
     save_task(conn, doc)
     sql.insert_events(conn, rows)
 

@@ -12,10 +12,12 @@ import re
 from functools import cache, lru_cache
 from typing import Any
 
+from sqlalchemy import String
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from conveyor.server.codec import dumps
 from conveyor.server.store.errors import StoreError
 from conveyor.server.store.schema import events, tasks
 
@@ -227,10 +229,47 @@ def _insert_events(count: int, dialect: str) -> str:
             "ON CONFLICT (task, client_id) DO NOTHING")
 
 
+def _json_events_insert(where: str = "") -> str:
+    """PostgreSQL's insert of a batch of events given as one JSON parameter `:rows`, stored in the order of the list
+    (`n`). `value` travels as text, so that NaN and infinities (which JSON lacks) arrive as sent."""
+    # strings as TEXT: the insert itself checks their lengths, with the error it gives any insert
+    types = {c: ("TEXT" if c == "value" or isinstance(events.c[c].type, String)
+                 else events.c[c].type.compile(dialect=postgresql.dialect())) for c in _EVENT_COLUMNS}
+    listed = ", ".join(_EVENT_COLUMNS)
+    read = ", ".join("CAST(r.value AS DOUBLE PRECISION)" if c == "value" else f"r.{c}" for c in _EVENT_COLUMNS)
+    return (f"INSERT INTO events ({listed}) SELECT {read} FROM json_to_recordset(CAST(:rows AS json)) "
+            f"AS r(n INTEGER, {', '.join(f'{c} {t}' for c, t in types.items())}) {where} ORDER BY r.n "
+            "ON CONFLICT (task, client_id) DO NOTHING")
+
+
+QUERIES["insert_events_json"] = _json_events_insert()
+# A task's log batch on the event loop (services/events.py): the task saved (its `last_update`) only if its document
+# is still the one this process knew or read, and the caller owns it (`:owner`) or pulled it (`:key`, tasks.runner);
+# its events stored only if it was. Answers (tasks saved, events added).
+QUERIES["log_batch_write"] = (
+    f"WITH saved AS (UPDATE tasks SET {_SET_TASK} WHERE id = :id AND doc = :old "
+    "AND (CAST(:owner AS BOOLEAN) OR runner = CAST(:key AS VARCHAR)) RETURNING id), "
+    f"added AS ({_json_events_insert('WHERE EXISTS (SELECT 1 FROM saved)')} RETURNING 1) "
+    "SELECT (SELECT count(*) FROM saved), (SELECT count(*) FROM added)")
+QUERIES["task_for_events"] = "SELECT CASE WHEN length(doc) <= :most THEN doc END, runner FROM tasks WHERE id = :id"
+
+
+def events_json(rows: list[dict[str, Any]]) -> str:
+    """The `:rows` parameter of PostgreSQL's event inserts: the rows in order, each `value` as text."""
+    return dumps([{**row, "n": n, "value": None if row["value"] is None else repr(row["value"])}
+                  for n, row in enumerate(rows)])
+
+
 def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Store events (`model.events.event_row` dicts) with one multi-row statement per 500: one round trip and one
-    statement for the database to run, where an executemany costs one of each per event (a log batch is hundreds).
+    """Store events (`model.events.event_row` dicts) with one statement per 500: one round trip and one statement for
+    the database to run, where an executemany costs one of each per event (a log batch is hundreds). On PostgreSQL the
+    rows go as one JSON parameter: psycopg rewrites the placeholders of a statement too long for its cache in Python
+    on every call, which for a multi-row VALUES held the interpreter lock for most of a log batch's time.
     An event whose client id its task already has is skipped: a batch retried after a lost answer adds it once."""
+    if conn.dialect.name == "postgresql":
+        for start in range(0, len(rows), EVENTS_PER_INSERT):
+            run(conn, "insert_events_json", {"rows": events_json(rows[start:start + EVENTS_PER_INSERT])})
+        return
     for start in range(0, len(rows), EVENTS_PER_INSERT):
         chunk = rows[start:start + EVENTS_PER_INSERT]
         params = tuple(row[c] for row in chunk for c in _EVENT_COLUMNS)
