@@ -17,7 +17,7 @@ import pytest
 from conftest import ServerProcess
 from conveyor.agent import gc
 from conveyor.config.loader import load_config
-from conveyor.env.cache import FileLock, Lease, VenvCache
+from conveyor.env.cache import LOCKS_DIR, FileLock, Lease, VenvCache
 from conveyor.runtimes import image_uses
 
 DAY = 86400.0
@@ -117,6 +117,32 @@ def test_old_venvs_and_folders_go_and_what_a_task_uses_stays(tmp_path: Path, age
         slot_lock.release()
     assert _gc(agent_conf, "--older-than", "14d").returncode == 0
     assert not busy.path.exists() and not worked_in.exists() and not slot.exists()  # released: they go too
+
+
+def test_a_cache_gc_cannot_lock_stays_and_the_rest_is_collected(tmp_path: Path, agent_conf: Path) -> None:
+    """A container's venv cache made by the image's root, while gc runs as the agent's user, cannot be locked: it
+    stays, said so, and gc goes on (it once ended in a traceback under --max-size)."""
+    image_cache = VenvCache(_cache(tmp_path).root / gc.IMAGE_CACHES / ("cd" * 16), max_entries=10, free_space_gb=0,
+                            lock_timeout=5, build_wait=30)
+    locked_out = _cached(image_cache, "locked-out", 30)
+    locked_out.release()
+    locks = image_cache.root / LOCKS_DIR
+    shutil.rmtree(locks)
+    locks.write_text("")  # its locks cannot be opened (as a root-owned folder for another user; root reads anything)
+    build = _aged(tmp_path / "venvs" / "build-0123", 20, mib=2)
+    for args in (["--max-size", "1M", "--dry-run"], ["--older-than", "14d", "--max-size", "1M"]):
+        done = _gc(agent_conf, *args)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert any(str(locked_out.path) in line and "not accessible to this user" in line
+                   for line in done.stdout.splitlines() if line.startswith("kept")), done.stdout
+    assert locked_out.path.exists() and not build.exists()
+
+
+def test_image_ids_match_as_either_engine_writes_them(agent_conf: Path) -> None:
+    cfg = load_config(agent_conf, environ={})
+    image_uses.record(cfg, "podman", ["0123abcd" * 8])  # podman's `inspect {{.Id}}`
+    assert image_uses.last_use(cfg, "podman", ["sha256:" + "0123abcd" * 8]) is not None  # its `image ls`
+    assert image_uses.last_use(cfg, "docker", ["sha256:" + "0123abcd" * 8]) is None  # per engine
 
 
 def test_max_size_removes_least_recently_used_first(tmp_path: Path, agent_conf: Path) -> None:

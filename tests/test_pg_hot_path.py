@@ -26,7 +26,7 @@ from conveyor.server.model import queues, tasks
 from conveyor.server.services import load_all
 from conveyor.server.state import ServerState
 from conveyor.server.store import Store, known_docs, notify
-from conveyor.server.store.async_pg import AsyncPg, PopRequest
+from conveyor.server.store.async_pg import AsyncPg, Pop, PopRequest
 from conveyor.server.store.documents import entries_of, get_task, insert_task, save_task, task_columns
 from conveyor.server.store.notify import CATCH_UP_SEC, HELLO, LISTENER_APP, PEERS_CHECK_SEC, PgListener, QueueSignals
 from conveyor.server.store.sql import LOCK_TIMEOUT_MS
@@ -171,6 +171,29 @@ def test_a_log_batch_is_one_statement_that_keeps_a_change_made_meanwhile(store: 
     assert mixed.statements == []
     with store.read() as conn:
         assert (get_task(conn, task) or {})["last_iteration"] == 3
+
+
+def test_a_log_batch_leaves_a_locked_task_to_a_thread_that_waits_for_it(store: Store) -> None:
+    """A task row held by a transaction in progress (a psql session, a status change) is not waited for on the event
+    loop, whose connections every pop and enqueue share: the batch goes to a thread, which waits for the lock."""
+    task, _ = _task_and_queue(store)
+
+    class Timed(Meddling):
+        async def fetch(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+            try:
+                return await super().fetch(name, params)
+            finally:
+                self.answered = time.monotonic()
+
+    with psycopg.connect(store.pg_dsn) as holder:
+        holder.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", (task,))
+        threading.Timer(1.0, holder.rollback).start()
+        pg = Timed(store.pg_dsn, lambda: None)
+        began = time.monotonic()
+        assert _on_loop(store, pg, "events.add_batch", _log(task, ["after the lock\n"]))["added"] == 1
+    assert pg.statements == ["log_batch_write"] and pg.answered - began < 0.5  # the loop's statement did not wait
+    assert time.monotonic() - began >= 0.9  # the thread did
+    assert _stored_log(store, task) == ["after the lock\n"]
 
 
 def test_a_log_batch_is_refused_to_a_stranger_and_taken_from_the_tasks_runner(store: Store) -> None:
@@ -397,7 +420,7 @@ def test_pops_together_leave_a_retry_to_the_workers_that_may_take_it(store: Stor
         conn.exec_driver_sql("UPDATE queue_entries SET position = -1, avoid = 'w-a' WHERE task = %(t)s", {"t": retry})
     pg = Meddling(store.pg_dsn, lambda: None)
 
-    async def pop_together() -> list[tuple[str, float] | None]:
+    async def pop_together() -> list[Pop | None]:
         await pg.open()
         try:
             since = time.time() - 30

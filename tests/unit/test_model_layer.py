@@ -264,7 +264,7 @@ def test_a_pop_whose_answer_was_lost_goes_back_to_the_front(conn: Connection) ->
     first, second = enqueued(conn, queue_id, "a"), enqueued(conn, queue_id, "b")
     popped = deliveries.pop(conn, [queue_id], runner=None)
     assert popped is not None
-    deliveries.give_back(conn, popped.task, popped.queue)
+    deliveries.give_back(conn, popped)
     assert queued_tasks(conn, queue_id) == [first["id"], second["id"]]
 
 

@@ -122,12 +122,23 @@ def venv_cache_items(cfg: Config) -> list[Item]:
 
 
 def _cache_checks(cache: VenvCache, entry: Entry) -> tuple[Callable[[], str | None], Callable[[], str | None]]:
+    # A cache gc may not lock (a container's, made by the image's root while gc runs as the agent's user) stays.
     def remove() -> str | None:
-        return None if cache.remove(entry) else "in use by a task"
+        try:
+            return None if cache.remove(entry) else "in use by a task"
+        except OSError as exc:
+            return _not_accessible(exc)
 
     def in_use() -> str | None:
-        return "in use by a task" if cache.in_use(entry.key) else None
+        try:
+            return "in use by a task" if cache.in_use(entry.key) else None
+        except OSError as exc:
+            return _not_accessible(exc)
     return remove, in_use
+
+
+def _not_accessible(exc: OSError) -> str:
+    return f"not accessible to this user ({exc.strerror or exc.__class__.__name__})"
 
 
 # --- build folders --------------------------------------------------------------------------------------------------
@@ -253,8 +264,9 @@ def _inspect(cfg: Config, engine: str, image_id: str) -> Item | None:
     refs = tags or [image_id]
     created = _timestamp(fields[1])
     used = image_uses.last_use(cfg, engine, [image_id, *tags])
-    return Item("image", f"{engine}:{refs[0]}" if tags else f"{engine}:{image_id[:19]}", size,
-                max(created, used or created), _image_remover(cfg, engine, refs, [image_id, *tags]))
+    last_used = max(created, used or created)
+    return Item("image", f"{engine}:{refs[0]}" if tags else f"{engine}:{image_id[:19]}", size, last_used,
+                _image_remover(cfg, engine, refs, [image_id, *tags], last_used))
 
 
 def _timestamp(text: str) -> float:
@@ -269,8 +281,11 @@ def _timestamp(text: str) -> float:
     return datetime.fromisoformat(f"{found.group(1)}T{found.group(2)}{zone}").timestamp()
 
 
-def _image_remover(cfg: Config, engine: str, refs: list[str], noted: list[str]) -> Callable[[], str | None]:
+def _image_remover(cfg: Config, engine: str, refs: list[str], noted: list[str],
+                   last_used: float) -> Callable[[], str | None]:
     def remove() -> str | None:
+        if (image_uses.last_use(cfg, engine, noted) or 0.0) > last_used:
+            return "used since gc looked"  # a task started from it meanwhile
         done = subprocess.run([engine, "image", "rm", *refs], capture_output=True, text=True,
                               timeout=ENGINE_TIMEOUT_SEC)
         if done.returncode == 0:

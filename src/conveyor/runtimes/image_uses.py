@@ -26,7 +26,8 @@ def _folder(cfg: Config) -> Path | None:
 
 
 def _name(engine: str, ref: str) -> str:
-    return hashlib.sha256(f"{engine}\0{ref}".encode()).hexdigest()[:32]
+    # an id as either engine writes it: podman's `inspect` leaves out the `sha256:` its `image ls` writes
+    return hashlib.sha256(f"{engine}\0{ref.removeprefix('sha256:')}".encode()).hexdigest()[:32]
 
 
 def record(cfg: Config, engine: str, refs: Iterable[str]) -> None:

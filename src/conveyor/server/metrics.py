@@ -6,9 +6,11 @@ processes on one database, cost the database little; each process adds its own c
 No secret is a label: queues by name, endpoints by name, statuses. The endpoint needs no credentials, like most
 exporters (the README says how to keep it to the monitoring network).
 
-Series stay bounded whatever users do: endpoints are the known ones, and queues beyond `max_queues` (the first made
-keep their own series, so that no queue's series moves between labels as queues come and go) are summed into one
-series labelled OTHER_QUEUES; a deleted queue's series end with it."""
+Series stay bounded whatever users do: endpoints are the known ones, and queues beyond `max_queues` are summed into
+one series labelled OTHER_QUEUES. A process gives the first made their own series, then later ones as slots free up,
+and a queue keeps its label for the life of the process, so that a counter never moves between series (Prometheus
+would read the drop as a reset); the counts of a deleted queue of the summed series stay in it, and a deleted
+queue's own series end with it."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class _DatabaseFigures(Collector):
         self._read_at = float("-inf")
         self._metrics: list[Metric] = []
         self._labels: dict[str, str] = {}  # queue id -> its label (its name, or OTHER_QUEUES), for the counters
+        self._other_gone = (0, 0)  # (enqueued, dequeued) of deleted queues of OTHER_QUEUES: its counters keep them
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
@@ -66,10 +69,8 @@ class _DatabaseFigures(Collector):
             by_status = {r.status: int(r.n) for r in conn.execute(
                 select(s.tasks.c.status, func.count().label("n")).group_by(s.tasks.c.status))}
             alive = conn.execute(select(func.count()).where(w.last_seen + w.timeout > now)).scalar() or 0
-        gone = set(self._labels) - set(names)
-        if gone:
-            traffic.forget(gone)
-        self._labels = labels = _queue_labels(names, self.max_queues)
+        self._forget(set(self._labels) - set(names))
+        self._labels = labels = _queue_labels(names, self._labels, self.max_queues)
         by_label: dict[str, tuple[int, float]] = {}  # label -> (entries, oldest entry's added)
         for queue_id, label in labels.items():
             n, first = entries.get(queue_id, (0, now))
@@ -92,6 +93,9 @@ class _DatabaseFigures(Collector):
                                      "Entries popped from each queue by this server process", labels=["queue"])
         for family, counts in ((added, enqueued), (popped, dequeued)):
             by_label: dict[str, int] = dict.fromkeys(self._labels.values(), 0)
+            gone = self._other_gone[0 if family is added else 1]
+            if gone:
+                by_label[OTHER_QUEUES] = by_label.get(OTHER_QUEUES, 0) + gone
             for queue_id, count in counts.items():
                 label = self._labels.get(queue_id)  # None: a queue made since the last read (counted next time)
                 if label is not None:
@@ -104,11 +108,29 @@ class _DatabaseFigures(Collector):
         return [added, popped, polls]
 
 
-def _queue_labels(names: dict[str, str], max_queues: int) -> dict[str, str]:
-    """Each queue's label: its name for the first `max_queues` of `names` (in the order made), OTHER_QUEUES for the
-    rest."""
-    return {queue_id: OTHER_QUEUES if n >= max_queues else queue_id if name == OTHER_QUEUES else name
-            for n, (queue_id, name) in enumerate(names.items())}
+    def _forget(self, gone: set[str]) -> None:
+        """Deleted queues: their counts leave this process, those of OTHER_QUEUES' members staying in its counters."""
+        if not gone:
+            return
+        enqueued, dequeued, _ = traffic.counts()
+        summed = [queue_id for queue_id in gone if self._labels.get(queue_id) == OTHER_QUEUES]
+        self._other_gone = (self._other_gone[0] + sum(enqueued.get(q, 0) for q in summed),
+                            self._other_gone[1] + sum(dequeued.get(q, 0) for q in summed))
+        traffic.forget(gone)
+
+
+def _queue_labels(names: dict[str, str], had: dict[str, str], max_queues: int) -> dict[str, str]:
+    """Each queue's label: the one it had (its name, as it is now, or OTHER_QUEUES), else its name while fewer than
+    `max_queues` queues have one of their own (in the order made: `names` is), else OTHER_QUEUES."""
+    labels = {queue_id: had[queue_id] for queue_id in names if queue_id in had}
+    own = sum(1 for label in labels.values() if label != OTHER_QUEUES)
+    for queue_id, name in names.items():
+        if labels.get(queue_id) == OTHER_QUEUES or (queue_id not in labels and own >= max_queues):
+            labels[queue_id] = OTHER_QUEUES
+            continue
+        own += queue_id not in labels
+        labels[queue_id] = queue_id if name == OTHER_QUEUES else name  # a queue of that very name: by its id
+    return labels
 
 
 class ServerMetrics:

@@ -81,6 +81,7 @@ async def add_batch(call: Call) -> dict[str, Any]:
 
 
 TASK_READS = 3  # reads of a task that changes under a log batch each time, before the thread's transaction takes it
+LOOP_BATCH_CHARS = 256 << 10  # log batches with more text are stored from a thread
 
 
 async def _store_log_on_loop(call: Call, pg: AsyncPg, events: list[Any]) -> int | None:
@@ -92,6 +93,8 @@ async def _store_log_on_loop(call: Call, pg: AsyncPg, events: list[Any]) -> int 
     more lines than one statement takes, or a task that changed under each read."""
     if not events or len(events) > sql.EVENTS_PER_INSERT:
         return None
+    if sum(len(e["msg"]) for e in events if isinstance(e, dict) and isinstance(e.get("msg"), str)) > LOOP_BATCH_CHARS:
+        return None  # its rows are made in a thread, off the loop every call shares
     rows: list[dict[str, Any]] = []
     for event in events:
         try:
@@ -118,11 +121,13 @@ async def _store_log_on_loop(call: Call, pg: AsyncPg, events: list[Any]) -> int 
             return None  # the thread's transaction answers the 403, with the owner's name
         events_model.update_task(doc, rows)
         columns = task_columns(doc)
-        ((saved, _),) = await pg.fetch("log_batch_write", {"id": task_id, "old": stored, "owner": owner, "key": key,
-                                                           **columns, "rows": sql.events_json(rows)})
+        ((saved, _, held),) = await pg.fetch("log_batch_write", {
+            "id": task_id, "old": stored, "owner": owner, "key": key, **columns, "rows": sql.events_json(rows)})
         if saved:
             known_docs.TASKS.remember(task_id, columns["doc"])
             return len(rows)
+        if not held:
+            return None  # missing, or locked by a transaction in progress: the thread's transaction waits for it
         stored = None  # changed since, or not the caller's: read it
     return None
 

@@ -407,7 +407,10 @@ async def _wait_for_entry(call: Call, wait: float, keys: list[str], attempt: Cal
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return {}
-            released = await held_back_until()
+            try:
+                released = await held_back_until()
+            except Exception:  # noqa: BLE001 - the wait goes on as before; the next look finds the entry
+                released = None
             if released is not None:  # look again when that entry may go to this worker
                 remaining = min(remaining, max(released - time.time(), 0.0) + RELEASE_MARGIN_SEC)
             await asyncio.wait([woken, gone] if gone is not None else [woken], timeout=remaining,

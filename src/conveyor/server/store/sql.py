@@ -245,12 +245,14 @@ def _json_events_insert(where: str = "") -> str:
 QUERIES["insert_events_json"] = _json_events_insert()
 # A task's log batch on the event loop (services/events.py): the task saved (its `last_update`) only if its document
 # is still the one this process knew or read, and the caller owns it (`:owner`) or pulled it (`:key`, tasks.runner);
-# its events stored only if it was. Answers (tasks saved, events added).
+# its events stored only if it was. A task row locked by a transaction in progress is skipped, not waited for (the
+# batch then goes to a thread, which waits). Answers (tasks saved, events added, task rows locked here).
 QUERIES["log_batch_write"] = (
-    f"WITH saved AS (UPDATE tasks SET {_SET_TASK} WHERE id = :id AND doc = :old "
+    "WITH held AS (SELECT id FROM tasks WHERE id = CAST(:id AS VARCHAR) FOR UPDATE SKIP LOCKED), "
+    f"saved AS (UPDATE tasks SET {_SET_TASK} WHERE id = (SELECT id FROM held) AND doc = :old "
     "AND (CAST(:owner AS BOOLEAN) OR runner = CAST(:key AS VARCHAR)) RETURNING id), "
     f"added AS ({_json_events_insert('WHERE EXISTS (SELECT 1 FROM saved)')} RETURNING 1) "
-    "SELECT (SELECT count(*) FROM saved), (SELECT count(*) FROM added)")
+    "SELECT (SELECT count(*) FROM saved), (SELECT count(*) FROM added), (SELECT count(*) FROM held)")
 QUERIES["task_for_events"] = "SELECT CASE WHEN length(doc) <= :most THEN doc END, runner FROM tasks WHERE id = :id"
 
 
