@@ -117,8 +117,17 @@ def venv_cache_items(cfg: Config) -> list[Item]:
         caches += [VenvCache(path, max_entries=cache.max_entries, free_space_gb=cache.free_space_gb,
                              lock_timeout=cache.lock_timeout, build_wait=cache.build_wait)
                    for path in sorted(per_image.iterdir()) if path.is_dir() and not path.is_symlink()]
-    return [Item("venv-cache", str(entry.path), tree_size(entry.path), entry.last_used, *_cache_checks(each, entry))
-            for each in caches for entry in each.entries()]
+    items = []
+    for each in caches:
+        try:
+            entries = each.entries()
+        except OSError as exc:  # a container's cache made by the image's root, gc running as the agent's user
+            log.warning("gc: cannot read the venv cache %s (%s); run gc as the user its tasks run as", each.root,
+                        exc.strerror or exc.__class__.__name__)
+            continue
+        items += [Item("venv-cache", str(entry.path), tree_size(entry.path), entry.last_used,
+                       *_cache_checks(each, entry)) for entry in entries]
+    return items
 
 
 def _cache_checks(cache: VenvCache, entry: Entry) -> tuple[Callable[[], str | None], Callable[[], str | None]]:
@@ -284,8 +293,10 @@ def _timestamp(text: str) -> float:
 def _image_remover(cfg: Config, engine: str, refs: list[str], noted: list[str],
                    last_used: float) -> Callable[[], str | None]:
     def remove() -> str | None:
+        # A task started from it meanwhile. (One that notes its use between here and `image rm` still loses it: the
+        # window is a few milliseconds; the engine refuses only once its container exists.)
         if (image_uses.last_use(cfg, engine, noted) or 0.0) > last_used:
-            return "used since gc looked"  # a task started from it meanwhile
+            return "used since gc looked"
         done = subprocess.run([engine, "image", "rm", *refs], capture_output=True, text=True,
                               timeout=ENGINE_TIMEOUT_SEC)
         if done.returncode == 0:

@@ -7,10 +7,11 @@ No secret is a label: queues by name, endpoints by name, statuses. The endpoint 
 exporters (the README says how to keep it to the monitoring network).
 
 Series stay bounded whatever users do: endpoints are the known ones, and queues beyond `max_queues` are summed into
-one series labelled OTHER_QUEUES. A process gives the first made their own series, then later ones as slots free up,
-and a queue keeps its label for the life of the process, so that a counter never moves between series (Prometheus
-would read the drop as a reset); the counts of a deleted queue of the summed series stay in it, and a deleted
-queue's own series end with it."""
+one series labelled OTHER_QUEUES. The database's gauges label the first `max_queues` queues made by name, so that
+every server process answers the same. A process's own counters give a queue a label for the life of the process
+(the first made, then later ones as slots free up), so that a count never moves between series, which Prometheus
+would read as a reset; the counts of a deleted queue of the summed series stay in it, and a deleted queue's own
+series end with it. A renamed queue's series move to its new name, as with any label."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class _DatabaseFigures(Collector):
         self._metrics: list[Metric] = []
         self._labels: dict[str, str] = {}  # queue id -> its label (its name, or OTHER_QUEUES), for the counters
         self._other_gone = (0, 0)  # (enqueued, dequeued) of deleted queues of OTHER_QUEUES: its counters keep them
+        self._unlabelled: set[str] = set()  # counted queues missing from the last read (made since, or deleted)
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
@@ -69,10 +71,10 @@ class _DatabaseFigures(Collector):
             by_status = {r.status: int(r.n) for r in conn.execute(
                 select(s.tasks.c.status, func.count().label("n")).group_by(s.tasks.c.status))}
             alive = conn.execute(select(func.count()).where(w.last_seen + w.timeout > now)).scalar() or 0
-        self._forget(set(self._labels) - set(names))
-        self._labels = labels = _queue_labels(names, self._labels, self.max_queues)
+        self._forget(set(names))
+        self._labels = _queue_labels(names, self._labels, self.max_queues)
         by_label: dict[str, tuple[int, float]] = {}  # label -> (entries, oldest entry's added)
-        for queue_id, label in labels.items():
+        for queue_id, label in _queue_labels(names, {}, self.max_queues).items():
             n, first = entries.get(queue_id, (0, now))
             had_n, had_first = by_label.get(label, (0, now))
             by_label[label] = (had_n + n, min(had_first, first))
@@ -107,12 +109,16 @@ class _DatabaseFigures(Collector):
                                   value=waiting)
         return [added, popped, polls]
 
-
-    def _forget(self, gone: set[str]) -> None:
-        """Deleted queues: their counts leave this process, those of OTHER_QUEUES' members staying in its counters."""
+    def _forget(self, existing: set[str]) -> None:
+        """Deleted queues (not in `existing`): their counts leave this process, those of OTHER_QUEUES' members staying
+        in its counters. Counts of a queue no read saw (made and deleted in between) go once two reads missed it."""
+        enqueued, dequeued, _ = traffic.counts()
+        gone = set(self._labels) - existing
+        missing = (set(enqueued) | set(dequeued)) - existing - gone
+        gone |= missing & self._unlabelled
+        self._unlabelled = missing - gone
         if not gone:
             return
-        enqueued, dequeued, _ = traffic.counts()
         summed = [queue_id for queue_id in gone if self._labels.get(queue_id) == OTHER_QUEUES]
         self._other_gone = (self._other_gone[0] + sum(enqueued.get(q, 0) for q in summed),
                             self._other_gone[1] + sum(dequeued.get(q, 0) for q in summed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -328,6 +329,8 @@ async def _give_back(call: Call, popped: deliveries.Popped) -> None:
         await in_thread(put_back)
 
 
+log = logging.getLogger("conveyor.server")
+
 WORKER_ID_MAX = 512  # the length of tasks.puller
 RELEASE_MARGIN_SEC = 0.05  # past the end of a retry's hold, so that the next look finds it takeable
 
@@ -409,7 +412,9 @@ async def _wait_for_entry(call: Call, wait: float, keys: list[str], attempt: Cal
                 return {}
             try:
                 released = await held_back_until()
-            except Exception:  # noqa: BLE001 - the wait goes on as before; the next look finds the entry
+            except Exception as exc:  # noqa: BLE001 - the wait goes on as before; the next look finds the entry
+                log.warning("queues.get_next_task: could not read when a retry held back from %s is released: %s",
+                            call.str("worker"), exc.__class__.__name__)
                 released = None
             if released is not None:  # look again when that entry may go to this worker
                 remaining = min(remaining, max(released - time.time(), 0.0) + RELEASE_MARGIN_SEC)
