@@ -181,12 +181,9 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # its long-poll wakes when that entry may go to it.
     "held_back": ("SELECT MIN(added) FROM queue_entries WHERE queue = ANY(CAST(:ids AS VARCHAR[])) "
                   "AND avoid = CAST(:w AS VARCHAR) AND added >= CAST(:since AS DOUBLE PRECISION)"),
-    # Delete and return the head entry of one queue: two workers never get one entry.
+    # SQLite's pop: delete and return the head entry of one queue (PostgreSQL's is `pop_and_deliver`). Under BEGIN
+    # IMMEDIATE the whole database is write-locked, so the sub-select cannot race: two workers never get one entry.
     "pop": {
-        "postgresql": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
-                      f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                      "RETURNING task, added, avoid",
-        # Under BEGIN IMMEDIATE the whole database is write-locked, so the sub-select cannot race.
         "sqlite": "DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
                   f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1) RETURNING task, added, avoid",
     },
@@ -218,13 +215,13 @@ def run(conn: Connection, name: str, params: dict[str, Any]) -> Any:
 
 
 _EVENT_COLUMNS = [c.name for c in events.columns if c.name != "seq"]
-EVENTS_PER_INSERT = 500  # 6,000 parameters: within SQLite's and PostgreSQL's limits
+EVENTS_PER_INSERT = 500  # SQLite's multi-row VALUES: 6,000 parameters, within its limit
 
 
 @lru_cache(maxsize=32)
-def _insert_events(count: int, dialect: str) -> str:
-    mark = "%s" if dialect == "postgresql" else "?"
-    row = f"({', '.join([mark] * len(_EVENT_COLUMNS))})"
+def _insert_events(count: int) -> str:
+    """SQLite's insert of `count` events (PostgreSQL's reads one JSON parameter: `insert_events_json`)."""
+    row = f"({', '.join(['?'] * len(_EVENT_COLUMNS))})"
     return (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES {', '.join([row] * count)} "
             "ON CONFLICT (task, client_id) DO NOTHING")
 
@@ -268,14 +265,12 @@ def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
     rows go as one JSON parameter: psycopg rewrites the placeholders of a statement too long for its cache in Python
     on every call, which for a multi-row VALUES held the interpreter lock for most of a log batch's time.
     An event whose client id its task already has is skipped: a batch retried after a lost answer adds it once."""
-    if conn.dialect.name == "postgresql":
-        for start in range(0, len(rows), EVENTS_PER_INSERT):
-            run(conn, "insert_events_json", {"rows": events_json(rows[start:start + EVENTS_PER_INSERT])})
-        return
     for start in range(0, len(rows), EVENTS_PER_INSERT):
         chunk = rows[start:start + EVENTS_PER_INSERT]
-        params = tuple(row[c] for row in chunk for c in _EVENT_COLUMNS)
-        _execute(conn, _insert_events(len(chunk), conn.dialect.name), params)
+        if conn.dialect.name == "postgresql":
+            run(conn, "insert_events_json", {"rows": events_json(chunk)})
+        else:
+            _execute(conn, _insert_events(len(chunk)), tuple(row[c] for row in chunk for c in _EVENT_COLUMNS))
 
 
 def _execute(conn: Connection, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> Any:
