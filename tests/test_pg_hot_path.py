@@ -4,6 +4,7 @@ it read it, and what happens when the database drops every connection."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from conveyor.server.store import Store, known_docs, notify
 from conveyor.server.store.async_pg import AsyncPg, Pop, PopRequest
 from conveyor.server.store.documents import entries_of, get_task, insert_task, save_task, task_columns
 from conveyor.server.store.notify import CATCH_UP_SEC, HELLO, LISTENER_APP, PEERS_CHECK_SEC, PgListener, QueueSignals
-from conveyor.server.store.sql import LOCK_TIMEOUT_MS
+from conveyor.server.store.sql import LOCK_TIMEOUT_MS, statement
 
 ADMIN = Identity(user="u-admin", user_name="admin", company="c", access_key="K", role="admin")
 
@@ -686,3 +687,44 @@ def test_any_session_whose_last_statement_listens_counts_as_another_server(pg_ur
             await listener.stop()
 
     assert asyncio.run(run()) == (True, False)
+
+
+def _cached_plan(dsn: str, name: str, params: dict[str, Any]) -> str:
+    """The plan PostgreSQL keeps for statement `name` once the pool's connection has prepared it: a generic plan,
+    made with the table statistics of that moment and used from then on, however the tables grow."""
+    order: list[str] = []
+
+    def numbered(match: re.Match[str]) -> str:
+        if match.group(1) not in order:
+            order.append(match.group(1))
+        return f"${order.index(match.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", numbered, statement(name, "postgresql"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE hot AS {text}")
+        cursor = psycopg.ClientCursor(conn)
+        cursor.execute(f"EXPLAIN EXECUTE hot({', '.join(['%s'] * len(order))})", [params[n] for n in order])
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_shared_enqueues_and_pops_find_their_tasks_by_key_whatever_the_statistics(store: Store) -> None:
+    """The statements that enqueues and pops share are planned once per connection, with the statistics of a young
+    database: they must look their tasks up by key, not read the whole task table (a plan that, with the tasks a
+    day's work leaves, made every shared enqueue cost milliseconds of the database's time)."""
+    made = _tasks(store, 1000)
+    task, queue = made[0], _task_and_queue(store)[1]
+    with psycopg.connect(store.pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO queue_entries (queue, task, added, position) "
+                     "SELECT %s, id, 0, row_number() OVER () FROM tasks WHERE id <> %s LIMIT 50", [queue, task])
+        conn.execute("ANALYZE")
+    with store.read() as conn:
+        doc = get_task(conn, task)
+    assert doc is not None
+    row = {**task_columns(doc), "id": task, "old": dumps(doc), "q": queue, "a": time.time(), "n": 0}
+    enqueue_plan = _cached_plan(store.pg_dsn, "enqueue_many", {"rows": dumps([row, {**row, "n": 1}])})
+    pop_plan = _cached_plan(store.pg_dsn, "pop_many", {"q": queue, "k": 2, "since": 0.0, "d": time.time(),
+                                                       "runner": ["K1", "K2"], "w": [None, None]})
+    for plan in (enqueue_plan, pop_plan):
+        assert "Seq Scan on tasks" not in plan, plan
+        assert "on tasks_pkey" in plan, plan

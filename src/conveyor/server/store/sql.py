@@ -125,13 +125,16 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # The same for several enqueues at once (store/coalescing.py): `:rows`, a JSON list with one object per enqueue
     # (a JSON text costs a fraction of arrays of documents to send and to read); the entries of one queue added in
     # the order of the rows (`n`). It returns the tasks it enqueued.
+    # Rows of `tasks` (and of `queue_entries` in `pop_many`) are named by `= ANY(ARRAY(...))`, which is always a key
+    # lookup: a join or an IN list lets the planner read the whole table while it is small, and psycopg prepares the
+    # statement, so that plan stays in use as the table grows (each shared enqueue came to read thousands of tasks).
     "enqueue_many": (
         f"WITH v AS (SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS v({_record_columns()})), "
-        f"ok AS (SELECT id FROM queues WHERE id IN (SELECT q FROM v) AND {_QUEUE_TAKES}), "
-        "held AS (SELECT id FROM tasks WHERE id IN (SELECT id FROM v) FOR UPDATE SKIP LOCKED), "
+        f"ok AS (SELECT id FROM queues WHERE id = ANY(ARRAY(SELECT q FROM v)) AND {_QUEUE_TAKES}), "
+        "held AS (SELECT id FROM tasks WHERE id = ANY(ARRAY(SELECT id FROM v)) FOR UPDATE SKIP LOCKED), "
         f"saved AS (UPDATE tasks SET {', '.join(f'{c} = v.{c}' for c in _TASK_COLUMNS)}, runner = NULL, "
-        "puller = NULL FROM v WHERE tasks.id = v.id AND tasks.id IN (SELECT id FROM held) AND tasks.doc = v.old "
-        "AND v.q IN (SELECT id FROM ok) "
+        "puller = NULL FROM v WHERE tasks.id = ANY(ARRAY(SELECT id FROM held)) AND tasks.id = v.id "
+        "AND tasks.doc = v.old AND v.q IN (SELECT id FROM ok) "
         "RETURNING tasks.id, v.q, v.a, v.n), "
         "added AS (INSERT INTO queue_entries (queue, task, added, position) SELECT q, id, a, "
         "COALESCE((SELECT MAX(position) FROM queue_entries e WHERE e.queue = saved.q), 0) "
@@ -148,7 +151,7 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "AND added >= CAST(:since AS DOUBLE PRECISION) LIMIT 1), "
         "head AS (SELECT seq FROM queue_entries WHERE queue = CAST(:q AS VARCHAR) AND NOT EXISTS "
         "(SELECT 1 FROM held) ORDER BY position, seq LIMIT :k FOR UPDATE SKIP LOCKED), "
-        "popped AS (DELETE FROM queue_entries e USING head WHERE e.seq = head.seq "
+        "popped AS (DELETE FROM queue_entries e WHERE e.seq = ANY(ARRAY(SELECT seq FROM head)) "
         "RETURNING e.task, e.added, e.queue, e.position, e.seq, e.avoid), "
         "given AS (SELECT p.task, p.added, p.queue, p.avoid, req.runner, req.w, req.n FROM "
         "(SELECT *, row_number() OVER (ORDER BY position, seq) AS n FROM popped) p JOIN req ON req.n = p.n), "
@@ -156,7 +159,7 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM given ON CONFLICT (task) DO UPDATE "
         "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
         "ran AS (UPDATE tasks SET runner = given.runner, puller = given.w FROM given "
-        "WHERE tasks.id = given.task AND given.runner IS NOT NULL) "
+        "WHERE tasks.id = ANY(ARRAY(SELECT task FROM given)) AND tasks.id = given.task AND given.runner IS NOT NULL) "
         "SELECT n, task, added, avoid FROM given UNION ALL SELECT 0, NULL, NULL, NULL FROM held"),
     # The NOTIFYs of enqueues that went without them (`enqueue_write_quiet`) when another server process has begun
     # to listen meanwhile.
