@@ -309,6 +309,51 @@ def test_an_entry_given_back_keeps_its_hold_and_its_age(db_url: str | None, tmp_
         store.dispose()
 
 
+def test_a_retry_put_back_after_its_pop_keeps_its_hold(tmp_path: Path, db_url: str | None) -> None:
+    """A retry's entry held back from the worker it failed on, popped by another worker that then puts it back (a
+    daemon told to stop, as Conveyor's does: `queues.add_task` then `move_task_to_front`) or never starts it (the
+    server's sweep of unacknowledged deliveries puts it back): either way it goes back held back from that worker
+    still, at the front, for what is left of the hold."""
+    server = ServerProcess(tmp_path / "home", db=db_url,
+                           extra_env={"CONVEYOR__SERVER__RETRY_ELSEWHERE_SEC": "600",
+                                      "CONVEYOR__SERVER__UNSTARTED_REQUEUE_SEC": "1"}).start()
+    try:
+        api = server.client()
+        queue = api.call("queues.create", {"name": "put-back"})["id"]
+        api.call("queues.update", {"queue": queue, "metadata": {"retries": {"key": "retries", "value": "9"}}})
+        retried, later = (api.call("tasks.create", {"name": n, "type": "training"})["id"] for n in ("retried", "later"))
+        for t in (retried, later):
+            api.call("tasks.enqueue", {"task": t, "queue": queue})
+
+        def pop(worker: str) -> str | None:
+            return (api.call("queues.get_next_task", {"queue": queue, "worker": worker}).get("entry") or {}).get("task")
+
+        def entries() -> list[str]:
+            return [e["task"] for e in api.call("queues.get_by_id", {"queue": queue})["queue"]["entries"]]
+
+        assert pop("box:0") == retried
+        api.call("tasks.failed", {"task": retried, "status_reason": "container failed to start",
+                                  "failure_class": "infrastructure", "force": True})
+        assert entries() == [retried, later]  # the retry, at the front, held back from box:0
+
+        assert pop("other:0") == retried
+        api.call("queues.add_task", {"queue": queue, "task": retried})  # other:0 stops and hands it back
+        api.call("queues.move_task_to_front", {"queue": queue, "task": retried})
+        assert entries() == [retried, later]
+        assert pop("box:0") == later  # still held back from box:0: it takes the next entry
+        api.call("tasks.started", {"task": later, "force": True})
+
+        assert pop("other:0") == retried  # and this time other:0 dies before it starts it
+        deadline = time.monotonic() + 20
+        while entries() != [retried] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert entries() == [retried]  # the sweep put it back
+        assert pop("box:0") is None  # still held back from box:0
+        assert pop("third:0") == retried
+    finally:
+        server.stop()
+
+
 def test_the_ui_shows_the_class_with_the_reason_and_the_attempts(ui: Any, sqlite_server: ServerProcess) -> None:  # noqa: F811
     """The task page's header: the reason with its class, and each failed attempt; the task list: the reason with
     its class."""

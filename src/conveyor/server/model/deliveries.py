@@ -54,7 +54,7 @@ def pop(conn: Connection, queue_ids: list[str], *, runner: str | None, worker: s
             task_id, added, avoid = row
             if runner is not None:
                 sql.run(conn, "set_runner", {"id": task_id, "runner": runner, "w": worker})
-            record_delivery(conn, task_id, queue_id, added)
+            record_delivery(conn, task_id, queue_id, added, avoid)
         count_dequeued(queue_id)
         return Popped(task_id, queue_id, added, avoid)
     return None
@@ -99,6 +99,18 @@ def give_back(conn: Connection, popped: Popped) -> None:
     return_delivery(conn, popped.task, popped.queue, popped.added, popped.avoid)
 
 
+def hand_back(conn: Connection, task_id: str, queue_id: str) -> bool:
+    """A worker puts back a task it popped (a daemon that stopped taking work): if the task's delivery came from
+    `queue_id`, its entry goes back to the front as it was, as `give_back` puts it. False when there is no such
+    delivery (the caller then adds a new entry)."""
+    d = s.deliveries.c
+    row = conn.execute(select(d.added, d.avoid).where(d.task == task_id, d.queue == queue_id)).first()
+    if row is None:
+        return False
+    return_delivery(conn, task_id, queue_id, row.added, row.avoid)
+    return True
+
+
 def stale(conn: Connection, older_than: float) -> list[tuple[str, float]]:
     """(task, delivered) of the deliveries made before `older_than` (epoch seconds) and not yet acknowledged."""
     d = s.deliveries.c
@@ -111,7 +123,8 @@ def requeue(conn: Connection, task_id: str, delivered: float) -> str | None:
 
     The delivery row is claimed by deleting it: of several server processes sweeping, one puts the task back."""
     d = s.deliveries.c
-    claim = delete(s.deliveries).where(d.task == task_id, d.delivered == delivered).returning(d.queue)
+    claim = delete(s.deliveries).where(d.task == task_id, d.delivered == delivered).returning(d.queue, d.added,
+                                                                                               d.avoid)
     row = conn.execute(claim).first()
     if row is None:
         return None
@@ -123,5 +136,5 @@ def requeue(conn: Connection, task_id: str, delivered: float) -> str | None:
     if get_queue(conn, row.queue) is None:  # its queue is gone
         back_to_before_enqueue(conn, task_id, "")
         return None
-    add_entry(conn, row.queue, task_id, front=True)
+    add_entry(conn, row.queue, task_id, front=True, added=row.added, avoid=row.avoid)  # as it was: a retry's hold too
     return str(row.queue)

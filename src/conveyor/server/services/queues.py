@@ -157,9 +157,11 @@ def add_task(call: Call) -> dict[str, Any]:
         doc = _queue_and_task(call, conn, queue_id, task_id, "enqueue it", as_runner=True)
         if doc is None:
             raise errors.invalid_task_id(task_id)
-        if not _given_back(conn, doc):  # a popped task put back held its place: the limit is for new ones
+        given_back = _given_back(conn, doc)
+        if not given_back:  # a popped task put back held its place: the limit is for new ones
             queue_limits.require_room(conn, queue_id)
-        add_entry(conn, queue_id, task_id)
+        if not (given_back and deliveries.hand_back(conn, task_id, queue_id)):
+            add_entry(conn, queue_id, task_id)
     call.state.wake([queue_id])
     return {"added": 1}
 

@@ -104,9 +104,9 @@ def remove_entries(conn: Connection, task_id: str, queue_id: str | None = None) 
     return conn.execute(query).rowcount or 0
 
 
-def record_delivery(conn: Connection, task_id: str, queue_id: str, added: float) -> None:
+def record_delivery(conn: Connection, task_id: str, queue_id: str, added: float, avoid: str | None) -> None:
     """A popped entry, kept until its task leaves `queued`; an unacknowledged one is put back by the sweep."""
-    sql.run(conn, "record_delivery", {"t": task_id, "q": queue_id, "a": added, "d": time.time()})
+    sql.run(conn, "record_delivery", {"t": task_id, "q": queue_id, "a": added, "d": time.time(), "v": avoid})
 
 
 def return_delivery(conn: Connection, task_id: str, queue_id: str, added: float, avoid: str | None) -> None:

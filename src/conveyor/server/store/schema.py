@@ -126,6 +126,7 @@ deliveries = Table(
     Column("queue", ID, nullable=False),
     Column("added", Float, nullable=False),
     Column("delivered", Float, nullable=False, index=True),
+    Column("avoid", NAME),  # the entry's (a retry's hold), kept for when the task goes back to its queue
 )
 
 workers = Table(

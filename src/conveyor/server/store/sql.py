@@ -88,9 +88,9 @@ QUERIES: dict[str, str | dict[str, str]] = {
     "add_entry_front": _entry_add("MIN", "- 1"),
     # A popped entry is remembered until its task leaves `queued` (see schema.deliveries); a task popped again
     # after a give-back replaces its earlier delivery.
-    "record_delivery": "INSERT INTO deliveries (task, queue, added, delivered) VALUES (:t, :q, :a, :d) "
+    "record_delivery": "INSERT INTO deliveries (task, queue, added, delivered, avoid) VALUES (:t, :q, :a, :d, :v) "
                        "ON CONFLICT (task) DO UPDATE SET queue = excluded.queue, added = excluded.added, "
-                       "delivered = excluded.delivered",
+                       "delivered = excluded.delivered, avoid = excluded.avoid",
     "forget_delivery": "DELETE FROM deliveries WHERE task = :t",
     "notify": {"postgresql": "SELECT pg_notify('conveyor_queues', :q)", "sqlite": ""},
     # PostgreSQL: the pop, its delivery record and the runner in one statement (one round trip per pop); data-
@@ -98,9 +98,10 @@ QUERIES: dict[str, str | dict[str, str]] = {
     "pop_and_deliver": (
         "WITH popped AS (DELETE FROM queue_entries WHERE seq = (SELECT seq FROM queue_entries WHERE queue = :q "
         f"AND {_TAKEABLE} ORDER BY position, seq LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING task, added, queue, avoid), "
-        "delivered AS (INSERT INTO deliveries (task, queue, added, delivered) "
-        "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM popped ON CONFLICT (task) DO UPDATE "
-        "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
+        "delivered AS (INSERT INTO deliveries (task, queue, added, delivered, avoid) "
+        "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION), avoid FROM popped ON CONFLICT (task) DO UPDATE "
+        "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered, "
+        "avoid = excluded.avoid), "
         "ran AS (UPDATE tasks SET runner = CAST(:runner AS VARCHAR), puller = CAST(:w AS VARCHAR) FROM popped "
         "WHERE tasks.id = popped.task AND CAST(:runner AS VARCHAR) IS NOT NULL) "
         "SELECT task, added, avoid FROM popped"),
@@ -155,9 +156,10 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "RETURNING e.task, e.added, e.queue, e.position, e.seq, e.avoid), "
         "given AS (SELECT p.task, p.added, p.queue, p.avoid, req.runner, req.w, req.n FROM "
         "(SELECT *, row_number() OVER (ORDER BY position, seq) AS n FROM popped) p JOIN req ON req.n = p.n), "
-        "delivered AS (INSERT INTO deliveries (task, queue, added, delivered) "
-        "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION) FROM given ON CONFLICT (task) DO UPDATE "
-        "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered), "
+        "delivered AS (INSERT INTO deliveries (task, queue, added, delivered, avoid) "
+        "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION), avoid FROM given ON CONFLICT (task) DO UPDATE "
+        "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered, "
+        "avoid = excluded.avoid), "
         "ran AS (UPDATE tasks SET runner = given.runner, puller = given.w FROM given "
         "WHERE tasks.id = ANY(ARRAY(SELECT task FROM given)) AND tasks.id = given.task AND given.runner IS NOT NULL) "
         "SELECT n, task, added, avoid FROM given UNION ALL SELECT 0, NULL, NULL, NULL FROM held"),
