@@ -120,6 +120,24 @@ def _pg_available() -> bool:
         return False
 
 
+def schema_at(url: str, revision: str, down: bool = False) -> None:
+    """Migrate the database at `url` up (or `down`) to `revision`: an install from before the migrations after it."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from conveyor.server.store import Store
+    from conveyor.server.store.database import MIGRATIONS
+
+    store = Store(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store._writer.connect() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+        conn.commit()
+    store.dispose()
+
+
 @contextlib.contextmanager
 def pg_database() -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped afterwards; skips (fails on CI) when PostgreSQL is not running."""

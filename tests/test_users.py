@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from _api import module_server, signing_key
-from conftest import ServerProcess, pg_database
+from conftest import ServerProcess, pg_database, schema_at
 from conveyor.client import ApiCallError, ApiClient, AuthError
 
 
@@ -202,20 +202,7 @@ def test_forged_token_cannot_make_hidden_credentials(srv: ServerProcess, admin: 
 
 # --- existing installs ------------------------------------------------------------------------------------------------
 def _database_at_0002(url: str) -> None:
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    from conveyor.server.store import Store
-    from conveyor.server.store.database import MIGRATIONS
-
-    store = Store(url)
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with store._writer.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
-        conn.commit()
-    store.dispose()
+    schema_at(url, "0002")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

@@ -18,7 +18,8 @@ from sqlalchemy.sql.functions import FunctionElement
 from conveyor.protocol import errors
 from conveyor.server.call import Call
 from conveyor.server.codec import INT64_MAX, Document, loads
-from conveyor.server.store import patterns
+from conveyor.server.store import name_index, patterns
+from conveyor.server.store.schema import tasks
 
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement ended by statement_timeout
 
@@ -84,16 +85,23 @@ def name_filter(call: Call, column: ColumnElement[Any], pattern: str) -> ColumnE
         return matches
     # What every match holds, first: the database's LIKE (case-insensitive for ASCII on SQLite) drops the other
     # names before the regex runs.
-    holds = column.ilike(like, escape="\\") if call.store.dialect == "postgresql" else column.like(like, escape="\\")
+    holds: ColumnElement[bool] = (column.ilike(like, escape="\\") if call.store.dialect == "postgresql"
+                                  else column.like(like, escape="\\"))
+    if column is tasks.c.name and call.store.task_name_index:  # SQLite's (PostgreSQL's serves the LIKE by itself)
+        call.name_index_pattern = name_index.index_pattern(like)
     return and_(holds, matches)
 
 
 def fetch(call: Call, conn: Connection, query: Select[Any]) -> Sequence[Row[Any]]:
     """The rows of a `get_all` query. With a name pattern, its evaluation is bounded by
     `conveyor.server.name_filter_timeout_sec`, and a pattern that runs past it is a 400."""
-    pattern = getattr(call, "name_pattern", None)
+    pattern = call.name_pattern
     if pattern is None:
         return conn.execute(query).all()
+    indexed = call.name_index_pattern
+    if indexed is not None and name_index.few_tasks_named_like(conn, indexed):
+        # Few names hold it: read those tasks alone. Where many do, the list's order finds a page of them sooner.
+        query = query.where(tasks.c.id.in_(name_index.tasks_named_like(indexed)))
     limit = call.state.settings.name_filter_timeout_sec
     try:
         if conn.dialect.name == "postgresql":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from conveyor.errors import map_exceptions
 from conveyor.server.store.errors import StoreError
+from conveyor.server.store.name_index import present as has_name_index
 from conveyor.server.store.patterns import sqlite_regexp
 
 if TYPE_CHECKING:
@@ -93,6 +95,14 @@ class Store:
             return make_url(self.url).render_as_string(hide_password=True)
         except (ArgumentError, ValueError):
             return "<database url>"
+
+    @functools.cached_property
+    def task_name_index(self) -> bool:
+        """Whether SQLite's task-name trigram index exists (name_index.py; read once, after the migration)."""
+        if self.dialect != "sqlite":
+            return False
+        with self.read() as conn:
+            return has_name_index(conn)
 
     @property
     def inline(self) -> bool:
