@@ -723,8 +723,10 @@ def test_shared_enqueues_and_pops_find_their_tasks_by_key_whatever_the_statistic
     assert doc is not None
     row = {**task_columns(doc), "id": task, "old": dumps(doc), "q": queue, "a": time.time(), "n": 0}
     enqueue_plan = _cached_plan(store.pg_dsn, "enqueue_many", {"rows": dumps([row, {**row, "n": 1}])})
-    pop_plan = _cached_plan(store.pg_dsn, "pop_many", {"q": queue, "k": 2, "since": 0.0, "d": time.time(),
-                                                       "runner": ["K1", "K2"], "w": [None, None]})
-    for plan in (enqueue_plan, pop_plan):
+    pops_plan = _cached_plan(store.pg_dsn, "pop_many", {"q": queue, "k": 2, "since": 0.0, "d": time.time(),
+                                                        "runner": ["K1", "K2"], "w": [None, None]})
+    pop_plan = _cached_plan(store.pg_dsn, "pop_and_deliver", {"q": queue, "since": 0.0, "d": time.time(),
+                                                              "runner": "K1", "w": None})
+    for plan in (enqueue_plan, pops_plan, pop_plan):
         assert "Seq Scan on tasks" not in plan, plan
-        assert "on tasks_pkey" in plan, plan
+        assert "tasks_pkey" in plan, plan

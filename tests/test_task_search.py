@@ -123,3 +123,14 @@ def test_a_name_search_on_sqlite_reads_the_trigram_index_through_renames_deletes
         assert found("net big") == []
     finally:
         server.stop()
+
+    # a task table rebuilt without the index's triggers: the search reads every name again, missing nothing
+    with sqlite3.connect(db_file) as conn:
+        conn.execute("DROP TRIGGER task_name_added")
+    server.start()
+    try:
+        client.call("tasks.create", {"name": "fresh-model", "type": "training"})
+        assert found("sh-mod") == ["fresh-model"]
+        assert found("net big") == ["ResNet Big"]
+    finally:
+        server.stop()

@@ -99,15 +99,23 @@ def give_back(conn: Connection, popped: Popped) -> None:
     return_delivery(conn, popped.task, popped.queue, popped.added, popped.avoid)
 
 
+def runner_of(conn: Connection, task_id: str) -> str | None:
+    """The access key that pulled the task's run (tasks.runner)."""
+    row = sql.run(conn, "get_runner", {"id": task_id}).fetchone()
+    return row[0] if row else None
+
+
 def hand_back(conn: Connection, task_id: str, queue_id: str) -> bool:
     """A worker puts back a task it popped (a daemon that stopped taking work): if the task's delivery came from
     `queue_id`, its entry goes back to the front as it was, as `give_back` puts it. False when there is no such
-    delivery (the caller then adds a new entry)."""
+    delivery: none was made from that queue, or the sweep of unstarted deliveries claimed it first (both claim it by
+    deleting it, so that only one of them puts the task back)."""
     d = s.deliveries.c
-    row = conn.execute(select(d.added, d.avoid).where(d.task == task_id, d.queue == queue_id)).first()
+    claim = delete(s.deliveries).where(d.task == task_id, d.queue == queue_id).returning(d.added, d.avoid)
+    row = conn.execute(claim).first()
     if row is None:
         return False
-    return_delivery(conn, task_id, queue_id, row.added, row.avoid)
+    add_entry(conn, queue_id, task_id, front=True, avoid=row.avoid, added=row.added)
     return True
 
 

@@ -158,9 +158,14 @@ def add_task(call: Call) -> dict[str, Any]:
         if doc is None:
             raise errors.invalid_task_id(task_id)
         given_back = _given_back(conn, doc)
+        handed_back = False
         if not given_back:  # a popped task put back held its place: the limit is for new ones
             queue_limits.require_room(conn, queue_id)
-        if not (given_back and deliveries.hand_back(conn, task_id, queue_id)):
+        elif _runner(call) is not None and _runner(call) == deliveries.runner_of(conn, task_id):
+            # Its puller hands it back (a daemon that stopped taking work): its entry as it was, at the front; or the
+            # sweep of unstarted deliveries just put it back itself.
+            handed_back = deliveries.hand_back(conn, task_id, queue_id) or not _given_back(conn, doc)
+        if not handed_back:
             add_entry(conn, queue_id, task_id)
     call.state.wake([queue_id])
     return {"added": 1}

@@ -21,9 +21,17 @@ TRIGRAM = 3  # the index answers a LIKE whose pattern holds a run of at least th
 FEW = 1000
 
 
+TRIGGERS = ("task_name_added", "task_name_changed", "task_name_removed")  # migration 0010's
+
+
 def present(conn: Connection) -> bool:
-    """Whether the index exists (an SQLite without FTS5's trigram tokenizer has none: searches read every name)."""
-    return conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'task_names'")).first() is not None
+    """Whether the index exists and is kept up to date: an SQLite without FTS5's trigram tokenizer has none, and a
+    rebuild of the task table drops its triggers (a search would then miss the tasks made since). Either way a
+    search reads every name."""
+    found = {name for (name,) in conn.execute(text(
+        "SELECT name FROM sqlite_master WHERE (type = 'table' AND name IN ('task_names', 'task_name_keys')) "
+        "OR (type = 'trigger' AND tbl_name = 'tasks')"))}
+    return {"task_names", "task_name_keys", *TRIGGERS} <= found
 
 
 def index_pattern(like: str) -> str | None:

@@ -102,8 +102,8 @@ QUERIES: dict[str, str | dict[str, str]] = {
         "SELECT task, queue, added, CAST(:d AS DOUBLE PRECISION), avoid FROM popped ON CONFLICT (task) DO UPDATE "
         "SET queue = excluded.queue, added = excluded.added, delivered = excluded.delivered, "
         "avoid = excluded.avoid), "
-        "ran AS (UPDATE tasks SET runner = CAST(:runner AS VARCHAR), puller = CAST(:w AS VARCHAR) FROM popped "
-        "WHERE tasks.id = popped.task AND CAST(:runner AS VARCHAR) IS NOT NULL) "
+        "ran AS (UPDATE tasks SET runner = CAST(:runner AS VARCHAR), puller = CAST(:w AS VARCHAR) "
+        "WHERE tasks.id = ANY(ARRAY(SELECT task FROM popped)) AND CAST(:runner AS VARCHAR) IS NOT NULL) "
         "SELECT task, added, avoid FROM popped"),
     # PostgreSQL's enqueue on the event loop (services/tasks.py): the task saved (runner forgotten) and its entry
     # added in one statement that commits by itself. The save holds only if the document is still the one the
@@ -126,9 +126,10 @@ QUERIES: dict[str, str | dict[str, str]] = {
     # The same for several enqueues at once (store/coalescing.py): `:rows`, a JSON list with one object per enqueue
     # (a JSON text costs a fraction of arrays of documents to send and to read); the entries of one queue added in
     # the order of the rows (`n`). It returns the tasks it enqueued.
-    # Rows of `tasks` (and of `queue_entries` in `pop_many`) are named by `= ANY(ARRAY(...))`, which is always a key
-    # lookup: a join or an IN list lets the planner read the whole table while it is small, and psycopg prepares the
-    # statement, so that plan stays in use as the table grows (each shared enqueue came to read thousands of tasks).
+    # Rows of `tasks` (and of `queue_entries` in `pop_many`) are named by `= ANY(ARRAY(...))`, here and in the pops:
+    # the planner looks them up by key from a small table on, where a join or an IN list let it read the whole table
+    # while it was small, and psycopg prepares the statement, so that plan stayed in use as the table grew (each
+    # shared enqueue came to read thousands of tasks) until the next ANALYZE.
     "enqueue_many": (
         f"WITH v AS (SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS v({_record_columns()})), "
         f"ok AS (SELECT id FROM queues WHERE id = ANY(ARRAY(SELECT q FROM v)) AND {_QUEUE_TAKES}), "
