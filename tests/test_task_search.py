@@ -73,7 +73,8 @@ def test_a_name_search_on_sqlite_reads_the_trigram_index_through_renames_deletes
     server = ServerProcess(tmp_path / "home", db=f"sqlite:///{db_file}").start()
     try:
         client = server.client()
-        names = [f"resnet-{i}" for i in range(30)] + [f"bert_{i}" for i in range(30)] + ["ResNet Big", "gpt 100%"]
+        names = [f"resnet-{i}" for i in range(30)] + [f"bert_{i}" for i in range(30)] + ["ResNet Big", "gpt 100%",
+                                                                                         "\u212aelvin-mnist"]
         ids = {name: client.call("tasks.create", {"name": name, "type": "training"})["id"] for name in names}
 
         def found(pattern: str) -> list[str]:
@@ -86,9 +87,13 @@ def test_a_name_search_on_sqlite_reads_the_trigram_index_through_renames_deletes
             assert found("^bert_2$") == ["bert_2"]  # a `_` and a `%` are plain characters in a name search
             assert found("t 100%") == ["gpt 100%"]
             assert found("no such task") == []
+            # a search's k also matches the Kelvin sign, as the regex does (and "mnist" reads the index too)
+            assert found("kelvin-mnist") == found("mnist") == ["\u212aelvin-mnist"]
 
         check()
         client.call("tasks.edit", {"task": ids["bert_3"], "name": "roberta large"})
+        client.call("tasks.edit", {"task": ids["bert_4"], "name": "long \u017fcale"})
+        assert found("long scale") == ["long \u017fcale"]  # the long s, which a search's s matches
         client.call("tasks.delete", {"task": ids["resnet-7"]})
         assert found("berta lar") == ["roberta large"] and found("bert_3") == []
         assert found("resnet-7") == []

@@ -88,7 +88,7 @@ def name_filter(call: Call, column: ColumnElement[Any], pattern: str) -> ColumnE
     holds: ColumnElement[bool] = (column.ilike(like, escape="\\") if call.store.dialect == "postgresql"
                                   else column.like(like, escape="\\"))
     if column is tasks.c.name and call.store.task_name_index:  # SQLite's (PostgreSQL's serves the LIKE by itself)
-        call.name_index_pattern = name_index.index_pattern(like)
+        call.name_index_pattern = name_index.index_pattern(patterns.like_prefilter(pattern, folds=False) or "")
     return and_(holds, matches)
 
 

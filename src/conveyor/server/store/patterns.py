@@ -44,17 +44,20 @@ def compile_pattern(pattern: str) -> regex.Pattern[str]:
 
 
 # Letters whose case-insensitive match also takes a non-ASCII character (K: the Kelvin sign, s: the long s, i: the
-# dotted capital I): in a LIKE they become `_`, any one character, so that LIKE never drops a name the regex takes.
+# dotted capital I and the dotless i): in a LIKE they become `_`, any one character, so that LIKE never drops a name
+# the regex takes.
 _UNICODE_FOLDS = frozenset("iksIKS")
+NON_ASCII_FOLDS = {"\u0130": "i", "\u0131": "i", "\u212a": "k", "\u017f": "s"}  # the characters those letters take
 
 
 @lru_cache(maxsize=256)
-def like_prefilter(pattern: str) -> str | None:
+def like_prefilter(pattern: str, folds: bool = True) -> str | None:
     """A LIKE pattern (escaped with backslash) that every name `pattern` matches case-insensitively also matches, or
     None. The database runs LIKE in its own code, so the regex (a Python call per row on SQLite) runs only on the
     names that pass it: a search for a word that matches nothing reads a million names in a fraction of the time.
     It is the longest run of plain ASCII characters at the top level of the pattern (not inside a group, an
-    alternation or a repetition); a pattern that `re` cannot parse has none."""
+    alternation or a repetition); a pattern that `re` cannot parse has none. `folds=False` keeps the letters that
+    also match a non-ASCII one (for text where those are folded already: SQLite's name index, name_index.py)."""
     try:
         items = list(re_parser.parse(pattern))
     except (re.error, OverflowError, RecursionError):
@@ -63,7 +66,7 @@ def like_prefilter(pattern: str) -> str | None:
     for op, value in items:
         if op is re_constants.LITERAL and value < 128 and chr(value).isprintable():
             char = chr(value)
-            runs[-1].append("_" if char in _UNICODE_FOLDS else char.replace("\\", "\\\\")
+            runs[-1].append("_" if folds and char in _UNICODE_FOLDS else char.replace("\\", "\\\\")
                             .replace("%", "\\%").replace("_", "\\_"))
         elif op is not re_constants.AT:  # an anchor ends no run: ^abc$ holds "abc"
             runs.append([])

@@ -19,17 +19,31 @@ depends_on = None
 
 log = logging.getLogger("conveyor.server")
 
+
+
+def _folded(name: str) -> str:
+    """The name as the index holds it: the four characters that a search's i, k or s also matches (patterns.py's
+    NON_ASCII_FOLDS: dotted and dotless i, the Kelvin sign, the long s) as those letters, which FTS5's own case
+    folding leaves apart; the index is then read with the letters themselves."""
+    for code, letter in ((304, "i"), (305, "i"), (8490, "k"), (383, "s")):
+        name = f"replace({name}, char({code}), '{letter}')"
+    return name
+
+
 STATEMENTS = [
     "CREATE TABLE task_name_keys (key INTEGER PRIMARY KEY, id VARCHAR(64) NOT NULL UNIQUE)",
     "CREATE VIRTUAL TABLE task_names USING fts5(name, tokenize = 'trigram')",
     "INSERT INTO task_name_keys (id) SELECT id FROM tasks",
-    "INSERT INTO task_names (rowid, name) SELECT k.key, t.name FROM tasks t JOIN task_name_keys k ON k.id = t.id",
+    f"INSERT INTO task_names (rowid, name) SELECT k.key, {_folded('t.name')} FROM tasks t "
+    "JOIN task_name_keys k ON k.id = t.id",
     "CREATE TRIGGER task_name_added AFTER INSERT ON tasks BEGIN "
     "INSERT INTO task_name_keys (id) VALUES (new.id); "
-    "INSERT INTO task_names (rowid, name) VALUES ((SELECT key FROM task_name_keys WHERE id = new.id), new.name); END",
+    "INSERT INTO task_names (rowid, name) VALUES ((SELECT key FROM task_name_keys WHERE id = new.id), "
+    f"{_folded('new.name')}); END",
     # Every save of a task sets its name: only a change of it touches the index.
     "CREATE TRIGGER task_name_changed AFTER UPDATE OF name ON tasks WHEN old.name IS NOT new.name BEGIN "
-    "UPDATE task_names SET name = new.name WHERE rowid = (SELECT key FROM task_name_keys WHERE id = new.id); END",
+    f"UPDATE task_names SET name = {_folded('new.name')} "
+    "WHERE rowid = (SELECT key FROM task_name_keys WHERE id = new.id); END",
     "CREATE TRIGGER task_name_removed AFTER DELETE ON tasks BEGIN "
     "DELETE FROM task_names WHERE rowid = (SELECT key FROM task_name_keys WHERE id = old.id); "
     "DELETE FROM task_name_keys WHERE id = old.id; END",
