@@ -90,6 +90,22 @@ def test_a_queue_tagged_off_holds_its_tasks_until_tagged_on(sqlite_server: Serve
         daemon.stop()
 
 
+def test_a_long_poll_on_queues_already_closed_to_its_worker_ends_within_a_second(server: ServerProcess) -> None:
+    """A daemon that read its queue's tags just before they changed long-polls a queue now closed to it: no change
+    will wake that wait, so it ends within a second and the daemon looks again (before, it learnt it was forced off
+    only when its long-poll ran out). Every other long-poll keeps its whole wait."""
+    client = server.client()
+    queue = default_queue(client)
+    client.call("queues.update", {"queue": queue, "tags": [QUEUE_PAUSED]})
+    began = time.monotonic()
+    assert client.call("queues.get_next_task", {"queue": queue, "worker": "vm:0", "wait": 20}, timeout=30) == {}
+    assert time.monotonic() - began < 2.0
+    client.call("queues.update", {"queue": queue, "tags": []})
+    began = time.monotonic()
+    assert client.call("queues.get_next_task", {"queue": queue, "worker": "vm:0", "wait": 3}, timeout=30) == {}
+    assert time.monotonic() - began >= 2.9  # an open queue with nothing in it: the wait runs its course
+
+
 @pytest.mark.parametrize("long_poll", [True, False], ids=["long-poll", "polling"])
 def test_forced_off_by_runtime_property_resumes_after_its_expiry(sqlite_server: ServerProcess, tmp_path: Path,
                                                                 long_poll: bool) -> None:

@@ -28,6 +28,7 @@ class Call:
     disconnected: Any = None  # a future that completes when the client goes away (long-polls watch it)
     name_pattern: str | None = None  # the `name` regex of a get_all, set by query.name_filter for query.fetch
     name_index_pattern: str | None = None  # the same as SQLite's trigram index reads it (query.name_filter)
+    closed_to_worker: bool = False  # a pop found every queue closed to the named worker (queues.get_next_task)
 
     @property
     def store(self) -> Store:

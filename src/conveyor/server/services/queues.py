@@ -271,6 +271,7 @@ def pop(call: Call, queue_ids: list[str], worker: str | None = None) -> Handed |
             closed = forcing.closed_queues(conn, worker, queue_ids)
             queue_ids = [qid for qid in queue_ids if qid not in closed]
             if not queue_ids:
+                call.closed_to_worker = True
                 return None
         popped = deliveries.pop(conn, queue_ids, runner=_runner(call), worker=worker,
                                 elsewhere_sec=call.state.settings.retry_elsewhere_sec)
@@ -305,6 +306,7 @@ async def _pop_on_loop(call: Call, pg: AsyncPg, queue_ids: list[str], worker: st
         closed = await forcing.closed_on_loop(pg, worker, queue_ids)
         queue_ids = [qid for qid in queue_ids if qid not in closed]
         if not queue_ids:
+            call.closed_to_worker = True
             return None
     popped = await deliveries.pop_on_loop(pg, queue_ids, runner=_runner(call), worker=worker,
                                           elsewhere_sec=call.state.settings.retry_elsewhere_sec)
@@ -340,6 +342,7 @@ log = logging.getLogger("conveyor.server")
 
 WORKER_ID_MAX = 512  # the length of tasks.puller
 RELEASE_MARGIN_SEC = 0.05  # past the end of a retry's hold, so that the next look finds it takeable
+POLICY_RECHECK_SEC = 1.0  # the longest wait of a named worker whose queues are all closed to it (_wait_for_entry)
 
 
 @endpoint("queues.get_next_task", watches=True)
@@ -417,6 +420,12 @@ async def _wait_for_entry(call: Call, wait: float, keys: list[str], attempt: Cal
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return {}
+            if call.closed_to_worker:
+                # Every queue is closed to this worker (a tag or its `force`) though its daemon found one open: the
+                # change landed before this wait began, so no wake-up will come. It ends soon and the daemon looks
+                # again; not at once, so that a daemon that keeps disagreeing (another clock) polls once a second.
+                deadline = min(deadline, loop.time() + POLICY_RECHECK_SEC)
+                remaining = deadline - loop.time()
             try:
                 released = await held_back_until()
             except Exception as exc:  # noqa: BLE001 - the wait goes on as before; the next look finds the entry
