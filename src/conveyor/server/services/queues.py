@@ -161,7 +161,7 @@ def add_task(call: Call) -> dict[str, Any]:
         handed_back = False
         if not given_back:  # a popped task put back held its place: the limit is for new ones
             queue_limits.require_room(conn, queue_id)
-        elif _runner(call) is not None and _runner(call) == deliveries.runner_of(conn, task_id):
+        elif (runner := _runner(call)) is not None and runner == deliveries.runner_of(conn, task_id):
             # Its puller hands it back (a daemon that stopped taking work): its entry as it was, at the front; or the
             # sweep of unstarted deliveries just put it back itself.
             handed_back = deliveries.hand_back(conn, task_id, queue_id) or not _given_back(conn, doc)

@@ -19,8 +19,6 @@ TRIGRAM = 3  # the index answers a LIKE whose pattern holds a run of at least th
 # Up to this many names matching, a search reads its tasks from the index and sorts them (a few ms); with more, the
 # list's own order reaches a page of matches after reading fewer rows than that.
 FEW = 1000
-
-
 TRIGGERS = ("task_name_added", "task_name_changed", "task_name_removed")  # migration 0010's
 
 
